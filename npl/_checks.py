@@ -1,0 +1,89 @@
+"""Argument validation shared by the public functions: clear errors naming the argument."""
+import numbers
+
+import numpy as np
+
+from .backend import get_array_module, _is_cupy
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_array(x, name, xp=None):
+    """Return ``x`` as an array of its own backend (lists and scalars become numpy arrays)."""
+    if x is None:
+        raise TypeError("%s must be an array, got None" % name)
+    if _is_cupy(x) or isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (list, tuple, numbers.Number)) or hasattr(x, "__array__"):
+        try:
+            a = np.asarray(x)
+        except Exception as e:  # ragged lists and the like
+            raise TypeError("%s must be array-like: %s" % (name, e)) from None
+        if a.dtype == object:
+            raise TypeError("%s must be a numeric array, got an object array (ragged input?)" % name)
+        if xp is not None and xp is not np:
+            a = xp.asarray(a)
+        return a
+    raise TypeError("%s must be a numpy or cupy array, got %s" % (name, type(x).__name__))
+
+
+def float_array(x, name, ndim=None):
+    a = as_array(x, name)
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError("%s must be float32 or float64, got dtype %s" % (name, a.dtype))
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError("%s must have rank %d, got shape %s" % (name, ndim, tuple(a.shape)))
+    return a
+
+
+def check_dtype(a, dtype, name):
+    if a.dtype != dtype:
+        raise TypeError("%s has dtype %s but the computation is in %s (no silent casting; "
+                        "convert with .astype first)" % (name, a.dtype, np.dtype(dtype)))
+
+
+def check_shape(a, shape, name):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError("%s must have shape %s, got %s" % (name, tuple(shape), tuple(a.shape)))
+
+
+def resolve_dtype(dtype, name="dtype"):
+    if dtype is None:
+        return None
+    try:
+        d = np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
+    except TypeError:
+        raise TypeError("%s must be float32 or float64, got %r" % (name, dtype)) from None
+    if d not in FLOAT_DTYPES:
+        raise TypeError("%s must be float32 or float64, got %s" % (name, d))
+    return d
+
+
+def lengths_array(sequence_length, batch, max_time, xp, name="sequence_length"):
+    """Validate sequence lengths: integers in [0, max_time], one per batch row. Returns numpy int64."""
+    if sequence_length is None:
+        return None
+    a = sequence_length
+    if _is_cupy(a):
+        a = a.get()
+    a = np.asarray(a)
+    if a.dtype == object or a.dtype.kind not in "iub":
+        if a.dtype.kind == "f" and a.size and np.all(np.floor(a) == a):
+            raise TypeError("%s must be an integer array, got dtype %s (cast with .astype(int))"
+                            % (name, a.dtype))
+        raise TypeError("%s must be an integer array, got dtype %s" % (name, a.dtype))
+    if a.dtype.kind == "b":
+        raise TypeError("%s must be an integer array, got dtype bool" % name)
+    if a.ndim != 1 or a.shape[0] != batch:
+        raise ValueError("%s must have shape [batch_size] = (%d,), got %s"
+                         % (name, batch, tuple(a.shape)))
+    if a.size and a.min() < 0:
+        raise ValueError("%s must be >= 0, got minimum %d" % (name, int(a.min())))
+    if a.size and a.max() > max_time:
+        raise ValueError("%s must be <= max_time = %d, got maximum %d"
+                         % (name, max_time, int(a.max())))
+    return a.astype(np.int64)
+
+
+def same_xp(*arrays):
+    return get_array_module(*arrays)

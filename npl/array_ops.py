@@ -1,0 +1,218 @@
+"""TF-style array helpers with backward passes: sequence_mask, boolean_mask, reverse_sequence,
+embedding_lookup (whose gradient is an :class:`IndexedSlices`, as in TensorFlow)."""
+import numbers
+
+import numpy as np
+
+from .backend import get_array_module, _is_cupy
+from ._checks import as_array, float_array, check_shape, check_dtype, resolve_dtype
+
+__all__ = ["sequence_mask", "boolean_mask", "reverse_sequence", "embedding_lookup", "IndexedSlices",
+           "BackwardTwiceError"]
+
+
+class BackwardTwiceError(RuntimeError, ValueError):
+    """``backward`` was called a second time on one trace (its saved arrays are consumed)."""
+
+
+class _OnceTrace:
+    _done = False
+
+    def _consume(self):
+        if self._done:
+            raise BackwardTwiceError("backward was already called on this %s; run the forward again "
+                                     "with return_trace=True for a new trace" % type(self).__name__)
+        self._done = True
+
+
+def _int_array(a, name):
+    a = as_array(a, name)
+    if a.dtype.kind not in "iu":
+        raise TypeError("%s must be an integer array, got dtype %s" % (name, a.dtype))
+    return a
+
+
+def sequence_mask(lengths, maxlen=None, dtype=bool):
+    """``mask[..., j] = j < lengths[...]``, shape ``lengths.shape + (maxlen,)``, as tf.sequence_mask.
+
+    >>> sequence_mask([1, 3, 2], 5).astype(int)
+    array([[1, 0, 0, 0, 0],
+           [1, 1, 1, 0, 0],
+           [1, 1, 0, 0, 0]])
+    """
+    lengths = _int_array(lengths, "lengths")
+    xp = get_array_module(lengths)
+    if maxlen is None:
+        maxlen = int(lengths.max()) if lengths.size else 0
+    if isinstance(maxlen, bool) or not isinstance(maxlen, (numbers.Integral,)) and not (
+            hasattr(maxlen, "ndim") and maxlen.ndim == 0 and maxlen.dtype.kind in "iu"):
+        raise TypeError("maxlen must be an integer scalar, got %r" % (maxlen,))
+    maxlen = int(maxlen)
+    if maxlen < 0:
+        raise ValueError("maxlen must be >= 0, got %d" % maxlen)
+    m = xp.arange(maxlen) < lengths[..., None]
+    if np.dtype(dtype) == np.bool_:
+        return m
+    return m.astype(dtype)
+
+
+class BooleanMaskTrace(_OnceTrace):
+    def __init__(self, shape, dtype, index, xp):
+        self.shape, self.dtype, self.index, self.xp = shape, dtype, index, xp
+
+    def backward(self, d_output):
+        """Scatter ``d_output`` back into zeros of the input's shape."""
+        self._consume()
+        xp = self.xp
+        n = int(self.index[0].size) if self.index else 0
+        d = as_array(d_output, "d_output")
+        a = self._axis
+        expected = tuple(self.shape[:a]) + (n,) + tuple(self.shape[a + len(self.index):])
+        check_shape(d, expected, "d_output")
+        out = xp.zeros(self.shape, self.dtype)
+        out[(slice(None),) * self._axis + self.index] = d
+        return out
+
+
+def boolean_mask(tensor, mask, axis=None, return_trace=False):
+    """Rows of ``tensor`` where ``mask`` is True (tf.boolean_mask).
+
+    ``mask`` covers dimensions ``axis .. axis+mask.ndim-1`` of ``tensor`` (axis defaults to 0) and
+    those dimensions are flattened into one.  With ``return_trace=True`` also returns a trace whose
+    ``backward(d_output)`` scatters the gradient back to the tensor's shape.
+    """
+    t = as_array(tensor, "tensor")
+    m = as_array(mask, "mask")
+    xp = get_array_module(t, m)
+    if m.dtype != np.bool_:
+        raise TypeError("mask must be a bool array, got dtype %s" % m.dtype)
+    axis = 0 if axis is None else axis
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError("axis must be an integer, got %r" % (axis,))
+    if axis < 0:
+        axis += t.ndim
+    if m.ndim == 0:
+        raise ValueError("mask cannot be a scalar")
+    if axis < 0 or axis + m.ndim > t.ndim:
+        raise ValueError("mask of rank %d does not fit tensor of shape %s at axis %d"
+                         % (m.ndim, tuple(t.shape), axis))
+    if tuple(t.shape[axis:axis + m.ndim]) != tuple(m.shape):
+        raise ValueError("mask shape %s must match tensor shape %s at dimensions %d..%d (got %s)"
+                         % (tuple(m.shape), tuple(t.shape), axis, axis + m.ndim - 1,
+                            tuple(t.shape[axis:axis + m.ndim])))
+    index = tuple(xp.nonzero(m))
+    out = t[(slice(None),) * axis + index]
+    if return_trace:
+        tr = BooleanMaskTrace(t.shape, t.dtype, index, xp)
+        tr._axis = axis
+        return out, tr
+    return out
+
+
+def reverse_sequence(input, seq_lengths, seq_axis=None, batch_axis=None, seq_dim=None, batch_dim=None):
+    """Reverse the first ``seq_lengths[b]`` entries along ``seq_axis`` of each batch row (tf.reverse_sequence).
+
+    Entries past a row's length stay where they are.  The function is its own backward:
+    the gradient of ``reverse_sequence(x, L)`` is ``reverse_sequence(dy, L)``.
+    """
+    x = as_array(input, "input")
+    xp = get_array_module(x)
+    seq_axis = seq_axis if seq_axis is not None else seq_dim
+    batch_axis = batch_axis if batch_axis is not None else (batch_dim if batch_dim is not None else 0)
+    if seq_axis is None:
+        raise ValueError("reverse_sequence needs seq_axis")
+    for nm, a in (("seq_axis", seq_axis), ("batch_axis", batch_axis)):
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral) or not -x.ndim <= a < x.ndim:
+            raise ValueError("%s must be an integer axis of an input of rank %d, got %r" % (nm, x.ndim, a))
+    seq_axis %= x.ndim
+    batch_axis %= x.ndim
+    if seq_axis == batch_axis:
+        raise ValueError("seq_axis and batch_axis must differ, both are %d" % seq_axis)
+    L = seq_lengths.get() if _is_cupy(seq_lengths) else np.asarray(seq_lengths)
+    if L.dtype.kind not in "iu":
+        raise TypeError("seq_lengths must be an integer array, got dtype %s" % L.dtype)
+    T, B = x.shape[seq_axis], x.shape[batch_axis]
+    if L.shape != (B,):
+        raise ValueError("seq_lengths must have shape (%d,) (the batch dimension), got %s" % (B, L.shape))
+    if L.size and (L.min() < 0 or L.max() > T):
+        raise ValueError("seq_lengths must be in [0, %d], got min %d max %d" % (T, L.min(), L.max()))
+    t = np.arange(T)[:, None]
+    idx = np.where(t < L[None, :], L[None, :] - 1 - t, t)          # [T, B] source time index
+    shape = [1] * x.ndim
+    shape[seq_axis], shape[batch_axis] = T, B
+    if seq_axis > batch_axis:
+        idx = idx.T
+    idx = xp.asarray(idx.reshape(shape))
+    return xp.take_along_axis(x, xp.broadcast_to(idx, x.shape) if x.ndim > 2 else idx, axis=seq_axis)
+
+
+class IndexedSlices:
+    """A sparse row gradient, as TensorFlow's ``tf.IndexedSlices``: ``values[k]`` belongs to row
+    ``indices[k]`` of a dense array of shape ``dense_shape``; repeated indices add up."""
+
+    def __init__(self, values, indices, dense_shape):
+        self.values, self.indices, self.dense_shape = values, indices, tuple(dense_shape)
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    @property
+    def shape(self):
+        return self.dense_shape
+
+    def to_dense(self):
+        xp = get_array_module(self.values)
+        out = xp.zeros(self.dense_shape, self.values.dtype)
+        _scatter_add(out, self.indices, self.values)
+        return out
+
+    def __repr__(self):
+        return "IndexedSlices(%d rows of %s)" % (len(self.indices), self.dense_shape)
+
+
+def _scatter_add(out, idx, vals):
+    xp = get_array_module(out)
+    if xp is np:
+        np.add.at(out, idx, vals)
+    else:  # pragma: no cover  (GPU only)
+        import cupyx
+        cupyx.scatter_add(out, idx, vals)
+
+
+class EmbeddingTrace(_OnceTrace):
+    def __init__(self, ids, shape, dtype):
+        self.ids, self.shape, self.dtype = ids, shape, dtype
+
+    def backward(self, d_output):
+        """Return the gradient with respect to ``params`` as an :class:`IndexedSlices`."""
+        self._consume()
+        d = float_array(d_output, "d_output")
+        check_shape(d, tuple(self.ids.shape) + (self.shape[1],), "d_output")
+        check_dtype(d, self.dtype, "d_output")
+        return IndexedSlices(d.reshape(-1, self.shape[1]), self.ids.reshape(-1), self.shape)
+
+
+def embedding_lookup(params, ids, return_trace=False):
+    """Rows of ``params`` [V, D] at ``ids`` (any shape): result shape ``ids.shape + (D,)``.
+
+    Ids must be integers in [0, V).  With ``return_trace=True`` also returns a trace whose
+    ``backward(d_output)`` gives an :class:`IndexedSlices` (call ``.to_dense()`` for an array).
+    """
+    if isinstance(params, (list, tuple)):
+        if len(params) != 1:
+            raise ValueError("embedding_lookup: sharded params (a list of %d) are not supported; "
+                             "concatenate them" % len(params))
+        params = params[0]
+    p = float_array(params, "params", ndim=2)
+    i = _int_array(ids, "ids")
+    xp = get_array_module(p, i)
+    V = p.shape[0]
+    if i.size:
+        lo, hi = int(i.min()), int(i.max())
+        if lo < 0 or hi >= V:
+            raise ValueError("ids must be in [0, %d) (the rows of params), got min %d max %d" % (V, lo, hi))
+    out = xp.take(p, i, axis=0)
+    if return_trace:
+        return out, EmbeddingTrace(i, tuple(p.shape), p.dtype)
+    return out

@@ -1,0 +1,919 @@
+"""TensorFlow-1 RNN cells with fused sequence passes and hand-written BPTT.
+
+Every cell stores its parameters in TensorFlow's variable layout under TensorFlow's names
+(``cell.params``), accumulates gradients under the same names (``cell.grads``), and implements
+
+* ``_forward_seq(x, state, mask) -> (outputs, final_state, record)`` over a whole time-major
+  sequence ``x [T, B, I]``: one GEMM projects the inputs of all steps into a preallocated gate slab,
+  one recurrent GEMM per step adds ``h_{t-1} @ U`` to that step's rows, and the pointwise gate math
+  of :mod:`npl.gates` runs in place on them;
+* ``_backward_seq(record, d_outputs, d_final_state) -> (d_x, d_initial_state)``: the per-step gate
+  gradients are written into a slab and the weight gradients are one GEMM over all steps at the end.
+
+``mask`` is ``None`` or a bool array ``[T, B, 1]`` (True where ``t < sequence_length[b]``); past a
+row's length the state is carried through unchanged and the output is zero, as in TensorFlow.
+The public sequence functions live in :mod:`npl.rnn_ops`; ``cell(inputs, state)`` runs one step.
+"""
+import collections
+
+import numpy as np
+
+from . import activations as _act
+from .backend import default_xp, get_array_module
+from ._checks import float_array, check_dtype, check_shape, resolve_dtype
+from .gates import (LSTM_INTERNAL_ORDER, lstm_forward_pointwise, lstm_backward_pointwise,
+                    gru_gates_forward, gru_state_forward, gru_backward_pointwise,
+                    gru_reset_backward, rnn_backward_pointwise)
+from . import random as _random
+
+__all__ = ["LSTMStateTuple", "RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
+           "MultiRNNCell", "LayerRecord", "StepTrace"]
+
+
+class LSTMStateTuple(collections.namedtuple("LSTMStateTuple", ("c", "h"))):
+    """State of an LSTM cell: ``c`` (cell state) first, then ``h`` (output), as in TensorFlow."""
+    __slots__ = ()
+
+    @property
+    def dtype(self):
+        if self.c.dtype != self.h.dtype:
+            raise TypeError("LSTMStateTuple: c has dtype %s but h has %s" % (self.c.dtype, self.h.dtype))
+        return self.c.dtype
+
+
+def glorot_uniform(shape, rng, dtype):
+    """TensorFlow's default variable initialiser (glorot_uniform_initializer)."""
+    if len(shape) == 1:
+        fan_in = fan_out = shape[0]
+    else:
+        fan_in, fan_out = shape[0], shape[1]
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
+
+
+class LayerRecord:
+    """What one layer's forward kept for its backward (and for learners to look at).
+
+    Attributes: ``cell``, ``x`` [T, B, I] (time-major inputs), ``mask`` ([T, B, 1] bool or None),
+    ``slabs`` (dict of saved arrays, cell-specific: LSTM ``gates`` [T, B, 4H] in internal order
+    i, f, o, j, ``c`` [T+1, B, H], ``h`` [T+1, B, P]; GRU ``gates`` [T, B, 3H] = r, u, candidate,
+    ``h``; RNN ``h``), and after the backward ``d_gates`` (dL/d pre-activation gates, same layout)
+    and, when ``record_state_grads`` was set, ``d_h`` [T, B, P] and ``d_c`` [T, B, H]: the total
+    gradients with respect to each step's state.
+    """
+
+    def __init__(self, cell, x, mask, slabs):
+        self.cell = cell
+        self.x = x
+        self.mask = mask
+        self.inv = None if mask is None else ~mask
+        self.slabs = slabs
+        self.d_gates = None
+        self.d_h = None
+        self.d_c = None
+        self.record_state_grads = False
+
+    @property
+    def nbytes(self):
+        """Bytes held by the saved slabs (the trace's memory, O(T * B * gates))."""
+        n = sum(int(a.nbytes) for a in self.slabs.values())
+        return n + (0 if self.mask is None else int(self.mask.nbytes))
+
+
+class RNNCell:
+    """Base class: parameters, gradients, state structures and the one-step ``__call__``."""
+
+    _param_specs = ()  # filled per cell: name -> shape function
+
+    def __init__(self, num_units, activation=None, dtype=None, seed=None, input_size=None, name=None):
+        if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) or num_units < 1:
+            raise ValueError("num_units must be a positive integer, got %r" % (num_units,))
+        self._num_units = int(num_units)
+        self._activation = _act.get(activation)
+        self._dtype = resolve_dtype(dtype)
+        self._seed = seed
+        self._params = {}
+        self._grads = {}
+        self._input_size = None
+        self.name = name or self._default_name
+        if input_size is not None:
+            self.build(input_size, self._dtype or np.float32)
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def num_units(self):
+        return self._num_units
+
+    @property
+    def input_size(self):
+        """The input width, known once the cell is built."""
+        return self._input_size
+
+    @property
+    def built(self):
+        return self._input_size is not None
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def output_size(self):
+        return self._num_units
+
+    @property
+    def state_size(self):
+        return self._num_units
+
+    # ---------------------------------------------------------------- parameters
+    def _init_value(self, name, shape, rng, dtype):
+        if name.endswith("bias"):
+            return np.zeros(shape, dtype)
+        return glorot_uniform(shape, rng, dtype)
+
+    def build(self, input_size, dtype=np.float32):
+        """Create the parameters for inputs of width ``input_size`` (TF's initialisers)."""
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
+            raise ValueError("input_size must be a positive integer, got %r" % (input_size,))
+        dtype = resolve_dtype(dtype)
+        rng = _random.generator(self._seed)
+        xp = default_xp()
+        self._input_size = int(input_size)
+        self._dtype = dtype
+        self._params = {}
+        for name, shape in self._shapes(self._input_size).items():
+            self._params[name] = xp.asarray(self._init_value(name, shape, rng, dtype))
+        self._grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
+        self._on_build()
+        return self
+
+    def _on_build(self):
+        pass
+
+    @property
+    def params(self):
+        """Dict of parameter arrays in TensorFlow's layout, keyed by TF's names relative to the cell."""
+        return dict(self._params)
+
+    @property
+    def grads(self):
+        """Dict of accumulated gradients, same keys and shapes as :attr:`params`."""
+        return dict(self._grads)
+
+    @property
+    def trainable_variables(self):
+        """List of (name, array) pairs, in a stable order."""
+        return list(self.params.items())
+
+    def zero_grad(self):
+        """Set every accumulated gradient to zero."""
+        for g in self._grads.values():
+            g[...] = 0
+
+    def set_params(self, values, strict=True):
+        """Set the weights from a dict name -> array in one call (e.g. read from a TF checkpoint).
+
+        Names are TF's, relative to the cell.  An unbuilt cell is built from the kernel's shape.
+        Unknown or missing names (with ``strict``) and wrong shapes raise ValueError, and nothing is
+        changed unless every entry is valid.  Values are copied into the existing arrays (so
+        MultiRNNCell and optimizers that hold them keep seeing the same arrays).
+        """
+        if not isinstance(values, dict):
+            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
+        if not self.built:
+            self._build_from_values(values)
+        expected = self._params
+        unknown = sorted(set(values) - set(expected))
+        missing = sorted(set(expected) - set(values))
+        if unknown:
+            raise ValueError("set_params: unknown parameter names %s for %s; expected %s"
+                             % (unknown, type(self).__name__, sorted(expected)))
+        if strict and missing:
+            raise ValueError("set_params: missing parameters %s for %s (pass strict=False to set "
+                             "only some)" % (missing, type(self).__name__))
+        arrays = {}
+        for k, v in values.items():
+            a = float_array(v, "params[%r]" % k) if not np.isscalar(v) else np.asarray(v)
+            if tuple(a.shape) != tuple(expected[k].shape):
+                raise ValueError("set_params: %r must have shape %s, got %s"
+                                 % (k, tuple(expected[k].shape), tuple(a.shape)))
+            arrays[k] = a
+        xp = get_array_module(next(iter(self._params.values())))
+        for k, a in arrays.items():
+            if get_array_module(a) is not xp:
+                a = xp.asarray(a) if xp is not np else a.get()
+            self._params[k][...] = a.astype(self._dtype, copy=False)
+        return self
+
+    def _build_from_values(self, values):
+        shapes = self._shapes(1)
+        key = next((k for k in shapes if k.endswith("kernel") and k in values), None)
+        if key is None:
+            raise ValueError("set_params on an unbuilt %s needs %r to infer the input size"
+                             % (type(self).__name__, [k for k in shapes if k.endswith("kernel")][0]))
+        kshape = np.shape(values[key])
+        in_plus = kshape[0] if len(kshape) == 2 else 0
+        extra = shapes[key][0] - 1
+        if in_plus - extra < 1:
+            raise ValueError("set_params: %r has shape %s, too small for num_units=%d"
+                             % (key, tuple(kshape), self._num_units))
+        dtype = np.asarray(values[key]).dtype if not hasattr(values[key], "get") else values[key].dtype
+        self.build(in_plus - extra, dtype if dtype in (np.float32, np.float64) else np.float32)
+
+    def to_device(self, backend=None):
+        """Move parameters and gradients to ``backend`` ("numpy" or "cupy"); returns self."""
+        from .backend import to_device
+        self._params = {k: to_device(v, backend) for k, v in self._params.items()}
+        self._grads = {k: to_device(v, backend) for k, v in self._grads.items()}
+        self._on_build()
+        return self
+
+    def to_numpy(self):
+        return self.to_device("numpy")
+
+    # ---------------------------------------------------------------- states
+    def zero_state(self, batch_size, dtype=None):
+        """Zeros with the structure of :attr:`state_size`, on the backend in force."""
+        dtype = resolve_dtype(dtype) or self._dtype or np.dtype(np.float32)
+        xp = self._xp() if self.built else default_xp()
+        return self._zero_state(batch_size, dtype, xp)
+
+    def _zero_state(self, batch_size, dtype, xp):
+        return xp.zeros((batch_size, self._num_units), dtype)
+
+    def _xp(self):
+        return get_array_module(*self._params.values())
+
+    def _to_internal(self, state, batch, dtype, xp, name):
+        """Validate a public state and return the internal form (array, or (c, h) for LSTM)."""
+        return _check_state_array(state, (batch, self._num_units), dtype, xp, name)
+
+    def _to_public(self, state):
+        return state
+
+    def _zeros_internal(self, batch, dtype, xp):
+        return self._zero_state(batch, dtype, xp)
+
+    # ---------------------------------------------------------------- building on first use
+    def _maybe_build(self, x, name):
+        width = x.shape[-1]
+        if not self.built:
+            if self._dtype is not None and x.dtype != self._dtype:
+                raise TypeError("%s has dtype %s but the cell was created with dtype=%s"
+                                % (name, x.dtype, self._dtype))
+            self.build(int(width), x.dtype)
+            return
+        if width != self._input_size:
+            raise ValueError("%s must have feature width %d (the cell was built for it), got "
+                             "shape %s" % (name, self._input_size, tuple(x.shape)))
+        check_dtype(x, self._dtype, name)
+        get_array_module(x, *self._params.values())
+
+    # ---------------------------------------------------------------- one step
+    def __call__(self, inputs, state, return_trace=False):
+        """Run one time step: ``output, new_state = cell(inputs, state)``.
+
+        inputs: [batch, input_size]; state: structured as :attr:`state_size`.  With
+        ``return_trace=True`` also returns a :class:`StepTrace` whose ``backward(d_output,
+        d_new_state)`` gives ``(d_inputs, d_state)`` and accumulates parameter gradients.
+        """
+        x = float_array(inputs, "inputs", ndim=2)
+        self._maybe_build(x, "inputs")
+        xp = get_array_module(x)
+        st = self._to_internal(state, x.shape[0], x.dtype, xp, "state")
+        out, new, rec = self._forward_seq(x[None], st, None)
+        output, new_state = out[0], self._to_public(new)
+        if return_trace:
+            return output, new_state, StepTrace(self, rec, x.shape[0])
+        return output, new_state
+
+    def _accumulate(self, name, value):
+        self._grads[name] += value
+
+    def __repr__(self):
+        return "%s(num_units=%d%s)" % (type(self).__name__, self._num_units,
+                                      "" if not self.built else ", input_size=%d" % self._input_size)
+
+
+def _check_state_array(a, shape, dtype, xp, name):
+    if isinstance(a, tuple):
+        raise TypeError("%s must be an array of shape %s, got a tuple of %d (wrong state structure)"
+                        % (name, tuple(shape), len(a)))
+    a = float_array(a, name)
+    if get_array_module(a) is not xp:
+        raise TypeError("%s is on a different device than the inputs (mixed numpy and cupy arrays)"
+                        % name)
+    check_shape(a, shape, name)
+    check_dtype(a, dtype, name)
+    return a
+
+
+class StepTrace:
+    """Trace of one ``cell(inputs, state, return_trace=True)`` step."""
+
+    def __init__(self, cell, record, batch):
+        self.cell = cell
+        self.record = record
+        self._batch = batch
+        self._done = False
+
+    def backward(self, d_output=None, d_state=None):
+        """Return ``(d_inputs, d_state)``; parameter gradients accumulate into ``cell.grads``."""
+        from .rnn_ops import _consume
+        _consume(self)
+        cell, rec = self.cell, self.record
+        xp = get_array_module(rec.x)
+        dtype = rec.x.dtype
+        dout = None
+        if d_output is not None:
+            d = float_array(d_output, "d_output")
+            check_shape(d, (self._batch, cell.output_size), "d_output")
+            check_dtype(d, dtype, "d_output")
+            dout = d[None]
+        dst = None if d_state is None else cell._to_internal(d_state, self._batch, dtype, xp, "d_state")
+        dx, dstate = cell._backward_seq(rec, dout, dst)
+        return dx[0], cell._to_public(dstate)
+
+
+# ============================================================================ simple RNN
+class BasicRNNCell(RNNCell):
+    """``h_t = activation(x_t @ W + h_{t-1} @ U + b)`` with ``kernel = [W; U]`` of shape [I+H, H]."""
+
+    _default_name = "basic_rnn_cell"
+
+    def __init__(self, num_units, activation=None, reuse=None, name=None, dtype=None, seed=None,
+                 input_size=None):
+        super().__init__(num_units, activation, dtype, seed, input_size, name)
+
+    def _shapes(self, input_size):
+        H = self._num_units
+        return {"kernel": (input_size + H, H), "bias": (H,)}
+
+    def _forward_seq(self, x, h0, mask):
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H = self._num_units
+        K, b = self._params["kernel"], self._params["bias"]
+        W, U = K[:I], K[I:]
+        A = xp.matmul(x.reshape(T * B, I), W).reshape(T, B, H)    # [T*B, I] @ [I, H]: all steps
+        A += b
+        Hs = xp.empty((T + 1, B, H), x.dtype)
+        Hs[0] = h0
+        rec_buf = xp.empty((B, H), x.dtype)
+        act = self._activation
+        for t in range(T):
+            xp.matmul(Hs[t], U, out=rec_buf)                       # [B, H] @ [H, H]
+            A[t] += rec_buf
+            act(A[t], out=A[t])
+            Hs[t + 1] = A[t]
+            if mask is not None:
+                xp.copyto(Hs[t + 1], Hs[t], where=~mask[t])
+        out = Hs[1:].copy() if mask is None else Hs[1:] * mask
+        rec = LayerRecord(self, x, mask, {"gates": A, "h": Hs})
+        return out, Hs[T].copy(), rec
+
+    def _backward_seq(self, rec, dout, dh_final):
+        x, A, Hs = rec.x, rec.slabs["gates"], rec.slabs["h"]
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H = self._num_units
+        K = self._params["kernel"]
+        W, U = K[:I], K[I:]
+        dh = xp.zeros((B, H), x.dtype) if dh_final is None else dh_final.copy()
+        dG = xp.empty_like(A)
+        if dout is not None and rec.mask is not None:
+            dout = dout * rec.mask
+        if rec.record_state_grads:
+            rec.d_h = xp.empty((T, B, H), x.dtype)
+        for t in range(T - 1, -1, -1):
+            if dout is not None:
+                dh += dout[t]
+            if rec.d_h is not None:
+                rec.d_h[t] = dh
+            rnn_backward_pointwise(A[t], dh, dG[t], self._activation)
+            if rec.mask is not None:
+                xp.copyto(dG[t], 0, where=rec.inv[t])
+                dh_prev = xp.matmul(dG[t], U.T)                   # [B, H] @ [H, H]
+                xp.copyto(dh_prev, dh, where=rec.inv[t])
+                dh = dh_prev
+            else:
+                dh = xp.matmul(dG[t], U.T)
+        rec.d_gates = dG
+        G2 = dG.reshape(T * B, H)
+        self._accumulate("kernel", xp.concatenate(
+            [xp.matmul(x.reshape(T * B, I).T, G2),                 # [I, T*B] @ [T*B, H]
+             xp.matmul(Hs[:T].reshape(T * B, H).T, G2)], axis=0))  # [H, T*B] @ [T*B, H]
+        self._accumulate("bias", G2.sum(axis=0))
+        dx = xp.matmul(G2, W.T).reshape(T, B, I)                   # [T*B, H] @ [H, I]
+        return dx, dh
+
+
+# ============================================================================ LSTM
+class LSTMCell(RNNCell):
+    """TensorFlow 1's ``LSTMCell``: optional peepholes, cell clipping and a projection.
+
+    Parameters (TF names and layouts): ``kernel`` [I + P, 4H] with gate columns i, j, f, o;
+    ``bias`` [4H]; with ``use_peepholes`` ``w_f_diag``, ``w_i_diag``, ``w_o_diag`` [H]; with
+    ``num_proj`` ``projection/kernel`` [H, P].  ``forget_bias`` is added at run time, never stored.
+    P = num_proj when given, else H.  The state is ``LSTMStateTuple(c [B, H], h [B, P])``.
+    """
+
+    _default_name = "lstm_cell"
+
+    def __init__(self, num_units, use_peepholes=False, cell_clip=None, initializer=None,
+                 num_proj=None, proj_clip=None, num_unit_shards=None, num_proj_shards=None,
+                 forget_bias=1.0, state_is_tuple=True, activation=None, reuse=None, name=None,
+                 dtype=None, seed=None, input_size=None):
+        if initializer is not None:
+            raise ValueError("initializer: only TF's default (glorot uniform) is supported; set the "
+                             "weights afterwards with cell.set_params(...)")
+        if num_unit_shards is not None or num_proj_shards is not None:
+            raise ValueError("num_unit_shards / num_proj_shards are deprecated in TF and not supported")
+        if num_proj is not None and (isinstance(num_proj, bool) or not isinstance(num_proj, (int, np.integer))
+                                     or num_proj < 1):
+            raise ValueError("num_proj must be None or a positive integer, got %r" % (num_proj,))
+        for nm, v in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
+            if v is not None and (not np.isscalar(v) or not v > 0):
+                raise ValueError("%s must be None or a positive number, got %r" % (nm, v))
+        if proj_clip is not None and num_proj is None:
+            raise ValueError("proj_clip needs num_proj")
+        if not np.isscalar(forget_bias) or isinstance(forget_bias, str):
+            raise TypeError("forget_bias must be a number, got %r" % (forget_bias,))
+        self._use_peepholes = bool(use_peepholes)
+        self._cell_clip = None if cell_clip is None else float(cell_clip)
+        self._num_proj = None if num_proj is None else int(num_proj)
+        self._proj_clip = None if proj_clip is None else float(proj_clip)
+        self._forget_bias = float(forget_bias)
+        self._state_is_tuple = bool(state_is_tuple)
+        super().__init__(num_units, activation, dtype, seed, input_size, name)
+
+    @property
+    def forget_bias(self):
+        return self._forget_bias
+
+    @property
+    def output_size(self):
+        return self._num_proj or self._num_units
+
+    @property
+    def state_size(self):
+        if self._state_is_tuple:
+            return LSTMStateTuple(self._num_units, self.output_size)
+        return self._num_units + self.output_size
+
+    def _shapes(self, input_size):
+        H, P = self._num_units, self.output_size
+        s = {"kernel": (input_size + P, 4 * H), "bias": (4 * H,)}
+        if self._use_peepholes:
+            s.update({"w_f_diag": (H,), "w_i_diag": (H,), "w_o_diag": (H,)})
+        if self._num_proj is not None:
+            s["projection/kernel"] = (H, P)
+        return s
+
+    def _on_build(self):
+        H = self._num_units
+        perm = np.concatenate([np.arange(k * H, (k + 1) * H) for k in LSTM_INTERNAL_ORDER])
+        self._perm = self._xp().asarray(perm)
+
+    # -- states
+    def _zero_state(self, batch_size, dtype, xp):
+        c = xp.zeros((batch_size, self._num_units), dtype)
+        h = xp.zeros((batch_size, self.output_size), dtype)
+        return LSTMStateTuple(c, h) if self._state_is_tuple else xp.concatenate([c, h], axis=1)
+
+    def _zeros_internal(self, batch, dtype, xp):
+        return LSTMStateTuple(xp.zeros((batch, self._num_units), dtype),
+                              xp.zeros((batch, self.output_size), dtype))
+
+    def _to_internal(self, state, batch, dtype, xp, name):
+        H, P = self._num_units, self.output_size
+        if self._state_is_tuple:
+            if not isinstance(state, tuple) or len(state) != 2:
+                raise TypeError("%s must be an LSTMStateTuple(c, h) (c: %s, h: %s), got %s"
+                                % (name, (batch, H), (batch, P), _describe(state)))
+            c = _check_state_array(state[0], (batch, H), dtype, xp, name + ".c")
+            h = _check_state_array(state[1], (batch, P), dtype, xp, name + ".h")
+            return LSTMStateTuple(c, h)
+        a = _check_state_array(state, (batch, H + P), dtype, xp, name)
+        return LSTMStateTuple(a[:, :H], a[:, H:])
+
+    def _to_public(self, state):
+        if self._state_is_tuple:
+            return LSTMStateTuple(*state)
+        return get_array_module(state.c).concatenate([state.c, state.h], axis=1)
+
+    # -- forward
+    def _effective_weights(self, I):
+        """Kernel and bias with gate columns permuted to the internal order (i, f, o, j),
+        forget_bias folded into the bias of f."""
+        H = self._num_units
+        Kp = self._params["kernel"][:, self._perm]
+        bp = self._params["bias"][self._perm]
+        bp[H:2 * H] += self._forget_bias
+        return Kp[:I], Kp[I:], bp
+
+    def _peep(self):
+        if not self._use_peepholes:
+            return None
+        p = self._params
+        return p["w_i_diag"], p["w_f_diag"], p["w_o_diag"]
+
+    def _forward_seq(self, x, state, mask):
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H, P = self._num_units, self.output_size
+        dt = x.dtype
+        W, U, b = self._effective_weights(I)
+        G = xp.matmul(x.reshape(T * B, I), W).reshape(T, B, 4 * H)   # [T*B, I] @ [I, 4H]: all steps
+        G += b
+        C = xp.empty((T + 1, B, H), dt)
+        Hs = xp.empty((T + 1, B, P), dt)
+        C[0], Hs[0] = state
+        proj = self._params.get("projection/kernel")
+        m = xp.empty((B, H), dt) if proj is not None else None
+        rec_buf = xp.empty((B, 4 * H), dt)
+        slabs = {"gates": G, "c": C, "h": Hs}
+        CM = PM = None
+        if self._cell_clip is not None:
+            CM = slabs["cell_clip_mask"] = xp.empty((T, B, H), bool)
+        if self._proj_clip is not None:
+            PM = slabs["proj_clip_mask"] = xp.empty((T, B, P), bool)
+        peep, act = self._peep(), self._activation
+        for t in range(T):
+            g = G[t]
+            xp.matmul(Hs[t], U, out=rec_buf)                             # [B, P] @ [P, 4H]
+            g += rec_buf
+            mt = m if proj is not None else Hs[t + 1]
+            lstm_forward_pointwise(g, C[t], C[t + 1], mt, act, act, peep, self._cell_clip,
+                                   None if CM is None else CM[t])
+            if proj is not None:
+                xp.matmul(m, proj, out=Hs[t + 1])                        # [B, H] @ [H, P]
+                if PM is not None:
+                    PM[t] = abs(Hs[t + 1]) <= self._proj_clip
+                    Hs[t + 1].clip(-self._proj_clip, self._proj_clip, out=Hs[t + 1])
+            if mask is not None:
+                xp.copyto(C[t + 1], C[t], where=~mask[t])
+                xp.copyto(Hs[t + 1], Hs[t], where=~mask[t])
+        out = Hs[1:].copy() if mask is None else Hs[1:] * mask
+        rec = LayerRecord(self, x, mask, slabs)
+        return out, LSTMStateTuple(C[T].copy(), Hs[T].copy()), rec
+
+    # -- backward
+    def _backward_seq(self, rec, dout, dstate):
+        x, G, C, Hs = rec.x, rec.slabs["gates"], rec.slabs["c"], rec.slabs["h"]
+        CM, PM = rec.slabs.get("cell_clip_mask"), rec.slabs.get("proj_clip_mask")
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H, P = self._num_units, self.output_size
+        dt = x.dtype
+        W, U, _ = self._effective_weights(I)
+        proj = self._params.get("projection/kernel")
+        if dstate is None:
+            dc, dh = xp.zeros((B, H), dt), xp.zeros((B, P), dt)
+        else:
+            dc, dh = dstate.c.copy(), dstate.h.copy()
+        dG = xp.empty_like(G)
+        if dout is not None and rec.mask is not None:
+            dout = dout * rec.mask
+        DHP = xp.empty((T, B, P), dt) if proj is not None else None
+        dc_keep = xp.empty_like(dc) if rec.mask is not None else None
+        if rec.record_state_grads:
+            rec.d_h, rec.d_c = xp.empty((T, B, P), dt), xp.empty((T, B, H), dt)
+        peep, act = self._peep(), self._activation
+        for t in range(T - 1, -1, -1):
+            if dout is not None:
+                dh += dout[t]                                   # dL/dh_t: output + carried
+            if rec.d_h is not None:
+                rec.d_h[t] = dh
+            dhv = dh if rec.mask is None else dh * rec.mask[t]  # the part that flows into step t
+            if proj is not None:
+                if PM is not None:
+                    dhv = dhv * PM[t]
+                DHP[t] = dhv
+                dm = xp.matmul(dhv, proj.T)                     # [B, P] @ [P, H]
+            else:
+                dm = dhv
+            if dc_keep is not None:
+                dc_keep[...] = dc
+            lstm_backward_pointwise(G[t], C[t], C[t + 1], dm, dc, dG[t], act, act, peep,
+                                    None if CM is None else CM[t], None if rec.d_c is None else rec.d_c[t])
+            if rec.mask is not None:                            # rows past their length: the
+                xp.copyto(dG[t], 0, where=rec.inv[t])           # state was carried through, so
+                xp.copyto(dc, dc_keep, where=rec.inv[t])        # no gate gradient, dc unchanged
+            dh_prev = xp.matmul(dG[t], U.T)                     # [B, 4H] @ [4H, P]
+            if rec.mask is not None:
+                xp.copyto(dh_prev, dh, where=rec.inv[t])
+            dh = dh_prev
+        rec.d_gates = dG
+        # weight gradients: one GEMM each over all steps
+        G2 = dG.reshape(T * B, 4 * H)
+        dK = xp.concatenate([xp.matmul(x.reshape(T * B, I).T, G2),              # [I, T*B] @ [T*B, 4H]
+                             xp.matmul(Hs[:T].reshape(T * B, P).T, G2)], axis=0)  # [P, T*B] @ [T*B, 4H]
+        self._grads["kernel"][:, self._perm] += dK
+        self._grads["bias"][self._perm] += G2.sum(axis=0)
+        if peep is not None:
+            self._accumulate("w_i_diag", (dG[:, :, :H] * C[:T]).sum(axis=(0, 1)))
+            self._accumulate("w_f_diag", (dG[:, :, H:2 * H] * C[:T]).sum(axis=(0, 1)))
+            self._accumulate("w_o_diag", (dG[:, :, 2 * H:3 * H] * C[1:]).sum(axis=(0, 1)))
+        if proj is not None:
+            M = act(C[1:]) * G[:, :, 2 * H:3 * H]                        # m = o * act(c), all steps
+            self._accumulate("projection/kernel",
+                             xp.matmul(M.reshape(T * B, H).T, DHP.reshape(T * B, P)))  # [H, T*B] @ [T*B, P]
+        dx = xp.matmul(G2, W.T).reshape(T, B, I)                         # [T*B, 4H] @ [4H, I]
+        return dx, LSTMStateTuple(dc, dh)
+
+
+class BasicLSTMCell(LSTMCell):
+    """TensorFlow 1's ``BasicLSTMCell``: an LSTM without peepholes, clipping or projection."""
+
+    _default_name = "basic_lstm_cell"
+
+    def __init__(self, num_units, forget_bias=1.0, state_is_tuple=True, activation=None, reuse=None,
+                 name=None, dtype=None, seed=None, input_size=None):
+        super().__init__(num_units, forget_bias=forget_bias, state_is_tuple=state_is_tuple,
+                         activation=activation, name=name, dtype=dtype, seed=seed,
+                         input_size=input_size)
+
+
+# ============================================================================ GRU
+class GRUCell(RNNCell):
+    """TensorFlow 1's ``GRUCell`` (reset applied to the state *before* the candidate's matmul).
+
+        [r, u] = sigmoid([x, h] @ gates/kernel + gates/bias)           gates/kernel [I+H, 2H]
+        c~     = act([x, r * h] @ candidate/kernel + candidate/bias)   candidate/kernel [I+H, H]
+        h'     = u * h + (1 - u) * c~
+    ``gates/bias`` starts at 1.0, as in TensorFlow.
+    """
+
+    _default_name = "gru_cell"
+
+    def __init__(self, num_units, activation=None, reuse=None, kernel_initializer=None,
+                 bias_initializer=None, name=None, dtype=None, seed=None, input_size=None):
+        if kernel_initializer is not None or bias_initializer is not None:
+            raise ValueError("kernel_initializer / bias_initializer: only TF's defaults are supported; "
+                             "set the weights afterwards with cell.set_params(...)")
+        super().__init__(num_units, activation, dtype, seed, input_size, name)
+
+    def _shapes(self, input_size):
+        H = self._num_units
+        return {"gates/kernel": (input_size + H, 2 * H), "gates/bias": (2 * H,),
+                "candidate/kernel": (input_size + H, H), "candidate/bias": (H,)}
+
+    def _init_value(self, name, shape, rng, dtype):
+        if name == "gates/bias":
+            return np.ones(shape, dtype)
+        return super()._init_value(name, shape, rng, dtype)
+
+    def _forward_seq(self, x, h0, mask):
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H = self._num_units
+        p = self._params
+        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
+        Ug, Uc = Kg[I:], Kc[I:]
+        Wx = xp.concatenate([Kg[:I], Kc[:I]], axis=1)                   # [I, 3H]
+        G = xp.matmul(x.reshape(T * B, I), Wx).reshape(T, B, 3 * H)     # [T*B, I] @ [I, 3H]
+        G += xp.concatenate([p["gates/bias"], p["candidate/bias"]])
+        Hs = xp.empty((T + 1, B, H), x.dtype)
+        Hs[0] = h0
+        rh = xp.empty((B, H), x.dtype)
+        buf_g = xp.empty((B, 2 * H), x.dtype)
+        buf_c = xp.empty((B, H), x.dtype)
+        act = self._activation
+        for t in range(T):
+            g = G[t]
+            xp.matmul(Hs[t], Ug, out=buf_g)                              # [B, H] @ [H, 2H]
+            g[:, :2 * H] += buf_g
+            gru_gates_forward(g, Hs[t], rh)
+            xp.matmul(rh, Uc, out=buf_c)                                 # [B, H] @ [H, H]
+            g[:, 2 * H:] += buf_c
+            gru_state_forward(g, Hs[t], Hs[t + 1], act)
+            if mask is not None:
+                xp.copyto(Hs[t + 1], Hs[t], where=~mask[t])
+        out = Hs[1:].copy() if mask is None else Hs[1:] * mask
+        return out, Hs[T].copy(), LayerRecord(self, x, mask, {"gates": G, "h": Hs})
+
+    def _backward_seq(self, rec, dout, dh_final):
+        x, G, Hs = rec.x, rec.slabs["gates"], rec.slabs["h"]
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H = self._num_units
+        p = self._params
+        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
+        Ug, Uc = Kg[I:], Kc[I:]
+        dh = xp.zeros((B, H), x.dtype) if dh_final is None else dh_final.copy()
+        dG = xp.empty_like(G)
+        if dout is not None and rec.mask is not None:
+            dout = dout * rec.mask
+        if rec.record_state_grads:
+            rec.d_h = xp.empty((T, B, H), x.dtype)
+        act = self._activation
+        for t in range(T - 1, -1, -1):
+            if dout is not None:
+                dh += dout[t]
+            if rec.d_h is not None:
+                rec.d_h[t] = dh
+            g, dg = G[t], dG[t]
+            dh_prev = gru_backward_pointwise(g, Hs[t], dh, dg, act)
+            drh = xp.matmul(dg[:, 2 * H:], Uc.T)                          # [B, H] @ [H, H]
+            gru_reset_backward(g, Hs[t], drh, dh_prev, dg)
+            dh_prev += xp.matmul(dg[:, :2 * H], Ug.T)                     # [B, 2H] @ [2H, H]
+            if rec.mask is not None:
+                xp.copyto(dg, 0, where=rec.inv[t])
+                xp.copyto(dh_prev, dh, where=rec.inv[t])
+            dh = dh_prev
+        rec.d_gates = dG
+        G2 = dG.reshape(T * B, 3 * H)
+        X2 = x.reshape(T * B, I)
+        Hp = Hs[:T].reshape(T * B, H)
+        dWx = xp.matmul(X2.T, G2)                                         # [I, T*B] @ [T*B, 3H]
+        RH = (G[:, :, :H] * Hs[:T]).reshape(T * B, H)                     # r * h_prev, all steps
+        self._accumulate("gates/kernel", xp.concatenate(
+            [dWx[:, :2 * H], xp.matmul(Hp.T, G2[:, :2 * H])], axis=0))    # [H, T*B] @ [T*B, 2H]
+        self._accumulate("candidate/kernel", xp.concatenate(
+            [dWx[:, 2 * H:], xp.matmul(RH.T, G2[:, 2 * H:])], axis=0))    # [H, T*B] @ [T*B, H]
+        db = G2.sum(axis=0)
+        self._accumulate("gates/bias", db[:2 * H])
+        self._accumulate("candidate/bias", db[2 * H:])
+        Wx = xp.concatenate([Kg[:I], Kc[:I]], axis=1)
+        dx = xp.matmul(G2, Wx.T).reshape(T, B, I)                         # [T*B, 3H] @ [3H, I]
+        return dx, dh
+
+
+# ============================================================================ stacks
+class MultiRNNCell(RNNCell):
+    """A stack of cells (any mix of the cells above); the output of cell k feeds cell k+1.
+
+    ``params`` / ``grads`` prefix each cell's names with ``cell_0/``, ``cell_1/``, ... and share the
+    arrays of the cells themselves (no copies).
+    """
+
+    _default_name = "multi_rnn_cell"
+
+    def __init__(self, cells, state_is_tuple=True):
+        if not isinstance(cells, (list, tuple)) or not cells:
+            raise ValueError("MultiRNNCell needs a non-empty list of cells, got %r" % (cells,))
+        for k, c in enumerate(cells):
+            if not isinstance(c, RNNCell):
+                raise TypeError("cells[%d] must be an npl RNN cell, got %s" % (k, type(c).__name__))
+        if len({id(c) for c in cells}) != len(cells):
+            raise ValueError("MultiRNNCell: the same cell object appears twice; create one cell per "
+                             "layer (TF would share their weights, which npl does not support)")
+        if not state_is_tuple:
+            raise ValueError("MultiRNNCell(state_is_tuple=False) is deprecated in TF and not supported")
+        self._cells = list(cells)
+        self.name = self._default_name
+        self._seed = None
+
+    @property
+    def cells(self):
+        return list(self._cells)
+
+    @property
+    def num_units(self):
+        return self._cells[-1].num_units
+
+    @property
+    def built(self):
+        return all(c.built for c in self._cells)
+
+    @property
+    def input_size(self):
+        return self._cells[0].input_size
+
+    @property
+    def dtype(self):
+        return self._cells[0].dtype
+
+    @property
+    def _dtype(self):
+        return self._cells[0].dtype
+
+    @property
+    def output_size(self):
+        return self._cells[-1].output_size
+
+    @property
+    def state_size(self):
+        return tuple(c.state_size for c in self._cells)
+
+    def build(self, input_size, dtype=np.float32):
+        for c in self._cells:
+            if c.built:
+                if c.input_size != input_size:
+                    raise ValueError("MultiRNNCell: %s was built for input width %d but receives %d"
+                                     % (c, c.input_size, input_size))
+            else:
+                c.build(input_size, dtype)
+            input_size = c.output_size
+        return self
+
+    @property
+    def _params(self):
+        return {"cell_%d/%s" % (k, n): v for k, c in enumerate(self._cells) for n, v in c._params.items()}
+
+    @property
+    def _grads(self):
+        return {"cell_%d/%s" % (k, n): v for k, c in enumerate(self._cells) for n, v in c._grads.items()}
+
+    def zero_grad(self):
+        for c in self._cells:
+            c.zero_grad()
+
+    def set_params(self, values, strict=True):
+        if not isinstance(values, dict):
+            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
+        per = [dict() for _ in self._cells]
+        for k, v in values.items():
+            head, _, rest = k.partition("/")
+            idx = head[5:] if head.startswith("cell_") else ""
+            if not idx.isdigit() or int(idx) >= len(self._cells) or not rest:
+                raise ValueError("set_params: unknown parameter name %r for MultiRNNCell; names are "
+                                 "'cell_<k>/<name>' with k < %d" % (k, len(self._cells)))
+            per[int(idx)][rest] = v
+        # validate everything first (built cells), then assign
+        for k, c in enumerate(self._cells):
+            if per[k] or strict:
+                if c.built:
+                    c._validate_values(per[k], strict)
+        for k, c in enumerate(self._cells):
+            if per[k] or strict:
+                c.set_params(per[k], strict)
+        return self
+
+    def to_device(self, backend=None):
+        for c in self._cells:
+            c.to_device(backend)
+        return self
+
+    def _xp(self):
+        return self._cells[0]._xp()
+
+    def _maybe_build(self, x, name):
+        if not self.built:
+            self.build(int(x.shape[-1]), x.dtype)
+        for k, c in enumerate(self._cells):
+            probe = x if k == 0 else None
+            if probe is not None:
+                c._maybe_build(probe, name)
+        check_dtype(x, self.dtype, name)
+
+    def _zero_state(self, batch_size, dtype, xp):
+        return tuple(c._zero_state(batch_size, dtype, xp) for c in self._cells)
+
+    def _zeros_internal(self, batch, dtype, xp):
+        return tuple(c._zeros_internal(batch, dtype, xp) for c in self._cells)
+
+    def _to_internal(self, state, batch, dtype, xp, name):
+        if not isinstance(state, (tuple, list)) or isinstance(state, LSTMStateTuple) \
+                or len(state) != len(self._cells):
+            raise TypeError("%s must be a tuple of %d states (one per cell), got %s"
+                            % (name, len(self._cells), _describe(state)))
+        return tuple(c._to_internal(s, batch, dtype, xp, "%s[%d]" % (name, k))
+                     for k, (c, s) in enumerate(zip(self._cells, state)))
+
+    def _to_public(self, state):
+        return tuple(c._to_public(s) for c, s in zip(self._cells, state))
+
+    def _forward_seq(self, x, state, mask):
+        recs, finals = [], []
+        for c, s in zip(self._cells, state):
+            x, f, r = c._forward_seq(x, s, mask)
+            recs.append(r)
+            finals.append(f)
+        return x, tuple(finals), recs
+
+    def _backward_seq(self, recs, dout, dstate):
+        d0 = [None] * len(self._cells)
+        for k in range(len(self._cells) - 1, -1, -1):
+            dout, d0[k] = self._cells[k]._backward_seq(recs[k], dout, None if dstate is None else dstate[k])
+        return dout, tuple(d0)
+
+    def __repr__(self):
+        return "MultiRNNCell([%s])" % ", ".join(repr(c) for c in self._cells)
+
+
+def _validate_values(self, values, strict):
+    """Check names and shapes of a parameter dict against a built cell without assigning."""
+    unknown = sorted(set(values) - set(self._params))
+    if unknown:
+        raise ValueError("set_params: unknown parameter names %s for %s; expected %s"
+                         % (unknown, type(self).__name__, sorted(self._params)))
+    missing = sorted(set(self._params) - set(values))
+    if strict and missing:
+        raise ValueError("set_params: missing parameters %s for %s" % (missing, type(self).__name__))
+    for k, v in values.items():
+        if tuple(np.shape(v)) != tuple(self._params[k].shape):
+            raise ValueError("set_params: %r must have shape %s, got %s"
+                             % (k, tuple(self._params[k].shape), tuple(np.shape(v))))
+
+
+RNNCell._validate_values = _validate_values
+
+
+def _describe(s):
+    if isinstance(s, tuple):
+        return "%s of %d" % (type(s).__name__, len(s))
+    if hasattr(s, "shape"):
+        return "an array of shape %s" % (tuple(s.shape),)
+    return type(s).__name__

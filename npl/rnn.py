@@ -1,0 +1,7 @@
+"""``npl.rnn``: the cells and stacked RNNs, named as in ``tf.contrib.rnn``."""
+from .cells import (BasicRNNCell, BasicLSTMCell, LSTMCell, GRUCell, MultiRNNCell,  # noqa: F401
+                    LSTMStateTuple, RNNCell)
+from .rnn_ops import static_rnn, stack_bidirectional_dynamic_rnn  # noqa: F401
+
+__all__ = ["BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell", "LSTMStateTuple",
+           "RNNCell", "static_rnn", "stack_bidirectional_dynamic_rnn"]
