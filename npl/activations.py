@@ -12,10 +12,11 @@ __all__ = ["Activation", "tanh", "sigmoid", "relu", "identity", "softsign", "get
 class Activation:
     """A named elementwise function with an ``out=`` form and the derivative from its output."""
 
-    def __init__(self, name, fn, grad_from_output):
+    def __init__(self, name, fn, grad_from_output, deriv_into):
         self.name = name
         self._fn = fn
         self._grad = grad_from_output
+        self._deriv_into = deriv_into
 
     def __call__(self, x, out=None):
         return self._fn(x, out)
@@ -23,6 +24,16 @@ class Activation:
     def grad_from_output(self, y):
         """d f / d x evaluated where f(x) == y."""
         return self._grad(y)
+
+    def deriv_from_output(self, y, out, tmp):
+        """out = f'(x) where f(x) == y, computed in the workspace ``tmp`` (out may be y)."""
+        self._deriv_into(y, tmp)
+        out[...] = tmp
+
+    def mul_grad_from_output(self, d, y, tmp):
+        """d *= f'(x) where f(x) == y, without allocating (``tmp`` is workspace; d must not be y)."""
+        self._deriv_into(y, tmp)
+        d *= tmp
 
     def __repr__(self):
         return "npl.activations.%s" % self.name
@@ -69,11 +80,35 @@ def _softsign(x, out=None):
     return xp.divide(x, d, out=out) if out is not None else x / d
 
 
-tanh = Activation("tanh", _tanh, lambda y: 1 - y * y)
-sigmoid = Activation("sigmoid", sigmoid_, lambda y: y * (1 - y))
-relu = Activation("relu", _relu, lambda y: (y > 0).astype(y.dtype))
-identity = Activation("identity", _identity, lambda y: _xp(y).ones_like(y))
-softsign = Activation("softsign", _softsign, lambda y: (1 - _xp(y).abs(y)) ** 2)
+def _d_tanh(y, tmp):
+    _xp(y).multiply(y, y, out=tmp)
+    _xp(y).subtract(1, tmp, out=tmp)
+
+
+def _d_sigmoid(y, tmp):
+    _xp(y).subtract(1, y, out=tmp)
+    tmp *= y
+
+
+def _d_relu(y, tmp):
+    tmp[...] = y > 0
+
+
+def _d_identity(y, tmp):
+    tmp[...] = 1
+
+
+def _d_softsign(y, tmp):
+    _xp(y).abs(y, out=tmp)
+    _xp(y).subtract(1, tmp, out=tmp)
+    tmp *= tmp
+
+
+tanh = Activation("tanh", _tanh, lambda y: 1 - y * y, _d_tanh)
+sigmoid = Activation("sigmoid", sigmoid_, lambda y: y * (1 - y), _d_sigmoid)
+relu = Activation("relu", _relu, lambda y: (y > 0).astype(y.dtype), _d_relu)
+identity = Activation("identity", _identity, lambda y: _xp(y).ones_like(y), _d_identity)
+softsign = Activation("softsign", _softsign, lambda y: (1 - _xp(y).abs(y)) ** 2, _d_softsign)
 
 _BY_NAME = {"tanh": tanh, "sigmoid": sigmoid, "relu": relu, "identity": identity,
             "linear": identity, "softsign": softsign}

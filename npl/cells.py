@@ -24,6 +24,7 @@ from ._checks import float_array, check_dtype, check_shape, resolve_dtype
 from .gates import (LSTM_INTERNAL_ORDER, lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
+
 from . import random as _random
 
 __all__ = ["LSTMStateTuple", "RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
@@ -54,30 +55,90 @@ def glorot_uniform(shape, rng, dtype):
 class LayerRecord:
     """What one layer's forward kept for its backward (and for learners to look at).
 
-    Attributes: ``cell``, ``x`` [T, B, I] (time-major inputs), ``mask`` ([T, B, 1] bool or None),
-    ``slabs`` (dict of saved arrays, cell-specific: LSTM ``gates`` [T, B, 4H] in internal order
-    i, f, o, j, ``c`` [T+1, B, H], ``h`` [T+1, B, P]; GRU ``gates`` [T, B, 3H] = r, u, candidate,
-    ``h``; RNN ``h``), and after the backward ``d_gates`` (dL/d pre-activation gates, same layout)
-    and, when ``record_state_grads`` was set, ``d_h`` [T, B, P] and ``d_c`` [T, B, H]: the total
-    gradients with respect to each step's state.
+    Attributes: ``cell``; ``x`` [T, B, I] (time-major inputs); ``mask`` ([T, B, 1] bool, True where
+    ``t < sequence_length[b]``, or None); ``slabs``: dict of the saved arrays as time-major views
+    ``[T, B, ...]``: LSTM ``gates`` [T, B, 4H] (activated, internal order i, f, o, j), ``c`` [T+1, B, H]
+    (``c[0]`` is the initial state), ``h`` [T+1, B, P], and with clipping ``cell_clip_mask`` /
+    ``proj_clip_mask``; GRU ``gates`` [T, B, 3H] = r, u, candidate, ``h`` [T+1, B, H]; BasicRNN
+    ``gates`` [T, B, H] (= h), ``h``.  After the backward: ``d_gates`` (dL/d pre-activation gates,
+    same layout as ``gates``) and, when ``record_state_grads`` was set, ``d_h`` [T, B, P] and (LSTM)
+    ``d_c`` [T, B, H]: the total gradients with respect to each step's h and c.
+
+    Internally the arrays are feature-major (``fm``: ``[T, features, B]``, see :mod:`npl.gates`);
+    the views above are transposes of them, no copies.
     """
 
-    def __init__(self, cell, x, mask, slabs):
+    def __init__(self, cell, x, mask, fm):
         self.cell = cell
         self.x = x
         self.mask = mask
-        self.inv = None if mask is None else ~mask
-        self.slabs = slabs
-        self.d_gates = None
-        self.d_h = None
-        self.d_c = None
+        self.inv_fm = None if mask is None else ~mask.transpose(0, 2, 1)   # [T, 1, B]
+        self.fm = fm
+        self.d_gates_fm = None
+        self.d_h_fm = None
+        self.d_c_fm = None
         self.record_state_grads = False
+
+    @staticmethod
+    def _tm(a):
+        return None if a is None else a.transpose(0, 2, 1)
+
+    @property
+    def slabs(self):
+        return {k: self._tm(v) for k, v in self.fm.items() if k != "xT"}
+
+    @property
+    def d_gates(self):
+        return self._tm(self.d_gates_fm)
+
+    @property
+    def d_h(self):
+        return self._tm(self.d_h_fm)
+
+    @property
+    def d_c(self):
+        return self._tm(self.d_c_fm)
 
     @property
     def nbytes(self):
-        """Bytes held by the saved slabs (the trace's memory, O(T * B * gates))."""
-        n = sum(int(a.nbytes) for a in self.slabs.values())
+        """Bytes held by the saved arrays (the trace's memory, O(T * B * (gates + state)))."""
+        n = sum(int(a.nbytes) for a in self.fm.values())
         return n + (0 if self.mask is None else int(self.mask.nbytes))
+
+
+def _fm_inputs(x):
+    """[T, B, I] (any strides) -> contiguous feature-major [T, I, B]."""
+    return get_array_module(x).ascontiguousarray(x.transpose(0, 2, 1))
+
+
+def _project(WT, xT, b):
+    """Input projection of all steps at once: G[t] = W^T x_t + b.  [nG, I] @ [T, I, B] -> [T, nG, B]."""
+    G = get_array_module(xT).matmul(WT, xT)
+    G += b[:, None]
+    return G
+
+
+def _flat(a):
+    """[T, F, B] -> [F, T*B] (one copy), so that a sum over all steps is one GEMM."""
+    return a.transpose(1, 0, 2).reshape(a.shape[1], -1)
+
+
+def _masked_fm(dout, rec):
+    """Output cotangent [T, B, P] -> feature-major view [T, P, B], zero past each row's length."""
+    if dout is None:
+        return None
+    d = dout.transpose(0, 2, 1)
+    return d if rec.inv_fm is None else d * ~rec.inv_fm
+
+
+def _state_fm(a):
+    """[B, F] public state -> [F, B] (a view)."""
+    return a.T
+
+
+def _state_public(a):
+    """[F, B] -> new contiguous [B, F] array (never a view into a trace)."""
+    return a.T.copy()
 
 
 class RNNCell:
@@ -282,7 +343,7 @@ class RNNCell:
         xp = get_array_module(x)
         st = self._to_internal(state, x.shape[0], x.dtype, xp, "state")
         out, new, rec = self._forward_seq(x[None], st, None)
-        output, new_state = out[0], self._to_public(new)
+        output, new_state = out[0].copy(), self._to_public(new)
         if return_trace:
             return output, new_state, StepTrace(self, rec, x.shape[0])
         return output, new_state
@@ -332,7 +393,7 @@ class StepTrace:
             dout = d[None]
         dst = None if d_state is None else cell._to_internal(d_state, self._batch, dtype, xp, "d_state")
         dx, dstate = cell._backward_seq(rec, dout, dst)
-        return dx[0], cell._to_public(dstate)
+        return dx[0].copy(), cell._to_public(dstate)
 
 
 # ============================================================================ simple RNN
@@ -352,60 +413,58 @@ class BasicRNNCell(RNNCell):
     def _forward_seq(self, x, h0, mask):
         xp = get_array_module(x)
         T, B, I = x.shape
-        H = self._num_units
+        H, dt = self._num_units, x.dtype
         K, b = self._params["kernel"], self._params["bias"]
         W, U = K[:I], K[I:]
-        A = xp.matmul(x.reshape(T * B, I), W).reshape(T, B, H)    # [T*B, I] @ [I, H]: all steps
-        A += b
-        Hs = xp.empty((T + 1, B, H), x.dtype)
-        Hs[0] = h0
-        rec_buf = xp.empty((B, H), x.dtype)
-        act = self._activation
+        A = _project(W.T, _fm_inputs(x), b)              # [H, I] @ [T, I, B] -> [T, H, B]: all steps
+        Hs = xp.empty((T + 1, H, B), dt)
+        Hs[0] = _state_fm(h0)
+        rec = LayerRecord(self, x, mask, {"gates": A, "h": Hs})
+        inv, act = rec.inv_fm, self._activation
+        buf = xp.empty((H, B), dt)
         for t in range(T):
-            xp.matmul(Hs[t], U, out=rec_buf)                       # [B, H] @ [H, H]
-            A[t] += rec_buf
+            xp.matmul(U.T, Hs[t], out=buf)               # [H, H] @ [H, B]
+            A[t] += buf
             act(A[t], out=A[t])
             Hs[t + 1] = A[t]
-            if mask is not None:
-                xp.copyto(Hs[t + 1], Hs[t], where=~mask[t])
-        out = Hs[1:].copy() if mask is None else Hs[1:] * mask
-        rec = LayerRecord(self, x, mask, {"gates": A, "h": Hs})
-        return out, Hs[T].copy(), rec
+            if inv is not None:
+                xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
+        return Hs[1:].transpose(0, 2, 1), _state_public(Hs[T]), rec
 
     def _backward_seq(self, rec, dout, dh_final):
-        x, A, Hs = rec.x, rec.slabs["gates"], rec.slabs["h"]
-        xp = get_array_module(x)
-        T, B, I = x.shape
-        H = self._num_units
+        A, Hs, x = rec.fm["gates"], rec.fm["h"], rec.x
+        xp = get_array_module(A)
+        T, H, B = A.shape
+        I, dt = x.shape[2], A.dtype
         K = self._params["kernel"]
         W, U = K[:I], K[I:]
-        dh = xp.zeros((B, H), x.dtype) if dh_final is None else dh_final.copy()
+        dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
+        buf, tmp = xp.empty((H, B), dt), xp.empty((H, B), dt)
+        dout_fm = _masked_fm(dout, rec)
         dG = xp.empty_like(A)
-        if dout is not None and rec.mask is not None:
-            dout = dout * rec.mask
         if rec.record_state_grads:
-            rec.d_h = xp.empty((T, B, H), x.dtype)
+            rec.d_h_fm = xp.empty((T, H, B), dt)
+        inv, act = rec.inv_fm, self._activation
         for t in range(T - 1, -1, -1):
-            if dout is not None:
-                dh += dout[t]
-            if rec.d_h is not None:
-                rec.d_h[t] = dh
-            rnn_backward_pointwise(A[t], dh, dG[t], self._activation)
-            if rec.mask is not None:
-                xp.copyto(dG[t], 0, where=rec.inv[t])
-                dh_prev = xp.matmul(dG[t], U.T)                   # [B, H] @ [H, H]
-                xp.copyto(dh_prev, dh, where=rec.inv[t])
-                dh = dh_prev
-            else:
-                dh = xp.matmul(dG[t], U.T)
-        rec.d_gates = dG
-        G2 = dG.reshape(T * B, H)
+            if dout_fm is not None:
+                dh += dout_fm[t]                         # dL/dh_t: output + carried
+            if rec.d_h_fm is not None:
+                rec.d_h_fm[t] = dh
+            rnn_backward_pointwise(A[t], dh, dG[t], act, tmp)
+            if inv is not None:
+                xp.copyto(dG[t], 0, where=inv[t])
+            xp.matmul(U, dG[t], out=buf)                 # [H, H] @ [H, B]
+            if inv is not None:
+                xp.copyto(buf, dh, where=inv[t])
+            dh, buf = buf, dh
+        rec.d_gates_fm = dG
+        dG2 = _flat(dG)                                  # [H, T*B]
         self._accumulate("kernel", xp.concatenate(
-            [xp.matmul(x.reshape(T * B, I).T, G2),                 # [I, T*B] @ [T*B, H]
-             xp.matmul(Hs[:T].reshape(T * B, H).T, G2)], axis=0))  # [H, T*B] @ [T*B, H]
-        self._accumulate("bias", G2.sum(axis=0))
-        dx = xp.matmul(G2, W.T).reshape(T, B, I)                   # [T*B, H] @ [H, I]
-        return dx, dh
+            [xp.matmul(x.reshape(T * B, I).T, dG2.T),    # [I, T*B] @ [T*B, H]
+             xp.matmul(_flat(Hs[:T]), dG2.T)], axis=0))  # [H, T*B] @ [T*B, H]
+        self._accumulate("bias", dG2.sum(axis=1))
+        dxT = xp.matmul(W, dG)                           # [I, H] @ [T, H, B] -> [T, I, B]
+        return dxT.transpose(0, 2, 1), _state_public(dh)
 
 
 # ============================================================================ LSTM
@@ -474,6 +533,7 @@ class LSTMCell(RNNCell):
         H = self._num_units
         perm = np.concatenate([np.arange(k * H, (k + 1) * H) for k in LSTM_INTERNAL_ORDER])
         self._perm = self._xp().asarray(perm)
+        self._inv_perm = self._xp().asarray(np.argsort(perm))
 
     # -- states
     def _zero_state(self, batch_size, dtype, xp):
@@ -504,8 +564,8 @@ class LSTMCell(RNNCell):
 
     # -- forward
     def _effective_weights(self, I):
-        """Kernel and bias with gate columns permuted to the internal order (i, f, o, j),
-        forget_bias folded into the bias of f."""
+        """Kernel and bias with gate columns permuted to the internal order (i, f, o, j) and
+        forget_bias folded into the bias of f: W [I, 4H], U [P, 4H], b [4H]."""
         H = self._num_units
         Kp = self._params["kernel"][:, self._perm]
         bp = self._params["bias"][self._perm]
@@ -516,111 +576,120 @@ class LSTMCell(RNNCell):
         if not self._use_peepholes:
             return None
         p = self._params
-        return p["w_i_diag"], p["w_f_diag"], p["w_o_diag"]
+        return p["w_i_diag"][:, None], p["w_f_diag"][:, None], p["w_o_diag"][:, None]
 
     def _forward_seq(self, x, state, mask):
         xp = get_array_module(x)
         T, B, I = x.shape
-        H, P = self._num_units, self.output_size
-        dt = x.dtype
+        H, P, dt = self._num_units, self.output_size, x.dtype
         W, U, b = self._effective_weights(I)
-        G = xp.matmul(x.reshape(T * B, I), W).reshape(T, B, 4 * H)   # [T*B, I] @ [I, 4H]: all steps
-        G += b
-        C = xp.empty((T + 1, B, H), dt)
-        Hs = xp.empty((T + 1, B, P), dt)
-        C[0], Hs[0] = state
-        proj = self._params.get("projection/kernel")
-        m = xp.empty((B, H), dt) if proj is not None else None
-        rec_buf = xp.empty((B, 4 * H), dt)
-        slabs = {"gates": G, "c": C, "h": Hs}
+        G = _project(W.T, _fm_inputs(x), b)                  # [4H, I] @ [T, I, B] -> [T, 4H, B]
+        C = xp.empty((T + 1, H, B), dt)
+        Hs = xp.empty((T + 1, P, B), dt)
+        C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
+        fm = {"gates": G, "c": C, "h": Hs}
         CM = PM = None
         if self._cell_clip is not None:
-            CM = slabs["cell_clip_mask"] = xp.empty((T, B, H), bool)
+            CM = fm["cell_clip_mask"] = xp.empty((T, H, B), bool)
         if self._proj_clip is not None:
-            PM = slabs["proj_clip_mask"] = xp.empty((T, B, P), bool)
-        peep, act = self._peep(), self._activation
+            PM = fm["proj_clip_mask"] = xp.empty((T, P, B), bool)
+        rec = LayerRecord(self, x, mask, fm)
+        proj = self._params.get("projection/kernel")         # [H, P]
+        m = xp.empty((H, B), dt) if proj is not None else None
+        buf = xp.empty((4 * H, B), dt)
+        peep, act, inv = self._peep(), self._activation, rec.inv_fm
         for t in range(T):
             g = G[t]
-            xp.matmul(Hs[t], U, out=rec_buf)                             # [B, P] @ [P, 4H]
-            g += rec_buf
+            xp.matmul(U.T, Hs[t], out=buf)                   # [4H, P] @ [P, B]
+            g += buf
             mt = m if proj is not None else Hs[t + 1]
             lstm_forward_pointwise(g, C[t], C[t + 1], mt, act, act, peep, self._cell_clip,
                                    None if CM is None else CM[t])
             if proj is not None:
-                xp.matmul(m, proj, out=Hs[t + 1])                        # [B, H] @ [H, P]
+                xp.matmul(proj.T, m, out=Hs[t + 1])          # [P, H] @ [H, B]
                 if PM is not None:
-                    PM[t] = abs(Hs[t + 1]) <= self._proj_clip
+                    xp.abs(Hs[t + 1], out=buf[:P])
+                    PM[t] = buf[:P] <= self._proj_clip
                     Hs[t + 1].clip(-self._proj_clip, self._proj_clip, out=Hs[t + 1])
-            if mask is not None:
-                xp.copyto(C[t + 1], C[t], where=~mask[t])
-                xp.copyto(Hs[t + 1], Hs[t], where=~mask[t])
-        out = Hs[1:].copy() if mask is None else Hs[1:] * mask
-        rec = LayerRecord(self, x, mask, slabs)
-        return out, LSTMStateTuple(C[T].copy(), Hs[T].copy()), rec
+            if inv is not None:
+                xp.copyto(C[t + 1], C[t], where=inv[t])
+                xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
+        final = LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T]))
+        return Hs[1:].transpose(0, 2, 1), final, rec
 
     # -- backward
     def _backward_seq(self, rec, dout, dstate):
-        x, G, C, Hs = rec.x, rec.slabs["gates"], rec.slabs["c"], rec.slabs["h"]
-        CM, PM = rec.slabs.get("cell_clip_mask"), rec.slabs.get("proj_clip_mask")
-        xp = get_array_module(x)
-        T, B, I = x.shape
-        H, P = self._num_units, self.output_size
-        dt = x.dtype
+        fm, x = rec.fm, rec.x
+        G, C, Hs = fm["gates"], fm["c"], fm["h"]
+        CM, PM = fm.get("cell_clip_mask"), fm.get("proj_clip_mask")
+        xp = get_array_module(G)
+        T, _, B = G.shape
+        I = x.shape[2]
+        H, P, dt = self._num_units, self.output_size, G.dtype
         W, U, _ = self._effective_weights(I)
         proj = self._params.get("projection/kernel")
         if dstate is None:
-            dc, dh = xp.zeros((B, H), dt), xp.zeros((B, P), dt)
+            dc, dh = xp.zeros((H, B), dt), xp.zeros((P, B), dt)
         else:
-            dc, dh = dstate.c.copy(), dstate.h.copy()
+            dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
         dG = xp.empty_like(G)
-        if dout is not None and rec.mask is not None:
-            dout = dout * rec.mask
-        DHP = xp.empty((T, B, P), dt) if proj is not None else None
-        dc_keep = xp.empty_like(dc) if rec.mask is not None else None
+        buf, tmp = xp.empty((P, B), dt), xp.empty((H, B), dt)
+        dout_fm = _masked_fm(dout, rec)
+        inv, peep, act = rec.inv_fm, self._peep(), self._activation
+        DHP = xp.empty((T, P, B), dt) if proj is not None else None
+        dm = xp.empty((H, B), dt) if proj is not None else None
+        dhv = xp.empty((P, B), dt) if inv is not None else None
+        dc_keep = xp.empty((H, B), dt) if inv is not None else None
         if rec.record_state_grads:
-            rec.d_h, rec.d_c = xp.empty((T, B, P), dt), xp.empty((T, B, H), dt)
-        peep, act = self._peep(), self._activation
+            rec.d_h_fm, rec.d_c_fm = xp.empty((T, P, B), dt), xp.empty((T, H, B), dt)
         for t in range(T - 1, -1, -1):
-            if dout is not None:
-                dh += dout[t]                                   # dL/dh_t: output + carried
-            if rec.d_h is not None:
-                rec.d_h[t] = dh
-            dhv = dh if rec.mask is None else dh * rec.mask[t]  # the part that flows into step t
+            if dout_fm is not None:
+                dh += dout_fm[t]                             # dL/dh_t: output + carried
+            if rec.d_h_fm is not None:
+                rec.d_h_fm[t] = dh
+            if inv is not None:                              # the part that flows into step t
+                dhv[...] = dh
+                xp.copyto(dhv, 0, where=inv[t])
+                dc_keep[...] = dc
+                d_step = dhv
+            else:
+                d_step = dh                                  # dh is replaced below, so in place is fine
             if proj is not None:
                 if PM is not None:
-                    dhv = dhv * PM[t]
-                DHP[t] = dhv
-                dm = xp.matmul(dhv, proj.T)                     # [B, P] @ [P, H]
+                    d_step *= PM[t]                          # clip_by_value passes |h| <= proj_clip
+                DHP[t] = d_step
+                xp.matmul(proj, d_step, out=dm)              # [H, P] @ [P, B]
+                d_m = dm
             else:
-                dm = dhv
-            if dc_keep is not None:
-                dc_keep[...] = dc
-            lstm_backward_pointwise(G[t], C[t], C[t + 1], dm, dc, dG[t], act, act, peep,
-                                    None if CM is None else CM[t], None if rec.d_c is None else rec.d_c[t])
-            if rec.mask is not None:                            # rows past their length: the
-                xp.copyto(dG[t], 0, where=rec.inv[t])           # state was carried through, so
-                xp.copyto(dc, dc_keep, where=rec.inv[t])        # no gate gradient, dc unchanged
-            dh_prev = xp.matmul(dG[t], U.T)                     # [B, 4H] @ [4H, P]
-            if rec.mask is not None:
-                xp.copyto(dh_prev, dh, where=rec.inv[t])
-            dh = dh_prev
-        rec.d_gates = dG
+                d_m = d_step
+            lstm_backward_pointwise(G[t], C[t], C[t + 1], d_m, dc, dG[t], act, act, tmp, peep,
+                                    None if CM is None else CM[t],
+                                    None if rec.d_c_fm is None else rec.d_c_fm[t])
+            if inv is not None:                              # rows past their length carried the
+                xp.copyto(dG[t], 0, where=inv[t])            # state through: no gate gradient,
+                xp.copyto(dc, dc_keep, where=inv[t])         # dc and dh pass unchanged
+            xp.matmul(U, dG[t], out=buf)                     # [P, 4H] @ [4H, B]
+            if inv is not None:
+                xp.copyto(buf, dh, where=inv[t])
+            dh, buf = buf, dh
+        rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
-        G2 = dG.reshape(T * B, 4 * H)
-        dK = xp.concatenate([xp.matmul(x.reshape(T * B, I).T, G2),              # [I, T*B] @ [T*B, 4H]
-                             xp.matmul(Hs[:T].reshape(T * B, P).T, G2)], axis=0)  # [P, T*B] @ [T*B, 4H]
-        self._grads["kernel"][:, self._perm] += dK
-        self._grads["bias"][self._perm] += G2.sum(axis=0)
+        dG2 = _flat(dG)                                      # [4H, T*B]
+        ip = self._inv_perm
+        self._grads["kernel"][:I] += xp.matmul(x.reshape(T * B, I).T, dG2.T)[:, ip]  # [I, T*B] @ [T*B, 4H]
+        self._grads["kernel"][I:] += xp.matmul(_flat(Hs[:T]), dG2.T)[:, ip]         # [P, T*B] @ [T*B, 4H]
+        self._grads["bias"] += dG2.sum(axis=1)[ip]
         if peep is not None:
-            self._accumulate("w_i_diag", (dG[:, :, :H] * C[:T]).sum(axis=(0, 1)))
-            self._accumulate("w_f_diag", (dG[:, :, H:2 * H] * C[:T]).sum(axis=(0, 1)))
-            self._accumulate("w_o_diag", (dG[:, :, 2 * H:3 * H] * C[1:]).sum(axis=(0, 1)))
+            self._accumulate("w_i_diag", (dG[:, :H] * C[:T]).sum(axis=(0, 2)))
+            self._accumulate("w_f_diag", (dG[:, H:2 * H] * C[:T]).sum(axis=(0, 2)))
+            self._accumulate("w_o_diag", (dG[:, 2 * H:3 * H] * C[1:]).sum(axis=(0, 2)))
         if proj is not None:
-            M = act(C[1:]) * G[:, :, 2 * H:3 * H]                        # m = o * act(c), all steps
+            M = act(C[1:])
+            M *= G[:, 2 * H:3 * H]                           # m = o * act(c), all steps [T, H, B]
             self._accumulate("projection/kernel",
-                             xp.matmul(M.reshape(T * B, H).T, DHP.reshape(T * B, P)))  # [H, T*B] @ [T*B, P]
-        dx = xp.matmul(G2, W.T).reshape(T, B, I)                         # [T*B, 4H] @ [4H, I]
-        return dx, LSTMStateTuple(dc, dh)
+                             xp.matmul(_flat(M), _flat(DHP).T))  # [H, T*B] @ [T*B, P]
+        dxT = xp.matmul(W, dG)                               # [I, 4H] @ [T, 4H, B] -> [T, I, B]
+        return dxT.transpose(0, 2, 1), LSTMStateTuple(_state_public(dc), _state_public(dh))
 
 
 class BasicLSTMCell(LSTMCell):
@@ -664,80 +733,81 @@ class GRUCell(RNNCell):
             return np.ones(shape, dtype)
         return super()._init_value(name, shape, rng, dtype)
 
+    def _weights(self, I):
+        p = self._params
+        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
+        Wx = get_array_module(Kg).concatenate([Kg[:I], Kc[:I]], axis=1)   # [I, 3H]
+        return Wx, Kg[I:], Kc[I:]                                         # Ug [H, 2H], Uc [H, H]
+
     def _forward_seq(self, x, h0, mask):
         xp = get_array_module(x)
         T, B, I = x.shape
-        H = self._num_units
+        H, dt = self._num_units, x.dtype
         p = self._params
-        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
-        Ug, Uc = Kg[I:], Kc[I:]
-        Wx = xp.concatenate([Kg[:I], Kc[:I]], axis=1)                   # [I, 3H]
-        G = xp.matmul(x.reshape(T * B, I), Wx).reshape(T, B, 3 * H)     # [T*B, I] @ [I, 3H]
-        G += xp.concatenate([p["gates/bias"], p["candidate/bias"]])
-        Hs = xp.empty((T + 1, B, H), x.dtype)
-        Hs[0] = h0
-        rh = xp.empty((B, H), x.dtype)
-        buf_g = xp.empty((B, 2 * H), x.dtype)
-        buf_c = xp.empty((B, H), x.dtype)
-        act = self._activation
+        Wx, Ug, Uc = self._weights(I)
+        b = xp.concatenate([p["gates/bias"], p["candidate/bias"]])
+        G = _project(Wx.T, _fm_inputs(x), b)               # [3H, I] @ [T, I, B] -> [T, 3H, B]
+        Hs = xp.empty((T + 1, H, B), dt)
+        Hs[0] = _state_fm(h0)
+        rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})
+        rh = xp.empty((H, B), dt)
+        buf_g, buf_c = xp.empty((2 * H, B), dt), xp.empty((H, B), dt)
+        inv, act = rec.inv_fm, self._activation
         for t in range(T):
             g = G[t]
-            xp.matmul(Hs[t], Ug, out=buf_g)                              # [B, H] @ [H, 2H]
-            g[:, :2 * H] += buf_g
+            xp.matmul(Ug.T, Hs[t], out=buf_g)              # [2H, H] @ [H, B]
+            g[:2 * H] += buf_g
             gru_gates_forward(g, Hs[t], rh)
-            xp.matmul(rh, Uc, out=buf_c)                                 # [B, H] @ [H, H]
-            g[:, 2 * H:] += buf_c
+            xp.matmul(Uc.T, rh, out=buf_c)                 # [H, H] @ [H, B]
+            g[2 * H:] += buf_c
             gru_state_forward(g, Hs[t], Hs[t + 1], act)
-            if mask is not None:
-                xp.copyto(Hs[t + 1], Hs[t], where=~mask[t])
-        out = Hs[1:].copy() if mask is None else Hs[1:] * mask
-        return out, Hs[T].copy(), LayerRecord(self, x, mask, {"gates": G, "h": Hs})
+            if inv is not None:
+                xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
+        return Hs[1:].transpose(0, 2, 1), _state_public(Hs[T]), rec
 
     def _backward_seq(self, rec, dout, dh_final):
-        x, G, Hs = rec.x, rec.slabs["gates"], rec.slabs["h"]
-        xp = get_array_module(x)
-        T, B, I = x.shape
-        H = self._num_units
-        p = self._params
-        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
-        Ug, Uc = Kg[I:], Kc[I:]
-        dh = xp.zeros((B, H), x.dtype) if dh_final is None else dh_final.copy()
+        G, Hs, x = rec.fm["gates"], rec.fm["h"], rec.x
+        xp = get_array_module(G)
+        T, _, B = G.shape
+        I = x.shape[2]
+        H, dt = self._num_units, G.dtype
+        Wx, Ug, Uc = self._weights(I)
+        dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
+        buf, drh = xp.empty((H, B), dt), xp.empty((H, B), dt)
+        tmp, tmp2 = xp.empty((H, B), dt), xp.empty((H, B), dt)
+        dout_fm = _masked_fm(dout, rec)
         dG = xp.empty_like(G)
-        if dout is not None and rec.mask is not None:
-            dout = dout * rec.mask
         if rec.record_state_grads:
-            rec.d_h = xp.empty((T, B, H), x.dtype)
-        act = self._activation
+            rec.d_h_fm = xp.empty((T, H, B), dt)
+        inv, act = rec.inv_fm, self._activation
         for t in range(T - 1, -1, -1):
-            if dout is not None:
-                dh += dout[t]
-            if rec.d_h is not None:
-                rec.d_h[t] = dh
+            if dout_fm is not None:
+                dh += dout_fm[t]
+            if rec.d_h_fm is not None:
+                rec.d_h_fm[t] = dh
             g, dg = G[t], dG[t]
-            dh_prev = gru_backward_pointwise(g, Hs[t], dh, dg, act)
-            drh = xp.matmul(dg[:, 2 * H:], Uc.T)                          # [B, H] @ [H, H]
-            gru_reset_backward(g, Hs[t], drh, dh_prev, dg)
-            dh_prev += xp.matmul(dg[:, :2 * H], Ug.T)                     # [B, 2H] @ [2H, H]
-            if rec.mask is not None:
-                xp.copyto(dg, 0, where=rec.inv[t])
-                xp.copyto(dh_prev, dh, where=rec.inv[t])
-            dh = dh_prev
-        rec.d_gates = dG
-        G2 = dG.reshape(T * B, 3 * H)
-        X2 = x.reshape(T * B, I)
-        Hp = Hs[:T].reshape(T * B, H)
-        dWx = xp.matmul(X2.T, G2)                                         # [I, T*B] @ [T*B, 3H]
-        RH = (G[:, :, :H] * Hs[:T]).reshape(T * B, H)                     # r * h_prev, all steps
+            gru_backward_pointwise(g, Hs[t], dh, dg, act, buf, tmp)
+            xp.matmul(Uc, dg[2 * H:], out=drh)             # [H, H] @ [H, B]
+            gru_reset_backward(g, Hs[t], drh, buf, dg, tmp)
+            xp.matmul(Ug, dg[:2 * H], out=tmp2)            # [H, 2H] @ [2H, B]
+            buf += tmp2
+            if inv is not None:
+                xp.copyto(dg, 0, where=inv[t])
+                xp.copyto(buf, dh, where=inv[t])
+            dh, buf = buf, dh
+        rec.d_gates_fm = dG
+        dG2 = _flat(dG)                                                   # [3H, T*B]
+        dWx = xp.matmul(x.reshape(T * B, I).T, dG2.T)                     # [I, T*B] @ [T*B, 3H]
+        RH = G[:, :H] * Hs[:T]                                            # r * h_prev, all steps
         self._accumulate("gates/kernel", xp.concatenate(
-            [dWx[:, :2 * H], xp.matmul(Hp.T, G2[:, :2 * H])], axis=0))    # [H, T*B] @ [T*B, 2H]
+            [dWx[:, :2 * H], xp.matmul(_flat(Hs[:T]), dG2[:2 * H].T)], axis=0))   # [H, T*B] @ [T*B, 2H]
         self._accumulate("candidate/kernel", xp.concatenate(
-            [dWx[:, 2 * H:], xp.matmul(RH.T, G2[:, 2 * H:])], axis=0))    # [H, T*B] @ [T*B, H]
-        db = G2.sum(axis=0)
+            [dWx[:, 2 * H:], xp.matmul(_flat(RH), dG2[2 * H:].T)], axis=0))       # [H, T*B] @ [T*B, H]
+        db = dG2.sum(axis=1)
         self._accumulate("gates/bias", db[:2 * H])
         self._accumulate("candidate/bias", db[2 * H:])
-        Wx = xp.concatenate([Kg[:I], Kc[:I]], axis=1)
-        dx = xp.matmul(G2, Wx.T).reshape(T, B, I)                         # [T*B, 3H] @ [3H, I]
-        return dx, dh
+        dxT = xp.matmul(Wx, dG)                                           # [I, 3H] @ [T, 3H, B]
+        return dxT.transpose(0, 2, 1), _state_public(dh)
 
 
 # ============================================================================ stacks
