@@ -18,10 +18,15 @@ class BackwardTwiceError(RuntimeError, ValueError):
 class _OnceTrace:
     _done = False
 
-    def _consume(self):
+    def _ensure_fresh(self):
         if self._done:
             raise BackwardTwiceError("backward was already called on this %s; run the forward again "
                                      "with return_trace=True for a new trace" % type(self).__name__)
+
+    def _consume(self):
+        """Mark the trace spent; called after the cotangent is validated, so that a backward
+        rejected for a bad argument leaves the trace usable."""
+        self._ensure_fresh()
         self._done = True
 
 
@@ -62,13 +67,17 @@ class BooleanMaskTrace(_OnceTrace):
 
     def backward(self, d_output):
         """Scatter ``d_output`` back into zeros of the input's shape."""
-        self._consume()
+        self._ensure_fresh()
         xp = self.xp
         n = int(self.index[0].size) if self.index else 0
         d = as_array(d_output, "d_output")
         a = self._axis
         expected = tuple(self.shape[:a]) + (n,) + tuple(self.shape[a + len(self.index):])
         check_shape(d, expected, "d_output")
+        check_dtype(d, self.dtype, "d_output")
+        if get_array_module(d) is not xp:
+            raise TypeError("d_output is on a different device than the forward's tensor")
+        self._consume()
         out = xp.zeros(self.shape, self.dtype)
         out[(slice(None),) * self._axis + self.index] = d
         return out
@@ -186,10 +195,11 @@ class EmbeddingTrace(_OnceTrace):
 
     def backward(self, d_output):
         """Return the gradient with respect to ``params`` as an :class:`IndexedSlices`."""
-        self._consume()
+        self._ensure_fresh()
         d = float_array(d_output, "d_output")
         check_shape(d, tuple(self.ids.shape) + (self.shape[1],), "d_output")
         check_dtype(d, self.dtype, "d_output")
+        self._consume()
         return IndexedSlices(d.reshape(-1, self.shape[1]), self.ids.reshape(-1), self.shape)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import activations as _act
 from .backend import default_xp, get_array_module
 from ._checks import float_array, check_dtype, check_shape, resolve_dtype
-from .gates import (LSTM_INTERNAL_ORDER, lstm_forward_pointwise, lstm_backward_pointwise,
+from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
 
@@ -57,7 +57,7 @@ class LayerRecord:
 
     Attributes: ``cell``; ``x`` [T, B, I] (time-major inputs); ``mask`` ([T, B, 1] bool, True where
     ``t < sequence_length[b]``, or None); ``slabs``: dict of the saved arrays as time-major views
-    ``[T, B, ...]``: LSTM ``gates`` [T, B, 4H] (activated, internal order i, f, o, j), ``c`` [T+1, B, H]
+    ``[T, B, ...]``: LSTM ``gates`` [T, B, 4H] (activated, TF's order i, j, f, o), ``c`` [T+1, B, H]
     (``c[0]`` is the initial state), ``h`` [T+1, B, P], and with clipping ``cell_clip_mask`` /
     ``proj_clip_mask``; GRU ``gates`` [T, B, 3H] = r, u, candidate, ``h`` [T+1, B, H]; BasicRNN
     ``gates`` [T, B, H] (= h), ``h``.  After the backward: ``d_gates`` (dL/d pre-activation gates,
@@ -345,7 +345,7 @@ class RNNCell:
         out, new, rec = self._forward_seq(x[None], st, None)
         output, new_state = out[0].copy(), self._to_public(new)
         if return_trace:
-            return output, new_state, StepTrace(self, rec, x.shape[0])
+            return output, new_state, StepTrace(self, rec, x)
         return output, new_state
 
     def _accumulate(self, name, value):
@@ -372,19 +372,24 @@ def _check_state_array(a, shape, dtype, xp, name):
 class StepTrace:
     """Trace of one ``cell(inputs, state, return_trace=True)`` step."""
 
-    def __init__(self, cell, record, batch):
+    def __init__(self, cell, record, x):
         self.cell = cell
         self.record = record
-        self._batch = batch
+        self._batch = x.shape[0]
+        self._xp, self._dtype = get_array_module(x), x.dtype
         self._done = False
+
+    @property
+    def records(self):
+        """The LayerRecord(s) of this step: one per layer, bottom first."""
+        return self.record if isinstance(self.record, list) else [self.record]
 
     def backward(self, d_output=None, d_state=None):
         """Return ``(d_inputs, d_state)``; parameter gradients accumulate into ``cell.grads``."""
         from .rnn_ops import _consume
         _consume(self)
         cell, rec = self.cell, self.record
-        xp = get_array_module(rec.x)
-        dtype = rec.x.dtype
+        xp, dtype = self._xp, self._dtype
         dout = None
         if d_output is not None:
             d = float_array(d_output, "d_output")
@@ -529,12 +534,6 @@ class LSTMCell(RNNCell):
             s["projection/kernel"] = (H, P)
         return s
 
-    def _on_build(self):
-        H = self._num_units
-        perm = np.concatenate([np.arange(k * H, (k + 1) * H) for k in LSTM_INTERNAL_ORDER])
-        self._perm = self._xp().asarray(perm)
-        self._inv_perm = self._xp().asarray(np.argsort(perm))
-
     # -- states
     def _zero_state(self, batch_size, dtype, xp):
         c = xp.zeros((batch_size, self._num_units), dtype)
@@ -564,13 +563,13 @@ class LSTMCell(RNNCell):
 
     # -- forward
     def _effective_weights(self, I):
-        """Kernel and bias with gate columns permuted to the internal order (i, f, o, j) and
-        forget_bias folded into the bias of f: W [I, 4H], U [P, 4H], b [4H]."""
+        """W [I, 4H] and U [P, 4H] (views of the kernel, gate columns i, j, f, o) and the bias
+        with forget_bias added to the f block (a copy: forget_bias is never stored)."""
         H = self._num_units
-        Kp = self._params["kernel"][:, self._perm]
-        bp = self._params["bias"][self._perm]
-        bp[H:2 * H] += self._forget_bias
-        return Kp[:I], Kp[I:], bp
+        K = self._params["kernel"]
+        b = self._params["bias"].copy()
+        b[2 * H:3 * H] += self._forget_bias
+        return K[:I], K[I:], b
 
     def _peep(self):
         if not self._use_peepholes:
@@ -675,17 +674,17 @@ class LSTMCell(RNNCell):
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
         dG2 = _flat(dG)                                      # [4H, T*B]
-        ip = self._inv_perm
-        self._grads["kernel"][:I] += xp.matmul(x.reshape(T * B, I).T, dG2.T)[:, ip]  # [I, T*B] @ [T*B, 4H]
-        self._grads["kernel"][I:] += xp.matmul(_flat(Hs[:T]), dG2.T)[:, ip]         # [P, T*B] @ [T*B, 4H]
-        self._grads["bias"] += dG2.sum(axis=1)[ip]
+        kgrad = self._grads["kernel"]
+        kgrad[:I] += xp.matmul(x.reshape(T * B, I).T, dG2.T)    # [I, T*B] @ [T*B, 4H]
+        kgrad[I:] += xp.matmul(_flat(Hs[:T]), dG2.T)           # [P, T*B] @ [T*B, 4H]
+        self._accumulate("bias", dG2.sum(axis=1))
         if peep is not None:
             self._accumulate("w_i_diag", (dG[:, :H] * C[:T]).sum(axis=(0, 2)))
-            self._accumulate("w_f_diag", (dG[:, H:2 * H] * C[:T]).sum(axis=(0, 2)))
-            self._accumulate("w_o_diag", (dG[:, 2 * H:3 * H] * C[1:]).sum(axis=(0, 2)))
+            self._accumulate("w_f_diag", (dG[:, 2 * H:3 * H] * C[:T]).sum(axis=(0, 2)))
+            self._accumulate("w_o_diag", (dG[:, 3 * H:] * C[1:]).sum(axis=(0, 2)))
         if proj is not None:
             M = act(C[1:])
-            M *= G[:, 2 * H:3 * H]                           # m = o * act(c), all steps [T, H, B]
+            M *= G[:, 3 * H:]                                # m = o * act(c), all steps [T, H, B]
             self._accumulate("projection/kernel",
                              xp.matmul(_flat(M), _flat(DHP).T))  # [H, T*B] @ [T*B, P]
         dxT = xp.matmul(W, dG)                               # [I, 4H] @ [T, 4H, B] -> [T, I, B]

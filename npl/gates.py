@@ -13,10 +13,10 @@ are ``[H, B]``.  Each gate is then one contiguous block ``g[k*H:(k+1)*H]``, whic
 elementwise work several times faster than on the strided columns of a ``[B, 4H]`` array.  The
 public layout stays TensorFlow's ``[batch, units]``; the cells transpose at the edges.
 
-Gate order.  TensorFlow stores the LSTM kernel with gate columns ``i, j, f, o``.  Inside a sequence
-pass npl permutes them once to ``i, f, o, j`` (``LSTM_INTERNAL_ORDER``) so that the three sigmoid
-gates are one block ``g[:3H]``; gradients are permuted back before they are accumulated under TF's
-names.  GRU keeps TF's ``r, u`` order and appends the candidate: ``g = [r; u; c~]``.
+Gate order.  TensorFlow's: the LSTM kernel's gate columns are ``i, j, f, o``, so one step's gates
+are ``g = [i; j; f; o]`` and the sigmoid gates are two contiguous blocks, ``i`` and ``[f; o]``.
+No permutation is ever made, so the kernel is used as it is stored.  GRU keeps TF's ``r, u`` order
+and appends the candidate: ``g = [r; u; c~]``.
 
 Symbols (as in docs/bptt.md):
     i, f, o  input, forget, output gates (after the sigmoid)
@@ -30,8 +30,8 @@ __all__ = ["lstm_forward_pointwise", "lstm_backward_pointwise", "gru_gates_forwa
            "gru_state_forward", "gru_backward_pointwise", "gru_reset_backward",
            "rnn_backward_pointwise", "LSTM_INTERNAL_ORDER"]
 
-# internal position k holds TF gate LSTM_INTERNAL_ORDER[k] (TF order: i=0, j=1, f=2, o=3)
-LSTM_INTERNAL_ORDER = (0, 2, 3, 1)
+# position k of the gate slab holds TF gate LSTM_INTERNAL_ORDER[k]: TF's own order i, j, f, o
+LSTM_INTERNAL_ORDER = (0, 1, 2, 3)
 
 
 def _cuda(a, *acts):
@@ -54,7 +54,7 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
                            clip_mask=None):
     """One LSTM step after the gate GEMMs (feature-major).
 
-    g:       [4H, B] pre-activations (a_i; a_f; a_o; a_j), overwritten with the gates (i; f; o; j).
+    g:       [4H, B] pre-activations (a_i; a_j; a_f; a_o), overwritten with the gates (i; j; f; o).
     c_prev:  [H, B] previous cell state.
     c:       [H, B] output: new cell state (clipped when ``cell_clip``).
     m:       [H, B] output: o * act(c)  (the cell output before any projection).
@@ -70,9 +70,10 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
     if k is not None:
         return k.lstm_forward(g, c_prev, c, m, peep, cell_clip, clip_mask)
     H = c.shape[0]
-    i, f, o, j = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
+    i, j, f, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
     if peep is None:
-        sigmoid_(g[:3 * H], out=g[:3 * H])                      # i, f, o in one call
+        sigmoid_(i, out=i)
+        sigmoid_(g[2 * H:], out=g[2 * H:])                      # f, o in one call
     else:
         w_i, w_f, w_o = peep
         c[...] = c_prev
@@ -81,7 +82,8 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
         c[...] = c_prev
         c *= w_f
         f += c
-        sigmoid_(g[:2 * H], out=g[:2 * H])                      # i, f
+        sigmoid_(i, out=i)
+        sigmoid_(f, out=f)
     act_j(j, out=j)
     c[...] = f
     c *= c_prev                                                 # f * c_prev
@@ -105,11 +107,11 @@ def lstm_backward_pointwise(g, c_prev, c, dm, dc, dg, act_j, act_c, tmp, peep=No
                             dc_record=None):
     """Backward of :func:`lstm_forward_pointwise` for one step (feature-major).
 
-    g:       [4H, B] gates (i; f; o; j) saved by the forward.
+    g:       [4H, B] gates (i; j; f; o) saved by the forward.
     c_prev, c: [H, B] cell states before and after the step.
     dm:      [H, B] dL/dm for this step (output gradient plus carried dL/dh, through any projection).
     dc:      [H, B] carried dL/dc of this step's c; overwritten with dL/dc_prev.
-    dg:      [4H, B] output: dL/d(pre-activation gates) (d_i; d_f; d_o; d_j).
+    dg:      [4H, B] output: dL/d(pre-activation gates) (d_i; d_j; d_f; d_o).
     tmp:     [H, B] workspace.
     dc_record: optional [H, B] output: the total dL/dc of this step (for inspection).
 
@@ -122,8 +124,8 @@ def lstm_backward_pointwise(g, c_prev, c, dm, dc, dg, act_j, act_c, tmp, peep=No
     if k is not None:
         return k.lstm_backward(g, c_prev, c, dm, dc, dg, peep, clip_mask)
     H = c.shape[0]
-    i, f, o, j = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
-    dg_i, dg_f, dg_o, dg_j = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:]
+    i, j, f, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
+    dg_i, dg_j, dg_f, dg_o = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:]
     act_c(c, out=dg_j)                          # tc = act(c), recomputed (dg_j as workspace)
     dg_o[...] = dm
     dg_o *= dg_j                                # dL/do = dm * act(c)

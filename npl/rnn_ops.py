@@ -15,7 +15,7 @@ import numpy as np
 
 from .array_ops import reverse_sequence, BackwardTwiceError
 from .backend import get_array_module
-from .cells import RNNCell
+from .cells import RNNCell, LSTMStateTuple, _describe
 from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array
 
 __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn",
@@ -23,12 +23,28 @@ __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn",
            "StackBidirectionalTrace"]
 
 
-def _consume(trace):
-    if getattr(trace, "_done", False):
-        raise BackwardTwiceError("backward was already called on this %s; its saved arrays are "
-                                 "spent. Run the forward again with return_trace=True for a new trace"
-                                 % type(trace).__name__)
-    trace._done = True
+def _ensure_fresh(*traces):
+    """Raise BackwardTwiceError if any of ``traces`` was already consumed by a backward."""
+    for trace in traces:
+        if getattr(trace, "_done", False):
+            raise BackwardTwiceError("backward was already called on this %s; its saved arrays are "
+                                     "spent. Run the forward again with return_trace=True for a new "
+                                     "trace" % type(trace).__name__)
+
+
+def _consume(*traces):
+    """Mark ``traces`` as spent (after checking none is).  Call it once the cotangents are
+    validated, so that a backward rejected for a bad argument leaves the trace usable."""
+    _ensure_fresh(*traces)
+    for trace in traces:
+        trace._done = True
+
+
+def _check_pair(value, name, what):
+    """``value`` must be a 2-sequence (fw, bw); an LSTMStateTuple is a state, not such a pair."""
+    if isinstance(value, LSTMStateTuple) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError("%s must be a pair %s, got %s" % (name, what, _describe(value)))
+    return value
 
 
 def _check_cell(cell, name="cell"):
@@ -86,35 +102,46 @@ class RNNTrace:
         """Return ``(d_inputs, d_initial_state)``; accumulates into ``cell.grads``.
 
         d_outputs: same shape as the forward's outputs (or None); d_final_state: same structure as
-        the final state (or None).
+        the final state (or None).  Bad cotangents raise before anything is consumed.
         """
+        _ensure_fresh(self)
+        prepared = self._prepare(d_outputs, d_final_state)
         _consume(self)
+        return self._run(*prepared)
+
+    def _check_outputs(self, d_outputs, name="d_outputs"):
+        """Validate an output cotangent in the forward's layout (shape, dtype, device)."""
+        d = float_array(d_outputs, name, ndim=3)
+        T, B, P = self.max_time, self.batch_size, self.cell.output_size
+        check_shape(d, (T, B, P) if self.time_major else (B, T, P), name)
+        check_dtype(d, self.dtype, name)
+        if get_array_module(d) is not self._xp:
+            raise TypeError("%s is on a different device than the forward's inputs" % name)
+        return d
+
+    def _prepare(self, d_outputs, d_final_state, out_name="d_outputs", state_name="d_final_state"):
+        """Validate the cotangents without consuming the trace; returns the internal forms
+        (time-major d_outputs of the computed steps, internal state) for :meth:`_run`."""
+        dout = dst = None
+        if d_outputs is not None:
+            d = self._check_outputs(d_outputs, out_name)
+            dout = self._xp.ascontiguousarray(self._to_time_major(d)[:self.steps])
+        if d_final_state is not None:
+            dst = self.cell._to_internal(d_final_state, self.batch_size, self.dtype, self._xp,
+                                         state_name)
+        return dout, dst
+
+    def _run(self, dout, dst):
+        """The backward proper, on cotangents already checked by :meth:`_prepare`."""
         cell, xp, dt = self.cell, self._xp, self.dtype
         T, B, Tl = self.max_time, self.batch_size, self.steps
-        dout = None
-        if d_outputs is not None:
-            d = float_array(d_outputs, "d_outputs", ndim=3)
-            shape = (T, B, cell.output_size) if self.time_major else (B, T, cell.output_size)
-            check_shape(d, shape, "d_outputs")
-            check_dtype(d, dt, "d_outputs")
-            if get_array_module(d) is not xp:
-                raise TypeError("d_outputs is on a different device than the forward's inputs")
-            dout = xp.ascontiguousarray(self._to_time_major(d)[:Tl])
-        dst = None
-        if d_final_state is not None:
-            dst = cell._to_internal(d_final_state, B, dt, xp, "d_final_state")
+        shape = (T, B, self._input_width) if self.time_major else (B, T, self._input_width)
+        dx = (xp.empty if Tl == T else xp.zeros)(shape, dt)
         if Tl == 0:
-            dx_tm = xp.zeros((T, B, self._input_width), dt)
-            d0 = dst if dst is not None else cell._zeros_internal(B, dt, xp)
-            d0 = _copy_struct(d0)
+            d0 = _copy_struct(dst if dst is not None else cell._zeros_internal(B, dt, xp))
         else:
-            dx_run, d0 = cell._backward_seq(self._rec, dout, dst)
-            if Tl < T:
-                dx_tm = xp.zeros((T, B, self._input_width), dt)
-                dx_tm[:Tl] = dx_run
-            else:
-                dx_tm = dx_run
-        dx = dx_tm if self.time_major else xp.ascontiguousarray(dx_tm.transpose(1, 0, 2))
+            dx_run, d0 = cell._backward_seq(self._rec, dout, dst)     # [Tl, B, I] view
+            self._to_time_major(dx)[:Tl] = dx_run
         return dx, cell._to_public(d0)
 
 
@@ -149,23 +176,31 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
     >>> out.shape, state.h.shape, float(abs(out[1, 1:]).max())
     ((2, 3, 4), (2, 4), 0.0)
     """
-    _check_cell(cell)
-    x = float_array(inputs, "inputs", ndim=3)
+    return _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major, return_trace)
+
+
+def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major, return_trace,
+                 cell_name="cell", inputs_name="inputs", state_name="initial_state"):
+    """:func:`dynamic_rnn` with the argument names its error messages use (so that the
+    bidirectional functions can say ``initial_state_bw`` or ``cells_fw[1]``)."""
+    _check_cell(cell, cell_name)
+    x = float_array(inputs, inputs_name, ndim=3)
     want = resolve_dtype(dtype)
     if want is not None and x.dtype != want:
-        raise TypeError("inputs have dtype %s but dtype=%s was given (no silent casting)" % (x.dtype, want))
+        raise TypeError("%s have dtype %s but dtype=%s was given (no silent casting)"
+                        % (inputs_name, x.dtype, want))
     xp = get_array_module(x)
     x_tm = x if time_major else x.transpose(1, 0, 2)
     T, B, I = x_tm.shape
     if T == 0 or B == 0 or I == 0:
-        raise ValueError("inputs must have at least one time step, batch row and feature, got shape %s"
-                         % (tuple(x.shape),))
-    cell._maybe_build(x_tm, "inputs")
+        raise ValueError("%s must have at least one time step, batch row and feature, got shape %s"
+                         % (inputs_name, tuple(x.shape)))
     lengths = lengths_array(sequence_length, B, T, xp)
+    cell._maybe_build(x_tm, inputs_name)
     if initial_state is None:
         state = cell._zeros_internal(B, x.dtype, xp)
     else:
-        state = cell._to_internal(initial_state, B, x.dtype, xp, "initial_state")
+        state = cell._to_internal(initial_state, B, x.dtype, xp, state_name)
     if lengths is None:
         Tl, mask = T, None
     else:
@@ -174,17 +209,16 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
             xp.asarray(np.arange(Tl)[:, None] < lengths[None, :])[:, :, None]   # [Tl, B, 1]
     P = cell.output_size
     rec = None
+    shape = (T, B, P) if time_major else (B, T, P)
+    outputs = (xp.empty if Tl == T else xp.zeros)(shape, x.dtype)
     if Tl == 0:
-        out_tm = xp.zeros((T, B, P), x.dtype)
         final = _copy_struct(state)
     else:
-        out_run, final, rec = cell._forward_seq(xp.ascontiguousarray(x_tm[:Tl]), state, mask)
-        if Tl < T:
-            out_tm = xp.zeros((T, B, P), x.dtype)
-            out_tm[:Tl] = out_run
-        else:
-            out_tm = out_run
-    outputs = out_tm if time_major else xp.ascontiguousarray(out_tm.transpose(1, 0, 2))
+        out_run, final, rec = cell._forward_seq(x_tm[:Tl], state, mask)   # [Tl, B, P] view
+        out_tm = outputs if time_major else outputs.transpose(1, 0, 2)
+        out_tm[:Tl] = out_run
+        if mask is not None:
+            out_tm[:Tl] *= mask                    # zero past each row's length
     final = cell._to_public(final)
     if return_trace:
         return outputs, final, RNNTrace(cell, rec, lengths, time_major, T, B, x.dtype, xp, I)
@@ -207,13 +241,17 @@ class StaticRNNTrace:
         return self
 
     def backward(self, d_outputs=None, d_final_state=None):
-        _consume(self)
+        """Return ``(list of d_inputs, d_initial_state)``; ``d_outputs`` is a list with one
+        [batch, output_size] array (or None) per step.  Bad cotangents raise before anything is
+        consumed."""
+        _ensure_fresh(self, self.inner)
         d = None
         if d_outputs is not None:
             if not isinstance(d_outputs, (list, tuple)) or len(d_outputs) != self._n:
                 raise ValueError("d_outputs must be a list of %d arrays (or None entries), one per "
-                                 "step, got %s" % (self._n, type(d_outputs).__name__ if not
-                                                   isinstance(d_outputs, (list, tuple)) else len(d_outputs)))
+                                 "step, got %s" % (self._n, _describe(d_outputs) if not
+                                                   isinstance(d_outputs, (list, tuple))
+                                                   else "%d entries" % len(d_outputs)))
             inner = self.inner
             xp, dt = inner._xp, inner.dtype
             shape = (inner.batch_size, inner.cell.output_size)
@@ -224,7 +262,9 @@ class StaticRNNTrace:
                     check_shape(g, shape, "d_outputs[%d]" % t)
                     check_dtype(g, dt, "d_outputs[%d]" % t)
                     d[t] = g
-        dx, d0 = self.inner.backward(d, d_final_state)
+        prepared = self.inner._prepare(d, d_final_state)
+        _consume(self, self.inner)
+        dx, d0 = self.inner._run(*prepared)
         return [dx[t] for t in range(self._n)], d0
 
 
@@ -282,27 +322,32 @@ class BidirectionalTrace:
         return self
 
     def backward(self, d_outputs=None, d_final_state=None):
-        _consume(self)
+        """Return ``(d_inputs, (d_initial_state_fw, d_initial_state_bw))``.  Either argument, or
+        either entry of a pair, may be None.  Bad cotangents raise before anything is consumed."""
+        _ensure_fresh(self, self.fw, self.bw)
+        prepared = self._prepare(d_outputs, d_final_state)
+        _consume(self, self.fw, self.bw)
+        return self._run(prepared)
+
+    def _prepare(self, d_outputs, d_final_state, out_names=("d_outputs[0]", "d_outputs[1]"),
+                 state_names=("d_final_state[0]", "d_final_state[1]")):
+        """Validate both directions' cotangents (nothing consumed); the bw output cotangent is
+        reversed into the bw pass's time order."""
         d_fw = d_bw = s_fw = s_bw = None
         if d_outputs is not None:
-            if not isinstance(d_outputs, (tuple, list)) or len(d_outputs) != 2:
-                raise TypeError("d_outputs must be a pair (d_output_fw, d_output_bw), got %s"
-                                % type(d_outputs).__name__)
-            d_fw, d_bw = d_outputs
+            d_fw, d_bw = _check_pair(d_outputs, "d_outputs", "(d_output_fw, d_output_bw)")
         if d_final_state is not None:
-            if not isinstance(d_final_state, (tuple, list)) or len(d_final_state) != 2:
-                raise TypeError("d_final_state must be a pair (d_state_fw, d_state_bw), got %s"
-                                % type(d_final_state).__name__)
-            s_fw, s_bw = d_final_state
+            s_fw, s_bw = _check_pair(d_final_state, "d_final_state", "(d_state_fw, d_state_bw)")
         if d_bw is not None:
-            d_bw = float_array(d_bw, "d_outputs[1]", ndim=3)
-            exp = self.bw.max_time, self.bw.batch_size
-            if self._time_major and d_bw.shape[:2] != exp or not self._time_major and d_bw.shape[:2] != exp[::-1]:
-                raise ValueError("d_outputs[1] has shape %s, expected the backward output's shape"
-                                 % (tuple(d_bw.shape),))
-            d_bw = _reverse_time(d_bw, self._lengths, self._time_major)
-        dx_fw, d0_fw = self.fw.backward(d_fw, s_fw)
-        dx_bw, d0_bw = self.bw.backward(d_bw, s_bw)
+            d_bw = _reverse_time(self.bw._check_outputs(d_bw, out_names[1]), self._lengths,
+                                 self._time_major)
+        return (self.fw._prepare(d_fw, s_fw, out_names[0], state_names[0]),
+                self.bw._prepare(d_bw, s_bw, out_names[1], state_names[1]))
+
+    def _run(self, prepared):
+        (dout_fw, dst_fw), (dout_bw, dst_bw) = prepared
+        dx_fw, d0_fw = self.fw._run(dout_fw, dst_fw)
+        dx_bw, d0_bw = self.bw._run(dout_bw, dst_bw)
         dx_fw += _reverse_time(dx_bw, self._lengths, self._time_major)
         return dx_fw, (d0_fw, d0_bw)
 
@@ -316,17 +361,26 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None, in
     whole time axis when ``sequence_length`` is None), and its outputs are reversed back into input
     order.  The two directions are two :func:`dynamic_rnn` passes composed with that reversal.
     """
-    _check_cell(cell_fw, "cell_fw")
-    _check_cell(cell_bw, "cell_bw")
-    x = float_array(inputs, "inputs", ndim=3)
+    return _bidirectional(cell_fw, cell_bw, inputs, sequence_length, initial_state_fw,
+                          initial_state_bw, dtype, time_major, return_trace)
+
+
+def _bidirectional(cell_fw, cell_bw, inputs, sequence_length, initial_state_fw, initial_state_bw,
+                   dtype, time_major, return_trace, names=("cell_fw", "cell_bw", "inputs",
+                                                           "initial_state_fw", "initial_state_bw")):
+    """:func:`bidirectional_dynamic_rnn` with the argument names its error messages use."""
+    n_cfw, n_cbw, n_in, n_sfw, n_sbw = names
+    _check_cell(cell_fw, n_cfw)
+    _check_cell(cell_bw, n_cbw)
+    x = float_array(inputs, n_in, ndim=3)
     xp = get_array_module(x)
     T, B = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
     lengths = lengths_array(sequence_length, B, T, xp)
-    out_fw, st_fw, tr_fw = dynamic_rnn(cell_fw, x, lengths, initial_state_fw, dtype,
-                                       time_major=time_major, return_trace=True)
+    out_fw, st_fw, tr_fw = _dynamic_rnn(cell_fw, x, lengths, initial_state_fw, dtype, time_major,
+                                        True, n_cfw, n_in, n_sfw)
     x_rev = _reverse_time(x, lengths, time_major)
-    out_bw_rev, st_bw, tr_bw = dynamic_rnn(cell_bw, x_rev, lengths, initial_state_bw, dtype,
-                                           time_major=time_major, return_trace=True)
+    out_bw_rev, st_bw, tr_bw = _dynamic_rnn(cell_bw, x_rev, lengths, initial_state_bw, dtype,
+                                            time_major, True, n_cbw, n_in, n_sbw)
     out_bw = _reverse_time(out_bw_rev, lengths, time_major)
     res = ((out_fw, out_bw), (st_fw, st_bw))
     if return_trace:
@@ -339,8 +393,9 @@ class StackBidirectionalTrace:
     d_states_bw))`` -> ``(d_inputs, (d_initial_states_fw, d_initial_states_bw))``; state cotangents
     are tuples with one entry (or None) per layer."""
 
-    def __init__(self, layers, widths):
+    def __init__(self, layers, widths, widths_bw=None):
         self.layers, self._widths = layers, widths
+        self._widths_bw = widths_bw
         self._done = False
 
     @property
@@ -352,29 +407,61 @@ class StackBidirectionalTrace:
             tr.record_state_grads(on)
         return self
 
-    def backward(self, d_outputs=None, d_final_state=None):
-        _consume(self)
+    def _all_traces(self):
+        return [self] + [t for tr in self.layers for t in (tr, tr.fw, tr.bw)]
+
+    def _check_top_outputs(self, d_outputs):
+        """d_outputs: the last layer's concatenated (fw, bw) outputs' cotangent."""
+        top = self.layers[-1].fw
+        d = float_array(d_outputs, "d_outputs", ndim=3)
+        W = self._widths[-1] + self._widths_bw[-1]
+        T, B = top.max_time, top.batch_size
+        check_shape(d, (T, B, W) if top.time_major else (B, T, W), "d_outputs")
+        check_dtype(d, top.dtype, "d_outputs")
+        if get_array_module(d) is not top._xp:
+            raise TypeError("d_outputs is on a different device than the forward's inputs")
+        return d
+
+    def _state_cotangents(self, d_final_state):
         n = len(self.layers)
-        s_fw = s_bw = (None,) * n
-        if d_final_state is not None:
-            if not isinstance(d_final_state, (tuple, list)) or len(d_final_state) != 2:
-                raise TypeError("d_final_state must be a pair (d_states_fw, d_states_bw)")
-            s_fw = (None,) * n if d_final_state[0] is None else tuple(d_final_state[0])
-            s_bw = (None,) * n if d_final_state[1] is None else tuple(d_final_state[1])
-            if len(s_fw) != n or len(s_bw) != n:
-                raise ValueError("d_final_state must hold one state per layer (%d)" % n)
-        d = d_outputs
+        if d_final_state is None:
+            return (None,) * n, (None,) * n
+        pair = _check_pair(d_final_state, "d_final_state", "(d_states_fw, d_states_bw)")
+        out = []
+        for j, (side, v) in enumerate(zip(("fw", "bw"), pair)):
+            if v is None:
+                out.append((None,) * n)
+                continue
+            if isinstance(v, LSTMStateTuple) or not isinstance(v, (tuple, list)) or len(v) != n:
+                raise ValueError("d_final_state[%d] (d_states_%s) must be a tuple of %d states (one "
+                                 "per layer, entries may be None), got %s"
+                                 % (j, side, n, _describe(v)))
+            out.append(tuple(v))
+        return out[0], out[1]
+
+    def backward(self, d_outputs=None, d_final_state=None):
+        """Return ``(d_inputs, (d_initial_states_fw, d_initial_states_bw))``.  Bad cotangents
+        raise before anything is consumed."""
+        traces = self._all_traces()
+        _ensure_fresh(*traces)
+        n = len(self.layers)
+        s_fw, s_bw = self._state_cotangents(d_final_state)
+        d = None if d_outputs is None else self._check_top_outputs(d_outputs)
+
+        def names(k):
+            return ("d_final_state[0][%d]" % k, "d_final_state[1][%d]" % k)
+
+        for k, tr in enumerate(self.layers):     # validate every layer's state cotangents first
+            tr._prepare(None, (s_fw[k], s_bw[k]), state_names=names(k))
+        _consume(*traces)
         d0_fw, d0_bw = [None] * n, [None] * n
         for k in range(n - 1, -1, -1):
             pair = None
             if d is not None:
-                d = float_array(d, "d_outputs", ndim=3)
                 wf = self._widths[k]
-                if d.shape[2] != wf + self._widths_bw[k]:
-                    raise ValueError("d_outputs must have depth %d, got shape %s"
-                                     % (wf + self._widths_bw[k], tuple(d.shape)))
                 pair = (d[:, :, :wf], d[:, :, wf:])
-            d, (d0_fw[k], d0_bw[k]) = self.layers[k].backward(pair, (s_fw[k], s_bw[k]))
+            prepared = self.layers[k]._prepare(pair, (s_fw[k], s_bw[k]), state_names=names(k))
+            d, (d0_fw[k], d0_bw[k]) = self.layers[k]._run(prepared)
         return d, (tuple(d0_fw), tuple(d0_bw))
 
 
@@ -389,21 +476,31 @@ def stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, inputs, initial_states_f
     ``fw.output_size + bw.output_size``, and tuples of final states, one per layer.
     """
     if not isinstance(cells_fw, (list, tuple)) or not cells_fw:
-        raise ValueError("cells_fw must be a non-empty list of cells")
+        raise ValueError("cells_fw must be a non-empty list of cells, got %s" % _describe(cells_fw))
     if not isinstance(cells_bw, (list, tuple)) or len(cells_bw) != len(cells_fw):
-        raise ValueError("cells_bw must be a list of the same length as cells_fw (%d)" % len(cells_fw))
+        raise ValueError("cells_bw must be a list of the same length as cells_fw (%d), got %s"
+                         % (len(cells_fw), _describe(cells_bw)))
     n = len(cells_fw)
+    for nm, cells in (("cells_fw", cells_fw), ("cells_bw", cells_bw)):
+        for k, c in enumerate(cells):
+            _check_cell(c, "%s[%d]" % (nm, k))
     for nm, sts in (("initial_states_fw", initial_states_fw), ("initial_states_bw", initial_states_bw)):
-        if sts is not None and (not isinstance(sts, (list, tuple)) or len(sts) != n):
-            raise ValueError("%s must be a list of %d states (one per layer)" % (nm, n))
+        if sts is not None and (isinstance(sts, LSTMStateTuple) or not isinstance(sts, (list, tuple))
+                                or len(sts) != n):
+            raise ValueError("%s must be a list of %d states (one per layer), got %s"
+                             % (nm, n, _describe(sts)))
     x = inputs
     states_fw, states_bw, traces = [], [], []
     for k in range(n):
-        (o_fw, o_bw), (s_fw, s_bw), tr = bidirectional_dynamic_rnn(
+        n_in = "inputs" if k == 0 else \
+            "the inputs of layer %d (the concatenated outputs of layer %d)" % (k, k - 1)
+        (o_fw, o_bw), (s_fw, s_bw), tr = _bidirectional(
             cells_fw[k], cells_bw[k], x, sequence_length,
             None if initial_states_fw is None else initial_states_fw[k],
             None if initial_states_bw is None else initial_states_bw[k],
-            dtype, time_major=time_major, return_trace=True)
+            dtype, time_major, True,
+            ("cells_fw[%d]" % k, "cells_bw[%d]" % k, n_in,
+             "initial_states_fw[%d]" % k, "initial_states_bw[%d]" % k))
         xp = get_array_module(o_fw)
         x = xp.concatenate([o_fw, o_bw], axis=2)
         states_fw.append(s_fw)
@@ -411,7 +508,7 @@ def stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, inputs, initial_states_f
         traces.append(tr)
     res = (x, tuple(states_fw), tuple(states_bw))
     if return_trace:
-        tr = StackBidirectionalTrace(traces, [c.output_size for c in cells_fw])
-        tr._widths_bw = [c.output_size for c in cells_bw]
+        tr = StackBidirectionalTrace(traces, [c.output_size for c in cells_fw],
+                                     [c.output_size for c in cells_bw])
         return res + (tr,)
     return res

@@ -3,7 +3,7 @@
 // Each kernel computes, for one time step, exactly what the function of the same name in
 // npl/gates.py computes with array code; the variable names are the same.  One thread handles one (unit k, batch
 // column b) pair.  Layouts are npl's feature-major ones (contiguous):
-//   LSTM  g [4H, B] gates in npl's internal order (i; f; o; j); c_prev, c, m, dm, dc [H, B]
+//   LSTM  g [4H, B] gates in TensorFlow's order (i; j; f; o); c_prev, c, m, dm, dc [H, B]
 //   GRU   g [3H, B] = (r; u; candidate); h_prev, h, rh, dh, dh_prev [H, B]
 // Element n = k*B + b of an [H, B] array; gate block q of g holds it at g[q*H*B + n].
 // Activations are tanh (the default of every TF cell); other activations use the array code.
@@ -22,7 +22,7 @@ extern "C" __global__ void npl_lstm_forward_##SFX(                              
     if (n >= B * H) return;                                                                     \
     int k = n / B; long long HB = (long long)H * B;                                            \
     T cp = c_prev[n];                                                                           \
-    T a_i = g[n], a_f = g[HB + n], a_o = g[2 * HB + n], a_j = g[3 * HB + n];               \
+    T a_i = g[n], a_j = g[HB + n], a_f = g[2 * HB + n], a_o = g[3 * HB + n];               \
     if (has_peep) { a_i += w_i[k] * cp; a_f += w_f[k] * cp; }                                   \
     T i = npl_sigmoid(a_i), f = npl_sigmoid(a_f), j = tanh(a_j);                                \
     T cn = f * cp + i * j;                                                                      \
@@ -32,7 +32,7 @@ extern "C" __global__ void npl_lstm_forward_##SFX(                              
     }                                                                                           \
     if (has_peep) a_o += w_o[k] * cn;                                                           \
     T o = npl_sigmoid(a_o);                                                                     \
-    g[n] = i; g[HB + n] = f; g[2 * HB + n] = o; g[3 * HB + n] = j;                         \
+    g[n] = i; g[HB + n] = j; g[2 * HB + n] = f; g[3 * HB + n] = o;                         \
     c[n] = cn;                                                                                  \
     m[n] = o * tanh(cn);                                                                        \
 }                                                                                               \
@@ -45,7 +45,7 @@ extern "C" __global__ void npl_lstm_backward_##SFX(                             
     int n = blockIdx.x * blockDim.x + threadIdx.x;                                              \
     if (n >= B * H) return;                                                                     \
     int k = n / B; long long HB = (long long)H * B;                                            \
-    T i = g[n], f = g[HB + n], o = g[2 * HB + n], j = g[3 * HB + n];                       \
+    T i = g[n], j = g[HB + n], f = g[2 * HB + n], o = g[3 * HB + n];                       \
     T tc = tanh(c[n]);                                                                          \
     T dg_o = dm[n] * tc;                                                                        \
     T dct = dc[n] + dm[n] * o * (1 - tc * tc);                                                  \
@@ -57,7 +57,7 @@ extern "C" __global__ void npl_lstm_backward_##SFX(                             
     T dg_f = dct * c_prev[n] * f * (1 - f);                                                     \
     T dcp = dct * f;                                                                            \
     if (has_peep) dcp += dg_i * w_i[k] + dg_f * w_f[k];                                         \
-    dg[n] = dg_i; dg[HB + n] = dg_f; dg[2 * HB + n] = dg_o; dg[3 * HB + n] = dg_j;         \
+    dg[n] = dg_i; dg[HB + n] = dg_j; dg[2 * HB + n] = dg_f; dg[3 * HB + n] = dg_o;         \
     dc[n] = dcp;                                                                                \
 }                                                                                               \
                                                                                                 \

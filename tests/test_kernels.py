@@ -1,0 +1,140 @@
+"""The CUDA executor (npl/kernels) against the array executor (npl/gates.py).
+
+* Compile-only: where nvcc is present (CI machines have it even without a GPU) the kernel source
+  must compile without warnings, so a syntax error cannot land unseen.
+* With CuPy and a CUDA device: each fused kernel equals the array code of npl.gates run on the same
+  random inputs (float32 and float64), and whole sequence passes on CuPy (kernels on) equal the
+  NumPy results (outputs, states, every gradient) for every cell, with sequence lengths.
+"""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import npl
+from npl import kernels, gates, activations
+from helpers import randomize_params, random_state, random_like, flatten, rel_err
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+def test_kernel_source_compiles(tmp_path):
+    out = tmp_path / "rnn_kernels.ptx"
+    r = subprocess.run(["nvcc", "--ptx", "-Werror", "all-warnings", "-o", str(out), kernels.SOURCE_PATH],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ptx = out.read_text()
+    for name in ("lstm_forward", "lstm_backward", "gru_gates_forward", "gru_state_forward",
+                 "gru_backward", "gru_reset_backward"):
+        for sfx in ("f32", "f64"):
+            assert ".entry npl_%s_%s" % (name, sfx) in ptx
+
+
+def test_kernel_source_is_packaged():
+    import configparser
+    import os
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    assert "*.cu" in cfg["options.package_data"]["npl.kernels"]
+    assert os.path.exists(kernels.SOURCE_PATH)
+
+
+def _cupy():
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda]")
+    if not npl.backend.cupy_available():
+        pytest.skip("CuPy is installed but no CUDA device is present")
+    return cupy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("peep", [False, True])
+@pytest.mark.parametrize("clip", [None, 0.7])
+def test_lstm_kernels_match_array_code(dtype, peep, clip):
+    cp = _cupy()
+    rng = np.random.default_rng(0)
+    H, B = 5, 7
+    r = lambda *s: rng.standard_normal(s).astype(dtype)
+    g, c_prev, dm, dc = r(4 * H, B), r(H, B), r(H, B), r(H, B)
+    pw = (r(H, 1), r(H, 1), r(H, 1)) if peep else None
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    res = {}
+    for name, xp in (("np", np), ("cp", cp)):
+        kernels.enabled = name == "cp"
+        try:
+            gg = xp.asarray(g.copy())
+            c, m = xp.empty((H, B), dtype), xp.empty((H, B), dtype)
+            mask = xp.empty((H, B), bool) if clip else None
+            p = None if pw is None else tuple(xp.asarray(w) for w in pw)
+            gates.lstm_forward_pointwise(gg, xp.asarray(c_prev), c, m, activations.tanh,
+                                         activations.tanh, p, clip, mask)
+            dg, dcc = xp.empty((4 * H, B), dtype), xp.asarray(dc.copy())
+            gates.lstm_backward_pointwise(gg, xp.asarray(c_prev), c, xp.asarray(dm), dcc, dg,
+                                          activations.tanh, activations.tanh, xp.empty((H, B), dtype),
+                                          p, mask)
+            res[name] = [npl.to_numpy(a) for a in (gg, c, m, dg, dcc)]
+        finally:
+            kernels.enabled = True
+    for a, b in zip(res["cp"], res["np"]):
+        assert rel_err(a, b) <= tol
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_kernels_match_array_code(dtype):
+    cp = _cupy()
+    rng = np.random.default_rng(1)
+    H, B = 6, 3
+    r = lambda *s: rng.standard_normal(s).astype(dtype)
+    g, h_prev, dh, drh = r(3 * H, B), r(H, B), r(H, B), r(H, B)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    res = {}
+    for name, xp in (("np", np), ("cp", cp)):
+        kernels.enabled = name == "cp"
+        try:
+            gg, hp = xp.asarray(g.copy()), xp.asarray(h_prev)
+            rh, h = xp.empty((H, B), dtype), xp.empty((H, B), dtype)
+            gates.gru_gates_forward(gg, hp, rh)
+            gates.gru_state_forward(gg, hp, h, activations.tanh)
+            dg, dhp, tmp = xp.zeros((3 * H, B), dtype), xp.empty((H, B), dtype), xp.empty((H, B), dtype)
+            gates.gru_backward_pointwise(gg, hp, xp.asarray(dh), dg, activations.tanh, dhp, tmp)
+            gates.gru_reset_backward(gg, hp, xp.asarray(drh), dhp, dg, tmp)
+            res[name] = [npl.to_numpy(a) for a in (gg, rh, h, dg, dhp)]
+        finally:
+            kernels.enabled = True
+    for a, b in zip(res["cp"], res["np"]):
+        assert rel_err(a, b) <= tol
+
+
+def _cells():
+    R = npl.rnn
+    return [R.BasicRNNCell(4), R.BasicLSTMCell(4, forget_bias=0.3),
+            R.LSTMCell(4, use_peepholes=True, cell_clip=0.9, num_proj=3, proj_clip=0.6),
+            R.GRUCell(4), R.MultiRNNCell([R.LSTMCell(4, num_proj=3), R.GRUCell(5)])]
+
+
+@pytest.mark.parametrize("k", range(5))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_on_cupy_matches_numpy(k, dtype):
+    _cupy()
+    rng = np.random.default_rng(k)
+    cell = _cells()[k]
+    B, T, I = 3, 5, 2
+    cell.build(I, dtype)
+    randomize_params(cell, rng)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    s0 = random_state(cell, B, rng, dtype)
+    L = np.array([5, 0, 3])
+    res = []
+    for backend in ("numpy", "cupy"):
+        cell.to_device(backend)
+        cell.zero_grad()
+        xs, ss = npl.to_device(x, backend), npl.to_device(s0, backend)
+        out, st, tr = npl.nn.dynamic_rnn(cell, xs, L, ss, return_trace=True)
+        if not res:
+            wo, ws = random_like(npl.to_numpy(out), rng), random_like(npl.to_numpy(st), rng)
+        dx, d0 = tr.backward(npl.to_device(wo, backend), npl.to_device(ws, backend))
+        res.append([npl.to_numpy(a) for a in [out] + flatten(st) + [dx] + flatten(d0)
+                    + list(cell.grads.values())])
+    cell.to_device("numpy")
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    for a, b in zip(*res):
+        assert rel_err(a, b) <= tol
