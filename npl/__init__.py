@@ -8,11 +8,11 @@ from .random import set_random_seed  # noqa: F401
 from .array_ops import (sequence_mask, boolean_mask, reverse_sequence, embedding_lookup,  # noqa: F401
                         IndexedSlices, BackwardTwiceError)
 from .cells import LSTMStateTuple  # noqa: F401
-from . import activations, nn, rnn  # noqa: F401
+from . import activations, nn, rnn, data, convert  # noqa: F401
 
 __version__ = "0.1.0"
 
 __all__ = ["use", "backend_name", "get_array_module", "to_numpy", "to_device", "BackendError",
            "set_random_seed", "sequence_mask", "boolean_mask", "reverse_sequence",
            "embedding_lookup", "IndexedSlices", "BackwardTwiceError", "LSTMStateTuple",
-           "activations", "nn", "rnn"]
+           "activations", "nn", "rnn", "data", "convert"]
