@@ -235,51 +235,67 @@ class RNNCell:
         """Set the weights from a dict name -> array in one call (e.g. read from a TF checkpoint).
 
         Names are TF's, relative to the cell.  An unbuilt cell is built from the kernel's shape.
-        Unknown or missing names (with ``strict``) and wrong shapes raise ValueError, and nothing is
-        changed unless every entry is valid.  Values are copied into the existing arrays (so
-        MultiRNNCell and optimizers that hold them keep seeing the same arrays).
+        Unknown or missing names (with ``strict``), non-float values and wrong shapes raise
+        ValueError/TypeError, and nothing is changed (an unbuilt cell stays unbuilt) unless every
+        entry is valid.  Values are copied into the existing arrays (so MultiRNNCell and optimizers
+        that hold them keep seeing the same arrays).
         """
+        self._apply_plan(self._plan_params(values, strict))
+        return self
+
+    def _plan_params(self, values, strict, name="set_params"):
+        """Validate ``values`` without changing anything: (input_size, dtype, arrays)."""
         if not isinstance(values, dict):
-            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
-        if not self.built:
-            self._build_from_values(values)
-        expected = self._params
-        unknown = sorted(set(values) - set(expected))
-        missing = sorted(set(expected) - set(values))
+            raise TypeError("%s expects a dict name -> array, got %s" % (name, type(values).__name__))
+        if self.built:
+            input_size, dtype = self._input_size, self._dtype
+            shapes = {k: tuple(v.shape) for k, v in self._params.items()}
+        else:
+            input_size, dtype = self._infer_input_size(values, name)
+            shapes = self._shapes(input_size)
+        unknown = sorted(set(values) - set(shapes))
+        missing = sorted(set(shapes) - set(values))
         if unknown:
-            raise ValueError("set_params: unknown parameter names %s for %s; expected %s"
-                             % (unknown, type(self).__name__, sorted(expected)))
+            raise ValueError("%s: unknown parameter names %s for %s; expected %s"
+                             % (name, unknown, type(self).__name__, sorted(shapes)))
         if strict and missing:
-            raise ValueError("set_params: missing parameters %s for %s (pass strict=False to set "
-                             "only some)" % (missing, type(self).__name__))
+            raise ValueError("%s: missing parameters %s for %s (pass strict=False to set only some)"
+                             % (name, missing, type(self).__name__))
         arrays = {}
         for k, v in values.items():
-            a = float_array(v, "params[%r]" % k) if not np.isscalar(v) else np.asarray(v)
-            if tuple(a.shape) != tuple(expected[k].shape):
-                raise ValueError("set_params: %r must have shape %s, got %s"
-                                 % (k, tuple(expected[k].shape), tuple(a.shape)))
+            a = float_array(v, "%s: params[%r]" % (name, k))
+            if tuple(a.shape) != tuple(shapes[k]):
+                raise ValueError("%s: %r must have shape %s, got %s"
+                                 % (name, k, tuple(shapes[k]), tuple(a.shape)))
             arrays[k] = a
-        xp = get_array_module(next(iter(self._params.values())))
+        return input_size, dtype, arrays
+
+    def _apply_plan(self, plan):
+        input_size, dtype, arrays = plan
+        if not self.built:
+            self.build(input_size, dtype)
+        xp = self._xp()
         for k, a in arrays.items():
             if get_array_module(a) is not xp:
                 a = xp.asarray(a) if xp is not np else a.get()
             self._params[k][...] = a.astype(self._dtype, copy=False)
-        return self
 
-    def _build_from_values(self, values):
+    def _infer_input_size(self, values, name):
         shapes = self._shapes(1)
         key = next((k for k in shapes if k.endswith("kernel") and k in values), None)
         if key is None:
-            raise ValueError("set_params on an unbuilt %s needs %r to infer the input size"
-                             % (type(self).__name__, [k for k in shapes if k.endswith("kernel")][0]))
+            raise ValueError("%s on an unbuilt %s needs %r to infer the input size"
+                             % (name, type(self).__name__, [k for k in shapes if k.endswith("kernel")][0]))
         kshape = np.shape(values[key])
-        in_plus = kshape[0] if len(kshape) == 2 else 0
         extra = shapes[key][0] - 1
-        if in_plus - extra < 1:
-            raise ValueError("set_params: %r has shape %s, too small for num_units=%d"
-                             % (key, tuple(kshape), self._num_units))
-        dtype = np.asarray(values[key]).dtype if not hasattr(values[key], "get") else values[key].dtype
-        self.build(in_plus - extra, dtype if dtype in (np.float32, np.float64) else np.float32)
+        if len(kshape) != 2 or kshape[0] - extra < 1:
+            raise ValueError("%s: %r has shape %s; expected [input_size + %d, %d]"
+                             % (name, key, tuple(kshape), extra, shapes[key][1]))
+        dtype = self._dtype
+        if dtype is None:
+            vd = np.dtype(getattr(values[key], "dtype", np.float32))
+            dtype = vd if vd in (np.float32, np.float64) else np.dtype(np.float32)
+        return int(kshape[0] - extra), dtype
 
     def to_device(self, backend=None):
         """Move parameters and gradients to ``backend`` ("numpy" or "cupy"); returns self."""
@@ -295,6 +311,10 @@ class RNNCell:
     # ---------------------------------------------------------------- states
     def zero_state(self, batch_size, dtype=None):
         """Zeros with the structure of :attr:`state_size`, on the backend in force."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError("zero_state: batch_size must be an integer, got %r" % (batch_size,))
+        if batch_size < 0:
+            raise ValueError("zero_state: batch_size must be >= 0, got %d" % batch_size)
         dtype = resolve_dtype(dtype) or self._dtype or np.dtype(np.float32)
         xp = self._xp() if self.built else default_xp()
         return self._zero_state(batch_size, dtype, xp)
@@ -386,8 +406,8 @@ class StepTrace:
 
     def backward(self, d_output=None, d_state=None):
         """Return ``(d_inputs, d_state)``; parameter gradients accumulate into ``cell.grads``."""
-        from .rnn_ops import _consume
-        _consume(self)
+        from .rnn_ops import _consume, _ensure_fresh
+        _ensure_fresh(self)
         cell, rec = self.cell, self.record
         xp, dtype = self._xp, self._dtype
         dout = None
@@ -397,6 +417,7 @@ class StepTrace:
             check_dtype(d, dtype, "d_output")
             dout = d[None]
         dst = None if d_state is None else cell._to_internal(d_state, self._batch, dtype, xp, "d_state")
+        _consume(self)
         dx, dstate = cell._backward_seq(rec, dout, dst)
         return dx[0].copy(), cell._to_public(dstate)
 
@@ -867,15 +888,24 @@ class MultiRNNCell(RNNCell):
         return tuple(c.state_size for c in self._cells)
 
     def build(self, input_size, dtype=np.float32):
+        self._check_chain(input_size, resolve_dtype(dtype), "input_size")
         for c in self._cells:
-            if c.built:
-                if c.input_size != input_size:
-                    raise ValueError("MultiRNNCell: %s was built for input width %d but receives %d"
-                                     % (c, c.input_size, input_size))
-            else:
+            if not c.built:
                 c.build(input_size, dtype)
             input_size = c.output_size
         return self
+
+    def _check_chain(self, width, dtype, what):
+        """Each cell must take the previous one's output width and share the inputs' dtype."""
+        for k, c in enumerate(self._cells):
+            src = what if k == 0 else "cells[%d].output_size" % (k - 1)
+            if c.built and c.input_size != width:
+                raise ValueError("MultiRNNCell: cells[%d] was built for input width %d but receives "
+                                 "width %d (%s)" % (k, c.input_size, width, src))
+            if c.dtype is not None and dtype is not None and c.dtype != dtype:
+                raise TypeError("MultiRNNCell: cells[%d] has dtype %s but the inputs are %s (no "
+                                "silent casting)" % (k, c.dtype, dtype))
+            width = c.output_size
 
     @property
     def _params(self):
@@ -890,6 +920,8 @@ class MultiRNNCell(RNNCell):
             c.zero_grad()
 
     def set_params(self, values, strict=True):
+        """Set the weights of every cell from ``{'cell_<k>/<name>': array}`` in one call; all
+        entries are validated (names, shapes, dtypes, and that the cells chain) before any is set."""
         if not isinstance(values, dict):
             raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
         per = [dict() for _ in self._cells]
@@ -900,14 +932,19 @@ class MultiRNNCell(RNNCell):
                 raise ValueError("set_params: unknown parameter name %r for MultiRNNCell; names are "
                                  "'cell_<k>/<name>' with k < %d" % (k, len(self._cells)))
             per[int(idx)][rest] = v
-        # validate everything first (built cells), then assign
+        plans = []
+        width = None
         for k, c in enumerate(self._cells):
-            if per[k] or strict:
-                if c.built:
-                    c._validate_values(per[k], strict)
-        for k, c in enumerate(self._cells):
-            if per[k] or strict:
-                c.set_params(per[k], strict)
+            plan = c._plan_params(per[k], strict, "set_params (cell_%d)" % k) if (per[k] or strict) else None
+            in_k = plan[0] if plan is not None else c.input_size
+            if width is not None and in_k is not None and in_k != width:
+                raise ValueError("set_params: cell_%d's kernel is for input width %d but cell_%d "
+                                 "outputs width %d" % (k, in_k, k - 1, width))
+            width = c.output_size
+            plans.append(plan)
+        for c, plan in zip(self._cells, plans):
+            if plan is not None:
+                c._apply_plan(plan)
         return self
 
     def to_device(self, backend=None):
@@ -919,13 +956,10 @@ class MultiRNNCell(RNNCell):
         return self._cells[0]._xp()
 
     def _maybe_build(self, x, name):
+        self._check_chain(int(x.shape[-1]), x.dtype, "the width of %s" % name)
         if not self.built:
             self.build(int(x.shape[-1]), x.dtype)
-        for k, c in enumerate(self._cells):
-            probe = x if k == 0 else None
-            if probe is not None:
-                c._maybe_build(probe, name)
-        check_dtype(x, self.dtype, name)
+        get_array_module(x, *self._params.values())
 
     def _zero_state(self, batch_size, dtype, xp):
         return tuple(c._zero_state(batch_size, dtype, xp) for c in self._cells)
@@ -962,22 +996,6 @@ class MultiRNNCell(RNNCell):
         return "MultiRNNCell([%s])" % ", ".join(repr(c) for c in self._cells)
 
 
-def _validate_values(self, values, strict):
-    """Check names and shapes of a parameter dict against a built cell without assigning."""
-    unknown = sorted(set(values) - set(self._params))
-    if unknown:
-        raise ValueError("set_params: unknown parameter names %s for %s; expected %s"
-                         % (unknown, type(self).__name__, sorted(self._params)))
-    missing = sorted(set(self._params) - set(values))
-    if strict and missing:
-        raise ValueError("set_params: missing parameters %s for %s" % (missing, type(self).__name__))
-    for k, v in values.items():
-        if tuple(np.shape(v)) != tuple(self._params[k].shape):
-            raise ValueError("set_params: %r must have shape %s, got %s"
-                             % (k, tuple(self._params[k].shape), tuple(np.shape(v))))
-
-
-RNNCell._validate_values = _validate_values
 
 
 def _describe(s):

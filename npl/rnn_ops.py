@@ -196,6 +196,9 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
         raise ValueError("%s must have at least one time step, batch row and feature, got shape %s"
                          % (inputs_name, tuple(x.shape)))
     lengths = lengths_array(sequence_length, B, T, xp)
+    if cell.input_size is not None and I != cell.input_size:   # report the caller's layout
+        raise ValueError("%s must have feature width %d (the cell was built for it), got shape %s"
+                         % (inputs_name, cell.input_size, tuple(x.shape)))
     cell._maybe_build(x_tm, inputs_name)
     if initial_state is None:
         state = cell._zeros_internal(B, x.dtype, xp)

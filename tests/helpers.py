@@ -1,6 +1,7 @@
 """One small helper set used by every reference test: random structures, a linear loss on any
 output structure, and a central-difference gradient of that loss (float64)."""
 import numpy as np
+import pytest
 
 import npl
 from npl.cells import LSTMStateTuple
@@ -77,3 +78,101 @@ def rel_err(a, b):
 def assert_close(actual, expected, rtol, what=""):
     e = rel_err(actual, expected)
     assert e <= rtol, "%s: relative error %.3g > %.3g" % (what, e, rtol)
+
+
+# ----------------------------------------------------------------------------- engine-test helpers
+#: Cell configurations shared by the engine tests (names understood by :func:`make_cell`).
+CELL_KINDS = ("rnn", "rnn_relu", "basic_lstm", "basic_lstm_flat", "lstm_peep", "lstm_clip",
+              "lstm_proj", "lstm_all", "lstm_softsign", "gru", "gru_softsign", "multi")
+
+
+def cell_spec(kind, forget_bias=1.0, units=3, proj=2):
+    """(class name, kwargs) of one leaf configuration in :data:`CELL_KINDS` (not ``multi``).
+
+    The clip values are small on purpose so that clipping happens with random states of scale
+    ~0.5 (the tests assert that it does)."""
+    H, P, fb = units, proj, forget_bias
+    return {
+        "rnn": ("BasicRNNCell", dict(num_units=H)),
+        "rnn_relu": ("BasicRNNCell", dict(num_units=H, activation="relu")),
+        "basic_lstm": ("BasicLSTMCell", dict(num_units=H, forget_bias=fb)),
+        "basic_lstm_flat": ("BasicLSTMCell", dict(num_units=H, forget_bias=fb, state_is_tuple=False)),
+        "lstm_peep": ("LSTMCell", dict(num_units=H, use_peepholes=True, forget_bias=fb)),
+        "lstm_clip": ("LSTMCell", dict(num_units=H, cell_clip=0.3, forget_bias=fb)),
+        "lstm_proj": ("LSTMCell", dict(num_units=H, num_proj=P, proj_clip=0.2, forget_bias=fb)),
+        "lstm_all": ("LSTMCell", dict(num_units=H, use_peepholes=True, cell_clip=0.3, num_proj=P,
+                                      proj_clip=0.2, forget_bias=fb)),
+        "lstm_softsign": ("LSTMCell", dict(num_units=H, use_peepholes=True, forget_bias=fb,
+                                           activation="softsign")),
+        "gru": ("GRUCell", dict(num_units=H)),
+        "gru_softsign": ("GRUCell", dict(num_units=H, activation="softsign")),
+    }[kind]
+
+
+def make_cell(kind, rng, input_size=None, dtype=np.float64, units=3, scale=0.8):
+    """A cell of configuration ``kind`` with a random forget_bias.  With ``input_size`` it is built
+    and EVERY parameter (biases, peepholes, projection too) gets random values."""
+    fb = float(rng.uniform(-1.0, 1.0))
+    if kind == "multi":   # heterogeneous stack: LSTM with peepholes + projection / GRU / BasicRNN
+        cell = npl.rnn.MultiRNNCell([
+            npl.rnn.LSTMCell(units, use_peepholes=True, num_proj=2, forget_bias=fb),
+            npl.rnn.GRUCell(2), npl.rnn.BasicRNNCell(2)])
+    else:
+        cls, kw = cell_spec(kind, fb, units)
+        cell = getattr(npl.rnn, cls)(**kw)
+    if input_size is not None:
+        cell.build(input_size, dtype)
+        randomize_params(cell, rng, scale)
+    return cell
+
+
+def state_rows(state, rows):
+    """Rows ``rows`` (a slice) of every array of a state structure."""
+    return unflatten(state, [a[rows] for a in flatten(state)])
+
+
+def unroll_steps(cell, x, state, lengths=None):
+    """Independent route to dynamic_rnn's results: for each batch row b, call the single-step
+    ``cell(x[b:b+1, t], s)`` for t < lengths[b] only.  x: [B, T, I] (batch-major).
+
+    Returns (outputs [B, T, P] with zeros past each length, final state with the structure of
+    ``state``)."""
+    B, T = x.shape[0], x.shape[1]
+    L = [T] * B if lengths is None else [int(v) for v in lengths]
+    outs = np.zeros((B, T, cell.output_size), x.dtype)
+    finals = []
+    for b in range(B):
+        s = state_rows(state, slice(b, b + 1))
+        for t in range(L[b]):
+            o, s = cell(x[b:b + 1, t], s)
+            outs[b, t] = o[0]
+        finals.append(s)
+    leaves = [np.concatenate(parts, axis=0) for parts in zip(*[flatten(s) for s in finals])]
+    return outs, unflatten(state, leaves)
+
+
+def check_grads(loss, arrays, analytic, names, tol=1e-6, eps=1e-6):
+    """Central differences of ``loss()`` w.r.t. each array (perturbed in place) against the
+    analytic gradients; asserts ``rel_err <= tol`` per array and returns the errors by name."""
+    assert len(arrays) == len(analytic) == len(names)
+    numeric = numeric_grads(loss, arrays, eps)
+    errs = {}
+    for name, a, n in zip(names, analytic, numeric):
+        a = np.asarray(a)
+        assert a.shape == n.shape, "%s: analytic shape %s, numeric %s" % (name, a.shape, n.shape)
+        errs[name] = rel_err(a, n)
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, "gradients off (rel err > %g): %s" % (tol, bad)
+    return errs
+
+
+@pytest.fixture(autouse=True)
+def numpy_backend():
+    """Autouse fixture for test modules that import it: run on npl's NumPy backend (their
+    references and finite differences work on host arrays, also when NPL_BACKEND=cupy), and put
+    the backend setting back afterwards."""
+    from npl.backend import _state
+    old = _state["name"]
+    npl.use("numpy")
+    yield
+    _state["name"] = old

@@ -1,0 +1,557 @@
+"""The public structure of the engine: state/output sizes, TensorFlow's parameter names, shapes and
+initialisers, seeding, set_params, MultiRNNCell's shared arrays, dtype preservation, the backend
+switch, trace memory, and the hand-unrolled step loop against dynamic_rnn."""
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import npl
+from npl.backend import _state as backend_state
+from helpers import (CELL_KINDS, cell_spec, flatten, make_cell, numpy_backend, random_like,  # noqa: F401
+                     random_state, randomize_params, unroll_steps)
+
+R = npl.rnn
+S = npl.LSTMStateTuple
+
+
+def _rng(*parts):
+    return np.random.default_rng([sum(ord(c) * (k + 1) for k, c in enumerate(str(p))) for p in parts])
+
+
+@pytest.fixture
+def reset_backend():
+    """Tests that switch the backend put the lazily-read setting back afterwards."""
+    old = backend_state["name"]
+    yield
+    backend_state["name"] = old
+
+
+# ----------------------------------------------------------------------------- structures
+STRUCTURES = [  # (constructor, state_size, output_size)
+    (lambda: R.BasicRNNCell(4), 4, 4),
+    (lambda: R.BasicLSTMCell(4), S(4, 4), 4),
+    (lambda: R.BasicLSTMCell(4, state_is_tuple=False), 8, 4),
+    (lambda: R.LSTMCell(4), S(4, 4), 4),
+    (lambda: R.LSTMCell(4, num_proj=2, use_peepholes=True), S(4, 2), 2),
+    (lambda: R.LSTMCell(4, num_proj=2, state_is_tuple=False), 6, 2),
+    (lambda: R.GRUCell(3), 3, 3),
+    (lambda: R.MultiRNNCell([R.LSTMCell(4, num_proj=2), R.GRUCell(3), R.BasicRNNCell(5)]),
+     (S(4, 2), 3, 5), 5),
+]
+
+
+def _expected_zero_state(size, B, dtype):
+    if isinstance(size, S):
+        return S(np.zeros((B, size.c), dtype), np.zeros((B, size.h), dtype))
+    if isinstance(size, tuple):
+        return tuple(_expected_zero_state(s, B, dtype) for s in size)
+    return np.zeros((B, size), dtype)
+
+
+@pytest.mark.parametrize("ctor,state_size,output_size", STRUCTURES)
+@pytest.mark.parametrize("built", [False, True])
+def test_state_and_output_sizes_and_zero_state(ctor, state_size, output_size, built):
+    cell = ctor()
+    if built:
+        cell.build(3, np.float64)
+    assert cell.state_size == state_size
+    assert type(cell.state_size) is type(state_size)
+    assert cell.output_size == output_size
+    for dtype in (np.float32, np.float64):
+        z = cell.zero_state(2, dtype)
+        want = _expected_zero_state(state_size, 2, dtype)
+        assert type(z) is type(want)
+        for a, b in zip(flatten(z), flatten(want)):
+            assert a.shape == b.shape and a.dtype == dtype and not a.any()
+    # the default dtype: the cell's once built, float32 before
+    default = np.float64 if built else np.float32
+    assert all(a.dtype == default for a in flatten(cell.zero_state(1)))
+    # the state dynamic_rnn returns has the structure of state_size
+    out, st = npl.nn.dynamic_rnn(cell, np.ones((2, 3, 3), default))
+    assert out.shape == (2, 3, output_size)
+    for a, b in zip(flatten(st), flatten(want)):
+        assert a.shape == b.shape
+
+
+# ----------------------------------------------------------------------------- TF names/shapes
+I_, H_, P_ = 5, 4, 2
+TF_PARAMS = [  # the variable names and shapes TensorFlow 1 creates (relative to the cell scope)
+    (lambda: R.BasicRNNCell(H_), {"kernel": (I_ + H_, H_), "bias": (H_,)}),
+    (lambda: R.BasicLSTMCell(H_), {"kernel": (I_ + H_, 4 * H_), "bias": (4 * H_,)}),
+    (lambda: R.LSTMCell(H_), {"kernel": (I_ + H_, 4 * H_), "bias": (4 * H_,)}),
+    (lambda: R.LSTMCell(H_, use_peepholes=True, num_proj=P_),
+     {"kernel": (I_ + P_, 4 * H_), "bias": (4 * H_,), "w_f_diag": (H_,), "w_i_diag": (H_,),
+      "w_o_diag": (H_,), "projection/kernel": (H_, P_)}),
+    (lambda: R.LSTMCell(H_, num_proj=P_), {"kernel": (I_ + P_, 4 * H_), "bias": (4 * H_,),
+                                           "projection/kernel": (H_, P_)}),
+    (lambda: R.GRUCell(H_), {"gates/kernel": (I_ + H_, 2 * H_), "gates/bias": (2 * H_,),
+                             "candidate/kernel": (I_ + H_, H_), "candidate/bias": (H_,)}),
+    (lambda: R.MultiRNNCell([R.LSTMCell(H_, num_proj=P_), R.GRUCell(3)]),
+     {"cell_0/kernel": (I_ + P_, 4 * H_), "cell_0/bias": (4 * H_,),
+      "cell_0/projection/kernel": (H_, P_),
+      "cell_1/gates/kernel": (P_ + 3, 6), "cell_1/gates/bias": (6,),
+      "cell_1/candidate/kernel": (P_ + 3, 3), "cell_1/candidate/bias": (3,)}),
+]
+
+
+@pytest.mark.parametrize("ctor,shapes", TF_PARAMS)
+def test_params_names_and_shapes_are_tensorflows(ctor, shapes):
+    cell = ctor()
+    cell.build(I_, np.float32)
+    assert {k: tuple(v.shape) for k, v in cell.params.items()} == shapes
+    grads = cell.grads
+    assert {k: tuple(v.shape) for k, v in grads.items()} == shapes
+    assert all(g.dtype == np.float32 and not g.any() for g in grads.values())
+    assert all(v.dtype == np.float32 for v in cell.params.values())
+
+
+def test_input_size_builds_eagerly():
+    c = R.LSTMCell(3, num_proj=2, input_size=4, dtype=np.float64)
+    assert c.built and c.input_size == 4 and c.params["kernel"].shape == (6, 12)
+    assert c.params["kernel"].dtype == np.float64
+    assert not R.GRUCell(3).built
+
+
+# ----------------------------------------------------------------------------- initialisers
+def _limit(shape):
+    fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else shape
+    return np.sqrt(6.0 / (fan_in + fan_out))
+
+
+@pytest.mark.parametrize("ctor,shapes", TF_PARAMS)
+def test_glorot_uniform_limits_and_bias_init(ctor, shapes):
+    npl.set_random_seed(11)      # deterministic: a 3-element peephole can fall under 0.5*limit by chance
+    cell = ctor()
+    cell.build(I_, np.float64)
+    for name, w in cell.params.items():
+        leaf = name.split("/", 1)[1] if name.startswith("cell_") else name
+        if leaf == "gates/bias":
+            assert np.array_equal(w, np.ones_like(w)), "GRU gates/bias starts at 1.0, as in TF"
+        elif leaf.endswith("bias"):
+            assert not w.any(), "%s starts at zero" % name
+        else:   # kernels, peepholes, projection: glorot uniform
+            lim = _limit(w.shape)
+            assert np.abs(w).max() <= lim, name
+            assert np.abs(w).max() > 0.5 * lim, "%s looks degenerate" % name
+
+
+@pytest.mark.parametrize("ctor,name,shape", [
+    (lambda: R.LSTMCell(64, num_proj=32), "kernel", (64 + 32, 256)),
+    (lambda: R.GRUCell(96), "candidate/kernel", (64 + 96, 96)),
+    (lambda: R.BasicRNNCell(128), "kernel", (64 + 128, 128)),
+    (lambda: R.LSTMCell(64, num_proj=32), "projection/kernel", (64, 32)),
+])
+def test_glorot_uniform_statistics(ctor, name, shape):
+    """U(-l, l) with l = sqrt(6 / (fan_in + fan_out)): variance l^2/3, mean 0, fills the range."""
+    npl.set_random_seed(2024)
+    cell = ctor()
+    cell.build(64, np.float64)
+    w = cell.params[name]
+    assert w.shape == shape
+    lim = _limit(shape)
+    n = w.size
+    assert np.abs(w).max() <= lim
+    assert np.abs(w).max() > lim * (1 - 20.0 / n)
+    # variance of U(-l, l) is l^2/3; the estimator's relative sd is sqrt(0.8 / n) (< 2% here)
+    assert abs(w.var() / (lim ** 2 / 3) - 1) < 5 * np.sqrt(0.8 / n)
+    assert abs(w.mean()) < 5 * lim / np.sqrt(3 * n)
+
+
+# ----------------------------------------------------------------------------- seeding
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_seeded_cells_are_reproducible(kind):
+    def build(seed):
+        if kind == "multi":
+            c = R.MultiRNNCell([R.LSTMCell(3, use_peepholes=True, num_proj=2, seed=seed),
+                                R.GRUCell(2, seed=seed + 1), R.BasicRNNCell(2, seed=seed + 2)])
+        else:
+            cls, kw = cell_spec(kind, 0.5)
+            c = getattr(R, cls)(seed=seed, **kw)
+        c.build(3, np.float64)
+        return c.params
+
+    a, b, c = build(7), build(7), build(8)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(not np.array_equal(a[k], c[k]) for k in a if "kernel" in k or "diag" in k)
+
+
+def test_seed_keyword_and_global_seed():
+    p1 = R.LSTMCell(3, seed=5, input_size=2).params
+    p2 = R.LSTMCell(3, seed=5, input_size=2).params
+    p3 = R.LSTMCell(3, seed=6, input_size=2).params
+    assert np.array_equal(p1["kernel"], p2["kernel"])
+    assert not np.array_equal(p1["kernel"], p3["kernel"])
+
+    def draw():
+        npl.set_random_seed(123)
+        cells = [R.GRUCell(3), R.BasicLSTMCell(2), R.BasicRNNCell(4)]
+        for c in cells:
+            c.build(3, np.float32)
+        return [c.params for c in cells]
+
+    first, second = draw(), draw()
+    for a, b in zip(first, second):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    # successive cells draw different weights from the global stream
+    assert not np.array_equal(first[0]["gates/kernel"][:3, :2], first[1]["kernel"][:3, :2])
+    npl.set_random_seed(124)
+    other = R.GRUCell(3)
+    other.build(3, np.float32)
+    assert not np.array_equal(other.params["gates/kernel"], first[0]["gates/kernel"])
+    npl.set_random_seed(None)
+
+
+# ----------------------------------------------------------------------------- set_params
+def _snapshot(cell):
+    return {k: v.copy() for k, v in cell.params.items()}
+
+
+def _unchanged(cell, snap):
+    p = cell.params
+    return set(p) == set(snap) and all(np.array_equal(p[k], snap[k]) for k in snap)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_set_params_round_trip_in_place(kind):
+    rng = _rng(kind, "sp")
+    cell = make_cell(kind, rng, 3)
+    live = cell.params
+    new = {k: rng.standard_normal(v.shape) for k, v in live.items()}
+    assert cell.set_params(new) is cell
+    p = cell.params
+    for k in new:
+        assert p[k] is live[k], "set_params copies into the existing arrays"
+        assert np.array_equal(p[k], new[k])
+    # the new values are the ones the forward uses: a second cell given the same values agrees
+    twin = make_cell(kind, _rng(kind, "sp"), None)
+    twin.set_params({k: v.copy() for k, v in new.items()})
+    x = rng.standard_normal((2, 3, 3))
+    o1, _ = npl.nn.dynamic_rnn(cell, x)
+    o2, _ = npl.nn.dynamic_rnn(twin, x)
+    assert np.array_equal(o1, o2)
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_set_params_builds_unbuilt_cell_from_kernel_shape(kind, dtype):
+    rng = _rng(kind, "build")
+    src = make_cell(kind, rng, 5, dtype)
+    dst = make_cell(kind, _rng(kind, "build"))      # same configuration, unbuilt
+    assert not dst.built
+    dst.set_params({k: v.copy() for k, v in src.params.items()})
+    assert dst.built and dst.input_size == 5 and dst.dtype == dtype
+    x = rng.standard_normal((2, 3, 5)).astype(dtype)
+    s0 = random_state(src, 2, rng, dtype)
+    assert np.array_equal(npl.nn.dynamic_rnn(src, x, None, s0)[0],
+                          npl.nn.dynamic_rnn(dst, x, None, s0)[0])
+
+
+def test_set_params_partial_with_strict_false():
+    rng = _rng("partial")
+    cell = make_cell("lstm_all", rng, 3)
+    snap = _snapshot(cell)
+    cell.set_params({"w_o_diag": np.full(3, 0.25)}, strict=False)
+    p = cell.params
+    assert np.array_equal(p["w_o_diag"], np.full(3, 0.25))
+    assert all(np.array_equal(p[k], snap[k]) for k in snap if k != "w_o_diag")
+
+
+REJECTS = {  # name: (mutation of a valid dict, expected text in the message)
+    "unknown_name": (lambda d: dict(d, **{"kernel_typo": np.zeros(3)}), "kernel_typo"),
+    "missing_name": (lambda d: {k: v for k, v in d.items() if k != "bias"}, "bias"),
+    "wrong_shape": (lambda d: dict(d, bias=np.zeros(d["bias"].shape[0] + 1)), "bias"),
+    "wrong_rank": (lambda d: dict(d, kernel=d["kernel"].reshape(-1)), "kernel"),
+    "int_values": (lambda d: dict(d, bias=np.zeros(d["bias"].shape, np.int64)), "bias"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(REJECTS))
+@pytest.mark.parametrize("kind", ["rnn", "lstm_all", "basic_lstm_flat"])
+def test_set_params_rejects_and_changes_nothing(kind, how):
+    rng = _rng(kind, how)
+    cell = make_cell(kind, rng, 3)
+    good = {k: rng.standard_normal(v.shape) for k, v in cell.params.items()}
+    mutate, text = REJECTS[how]
+    snap = _snapshot(cell)
+    with pytest.raises((ValueError, TypeError)) as e:
+        cell.set_params(mutate(good))
+    assert text in str(e.value)
+    assert _unchanged(cell, snap), "a rejected set_params must not change any array"
+
+
+@pytest.mark.parametrize("how", ["wrong_shape", "missing_name", "int_values"])
+def test_set_params_rejected_on_unbuilt_cell_leaves_it_unbuilt(how):
+    """Nothing is changed unless every entry is valid: an unbuilt cell stays unbuilt."""
+    rng = _rng("unbuilt", how)
+    src = make_cell("lstm_all", rng, 3)
+    good = {k: v.copy() for k, v in src.params.items()}
+    mutate, text = REJECTS[how]
+    cell = make_cell("lstm_all", _rng("unbuilt", how))
+    with pytest.raises((ValueError, TypeError)) as e:
+        cell.set_params(mutate(good))
+    assert text in str(e.value)
+    assert not cell.built
+
+
+# ----------------------------------------------------------------------------- MultiRNNCell
+def test_multi_params_share_the_cells_arrays():
+    rng = _rng("multi-share")
+    m = make_cell("multi", rng, 3)
+    cells = m.cells
+    p, g = m.params, m.grads
+    for k, c in enumerate(cells):
+        for name, v in c.params.items():
+            assert p["cell_%d/%s" % (k, name)] is v
+            assert np.shares_memory(p["cell_%d/%s" % (k, name)], v)
+            assert g["cell_%d/%s" % (k, name)] is c.grads[name]
+    assert len(p) == sum(len(c.params) for c in cells)
+    # set_params on the stack reaches the cells (in place)
+    new = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    m.set_params(new)
+    for k, c in enumerate(cells):
+        for name, v in c.params.items():
+            assert np.array_equal(v, new["cell_%d/%s" % (k, name)])
+            assert v is p["cell_%d/%s" % (k, name)]
+    # gradients of a backward on the stack land in the cells' own grads
+    x = rng.standard_normal((2, 3, 3))
+    m.zero_grad()
+    out, st, tr = npl.nn.dynamic_rnn(m, x, return_trace=True)
+    tr.backward(np.ones_like(out), None)
+    assert all(c.grads[n].any() for c in cells for n in c.grads)
+    m.zero_grad()
+    assert not any(c.grads[n].any() for c in cells for n in c.grads)
+
+
+@pytest.mark.parametrize("bad", ["bad_index", "bad_prefix", "no_leaf", "cell1_wrong_shape",
+                                 "cell1_int", "cell1_unknown"])
+def test_multi_set_params_rejects_and_changes_nothing(bad):
+    rng = _rng("multi-reject", bad)
+    m = make_cell("multi", rng, 3)
+    good = {k: rng.standard_normal(v.shape) for k, v in m.params.items()}
+    vals = dict(good)
+    if bad == "bad_index":
+        vals["cell_3/kernel"] = np.zeros((2, 2))
+    elif bad == "bad_prefix":
+        vals["layer_0/kernel"] = np.zeros((2, 2))
+    elif bad == "no_leaf":
+        vals["cell_0"] = np.zeros((2, 2))
+    elif bad == "cell1_wrong_shape":
+        vals["cell_1/gates/bias"] = np.zeros(7)
+    elif bad == "cell1_int":
+        vals["cell_1/gates/bias"] = np.zeros(4, np.int64)
+    elif bad == "cell1_unknown":
+        vals["cell_1/gates/bais"] = np.zeros(4)
+    snap = _snapshot(m)
+    with pytest.raises((ValueError, TypeError)):
+        m.set_params(vals)
+    assert _unchanged(m, snap), "a rejected set_params must not change any cell"
+
+
+# ----------------------------------------------------------------------------- dtypes
+def _run_all_drivers(kind, dtype, rng):
+    """Every sequence function on one configuration; yields (what, array) for every output."""
+    cell = make_cell(kind, rng, 3, dtype)
+    cell_b = make_cell(kind, rng, 3, dtype)
+    B, T = 2, 3
+    x = rng.standard_normal((B, T, 3)).astype(dtype)
+    s0 = random_state(cell, B, rng, dtype)
+    L = np.array([3, 1])
+    for tm in (False, True):
+        xi = x.transpose(1, 0, 2).copy() if tm else x
+        out, st, tr = npl.nn.dynamic_rnn(cell, xi, L, s0, time_major=tm, return_trace=True)
+        dx, ds = tr.backward(random_like(out, rng), random_like(st, rng))
+        yield from (("dynamic_rnn(tm=%s) %s" % (tm, w), a) for w, a in
+                    [("out", out), ("dx", dx)] + [("state", a) for a in flatten(st)] +
+                    [("d_state", a) for a in flatten(ds)])
+    outs, st, tr = npl.nn.static_rnn(cell, [x[:, t] for t in range(T)], s0, sequence_length=L,
+                                     return_trace=True)
+    dxs, ds = tr.backward(random_like(outs, rng), None)
+    yield from (("static_rnn", a) for a in outs + flatten(st) + dxs + flatten(ds))
+    (of, ob), (sf, sb), tr = npl.nn.bidirectional_dynamic_rnn(cell, cell_b, x, L, return_trace=True)
+    dx, (dsf, dsb) = tr.backward((random_like(of, rng), random_like(ob, rng)), None)
+    yield from (("bidirectional", a) for a in [of, ob, dx] + flatten((sf, sb, dsf, dsb)))
+    o, s1, tr = cell(x[:, 0], s0, return_trace=True)
+    dx, ds = tr.backward(random_like(o, rng), random_like(s1, rng))
+    yield from (("step", a) for a in [o, dx] + flatten((s1, ds)))
+    for c in (cell, cell_b):
+        yield from (("param %s" % k, v) for k, v in c.params.items())
+        yield from (("grad %s" % k, v) for k, v in c.grads.items())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_dtype_is_preserved_everywhere(kind, dtype):
+    rng = _rng(kind, dtype)
+    seen = 0
+    for what, a in _run_all_drivers(kind, dtype, rng):
+        assert a.dtype == dtype, "%s has dtype %s, expected %s" % (what, a.dtype, np.dtype(dtype))
+        seen += 1
+    assert seen > 20
+
+
+def test_stack_bidirectional_dtype_float32():
+    rng = _rng("stack32")
+    fw = [make_cell("lstm_proj", rng, 3, np.float32), make_cell("gru", rng, 4, np.float32)]
+    bw = [make_cell("rnn", rng, 3, np.float32), make_cell("basic_lstm", rng, 4, np.float32)]
+    # layer 1 sees the concatenated outputs: widths 2 + 3 = 5, so rebuild the layer-1 cells
+    fw[1], bw[1] = make_cell("gru", rng, 5, np.float32), make_cell("basic_lstm", rng, 5, np.float32)
+    x = rng.standard_normal((2, 3, 3)).astype(np.float32)
+    out, sf, sb, tr = R.stack_bidirectional_dynamic_rnn(fw, bw, x, sequence_length=[3, 2],
+                                                        return_trace=True)
+    dx, (dsf, dsb) = tr.backward(np.ones_like(out), None)
+    for a in [out, dx] + flatten((sf, sb, dsf, dsb)) + [g for c in fw + bw for g in c.grads.values()]:
+        assert a.dtype == np.float32
+
+
+def test_cell_dtype_argument_builds_in_that_dtype():
+    c = R.GRUCell(3, dtype=np.float64)
+    out, st = npl.nn.dynamic_rnn(c, np.ones((1, 2, 3)))
+    assert c.params["gates/kernel"].dtype == np.float64 and out.dtype == np.float64
+    c = R.GRUCell(3)
+    out, _ = npl.nn.dynamic_rnn(c, np.ones((1, 2, 3), np.float32), dtype=np.float32)
+    assert out.dtype == np.float32 and c.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- backend
+def test_backend_numpy_and_get_array_module(reset_backend):
+    assert npl.use("numpy") == "numpy"
+    assert npl.backend_name() == "numpy"
+    assert npl.use(" NumPy ") == "numpy"
+    a = np.zeros(2)
+    assert npl.get_array_module(a) is np
+    assert npl.get_array_module(a, None, np.ones(3)) is np
+    assert npl.get_array_module() is np
+    c = R.GRUCell(2, input_size=3)
+    assert all(type(v) is np.ndarray for v in c.params.values())
+    assert type(c.zero_state(2)) is np.ndarray
+    assert isinstance(npl.to_numpy([np.ones(1), (np.ones(2),)]), list)
+    st = npl.to_numpy(S(np.ones(1), np.zeros(1)))
+    assert isinstance(st, S)
+
+
+def test_backend_cupy_absent_raises_backend_error(monkeypatch, reset_backend):
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)   # `import cupy` now fails
+    before = npl.use("numpy")
+    with pytest.raises(npl.BackendError) as e:
+        npl.use("cupy")
+    msg = str(e.value)
+    assert "cupy" in msg.lower() and "not installed" in msg
+    assert npl.backend_name() == before, "a failed use() leaves the backend unchanged"
+    assert npl.use("auto") == "numpy"
+    assert isinstance(e.value, RuntimeError)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "", "tensorflow"])
+def test_backend_unknown_name(bad, reset_backend):
+    with pytest.raises(ValueError) as e:
+        npl.use(bad)
+    assert repr(bad) in str(e.value)
+    with pytest.raises(TypeError):
+        npl.use(None)
+
+
+def test_backend_env_variable(monkeypatch, reset_backend):
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)
+    for value, want in (("numpy", "numpy"), ("", "numpy"), ("auto", "numpy")):
+        monkeypatch.setenv("NPL_BACKEND", value)
+        backend_state["name"] = None
+        assert npl.backend_name() == want
+    monkeypatch.delenv("NPL_BACKEND")
+    backend_state["name"] = None
+    assert npl.backend_name() == "numpy"
+    monkeypatch.setenv("NPL_BACKEND", "bogus")
+    backend_state["name"] = None
+    with pytest.raises(ValueError):
+        npl.backend_name()
+    monkeypatch.setenv("NPL_BACKEND", "cupy")
+    backend_state["name"] = None
+    with pytest.raises(npl.BackendError):
+        npl.backend_name()
+    backend_state["name"] = None
+
+
+# ----------------------------------------------------------------------------- trace memory
+def _trace_nbytes(kind, T, B=4, H=8, I=5, lengths=None):
+    rng = _rng(kind, "nbytes")
+    cell = make_cell(kind, rng, I, units=H)
+    x = rng.standard_normal((B, T, I))
+    _, _, tr = npl.nn.dynamic_rnn(cell, x, lengths, return_trace=True)
+    return tr
+
+
+@pytest.mark.parametrize("kind", ["rnn", "basic_lstm", "lstm_all", "gru", "multi"])
+def test_trace_nbytes_counts_what_the_trace_holds(kind):
+    """nbytes equals the memory the trace keeps alive (tracemalloc: NumPy reports its buffers),
+    and is at least the documented slabs (gates, c, h)."""
+    B, T, H, I = 8, 40, 16, 5
+    rng = _rng(kind, "mem")
+    cell = make_cell(kind, rng, I, units=H)
+    x = rng.standard_normal((B, T, I))
+    L = np.array([T, T - 3, 5, T, 0, 7, T, 1])
+    npl.nn.dynamic_rnn(cell, x, L, return_trace=True)     # warm up any lazily cached weights
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out, st, tr = npl.nn.dynamic_rnn(cell, x, L, return_trace=True)
+        del out, st
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    slabs = sum(a.nbytes for r in tr.records for k, a in r.slabs.items()
+                if k in ("gates", "c", "h"))
+    assert tr.nbytes >= slabs
+    assert tr.nbytes == sum(r.nbytes for r in tr.records)
+    # what the trace keeps alive, to within the Python objects around the arrays (a few KB)
+    assert abs(held - tr.nbytes) <= 0.01 * tr.nbytes + 6144, (held, tr.nbytes)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm_all", "gru", "multi"])
+def test_trace_nbytes_grows_linearly_in_T(kind):
+    n = {T: _trace_nbytes(kind, T).nbytes for T in (2, 3, 5, 9)}
+    step = n[3] - n[2]
+    assert step > 0
+    assert n[5] - n[3] == 2 * step and n[9] - n[5] == 4 * step
+    # with sequence_length, only the steps up to max(length) are kept
+    short = _trace_nbytes(kind, 9, lengths=np.array([3, 2, 0, 3])).nbytes
+    full_3 = _trace_nbytes(kind, 3, lengths=np.array([3, 2, 0, 3])).nbytes
+    assert short == full_3
+
+
+# ----------------------------------------------------------------------------- step loop
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_hand_unrolled_step_loop_equals_dynamic_rnn(kind, dtype):
+    rng = _rng(kind, dtype, "loop")
+    cell = make_cell(kind, rng, 3, dtype)
+    B, T = 3, 4
+    x = rng.standard_normal((B, T, 3)).astype(dtype)
+    s0 = random_state(cell, B, rng, dtype)
+    s, outs = s0, []
+    for t in range(T):
+        o, s = cell(x[:, t], s)
+        outs.append(o)
+    out, st = npl.nn.dynamic_rnn(cell, x, initial_state=s0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, np.stack(outs, axis=1), rtol=tol, atol=tol)
+    for a, b in zip(flatten(st), flatten(s)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    # per-row prefixes with lengths, through the shared helper
+    L = [4, 0, 2]
+    ref_out, ref_st = unroll_steps(cell, x, s0, L)
+    out, st = npl.nn.dynamic_rnn(cell, x, L, s0)
+    np.testing.assert_allclose(out, ref_out, rtol=tol, atol=tol)
+    for a, b in zip(flatten(st), flatten(ref_st)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_randomize_params_touches_every_parameter():
+    """The shared helper really gives nonzero values to biases and peepholes (layout bugs hide
+    behind zeros)."""
+    cell = make_cell("lstm_all", _rng("touch"), 3)
+    assert all(np.abs(v).min() > 0 for v in cell.params.values())
+    randomize_params(cell, _rng("touch2"))
+    assert all(np.abs(v).min() > 0 for v in cell.params.values())
