@@ -2,6 +2,7 @@
 from .cells import (BasicRNNCell, BasicLSTMCell, LSTMCell, GRUCell, MultiRNNCell,  # noqa: F401
                     LSTMStateTuple, RNNCell)
 from .rnn_ops import static_rnn, stack_bidirectional_dynamic_rnn  # noqa: F401
+from .layers import DropoutWrapper  # noqa: F401  (tf.contrib.rnn.DropoutWrapper)
 
 __all__ = ["BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell", "LSTMStateTuple",
-           "RNNCell", "static_rnn", "stack_bidirectional_dynamic_rnn"]
+           "RNNCell", "static_rnn", "stack_bidirectional_dynamic_rnn", "DropoutWrapper"]

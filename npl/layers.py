@@ -1,0 +1,768 @@
+"""Layers with hand-written backward passes, for building and training small models.
+
+* :class:`Dense` -- ``tf.layers.dense`` / ``fully_connected``: ``y = act(x @ kernel + bias)`` on any
+  leading shape; params ``kernel`` [in, out], ``bias`` [out].
+* :class:`Embedding` -- params ``embeddings`` [V, D]; its gradient is a sparse
+  :class:`npl.IndexedSlices` (the rows that were looked up), as in TensorFlow.
+* :class:`RNN` -- runs an npl cell with :func:`npl.nn.dynamic_rnn`; outputs every step
+  (``output="sequences"``) or the last valid step (``output="last"``).
+* :class:`Sequential` -- a chain of the layers above; ``forward`` returns ``(output, trace)`` and
+  ``trace.backward(d_output)`` runs every piece backwards.  Its ``params`` / ``grads`` are keyed by
+  TensorFlow's variable names (``embedding/embeddings``, ``rnn/basic_lstm_cell/kernel``,
+  ``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel``, ``dense/kernel``, ...).
+* :class:`DropoutWrapper` -- ``tf.nn.rnn_cell.DropoutWrapper`` for npl cells (input and output
+  dropout; masks are kept in ``.masks`` and can be replayed).
+
+Every layer follows one protocol: ``forward(x, ...) -> (y, trace)``; ``trace.backward(d_y) -> d_x``
+(``None`` for integer inputs) which ACCUMULATES parameter gradients into ``layer.grads`` (call
+``zero_grad()`` between steps); ``params`` / ``grads`` are dicts whose arrays are the live ones.
+A trace's backward runs once (:class:`npl.BackwardTwiceError` after that).
+"""
+import numpy as np
+
+from . import activations as _act
+from . import random as _random
+from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
+from .backend import default_xp, get_array_module, to_device
+from .cells import RNNCell, MultiRNNCell, glorot_uniform
+from .rnn_ops import dynamic_rnn
+from ._checks import float_array, check_dtype, check_shape, resolve_dtype
+
+__all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
+
+
+class Layer:
+    """Base class: named parameters (TF names relative to the layer) and accumulated gradients."""
+
+    _default_name = "layer"
+
+    def __init__(self, name=None, dtype=None, seed=None):
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError("name must be a non-empty string without '/', got %r" % (name,))
+        self.name = name or self._default_name
+        self._dtype = resolve_dtype(dtype)
+        self._seed = seed
+        self._params = {}
+        self._grads = {}
+
+    @property
+    def built(self):
+        return bool(self._params)
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def params(self):
+        """Dict name -> live parameter array (TF names relative to the layer)."""
+        return dict(self._params)
+
+    @property
+    def grads(self):
+        """Dict name -> accumulated gradient, same keys as :attr:`params`."""
+        return dict(self._grads)
+
+    @property
+    def trainable_variables(self):
+        return list(self.params.items())
+
+    def zero_grad(self):
+        for g in self._grads.values():
+            g[...] = 0
+
+    def set_params(self, values, strict=True):
+        """Copy values into the parameters in place (names relative to the layer).
+
+        Unknown names, missing names (with ``strict``) and wrong shapes raise ValueError before
+        anything is changed.
+        """
+        if not isinstance(values, dict):
+            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
+        _validate_values(self.params, values, strict, "%s %r" % (type(self).__name__, self.name))
+        live = self.params
+        for k, v in values.items():
+            _assign(live[k], v)
+        return self
+
+    def output_width(self, input_width):
+        """The last dimension of the output for inputs of last dimension ``input_width``."""
+        return input_width
+
+    def __call__(self, x, *args, **kwargs):
+        """The forward's output only (no trace kept by the caller)."""
+        return self.forward(x, *args, **kwargs)[0]
+
+    def __repr__(self):
+        return "%s(name=%r)" % (type(self).__name__, self.name)
+
+
+def _validate_values(live, values, strict, what):
+    unknown = sorted(set(values) - set(live))
+    missing = sorted(set(live) - set(values))
+    if unknown:
+        raise ValueError("set_params: unknown parameter names %s for %s; expected %s"
+                         % (unknown, what, sorted(live)))
+    if strict and missing:
+        raise ValueError("set_params: missing parameters %s for %s (strict=False sets only some)"
+                         % (missing, what))
+    for k, v in values.items():
+        if tuple(np.shape(v)) != tuple(live[k].shape):
+            raise ValueError("set_params: %r must have shape %s, got %s"
+                             % (k, tuple(live[k].shape), tuple(np.shape(v))))
+
+
+def _assign(dst, value):
+    """``dst[...] = value`` across backends and dtypes (value converted to dst's device and dtype)."""
+    xp = get_array_module(dst)
+    if get_array_module(value) is not xp:
+        value = to_device(value, "cupy" if xp is not np else "numpy")
+    dst[...] = xp.asarray(value).astype(dst.dtype, copy=False)
+
+
+def _check_input(layer, x, width, name="inputs"):
+    if x.shape[-1] != width:
+        raise ValueError("%s must have last dimension %d (layer %r was built for it), got shape %s"
+                         % (name, width, layer.name, tuple(x.shape)))
+    check_dtype(x, layer.dtype, name)
+    get_array_module(x, *layer._params.values())
+
+
+# ============================================================================ Dense
+class Dense(Layer):
+    """``y = activation(x @ kernel + bias)`` on the last axis of ``x`` (any leading shape).
+
+    Params (TF names): ``kernel`` [in, units] (glorot uniform), ``bias`` [units] (zeros).
+    ``activation``: None (linear, as tf.layers.dense), a name, or an npl activation.
+    """
+
+    _default_name = "dense"
+
+    def __init__(self, units, activation=None, use_bias=True, dtype=None, seed=None, input_size=None,
+                 name=None):
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError("units must be a positive integer, got %r" % (units,))
+        super().__init__(name, dtype, seed)
+        self.units = int(units)
+        self.activation = _act.get(activation, default=_act.identity)
+        self.use_bias = bool(use_bias)
+        if input_size is not None:
+            self.build(input_size, self._dtype or np.float32)
+
+    def build(self, input_size, dtype=np.float32):
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
+            raise ValueError("input_size must be a positive integer, got %r" % (input_size,))
+        dtype = resolve_dtype(dtype) or np.dtype(np.float32)
+        xp, rng = default_xp(), _random.generator(self._seed)
+        self._dtype = dtype
+        self._params = {"kernel": xp.asarray(glorot_uniform((int(input_size), self.units), rng, dtype))}
+        if self.use_bias:
+            self._params["bias"] = xp.zeros((self.units,), dtype)
+        self._grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
+        return self
+
+    @property
+    def input_size(self):
+        return int(self._params["kernel"].shape[0]) if self.built else None
+
+    def output_width(self, input_width):
+        return self.units
+
+    def forward(self, x):
+        """``(y, trace)``: x [..., in] -> y [..., units]; ``trace.backward(d_y) -> d_x``."""
+        x = float_array(x, "inputs")
+        if x.ndim < 1:
+            raise ValueError("inputs must have at least one dimension, got a scalar")
+        if not self.built:
+            if self._dtype is not None:
+                check_dtype(x, self._dtype, "inputs")
+            self.build(int(x.shape[-1]), x.dtype)
+        K = self._params["kernel"]
+        _check_input(self, x, K.shape[0])
+        xp = get_array_module(x)
+        x2 = x.reshape(-1, K.shape[0])
+        y = xp.matmul(x2, K)                                        # [N, in] @ [in, units]
+        if self.use_bias:
+            y += self._params["bias"]
+        if self.activation is not _act.identity:
+            self.activation(y, out=y)
+        y = y.reshape(tuple(x.shape[:-1]) + (self.units,))
+        return y, DenseTrace(self, x2, y, x.shape)
+
+
+class DenseTrace(_OnceTrace):
+    """Saved input [N, in] and output of a :class:`Dense` forward."""
+
+    def __init__(self, layer, x2, y, in_shape):
+        self.layer, self._x2, self._y, self._in_shape = layer, x2, y, tuple(in_shape)
+
+    def backward(self, d_output):
+        """Return ``d_inputs`` (shape of the inputs); accumulates ``kernel`` / ``bias`` gradients.
+
+            d_pre = d_y * act'(y);  d_kernel += x^T @ d_pre;  d_bias += sum(d_pre);  d_x = d_pre @ kernel^T
+        """
+        self._consume()
+        layer = self.layer
+        d = float_array(d_output, "d_output")
+        check_shape(d, self._y.shape, "d_output")
+        check_dtype(d, self._y.dtype, "d_output")
+        xp = get_array_module(d)
+        D = d.reshape(-1, layer.units)
+        if layer.activation is not _act.identity:
+            D = D * layer.activation.grad_from_output(self._y.reshape(-1, layer.units))
+        K = layer._params["kernel"]
+        layer._grads["kernel"] += xp.matmul(self._x2.T, D)          # [in, N] @ [N, units]
+        if layer.use_bias:
+            layer._grads["bias"] += D.sum(axis=0)
+        return xp.matmul(D, K.T).reshape(self._in_shape)            # [N, units] @ [units, in]
+
+
+# ============================================================================ Embedding
+class Embedding(Layer):
+    """Row lookup ``y = embeddings[ids]``: ids of any integer shape -> ``ids.shape + (D,)``.
+
+    Param ``embeddings`` [input_dim, output_dim], initialised uniform in [-0.05, 0.05] (Keras's
+    default).  Its gradient (``grads["embeddings"]``) is an :class:`npl.IndexedSlices` holding one
+    row per looked-up id (duplicates not merged, as TensorFlow's); with ``sparse_grad=False`` it is
+    a dense array instead.
+    """
+
+    _default_name = "embedding"
+
+    def __init__(self, input_dim, output_dim, dtype=None, seed=None, sparse_grad=True, name=None):
+        for nm, v in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError("%s must be a positive integer, got %r" % (nm, v))
+        super().__init__(name, dtype, seed)
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.sparse_grad = bool(sparse_grad)
+        self._dtype = self._dtype or np.dtype(np.float32)
+        xp, rng = default_xp(), _random.generator(seed)
+        self._params = {"embeddings": xp.asarray(
+            rng.uniform(-0.05, 0.05, (self.input_dim, self.output_dim)).astype(self._dtype))}
+        self._grads = {} if self.sparse_grad else {"embeddings": xp.zeros_like(self._params["embeddings"])}
+        self._slices = []
+
+    @property
+    def grads(self):
+        if not self.sparse_grad:
+            return dict(self._grads)
+        E = self._params["embeddings"]
+        xp = get_array_module(E)
+        if not self._slices:
+            vals, idx = xp.zeros((0, self.output_dim), E.dtype), xp.zeros((0,), np.int64)
+        elif len(self._slices) == 1:
+            vals, idx = self._slices[0].values, self._slices[0].indices
+        else:
+            vals = xp.concatenate([s.values for s in self._slices])
+            idx = xp.concatenate([s.indices for s in self._slices])
+        return {"embeddings": IndexedSlices(vals, idx, E.shape)}
+
+    def zero_grad(self):
+        self._slices = []
+        super().zero_grad()
+
+    def output_width(self, input_width=None):
+        return self.output_dim
+
+    def forward(self, ids):
+        """``(y, trace)``; ``trace.backward(d_y)`` accumulates the row gradient and returns None."""
+        y, tr = embedding_lookup(self._params["embeddings"], ids, return_trace=True)
+        return y, EmbeddingLayerTrace(self, tr)
+
+
+class EmbeddingLayerTrace(_OnceTrace):
+    def __init__(self, layer, inner):
+        self.layer, self._inner = layer, inner
+
+    def backward(self, d_output):
+        """Accumulate ``d embeddings`` (IndexedSlices, or dense); ids have no gradient: returns None."""
+        self._consume()
+        s = self._inner.backward(d_output)
+        if self.layer.sparse_grad:
+            self.layer._slices.append(s)
+        else:
+            self.layer._grads["embeddings"] += s.to_dense()
+        return None
+
+
+# ============================================================================ RNN
+def cell_param_names(cell):
+    """``[(tf_name, key)]``: TensorFlow's variable name (relative to the RNN scope, e.g.
+    ``basic_lstm_cell/kernel`` or ``multi_rnn_cell/cell_0/lstm_cell/bias``) for each key of
+    ``cell.params``.  A :class:`DropoutWrapper` adds nothing to the names, as in TensorFlow."""
+    if isinstance(cell, DropoutWrapper):
+        return cell_param_names(cell.wrapped_cell)
+    if isinstance(cell, MultiRNNCell):
+        out = []
+        for k, c in enumerate(cell.cells):
+            out.extend(("%s/cell_%d/%s" % (cell.name, k, tf), "cell_%d/%s" % (k, key))
+                       for tf, key in cell_param_names(c))
+        return out
+    return [("%s/%s" % (cell.name, k), k) for k in cell._params]
+
+
+def _walk_cells(cell):
+    yield cell
+    if isinstance(cell, DropoutWrapper):
+        yield from _walk_cells(cell.wrapped_cell)
+    elif isinstance(cell, MultiRNNCell):
+        for c in cell.cells:
+            yield from _walk_cells(c)
+
+
+class RNN(Layer):
+    """Runs ``cell`` over a sequence with :func:`npl.nn.dynamic_rnn`.
+
+    output: ``"sequences"`` (every step: [B, T, out], or [T, B, out] with ``time_major``) or
+    ``"last"`` (the output at each row's last valid step, [B, out]; zeros where a length is 0).
+    ``return_sequences`` (Keras's name) may be given instead: True = "sequences", False = "last".
+    Params are the cell's, named as TensorFlow names them under the scope ``name`` (default "rnn").
+    """
+
+    _default_name = "rnn"
+
+    def __init__(self, cell, output="sequences", return_sequences=None, time_major=False, name=None):
+        if not isinstance(cell, RNNCell):
+            raise TypeError("cell must be an npl RNN cell (npl.rnn.BasicLSTMCell, ...), got %s"
+                            % type(cell).__name__)
+        if return_sequences is not None:
+            output = "sequences" if return_sequences else "last"
+        if output not in ("sequences", "last"):
+            raise ValueError("output must be 'sequences' or 'last', got %r" % (output,))
+        super().__init__(name)
+        self.cell, self.output, self.time_major = cell, output, bool(time_major)
+
+    @property
+    def built(self):
+        return self.cell.built
+
+    @property
+    def dtype(self):
+        return self.cell.dtype
+
+    @property
+    def params(self):
+        live = self.cell._params
+        return {tf: live[key] for tf, key in cell_param_names(self.cell)}
+
+    @property
+    def grads(self):
+        live = self.cell._grads
+        return {tf: live[key] for tf, key in cell_param_names(self.cell)}
+
+    def zero_grad(self):
+        self.cell.zero_grad()
+
+    def set_params(self, values, strict=True):
+        if not isinstance(values, dict):
+            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
+        _validate_values(self.params, values, strict, "RNN %r" % self.name)
+        to_key = dict(cell_param_names(self.cell))
+        live = self.cell._params
+        for k, v in values.items():
+            _assign(live[to_key[k]], v)
+        return self
+
+    def build(self, input_size, dtype=np.float32):
+        if not self.cell.built:
+            self.cell.build(input_size, dtype)
+        elif self.cell.input_size != input_size:
+            raise ValueError("RNN %r: the cell was built for input width %d, got %d"
+                             % (self.name, self.cell.input_size, input_size))
+        return self
+
+    def output_width(self, input_width=None):
+        return self.cell.output_size
+
+    def zero_state(self, batch_size, dtype=None):
+        return self.cell.zero_state(batch_size, dtype)
+
+    def forward(self, x, initial_state=None, sequence_length=None):
+        """``(y, trace)``; ``trace.final_state`` is the cell's final state (carry it for truncated
+        BPTT); ``trace.backward(d_y, d_final_state=None) -> d_x``."""
+        outputs, final, tr = dynamic_rnn(self.cell, x, sequence_length=sequence_length,
+                                         initial_state=initial_state, time_major=self.time_major,
+                                         return_trace=True)
+        xp = get_array_module(outputs)
+        last = None
+        if self.output == "last":
+            T = tr.max_time
+            L = tr.sequence_length if tr.sequence_length is not None else np.full(tr.batch_size, T)
+            rows = np.nonzero(L > 0)[0]
+            last = (xp.asarray(rows), xp.asarray(L[rows] - 1))
+            y = xp.zeros((tr.batch_size, self.cell.output_size), outputs.dtype)
+            y[last[0]] = outputs[last[1], last[0]] if self.time_major else outputs[last[0], last[1]]
+        else:
+            y = outputs
+        return y, RNNLayerTrace(self, tr, final, last, outputs.shape, y.shape)
+
+
+class RNNLayerTrace(_OnceTrace):
+    """Trace of :meth:`RNN.forward`: ``final_state``; ``inner`` (the :class:`npl.rnn_ops.RNNTrace`,
+    with its per-layer records); after backward ``d_initial_state``."""
+
+    def __init__(self, layer, inner, final_state, last, out_shape, y_shape):
+        self.layer, self.inner, self.final_state = layer, inner, final_state
+        self._last, self._out_shape, self._y_shape = last, tuple(out_shape), tuple(y_shape)
+        self.d_initial_state = None
+
+    @property
+    def records(self):
+        return self.inner.records
+
+    def backward(self, d_output=None, d_final_state=None):
+        """Return ``d_inputs``; parameter gradients accumulate into the cell's grads."""
+        self._consume()
+        d = None
+        if d_output is not None:
+            d = float_array(d_output, "d_output")
+            check_shape(d, self._y_shape, "d_output")
+            if self._last is not None:
+                xp = get_array_module(d)
+                full = xp.zeros(self._out_shape, d.dtype)
+                b, t = self._last
+                if self.layer.time_major:
+                    full[t, b] = d[b]
+                else:
+                    full[b, t] = d[b]
+                d = full
+        dx, d0 = self.inner.backward(d, d_final_state)
+        self.d_initial_state = d0
+        return dx
+
+
+# ============================================================================ Sequential
+class Sequential(Layer):
+    """A chain of layers: ``Sequential([Embedding(V, D), RNN(cell), Dense(V)])``.
+
+    ``forward(x, initial_state=None, sequence_length=None, training=None) -> (y, trace)``:
+    ``initial_state`` is a tuple with one cell state per :class:`RNN` layer (or None for zeros);
+    ``trace.final_state`` is such a tuple (feed it back for stateful / truncated-BPTT training);
+    ``sequence_length`` goes to every RNN layer; ``training`` (when not None) switches every
+    :class:`DropoutWrapper` on or off for this call.  ``trace.backward(d_y, d_final_state=None)``
+    returns ``d_x`` (None when the first layer is an Embedding).
+
+    ``params`` / ``grads``: one dict over all layers keyed ``<layer name>/<TF name>``; repeated
+    layer names get TF's suffixes (``dense``, ``dense_1``, ...).  The model builds as soon as the
+    input width is known: at construction when the first layer is an Embedding or ``input_size``
+    is given, else on the first forward.
+    """
+
+    _default_name = "sequential"
+
+    def __init__(self, layers, input_size=None, dtype=None, name=None):
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError("layers must be a non-empty list of npl.layers layers, got %r" % (layers,))
+        for k, l in enumerate(layers):
+            if not isinstance(l, Layer) or isinstance(l, Sequential):
+                raise TypeError("layers[%d] must be a Dense, Embedding or RNN layer, got %s"
+                                % (k, type(l).__name__))
+        if len({id(l) for l in layers}) != len(layers):
+            raise ValueError("the same layer object appears twice in layers")
+        for k, l in enumerate(layers[1:], 1):
+            if isinstance(l, Embedding):
+                raise ValueError("layers[%d]: an Embedding can only be the first layer" % k)
+        super().__init__(name, dtype)
+        self.layers = list(layers)
+        used = set()
+        for l in self.layers:                       # TF-style unique names: dense, dense_1, ...
+            base, n = l.name, 0
+            while l.name in used:
+                n += 1
+                l.name = "%s_%d" % (base, n)
+            used.add(l.name)
+        if input_size is not None or isinstance(self.layers[0], Embedding):
+            self.build(input_size, dtype)
+
+    @property
+    def rnn_layers(self):
+        return [l for l in self.layers if isinstance(l, RNN)]
+
+    @property
+    def built(self):
+        return all(l.built for l in self.layers)
+
+    def build(self, input_size=None, dtype=None):
+        """Build every layer for inputs of last dimension ``input_size``."""
+        dtype = resolve_dtype(dtype) or self._dtype or np.dtype(np.float32)
+        width = input_size
+        for l in self.layers:
+            if isinstance(l, Embedding):
+                width = l.output_width()
+                dtype = l.dtype
+                continue
+            if width is None:
+                raise ValueError("Sequential.build needs input_size when the first layer is not an "
+                                 "Embedding")
+            if not l.built:
+                l.build(int(width), dtype)
+            width = l.output_width(width)
+        return self
+
+    @property
+    def params(self):
+        return {"%s/%s" % (l.name, k): v for l in self.layers for k, v in l.params.items()}
+
+    @property
+    def grads(self):
+        return {"%s/%s" % (l.name, k): v for l in self.layers for k, v in l.grads.items()}
+
+    def zero_grad(self):
+        for l in self.layers:
+            l.zero_grad()
+
+    def set_params(self, values, strict=True):
+        """Set weights from a dict keyed as :attr:`params`; validates everything before copying."""
+        if not isinstance(values, dict):
+            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
+        per = {l.name: {} for l in self.layers}
+        for k, v in values.items():
+            head, _, rest = k.partition("/")
+            if head not in per or not rest:
+                raise ValueError("set_params: unknown parameter name %r; names start with a layer "
+                                 "name %s" % (k, sorted(per)))
+            per[head][rest] = v
+        for l in self.layers:
+            _validate_values(l.params, per[l.name], strict, "layer %r" % l.name)
+        for l in self.layers:
+            if per[l.name]:
+                l.set_params(per[l.name], strict=False)
+        return self
+
+    def zero_state(self, batch_size, dtype=None):
+        """A tuple of zero states, one per RNN layer."""
+        return tuple(l.zero_state(batch_size, dtype) for l in self.rnn_layers)
+
+    def dropout_wrappers(self):
+        return [c for l in self.rnn_layers for c in _walk_cells(l.cell) if isinstance(c, DropoutWrapper)]
+
+    def forward(self, x, initial_state=None, sequence_length=None, training=None):
+        n = len(self.rnn_layers)
+        if initial_state is not None and (not isinstance(initial_state, tuple) or len(initial_state) != n
+                                          or hasattr(initial_state, "_fields")):
+            raise TypeError("initial_state must be None or a tuple of %d states (one per RNN layer), "
+                            "got %s" % (n, type(initial_state).__name__))
+        wrappers = self.dropout_wrappers() if training is not None else []
+        saved = [w.training for w in wrappers]
+        try:
+            for w in wrappers:
+                w.training = bool(training)
+            traces, finals, y, k = [], [], x, 0
+            for l in self.layers:
+                if isinstance(l, RNN):
+                    y, tr = l.forward(y, None if initial_state is None else initial_state[k],
+                                      sequence_length)
+                    finals.append(tr.final_state)
+                    k += 1
+                else:
+                    y, tr = l.forward(y)
+                traces.append(tr)
+        finally:
+            for w, s in zip(wrappers, saved):
+                w.training = s
+        return y, SequentialTrace(traces, tuple(finals))
+
+
+class SequentialTrace(_OnceTrace):
+    """``traces`` (one per layer), ``final_state`` (tuple, one per RNN layer); after backward,
+    ``d_initial_state`` (tuple, one per RNN layer)."""
+
+    def __init__(self, traces, final_state):
+        self.traces, self.final_state = traces, final_state
+        self.d_initial_state = None
+
+    def backward(self, d_output, d_final_state=None):
+        self._consume()
+        rnn_traces = [t for t in self.traces if isinstance(t, RNNLayerTrace)]
+        if d_final_state is not None and (not isinstance(d_final_state, tuple)
+                                          or len(d_final_state) != len(rnn_traces)):
+            raise TypeError("d_final_state must be None or a tuple of %d states (one per RNN layer)"
+                            % len(rnn_traces))
+        d, k = d_output, len(rnn_traces)
+        d0 = [None] * k
+        for tr in reversed(self.traces):
+            if isinstance(tr, RNNLayerTrace):
+                k -= 1
+                d = tr.backward(d, None if d_final_state is None else d_final_state[k])
+                d0[k] = tr.d_initial_state
+            else:
+                d = tr.backward(d)
+        self.d_initial_state = tuple(d0)
+        return d
+
+
+# ============================================================================ DropoutWrapper
+class _DropoutRecord(list):
+    """The wrapped cell's record (as a one-element list, so the engine's record walkers see through
+    it) plus the scaled masks used."""
+
+    def __init__(self, inner, input_mask, output_mask):
+        super().__init__([inner])
+        self.input_mask, self.output_mask = input_mask, output_mask
+
+
+class DropoutWrapper(RNNCell):
+    """``tf.nn.rnn_cell.DropoutWrapper`` for npl cells: dropout on the cell's inputs and outputs.
+
+    At each step (TF semantics, ``variational_recurrent=False``) every input element is kept with
+    probability ``input_keep_prob`` and every output element with ``output_keep_prob``; kept values
+    are scaled by ``1 / keep_prob``:  ``x' = x * mask_in``, ``y' = cell(x')[0] * mask_out`` with
+    ``mask = bernoulli(keep_prob) / keep_prob``.  The state passes through undropped.  With
+    ``variational_recurrent=True`` one mask per batch row is used for all steps of a call.
+
+    The scaled masks of the last forward are kept in ``masks`` (``{"input": [T, B, I] or None,
+    "output": [T, B, O] or None}``; [1, B, .] when variational).  Set ``replay = True`` to run the
+    next forwards with those masks again (or assign ``masks`` yourself first).  ``training = False``
+    turns dropout off (evaluation).  Parameters, gradients and names are the wrapped cell's.
+
+    ``state_keep_prob < 1`` is not supported: dropping the state needs a per-step hook inside the
+    engine's sequence loop, which does not exist; it raises ValueError.
+    """
+
+    def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
+                 variational_recurrent=False, input_size=None, dtype=None, seed=None,
+                 dropout_state_filter_visitor=None):
+        if not isinstance(cell, RNNCell):
+            raise TypeError("cell must be an npl RNN cell, got %s" % type(cell).__name__)
+        for nm, p in (("input_keep_prob", input_keep_prob), ("output_keep_prob", output_keep_prob),
+                      ("state_keep_prob", state_keep_prob)):
+            if isinstance(p, bool) or not np.isscalar(p) or not 0 < float(p) <= 1:
+                raise ValueError("%s must be a number in (0, 1], got %r" % (nm, p))
+        if float(state_keep_prob) != 1.0:
+            raise ValueError("state_keep_prob=%r is not supported: dropping the recurrent state needs a "
+                             "per-step hook inside the engine's sequence loop, which npl does not have. "
+                             "Use input_keep_prob / output_keep_prob (state_keep_prob must be 1.0)"
+                             % (state_keep_prob,))
+        if dropout_state_filter_visitor is not None:
+            raise ValueError("dropout_state_filter_visitor only applies to state dropout, which is not "
+                             "supported; it must be None")
+        self._cell = cell
+        self.input_keep_prob, self.output_keep_prob = float(input_keep_prob), float(output_keep_prob)
+        self.state_keep_prob = 1.0
+        self.variational_recurrent = bool(variational_recurrent)
+        self.training = True
+        self.replay = False
+        self.masks = {"input": None, "output": None}
+        self._seed = seed
+        self._rng = None if seed is None else _random.generator(seed)
+
+    # -- delegation to the wrapped cell
+    @property
+    def wrapped_cell(self):
+        return self._cell
+
+    @property
+    def name(self):
+        return self._cell.name
+
+    @property
+    def _params(self):
+        return self._cell._params
+
+    @property
+    def _grads(self):
+        return self._cell._grads
+
+    @property
+    def params(self):
+        return self._cell.params
+
+    @property
+    def grads(self):
+        return self._cell.grads
+
+    def zero_grad(self):
+        self._cell.zero_grad()
+
+    def set_params(self, values, strict=True):
+        self._cell.set_params(values, strict)
+        return self
+
+    def _validate_values(self, values, strict):
+        return self._cell._validate_values(values, strict)
+
+    def build(self, input_size, dtype=np.float32):
+        self._cell.build(input_size, dtype)
+        return self
+
+    def to_device(self, backend=None):
+        self._cell.to_device(backend)
+        return self
+
+    num_units = property(lambda self: self._cell.num_units)
+    built = property(lambda self: self._cell.built)
+    input_size = property(lambda self: self._cell.input_size)
+    dtype = property(lambda self: self._cell.dtype)
+    _dtype = property(lambda self: self._cell.dtype)
+    output_size = property(lambda self: self._cell.output_size)
+    state_size = property(lambda self: self._cell.state_size)
+
+    def _xp(self):
+        return self._cell._xp()
+
+    def _maybe_build(self, x, name):
+        self._cell._maybe_build(x, name)
+
+    def _zero_state(self, batch_size, dtype, xp):
+        return self._cell._zero_state(batch_size, dtype, xp)
+
+    def _zeros_internal(self, batch, dtype, xp):
+        return self._cell._zeros_internal(batch, dtype, xp)
+
+    def _to_internal(self, state, batch, dtype, xp, name):
+        return self._cell._to_internal(state, batch, dtype, xp, name)
+
+    def _to_public(self, state):
+        return self._cell._to_public(state)
+
+    # -- dropout
+    def _mask(self, keep, shape, dtype, xp):
+        """Scaled Bernoulli mask: ``(u < keep) / keep`` with u uniform in [0, 1)."""
+        rng = self._rng if self._rng is not None else _random.generator(None)
+        m = (rng.random(shape) < keep).astype(dtype) / np.asarray(keep, dtype)
+        return xp.asarray(m)
+
+    def _masks_for(self, x, out_width):
+        T, B, I = x.shape
+        xp, dt = get_array_module(x), x.dtype
+        Tm = 1 if self.variational_recurrent else T
+        want = {"input": (Tm, B, I), "output": (Tm, B, out_width)}
+        keep = {"input": self.input_keep_prob, "output": self.output_keep_prob}
+        if self.replay:
+            masks = {}
+            for k in ("input", "output"):
+                m = self.masks.get(k) if isinstance(self.masks, dict) else None
+                if keep[k] < 1 and m is None:
+                    raise ValueError("replay=True but masks[%r] is None; run a forward with "
+                                     "replay=False first or set the masks" % k)
+                if m is not None:
+                    check_shape(m, want[k], "masks[%r]" % k)
+                    check_dtype(m, dt, "masks[%r]" % k)
+                masks[k] = m
+            return masks
+        return {k: (self._mask(keep[k], want[k], dt, xp) if keep[k] < 1 else None) for k in want}
+
+    def _forward_seq(self, x, state, mask):
+        if not self.training:
+            out, final, rec = self._cell._forward_seq(x, state, mask)
+            return out, final, _DropoutRecord(rec, None, None)
+        m = self._masks_for(x, self._cell.output_size)
+        xin = x if m["input"] is None else x * m["input"]
+        out, final, rec = self._cell._forward_seq(xin, state, mask)
+        if m["output"] is not None:
+            out = out * m["output"]
+        self.masks = m
+        return out, final, _DropoutRecord(rec, m["input"], m["output"])
+
+    def _backward_seq(self, rec, dout, dstate):
+        if dout is not None and rec.output_mask is not None:
+            dout = dout * rec.output_mask
+        dx, d0 = self._cell._backward_seq(rec[0], dout, dstate)
+        if rec.input_mask is not None:
+            dx = dx * rec.input_mask
+        return dx, d0
+
+    def __repr__(self):
+        return "DropoutWrapper(%r, input_keep_prob=%g, output_keep_prob=%g)" % (
+            self._cell, self.input_keep_prob, self.output_keep_prob)
