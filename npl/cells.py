@@ -78,6 +78,7 @@ class LayerRecord:
         self.d_h_fm = None
         self.d_c_fm = None
         self.record_state_grads = False
+        self.state_mask_fm = None
 
     @staticmethod
     def _tm(a):
@@ -129,6 +130,46 @@ def _masked_fm(dout, rec):
         return None
     d = dout.transpose(0, 2, 1)
     return d if rec.inv_fm is None else d * ~rec.inv_fm
+
+
+def _state_dropout(rec, state_mask, T, xp):
+    """Set up state dropout (DropoutWrapper's state_keep_prob): ``state_mask`` [T or 1, B, P]
+    scaled mask (time-major, public layout) -> feature-major view [T or 1, P, B] kept on the record,
+    and the slab that holds the undropped outputs.  Returns (S, h_out) or (None, None)."""
+    if state_mask is None:
+        return None, None
+    S = state_mask.transpose(0, 2, 1)
+    h = rec.fm["h"]
+    h_out = rec.fm["h_out"] = xp.empty((T,) + h.shape[1:], h.dtype)
+    rec.state_mask_fm = S
+    return S, h_out
+
+
+def _drop_state(Hs, t, S, h_out):
+    """The step's output keeps h_t; the state carried to the next step is h_t * mask_t."""
+    if S is not None:
+        h_out[t] = Hs[t + 1]
+        Hs[t + 1] *= S[t if S.shape[0] > 1 else 0]
+
+
+def _step_grad(dh, dout_fm, t, rec, carry):
+    """Turn the carried dL/d(state h_t) into dL/dh_t of the step's own output (adding the output
+    cotangent, and through state dropout when there is one).  Returns the array whose rows pass
+    through unchanged for rows past their length."""
+    S = rec.state_mask_fm
+    if S is not None:
+        if rec.inv_fm is not None:
+            carry[...] = dh
+        dh *= S[t if S.shape[0] > 1 else 0]
+    if dout_fm is not None:
+        dh += dout_fm[t]                              # dL/dh_t: output + carried
+    return carry if (S is not None and rec.inv_fm is not None) else dh
+
+
+def _outputs(rec):
+    """The [T, B, P] view of the outputs: h, or the undropped h under state dropout."""
+    h_out = rec.fm.get("h_out")
+    return (rec.fm["h"][1:] if h_out is None else h_out).transpose(0, 2, 1)
 
 
 def _state_fm(a):
@@ -436,7 +477,7 @@ class BasicRNNCell(RNNCell):
         H = self._num_units
         return {"kernel": (input_size + H, H), "bias": (H,)}
 
-    def _forward_seq(self, x, h0, mask):
+    def _forward_seq(self, x, h0, mask, state_mask=None):
         xp = get_array_module(x)
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
@@ -447,15 +488,17 @@ class BasicRNNCell(RNNCell):
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": A, "h": Hs})
         inv, act = rec.inv_fm, self._activation
+        S, h_out = _state_dropout(rec, state_mask, T, xp)
         buf = xp.empty((H, B), dt)
         for t in range(T):
             xp.matmul(U.T, Hs[t], out=buf)               # [H, H] @ [H, B]
             A[t] += buf
             act(A[t], out=A[t])
             Hs[t + 1] = A[t]
+            _drop_state(Hs, t, S, h_out)
             if inv is not None:
                 xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
-        return Hs[1:].transpose(0, 2, 1), _state_public(Hs[T]), rec
+        return _outputs(rec), _state_public(Hs[T]), rec
 
     def _backward_seq(self, rec, dout, dh_final):
         A, Hs, x = rec.fm["gates"], rec.fm["h"], rec.x
@@ -465,15 +508,14 @@ class BasicRNNCell(RNNCell):
         K = self._params["kernel"]
         W, U = K[:I], K[I:]
         dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
-        buf, tmp = xp.empty((H, B), dt), xp.empty((H, B), dt)
+        buf, tmp, carry = xp.empty((H, B), dt), xp.empty((H, B), dt), xp.empty((H, B), dt)
         dout_fm = _masked_fm(dout, rec)
         dG = xp.empty_like(A)
         if rec.record_state_grads:
             rec.d_h_fm = xp.empty((T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
         for t in range(T - 1, -1, -1):
-            if dout_fm is not None:
-                dh += dout_fm[t]                         # dL/dh_t: output + carried
+            passthrough = _step_grad(dh, dout_fm, t, rec, carry)
             if rec.d_h_fm is not None:
                 rec.d_h_fm[t] = dh
             rnn_backward_pointwise(A[t], dh, dG[t], act, tmp)
@@ -481,7 +523,7 @@ class BasicRNNCell(RNNCell):
                 xp.copyto(dG[t], 0, where=inv[t])
             xp.matmul(U, dG[t], out=buf)                 # [H, H] @ [H, B]
             if inv is not None:
-                xp.copyto(buf, dh, where=inv[t])
+                xp.copyto(buf, passthrough, where=inv[t])
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG)                                  # [H, T*B]
@@ -598,7 +640,7 @@ class LSTMCell(RNNCell):
         p = self._params
         return p["w_i_diag"][:, None], p["w_f_diag"][:, None], p["w_o_diag"][:, None]
 
-    def _forward_seq(self, x, state, mask):
+    def _forward_seq(self, x, state, mask, state_mask=None):
         xp = get_array_module(x)
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
@@ -618,6 +660,7 @@ class LSTMCell(RNNCell):
         m = xp.empty((H, B), dt) if proj is not None else None
         buf = xp.empty((4 * H, B), dt)
         peep, act, inv = self._peep(), self._activation, rec.inv_fm
+        S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
             g = G[t]
             xp.matmul(U.T, Hs[t], out=buf)                   # [4H, P] @ [P, B]
@@ -631,11 +674,12 @@ class LSTMCell(RNNCell):
                     xp.abs(Hs[t + 1], out=buf[:P])
                     PM[t] = buf[:P] <= self._proj_clip
                     Hs[t + 1].clip(-self._proj_clip, self._proj_clip, out=Hs[t + 1])
+            _drop_state(Hs, t, S, h_out)
             if inv is not None:
                 xp.copyto(C[t + 1], C[t], where=inv[t])
                 xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
         final = LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T]))
-        return Hs[1:].transpose(0, 2, 1), final, rec
+        return _outputs(rec), final, rec
 
     # -- backward
     def _backward_seq(self, rec, dout, dstate):
@@ -653,7 +697,7 @@ class LSTMCell(RNNCell):
         else:
             dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
         dG = xp.empty_like(G)
-        buf, tmp = xp.empty((P, B), dt), xp.empty((H, B), dt)
+        buf, tmp, carry = xp.empty((P, B), dt), xp.empty((H, B), dt), xp.empty((P, B), dt)
         dout_fm = _masked_fm(dout, rec)
         inv, peep, act = rec.inv_fm, self._peep(), self._activation
         DHP = xp.empty((T, P, B), dt) if proj is not None else None
@@ -663,8 +707,7 @@ class LSTMCell(RNNCell):
         if rec.record_state_grads:
             rec.d_h_fm, rec.d_c_fm = xp.empty((T, P, B), dt), xp.empty((T, H, B), dt)
         for t in range(T - 1, -1, -1):
-            if dout_fm is not None:
-                dh += dout_fm[t]                             # dL/dh_t: output + carried
+            passthrough = _step_grad(dh, dout_fm, t, rec, carry)
             if rec.d_h_fm is not None:
                 rec.d_h_fm[t] = dh
             if inv is not None:                              # the part that flows into step t
@@ -690,7 +733,7 @@ class LSTMCell(RNNCell):
                 xp.copyto(dc, dc_keep, where=inv[t])         # dc and dh pass unchanged
             xp.matmul(U, dG[t], out=buf)                     # [P, 4H] @ [4H, B]
             if inv is not None:
-                xp.copyto(buf, dh, where=inv[t])
+                xp.copyto(buf, passthrough, where=inv[t])
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
@@ -759,7 +802,7 @@ class GRUCell(RNNCell):
         Wx = get_array_module(Kg).concatenate([Kg[:I], Kc[:I]], axis=1)   # [I, 3H]
         return Wx, Kg[I:], Kc[I:]                                         # Ug [H, 2H], Uc [H, H]
 
-    def _forward_seq(self, x, h0, mask):
+    def _forward_seq(self, x, h0, mask, state_mask=None):
         xp = get_array_module(x)
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
@@ -773,6 +816,7 @@ class GRUCell(RNNCell):
         rh = xp.empty((H, B), dt)
         buf_g, buf_c = xp.empty((2 * H, B), dt), xp.empty((H, B), dt)
         inv, act = rec.inv_fm, self._activation
+        S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
             g = G[t]
             xp.matmul(Ug.T, Hs[t], out=buf_g)              # [2H, H] @ [H, B]
@@ -781,9 +825,10 @@ class GRUCell(RNNCell):
             xp.matmul(Uc.T, rh, out=buf_c)                 # [H, H] @ [H, B]
             g[2 * H:] += buf_c
             gru_state_forward(g, Hs[t], Hs[t + 1], act)
+            _drop_state(Hs, t, S, h_out)
             if inv is not None:
                 xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
-        return Hs[1:].transpose(0, 2, 1), _state_public(Hs[T]), rec
+        return _outputs(rec), _state_public(Hs[T]), rec
 
     def _backward_seq(self, rec, dout, dh_final):
         G, Hs, x = rec.fm["gates"], rec.fm["h"], rec.x
@@ -794,15 +839,14 @@ class GRUCell(RNNCell):
         Wx, Ug, Uc = self._weights(I)
         dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
         buf, drh = xp.empty((H, B), dt), xp.empty((H, B), dt)
-        tmp, tmp2 = xp.empty((H, B), dt), xp.empty((H, B), dt)
+        tmp, tmp2, carry = xp.empty((H, B), dt), xp.empty((H, B), dt), xp.empty((H, B), dt)
         dout_fm = _masked_fm(dout, rec)
         dG = xp.empty_like(G)
         if rec.record_state_grads:
             rec.d_h_fm = xp.empty((T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
         for t in range(T - 1, -1, -1):
-            if dout_fm is not None:
-                dh += dout_fm[t]
+            passthrough = _step_grad(dh, dout_fm, t, rec, carry)
             if rec.d_h_fm is not None:
                 rec.d_h_fm[t] = dh
             g, dg = G[t], dG[t]
@@ -813,7 +857,7 @@ class GRUCell(RNNCell):
             buf += tmp2
             if inv is not None:
                 xp.copyto(dg, 0, where=inv[t])
-                xp.copyto(buf, dh, where=inv[t])
+                xp.copyto(buf, passthrough, where=inv[t])
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG)                                                   # [3H, T*B]
@@ -978,10 +1022,11 @@ class MultiRNNCell(RNNCell):
     def _to_public(self, state):
         return tuple(c._to_public(s) for c, s in zip(self._cells, state))
 
-    def _forward_seq(self, x, state, mask):
+    def _forward_seq(self, x, state, mask, state_mask=None):
         recs, finals = [], []
-        for c, s in zip(self._cells, state):
-            x, f, r = c._forward_seq(x, s, mask)
+        masks = state_mask if state_mask is not None else [None] * len(self._cells)
+        for c, s, sm in zip(self._cells, state, masks):
+            x, f, r = c._forward_seq(x, s, mask) if sm is None else c._forward_seq(x, s, mask, sm)
             recs.append(r)
             finals.append(f)
         return x, tuple(finals), recs

@@ -603,21 +603,25 @@ class _DropoutRecord(list):
 
 
 class DropoutWrapper(RNNCell):
-    """``tf.nn.rnn_cell.DropoutWrapper`` for npl cells: dropout on the cell's inputs and outputs.
+    """``tf.nn.rnn_cell.DropoutWrapper`` for npl cells: dropout on inputs, outputs and state.
 
     At each step (TF semantics, ``variational_recurrent=False``) every input element is kept with
-    probability ``input_keep_prob`` and every output element with ``output_keep_prob``; kept values
-    are scaled by ``1 / keep_prob``:  ``x' = x * mask_in``, ``y' = cell(x')[0] * mask_out`` with
-    ``mask = bernoulli(keep_prob) / keep_prob``.  The state passes through undropped.  With
+    probability ``input_keep_prob``, every output element with ``output_keep_prob`` and every
+    element of the new state with ``state_keep_prob``; kept values are scaled by ``1 / keep_prob``:
+    ``x' = x * mask_in``, ``y, s = cell(x', s_prev)``, ``y' = y * mask_out``,
+    ``s' = s * mask_state`` with ``mask = bernoulli(keep_prob) / keep_prob``.  As with TF's default
+    ``dropout_state_filter_visitor``, an LSTM's ``c`` is never dropped, only its ``h``; in a
+    ``MultiRNNCell`` every layer's ``h`` is.  The dropped state is what the next step reads and what
+    the sequence returns as its final state; the step's output is the undropped ``h`` (then output
+    dropout).  The engine applies the state mask inside its step loop (``state_mask`` of
+    ``_forward_seq``), and the backward goes through the same masks.  With
     ``variational_recurrent=True`` one mask per batch row is used for all steps of a call.
 
     The scaled masks of the last forward are kept in ``masks`` (``{"input": [T, B, I] or None,
-    "output": [T, B, O] or None}``; [1, B, .] when variational).  Set ``replay = True`` to run the
-    next forwards with those masks again (or assign ``masks`` yourself first).  ``training = False``
-    turns dropout off (evaluation).  Parameters, gradients and names are the wrapped cell's.
-
-    ``state_keep_prob < 1`` is not supported: dropping the state needs a per-step hook inside the
-    engine's sequence loop, which does not exist; it raises ValueError.
+    "output": [T, B, O] or None, "state": [T, B, P] (a list, one per layer, for a MultiRNNCell) or
+    None}``; [1, B, .] when variational).  Set ``replay = True`` to run the next forwards with those
+    masks again (or assign ``masks`` yourself first).  ``training = False`` turns dropout off
+    (evaluation).  Parameters, gradients and names are the wrapped cell's.
     """
 
     def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
@@ -629,21 +633,19 @@ class DropoutWrapper(RNNCell):
                       ("state_keep_prob", state_keep_prob)):
             if isinstance(p, bool) or not np.isscalar(p) or not 0 < float(p) <= 1:
                 raise ValueError("%s must be a number in (0, 1], got %r" % (nm, p))
-        if float(state_keep_prob) != 1.0:
-            raise ValueError("state_keep_prob=%r is not supported: dropping the recurrent state needs a "
-                             "per-step hook inside the engine's sequence loop, which npl does not have. "
-                             "Use input_keep_prob / output_keep_prob (state_keep_prob must be 1.0)"
-                             % (state_keep_prob,))
         if dropout_state_filter_visitor is not None:
-            raise ValueError("dropout_state_filter_visitor only applies to state dropout, which is not "
-                             "supported; it must be None")
+            raise ValueError("dropout_state_filter_visitor: only TF's default (drop every state but an "
+                             "LSTM's c) is supported; it must be None")
+        if float(state_keep_prob) < 1 and isinstance(cell, DropoutWrapper) and cell.state_keep_prob < 1:
+            raise ValueError("state_keep_prob < 1 on a DropoutWrapper around a DropoutWrapper that "
+                             "drops the state too is not supported; drop the state in one of them")
         self._cell = cell
         self.input_keep_prob, self.output_keep_prob = float(input_keep_prob), float(output_keep_prob)
-        self.state_keep_prob = 1.0
+        self.state_keep_prob = float(state_keep_prob)
         self.variational_recurrent = bool(variational_recurrent)
         self.training = True
         self.replay = False
-        self.masks = {"input": None, "output": None}
+        self.masks = {"input": None, "output": None, "state": None}
         self._seed = seed
         self._rng = None if seed is None else _random.generator(seed)
 
@@ -679,8 +681,11 @@ class DropoutWrapper(RNNCell):
         self._cell.set_params(values, strict)
         return self
 
-    def _validate_values(self, values, strict):
-        return self._cell._validate_values(values, strict)
+    def _plan_params(self, values, strict, name="set_params"):
+        return self._cell._plan_params(values, strict, name)
+
+    def _apply_plan(self, plan):
+        self._cell._apply_plan(plan)
 
     def build(self, input_size, dtype=np.float32):
         self._cell.build(input_size, dtype)
@@ -723,33 +728,59 @@ class DropoutWrapper(RNNCell):
         m = (rng.random(shape) < keep).astype(dtype) / np.asarray(keep, dtype)
         return xp.asarray(m)
 
+    def _state_widths(self):
+        """Width of the dropped part of the state: h of each layer (an LSTM's c is kept)."""
+        cell = self._cell
+        while isinstance(cell, DropoutWrapper):
+            cell = cell._cell
+        if isinstance(cell, MultiRNNCell):
+            return [c.output_size for c in cell.cells]
+        return cell.output_size
+
     def _masks_for(self, x, out_width):
         T, B, I = x.shape
         xp, dt = get_array_module(x), x.dtype
         Tm = 1 if self.variational_recurrent else T
-        want = {"input": (Tm, B, I), "output": (Tm, B, out_width)}
-        keep = {"input": self.input_keep_prob, "output": self.output_keep_prob}
+        sw = self._state_widths()
+        want = {"input": (Tm, B, I), "output": (Tm, B, out_width),
+                "state": [(Tm, B, w) for w in sw] if isinstance(sw, list) else (Tm, B, sw)}
+        keep = {"input": self.input_keep_prob, "output": self.output_keep_prob,
+                "state": self.state_keep_prob}
+
+        def draw(k):
+            if isinstance(want[k], list):
+                return [self._mask(keep[k], w, dt, xp) for w in want[k]]
+            return self._mask(keep[k], want[k], dt, xp)
+
         if self.replay:
             masks = {}
-            for k in ("input", "output"):
+            for k in ("input", "output", "state"):
                 m = self.masks.get(k) if isinstance(self.masks, dict) else None
                 if keep[k] < 1 and m is None:
                     raise ValueError("replay=True but masks[%r] is None; run a forward with "
                                      "replay=False first or set the masks" % k)
                 if m is not None:
-                    check_shape(m, want[k], "masks[%r]" % k)
-                    check_dtype(m, dt, "masks[%r]" % k)
+                    ms, ws = (m, want[k]) if isinstance(want[k], list) else ([m], [want[k]])
+                    if len(ms) != len(ws):
+                        raise ValueError("masks[%r] must hold %d arrays (one per layer), got %d"
+                                         % (k, len(ws), len(ms)))
+                    for a, w in zip(ms, ws):
+                        check_shape(a, w, "masks[%r]" % k)
+                        check_dtype(a, dt, "masks[%r]" % k)
                 masks[k] = m
             return masks
-        return {k: (self._mask(keep[k], want[k], dt, xp) if keep[k] < 1 else None) for k in want}
+        return {k: (draw(k) if keep[k] < 1 else None) for k in want}
 
-    def _forward_seq(self, x, state, mask):
+    def _forward_seq(self, x, state, mask, state_mask=None):
         if not self.training:
-            out, final, rec = self._cell._forward_seq(x, state, mask)
+            out, final, rec = self._cell._forward_seq(x, state, mask, state_mask)
             return out, final, _DropoutRecord(rec, None, None)
         m = self._masks_for(x, self._cell.output_size)
+        if m["state"] is not None and state_mask is not None:
+            raise ValueError("state dropout in two nested DropoutWrappers is not supported")
         xin = x if m["input"] is None else x * m["input"]
-        out, final, rec = self._cell._forward_seq(xin, state, mask)
+        sm = m["state"] if m["state"] is not None else state_mask
+        out, final, rec = self._cell._forward_seq(xin, state, mask, sm)
         if m["output"] is not None:
             out = out * m["output"]
         self.masks = m
@@ -764,5 +795,5 @@ class DropoutWrapper(RNNCell):
         return dx, d0
 
     def __repr__(self):
-        return "DropoutWrapper(%r, input_keep_prob=%g, output_keep_prob=%g)" % (
-            self._cell, self.input_keep_prob, self.output_keep_prob)
+        return "DropoutWrapper(%r, input_keep_prob=%g, output_keep_prob=%g, state_keep_prob=%g)" % (
+            self._cell, self.input_keep_prob, self.output_keep_prob, self.state_keep_prob)

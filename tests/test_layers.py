@@ -5,7 +5,8 @@ import pytest
 
 import npl
 from npl import layers as L
-from helpers import numeric_grads, rel_err, assert_close, random_like, randomize_params
+from helpers import (numeric_grads, rel_err, assert_close, random_like, randomize_params,
+                     random_state, flatten, linear_loss)
 from test_train import numpy_backend  # noqa: F401  (autouse: these tests run on NumPy)
 
 
@@ -355,10 +356,100 @@ def test_dropout_wrapper_in_multi_rnn_cell_and_sequential(rng):
     assert np.array_equal(y_eval, plain(x))
 
 
+_STATE_DROP_CELLS = {
+    "lstm_proj": lambda: npl.rnn.LSTMCell(3, use_peepholes=True, num_proj=2, forget_bias=0.4),
+    "gru": lambda: npl.rnn.GRUCell(3),
+    "rnn": lambda: npl.rnn.BasicRNNCell(3),
+    "multi": lambda: npl.rnn.MultiRNNCell([npl.rnn.BasicLSTMCell(3, forget_bias=0.7), npl.rnn.GRUCell(2)]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_STATE_DROP_CELLS))
+@pytest.mark.parametrize("lengths", [None, [4, 0, 2]])
+@pytest.mark.parametrize("variational", [False, True])
+def test_state_dropout_fd_with_replayed_masks(rng, kind, lengths, variational):
+    """state_keep_prob: every input, initial-state and weight gradient against float64 finite
+    differences (masks replayed), through sequence_length (zero and unsorted rows)."""
+    inner = _STATE_DROP_CELLS[kind]()
+    inner.build(2, np.float64)
+    randomize_params(inner, rng)
+    cell = L.DropoutWrapper(inner, input_keep_prob=0.8, output_keep_prob=0.9, state_keep_prob=0.6,
+                            variational_recurrent=variational, seed=3)
+    B, T = 3, 4
+    x = rng.standard_normal((B, T, 2))
+    s0 = random_state(inner, B, rng)
+    L_ = None if lengths is None else np.array(lengths)
+    out, st, tr = npl.nn.dynamic_rnn(cell, x, L_, s0, return_trace=True)
+    Wo, Ws = random_like(out, rng), random_like(st, rng)
+    inner.zero_grad()
+    dx, d0 = tr.backward(Wo, Ws)
+    sm = cell.masks["state"]
+    for m in (sm if isinstance(sm, list) else [sm]):
+        assert (m == 0).any() and (m > 0).any()           # the state mask really drops something
+    cell.replay = True
+
+    def f():
+        return linear_loss(npl.nn.dynamic_rnn(cell, x, L_, s0), (Wo, Ws))
+    assert f() == pytest.approx(linear_loss((out, st), (Wo, Ws)), rel=1e-13)
+    params = inner.params
+    num = numeric_grads(f, [x] + flatten(s0) + list(params.values()))
+    ana = [dx] + flatten(d0) + [inner.grads[k] for k in params]
+    names = ["x"] + ["s0[%d]" % k for k in range(len(flatten(s0)))] + list(params)
+    for a, n, nm in zip(ana, num, names):
+        assert_close(a, n, 1e-6, nm)
+
+
+def test_state_dropout_matches_tensorflow_given_the_masks(rng):
+    """TF1's DropoutWrapper(state_keep_prob) drops h (never an LSTM's c) of the new state at every
+    step; rebuilt in TF with npl's masks (an unrolled loop of TF cells, sequence_length applied as
+    dynamic_rnn does), outputs, final state and all gradients agree."""
+    tf = pytest.importorskip("tensorflow")
+    v1 = tf.compat.v1
+    B, T, I, H = 3, 5, 2, 4
+    inner = npl.rnn.BasicLSTMCell(H, forget_bias=0.3, input_size=I, seed=0)
+    randomize_params(inner, rng)
+    cell = L.DropoutWrapper(inner, state_keep_prob=0.7, seed=2)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = np.array([5, 2, 0])
+    s0 = random_state(inner, B, rng, np.float32)
+    out, st, tr = npl.nn.dynamic_rnn(cell, x, lengths, s0, return_trace=True)
+    Wo, Ws = random_like(out, rng), random_like(st, rng)
+    dx, d0 = tr.backward(Wo, Ws)
+    m = cell.masks["state"]                                        # [T, B, H]
+    g = tf.Graph()
+    with g.as_default():
+        xt = tf.constant(x)
+        c0, h0 = tf.constant(s0.c), tf.constant(s0.h)
+        tcell = v1.nn.rnn_cell.BasicLSTMCell(H, forget_bias=0.3)
+        c, h, outs = c0, h0, []
+        with v1.variable_scope("rnn"):
+            for t in range(T):
+                o, (cn, hn) = tcell(xt[:, t], v1.nn.rnn_cell.LSTMStateTuple(c, h))
+                hn = hn * m[t]                                     # state dropout: h only
+                valid = tf.constant((t < lengths)[:, None])
+                outs.append(tf.where(tf.broadcast_to(valid, o.shape), o, tf.zeros_like(o)))
+                c = tf.where(tf.broadcast_to(valid, cn.shape), cn, c)
+                h = tf.where(tf.broadcast_to(valid, hn.shape), hn, h)
+        o = tf.stack(outs, axis=1)
+        loss = tf.reduce_sum(o * Wo) + tf.reduce_sum(c * Ws.c) + tf.reduce_sum(h * Ws.h)
+        tv = v1.global_variables()
+        grads = tf.gradients(loss, [xt, c0, h0] + tv)
+        with v1.Session(graph=g) as s:
+            for v in tv:
+                v.load(inner.params[v.op.name.split("/")[-1]], s)
+            to, tc, th, tg = s.run([o, c, h, grads])
+    errs = [rel_err(out, to), rel_err(st.c, tc), rel_err(st.h, th), rel_err(dx, tg[0]),
+            rel_err(d0.c, tg[1]), rel_err(d0.h, tg[2]), rel_err(inner.grads["kernel"], tg[3]),
+            rel_err(inner.grads["bias"], tg[4])]
+    assert max(errs) < 1e-5, errs
+
+
 def test_dropout_wrapper_errors():
     c = npl.rnn.BasicLSTMCell(2)
-    with pytest.raises(ValueError, match="state_keep_prob=0.5 is not supported.*per-step hook"):
-        L.DropoutWrapper(c, state_keep_prob=0.5)
+    with pytest.raises(ValueError, match="dropout_state_filter_visitor"):
+        L.DropoutWrapper(c, state_keep_prob=0.5, dropout_state_filter_visitor=lambda s: True)
+    with pytest.raises(ValueError, match=r"state_keep_prob must be a number in \(0, 1\], got 0"):
+        L.DropoutWrapper(c, state_keep_prob=0)
     with pytest.raises(ValueError, match=r"input_keep_prob must be a number in \(0, 1\], got 0"):
         L.DropoutWrapper(c, input_keep_prob=0)
     with pytest.raises(ValueError, match=r"output_keep_prob must be a number in \(0, 1\], got 1.5"):
