@@ -44,8 +44,7 @@ def _cuda(a, *acts):
 
 def _mul_sigmoid_grad(d, s, tmp):
     """d *= s * (1 - s), for s = sigmoid(a), using workspace tmp."""
-    tmp[...] = 1
-    tmp -= s
+    get_array_module(s).subtract(1, s, out=tmp)
     tmp *= s
     d *= tmp
 
@@ -70,33 +69,29 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
     if k is not None:
         return k.lstm_forward(g, c_prev, c, m, peep, cell_clip, clip_mask)
     H = c.shape[0]
+    xp = get_array_module(g)
     i, j, f, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
     if peep is None:
         sigmoid_(i, out=i)
         sigmoid_(g[2 * H:], out=g[2 * H:])                      # f, o in one call
     else:
         w_i, w_f, w_o = peep
-        c[...] = c_prev
-        c *= w_i
+        xp.multiply(c_prev, w_i, out=c)
         i += c
-        c[...] = c_prev
-        c *= w_f
+        xp.multiply(c_prev, w_f, out=c)
         f += c
         sigmoid_(i, out=i)
         sigmoid_(f, out=f)
     act_j(j, out=j)
-    c[...] = f
-    c *= c_prev                                                 # f * c_prev
-    m[...] = i
-    m *= j                                                      # i * j (m as workspace)
+    xp.multiply(f, c_prev, out=c)                               # f * c_prev
+    xp.multiply(i, j, out=m)                                    # i * j (m as workspace)
     c += m
     if cell_clip is not None:
-        get_array_module(c).abs(c, out=m)
+        xp.abs(c, out=m)
         clip_mask[...] = m <= cell_clip
         c.clip(-cell_clip, cell_clip, out=c)
     if peep is not None:
-        m[...] = c
-        m *= w_o
+        xp.multiply(c, w_o, out=m)
         o += m
         sigmoid_(o, out=o)
     act_c(c, out=m)
@@ -124,40 +119,34 @@ def lstm_backward_pointwise(g, c_prev, c, dm, dc, dg, act_j, act_c, tmp, peep=No
     if k is not None:
         return k.lstm_backward(g, c_prev, c, dm, dc, dg, peep, clip_mask)
     H = c.shape[0]
+    xp = get_array_module(g)
     i, j, f, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
     dg_i, dg_j, dg_f, dg_o = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:]
     act_c(c, out=dg_j)                          # tc = act(c), recomputed (dg_j as workspace)
-    dg_o[...] = dm
-    dg_o *= dg_j                                # dL/do = dm * act(c)
+    xp.multiply(dm, dg_j, out=dg_o)             # dL/do = dm * act(c)
     act_c.deriv_from_output(dg_j, dg_j, tmp)    # act'(c)  (from tc, in place)
     dg_j *= o
     dg_j *= dm
     dc += dg_j                                  # dL/dc += dm * o * act'(c)
     _mul_sigmoid_grad(dg_o, o, tmp)             # dL/da_o
     if peep is not None:
-        tmp[...] = dg_o
-        tmp *= peep[2]
+        xp.multiply(dg_o, peep[2], out=tmp)
         dc += tmp                               # o = sigmoid(a_o + w_o * c)
     if dc_record is not None:
         dc_record[...] = dc
     if clip_mask is not None:
         dc *= clip_mask                         # clip_by_value passes |c| <= clip
-    dg_i[...] = dc
-    dg_i *= j
-    dg_j[...] = dc
-    dg_j *= i
-    dg_f[...] = dc
-    dg_f *= c_prev
+    xp.multiply(dc, j, out=dg_i)
+    xp.multiply(dc, i, out=dg_j)
+    xp.multiply(dc, c_prev, out=dg_f)
     dc *= f                                     # dL/dc_prev through c = f * c_prev + i * j
     _mul_sigmoid_grad(dg_i, i, tmp)
     _mul_sigmoid_grad(dg_f, f, tmp)
     act_j.mul_grad_from_output(dg_j, j, tmp)
     if peep is not None:
-        tmp[...] = dg_i
-        tmp *= peep[0]
+        xp.multiply(dg_i, peep[0], out=tmp)
         dc += tmp
-        tmp[...] = dg_f
-        tmp *= peep[1]
+        xp.multiply(dg_f, peep[1], out=tmp)
         dc += tmp
 
 
@@ -171,8 +160,7 @@ def gru_gates_forward(g, h_prev, rh):
         return k.gru_gates_forward(g, h_prev, rh)
     H = h_prev.shape[0]
     sigmoid_(g[:2 * H], out=g[:2 * H])
-    rh[...] = g[:H]
-    rh *= h_prev
+    get_array_module(g).multiply(g[:H], h_prev, out=rh)
 
 
 def gru_state_forward(g, h_prev, h, act):
@@ -186,8 +174,7 @@ def gru_state_forward(g, h_prev, h, act):
     H = h_prev.shape[0]
     cand = g[2 * H:]
     act(cand, out=cand)
-    h[...] = h_prev
-    h -= cand
+    get_array_module(g).subtract(h_prev, cand, out=h)
     h *= g[H:2 * H]
     h += cand
 
@@ -205,18 +192,16 @@ def gru_backward_pointwise(g, h_prev, dh, dg, act, dh_prev, tmp):
     if k is not None:
         return k.gru_backward(g, h_prev, dh, dg, dh_prev)
     H = h_prev.shape[0]
+    xp = get_array_module(g)
     u, cand = g[H:2 * H], g[2 * H:]
     dg_u, dg_c = dg[H:2 * H], dg[2 * H:]
-    dg_u[...] = h_prev
-    dg_u -= cand
+    xp.subtract(h_prev, cand, out=dg_u)
     dg_u *= dh
     _mul_sigmoid_grad(dg_u, u, tmp)
-    dg_c[...] = 1
-    dg_c -= u
+    xp.subtract(1, u, out=dg_c)
     dg_c *= dh
     act.mul_grad_from_output(dg_c, cand, tmp)
-    dh_prev[...] = dh
-    dh_prev *= u
+    xp.multiply(dh, u, out=dh_prev)
 
 
 def gru_reset_backward(g, h_prev, drh, dh_prev, dg, tmp):
@@ -225,16 +210,15 @@ def gru_reset_backward(g, h_prev, drh, dh_prev, dg, tmp):
     if k is not None:
         return k.gru_reset_backward(g, h_prev, drh, dh_prev, dg)
     H = h_prev.shape[0]
+    xp = get_array_module(g)
     r, dg_r = g[:H], dg[:H]
-    dg_r[...] = drh
-    dg_r *= h_prev
+    xp.multiply(drh, h_prev, out=dg_r)
     _mul_sigmoid_grad(dg_r, r, tmp)
-    tmp[...] = drh
-    tmp *= r
+    xp.multiply(drh, r, out=tmp)
     dh_prev += tmp
 
 
 def rnn_backward_pointwise(a, dh, dg, act, tmp):
     """Simple RNN: h = act(a).  dg = dh * act'(a), from the saved output ``a`` (= h)."""
-    dg[...] = dh
-    act.mul_grad_from_output(dg, a, tmp)
+    act.deriv_from_output(a, dg, tmp)
+    dg *= dh
