@@ -172,6 +172,22 @@ def _outputs(rec):
     return (rec.fm["h"][1:] if h_out is None else h_out).transpose(0, 2, 1)
 
 
+def _stack_flat(x, h):
+    """[x_t; h_t] of all steps as one [I + P, T*B] array (one copy), the left operand of the
+    single weight-gradient GEMM.  x: [T, B, I] (any strides), h: [T, P, B]."""
+    T, B, I = x.shape
+    P = h.shape[1]
+    xh = get_array_module(h).empty((I + P, T * B), h.dtype)
+    xh[:I].reshape(I, T, B)[...] = x.transpose(2, 0, 1)
+    xh[I:].reshape(P, T, B)[...] = h.transpose(1, 0, 2)
+    return xh
+
+
+def _dx(W, dG2, T, B):
+    """d x_t = W @ dG_t for all steps at once: [I, nG] @ [nG, T*B] -> [T, B, I] (a view)."""
+    return get_array_module(W).matmul(W, dG2).reshape(W.shape[0], T, B).transpose(1, 2, 0)
+
+
 def _state_fm(a):
     """[B, F] public state -> [F, B] (a view)."""
     return a.T
@@ -527,12 +543,9 @@ class BasicRNNCell(RNNCell):
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG)                                  # [H, T*B]
-        self._accumulate("kernel", xp.concatenate(
-            [xp.matmul(x.reshape(T * B, I).T, dG2.T),    # [I, T*B] @ [T*B, H]
-             xp.matmul(_flat(Hs[:T]), dG2.T)], axis=0))  # [H, T*B] @ [T*B, H]
+        self._accumulate("kernel", xp.matmul(_stack_flat(x, Hs[:T]), dG2.T))   # [I+H, T*B] @ [T*B, H]
         self._accumulate("bias", dG2.sum(axis=1))
-        dxT = xp.matmul(W, dG)                           # [I, H] @ [T, H, B] -> [T, I, B]
-        return dxT.transpose(0, 2, 1), _state_public(dh)
+        return _dx(W, dG2, T, B), _state_public(dh)      # [I, H] @ [H, T*B]
 
 
 # ============================================================================ LSTM
@@ -738,9 +751,7 @@ class LSTMCell(RNNCell):
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
         dG2 = _flat(dG)                                      # [4H, T*B]
-        kgrad = self._grads["kernel"]
-        kgrad[:I] += xp.matmul(x.reshape(T * B, I).T, dG2.T)    # [I, T*B] @ [T*B, 4H]
-        kgrad[I:] += xp.matmul(_flat(Hs[:T]), dG2.T)           # [P, T*B] @ [T*B, 4H]
+        self._accumulate("kernel", xp.matmul(_stack_flat(x, Hs[:T]), dG2.T))  # [I+P, T*B] @ [T*B, 4H]
         self._accumulate("bias", dG2.sum(axis=1))
         if peep is not None:
             self._accumulate("w_i_diag", (dG[:, :H] * C[:T]).sum(axis=(0, 2)))
@@ -751,8 +762,8 @@ class LSTMCell(RNNCell):
             M *= G[:, 3 * H:]                                # m = o * act(c), all steps [T, H, B]
             self._accumulate("projection/kernel",
                              xp.matmul(_flat(M), _flat(DHP).T))  # [H, T*B] @ [T*B, P]
-        dxT = xp.matmul(W, dG)                               # [I, 4H] @ [T, 4H, B] -> [T, I, B]
-        return dxT.transpose(0, 2, 1), LSTMStateTuple(_state_public(dc), _state_public(dh))
+        dx = _dx(W, dG2, T, B)                               # [I, 4H] @ [4H, T*B]
+        return dx, LSTMStateTuple(_state_public(dc), _state_public(dh))
 
 
 class BasicLSTMCell(LSTMCell):
@@ -861,17 +872,14 @@ class GRUCell(RNNCell):
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG)                                                   # [3H, T*B]
-        dWx = xp.matmul(x.reshape(T * B, I).T, dG2.T)                     # [I, T*B] @ [T*B, 3H]
-        RH = G[:, :H] * Hs[:T]                                            # r * h_prev, all steps
-        self._accumulate("gates/kernel", xp.concatenate(
-            [dWx[:, :2 * H], xp.matmul(_flat(Hs[:T]), dG2[:2 * H].T)], axis=0))   # [H, T*B] @ [T*B, 2H]
-        self._accumulate("candidate/kernel", xp.concatenate(
-            [dWx[:, 2 * H:], xp.matmul(_flat(RH), dG2[2 * H:].T)], axis=0))       # [H, T*B] @ [T*B, H]
+        XH = _stack_flat(x, Hs[:T])                                       # [x_t; h_{t-1}]
+        self._accumulate("gates/kernel", xp.matmul(XH, dG2[:2 * H].T))    # [I+H, T*B] @ [T*B, 2H]
+        XH[I:].reshape(H, T, B)[...] = (G[:, :H] * Hs[:T]).transpose(1, 0, 2)   # [x_t; r * h_{t-1}]
+        self._accumulate("candidate/kernel", xp.matmul(XH, dG2[2 * H:].T))  # [I+H, T*B] @ [T*B, H]
         db = dG2.sum(axis=1)
         self._accumulate("gates/bias", db[:2 * H])
         self._accumulate("candidate/bias", db[2 * H:])
-        dxT = xp.matmul(Wx, dG)                                           # [I, 3H] @ [T, 3H, B]
-        return dxT.transpose(0, 2, 1), _state_public(dh)
+        return _dx(Wx, dG2, T, B), _state_public(dh)                      # [I, 3H] @ [3H, T*B]
 
 
 # ============================================================================ stacks

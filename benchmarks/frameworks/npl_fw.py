@@ -1,0 +1,65 @@
+"""npl: ``npl.nn.dynamic_rnn(cell, x, time_major=True[, return_trace=True])`` and
+``trace.backward(g, None)``; the sampling case calls ``cell(x_t, state)`` once per step."""
+import numpy as np
+
+
+def source_digest(package):
+    """SHA-1 (12 hex digits) of the package's .py files: which engine version was measured."""
+    import glob
+    import hashlib
+    import os
+    h = hashlib.sha1()
+    root = os.path.dirname(package.__file__)
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        h.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def load(threads, options):
+    import npl
+    npl.use("numpy")
+    return {"version": npl.__version__, "backend": npl.backend_name(), "source_sha1": source_digest(npl),
+            "path": npl.__file__,
+            "api": "npl.nn.dynamic_rnn(time_major=True, return_trace=True) + trace.backward"}
+
+
+def make_cell(config, cell):
+    """BasicLSTMCell or GRUCell per layer (MultiRNNCell for a stack), built for float32."""
+    import npl
+    cls = {"lstm": npl.rnn.BasicLSTMCell, "gru": npl.rnn.GRUCell}[cell]
+    cells = [cls(h, seed=k) for k, h in enumerate(config.H)]
+    rnn = cells[0] if len(cells) == 1 else npl.rnn.MultiRNNCell(cells)
+    rnn.build(config.I, np.float32)
+    return rnn
+
+
+def build(config, cell, data, modes, options):
+    import npl
+    rnn = make_cell(config, cell)
+    fns, info = {}, {"cell": repr(rnn)}
+    if config.sample:
+        xs = data["xs"]                                          # [T, 1, I]
+
+        def step():
+            state = rnn.zero_state(1, np.float32)
+            for t in range(config.T):
+                _, state = rnn(xs[t], state)                     # one step, state carried
+        fns["step"] = step
+        return {"fns": fns, "info": info}
+    x, g = data["x"], data["g"]                                  # [T, B, I], [T, B, H_top]
+
+    def fwd():
+        npl.nn.dynamic_rnn(rnn, x, time_major=True)
+
+    def fwdbwd():
+        _, _, trace = npl.nn.dynamic_rnn(rnn, x, time_major=True, return_trace=True)
+        trace.backward(g, None)                                  # loss = sum(outputs * g)
+    if "fwd" in modes:
+        fns["fwd"] = fwd
+    if "fwdbwd" in modes:
+        fns["fwdbwd"] = fwdbwd
+        info["trace_nbytes"] = int(npl.nn.dynamic_rnn(rnn, x, time_major=True,
+                                                      return_trace=True)[2].nbytes)
+    return {"fns": fns, "info": info}

@@ -1,0 +1,75 @@
+"""PyTorch: ``nn.LSTM`` / ``nn.GRU`` (batch_first=False), one module per layer (C4: two layers of
+different sizes); forward under ``torch.no_grad()``, forward+backward with ``loss.backward()``.
+
+PyTorch's GRU applies the reset gate after the recurrent matmul (Keras' reset_after=True); its
+GEMM FLOPs are the same as TF1's GRUCell."""
+import numpy as np
+
+
+def load(threads, options):
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:   # already set once parallel work started
+        pass
+    info = {"version": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "mkldnn": bool(torch.backends.mkldnn.is_available()),
+            "mkl": bool(torch.backends.mkl.is_available())}
+    return info
+
+
+def gemm_ceiling(n, repeats, min_run_s):
+    """torch.mm GFLOP/s of float32 [n, n] @ [n, n] (PyTorch's own BLAS)."""
+    import torch
+    from benchmarks.measure import gemm_gflops
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.standard_normal((n, n), dtype=np.float32))
+    b = torch.from_numpy(rng.standard_normal((n, n), dtype=np.float32))
+    return gemm_gflops(torch.mm, a, b, repeats, min_run_s)
+
+
+def build(config, cell, data, modes, options):
+    import torch
+    torch.manual_seed(0)
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    layers = [cls(i, h, batch_first=False) for i, h in config.layers]
+    fns = {}
+    if config.sample:
+        xs = torch.from_numpy(data["xs"])                        # [T, 1, I]
+
+        def step():
+            with torch.no_grad():
+                states = [None] * len(layers)
+                for t in range(config.T):
+                    y = xs[t:t + 1]                              # [1, 1, I]: one step, batch 1
+                    for k, layer in enumerate(layers):
+                        y, states[k] = layer(y, states[k])
+        fns["step"] = step
+        return {"fns": fns, "info": {"module": repr(layers)}}
+    x = torch.from_numpy(data["x"])                              # [T, B, I]
+    g = torch.from_numpy(data["g"])                              # [T, B, H_top]
+    xg = x.clone().requires_grad_(True)
+
+    def run(inp):
+        y = inp
+        for layer in layers:
+            y, _ = layer(y)
+        return y
+
+    def fwd():
+        with torch.no_grad():
+            run(x)
+
+    def fwdbwd():
+        for layer in layers:
+            layer.zero_grad(set_to_none=True)
+        xg.grad = None
+        loss = (run(xg) * g).sum()
+        loss.backward()                                          # grads of weights and inputs
+    if "fwd" in modes:
+        fns["fwd"] = fwd
+    if "fwdbwd" in modes:
+        fns["fwdbwd"] = fwdbwd
+    return {"fns": fns, "info": {"module": repr(layers)}}

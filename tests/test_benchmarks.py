@@ -1,0 +1,196 @@
+"""The benchmark suite (benchmarks/): it runs, its JSON has the promised structure, its FLOP counts
+and fits match closed forms, a missing peer is skipped with a note, and nonsense is refused.
+
+No test here asserts a speed: times are only checked to be finite and positive.
+"""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:   # benchmarks/ is not part of the installed package
+    sys.path.insert(0, REPO)
+
+from benchmarks import report, spec  # noqa: E402
+from benchmarks.run import parse_args  # noqa: E402
+
+
+def _run(args, tmp_path, extra_env=None, timeout=150):
+    """Run the command with one thread per framework: on a shared 2-core machine a two-thread BLAS
+    stalls whenever another process holds the second core, which only makes the smoke test slow."""
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    args = args + ["--threads", "1", "--out-dir", str(tmp_path)]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run"] + args,
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def _installed(name):
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+def _finite_pos(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def _lstm_gru_flops(B, T, layers, G):
+    """Closed form, written out independently of benchmarks.spec: 2*B*T*(I+H)*G*H per layer."""
+    return sum(2 * B * T * (i + h) * G * h for i, h in layers)
+
+
+def test_quick_run_table_json_and_chart(tmp_path):
+    proc = _run(["--quick"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for text in ("median ms", "GFLOP/s", "npl/fw", "peak MB", "GEMM ceiling", "2048x2048",
+                 "kernel", "threads per framework: "):
+        assert text in out, text
+    doc = json.load(open(tmp_path / "bench.json"))
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "bench.md").read_text()
+    assert "| config | cell | mode | npl ms |" in md and "| C4 | lstm | fwdbwd |" in md
+
+    assert doc["mode"] == "quick" and doc["threads"] >= 1
+    assert doc["machine"]["cores"] >= 1
+    assert set(doc["machine"]["env"]) >= {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                          "OPENBLAS_CORETYPE"}
+    assert doc["machine"]["env"]["OMP_NUM_THREADS"] == str(doc["threads"])
+    assert "source" in doc["blas"] and doc["blas"]["numpy"]
+    assert _finite_pos(doc["ceiling"]["gemm_2048"]["gflops"])
+    rec = doc["ceiling"]["recurrent_gemm"]
+    assert rec["128x128@128x512"]["shape"] == [[128, 128], [128, 512]] and "C1" in rec["128x128@128x512"]["configs"]
+    assert all(_finite_pos(r["gflops"]) for r in rec.values())
+
+    fws = [fw for fw in ("npl", "torch") if doc["frameworks"][fw]["status"] == "ok"]
+    assert "npl" in fws
+    if not _installed("torch"):
+        assert doc["frameworks"]["torch"]["status"] == "skipped"
+    rows = {(r["config"], r["cell"], r["mode"], r["framework"]): r for r in doc["results"]}
+    expected = {(c, cell, mode, fw) for c in ("C1", "C4") for cell in ("lstm", "gru")
+                for mode in ("fwd", "fwdbwd") for fw in fws}
+    assert set(rows) == expected
+    layers = {"C1": (128, 28, [(28, 128)]), "C4": (128, 10, [(1, 30), (30, 1)])}
+    for (c, cell, mode, fw), r in rows.items():
+        t = r["times_s"]
+        assert len(t) == doc["protocol"]["repeats"] == 3
+        assert all(_finite_pos(v) for v in t)
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["median_ms"] == pytest.approx(1e3 * statistics.median(t))
+        B, T, ls = layers[c]
+        f = _lstm_gru_flops(B, T, ls, {"lstm": 4, "gru": 3}[cell])
+        assert r["flops"] == (3 * f if mode == "fwdbwd" else f)
+        assert r["gflops"] == pytest.approx(r["flops"] / (r["median_ms"] / 1e3) / 1e9)
+        assert r["frac_gemm_2048"] == pytest.approx(r["gflops"] / doc["ceiling"]["gemm_2048"]["gflops"])
+        assert isinstance(r["peak_rss_growth_bytes"], int) and r["peak_rss_growth_bytes"] >= 0
+        npl_med = rows[(c, cell, mode, "npl")]["median_ms"]
+        assert r["npl_over"] == pytest.approx(npl_med / r["median_ms"])
+        if fw == "npl":
+            assert r["tracemalloc_peak_bytes"] > 0
+            if mode == "fwdbwd":
+                assert r["trace_nbytes"] > 0
+
+
+def test_missing_peer_is_skipped_with_a_note(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('torch hidden for this test')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(fake)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    proc = _run(["--quick", "--configs", "C4", "--cells", "lstm", "--modes", "fwd", "--frameworks", "npl,torch",
+                 "--no-plot", "--no-memory"], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: PyTorch skipped: torch is not installed" in proc.stdout
+    doc = json.load(open(tmp_path / "bench.json"))
+    assert doc["frameworks"]["torch"]["status"] == "skipped"
+    assert "torch hidden for this test" in doc["frameworks"]["torch"]["note"]
+    assert [(r["framework"], r["config"]) for r in doc["results"]] == [("npl", "C4")]
+
+
+def test_tensorflow_workers_run(tmp_path):
+    pytest.importorskip("tensorflow")
+    proc = _run(["--quick", "--configs", "C4", "--cells", "gru", "--frameworks", "tf1,keras,keras-ra",
+                 "--repeats", "1", "--warmup", "0", "--min-run-ms", "0", "--no-plot", "--no-memory"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    doc = json.load(open(tmp_path / "bench.json"))
+    got = {(r["framework"], r["mode"]) for r in doc["results"]}
+    assert got == {(fw, m) for fw in ("tf1", "keras", "keras-ra") for m in ("fwd", "fwdbwd")}
+    assert all(_finite_pos(r["median_ms"]) for r in doc["results"])
+    ra = {r["framework"]: r["info"].get("reset_after") for r in doc["results"] if r["framework"] != "tf1"}
+    assert ra == {"keras": False, "keras-ra": True}
+
+
+def test_sweep_T_fits_and_trace_bytes(tmp_path):
+    proc = _run(["--sweep-T", "--config", "C4", "--T-values", "5,10,20", "--cells", "lstm", "--modes", "fwdbwd",
+                 "--frameworks", "npl", "--repeats", "1", "--min-run-ms", "0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "line fits against T" in proc.stdout
+    doc = json.load(open(tmp_path / "bench-sweep.json"))
+    assert (tmp_path / "bench-sweep.png").exists()
+    rows = sorted(doc["results"], key=lambda r: r["T"])
+    assert [r["T"] for r in rows] == [5, 10, 20]
+    nb = [r["trace_nbytes"] for r in rows]
+    assert nb[0] < nb[1] < nb[2]
+    fit = doc["fits"]["npl/lstm/fwdbwd"]
+    assert fit["T"] == [5, 10, 20] and math.isfinite(fit["ms"]["slope"])
+    assert fit["trace_nbytes"]["r2"] == pytest.approx(1.0)   # the trace grows exactly linearly in T
+
+
+def test_long_check_runs_T_10000_without_recursion(tmp_path):
+    proc = _run(["--long", "--cells", "gru", "--repeats", "1"], tmp_path)
+    doc = json.load(open(tmp_path / "bench-long.json"))
+    (check,) = doc["checks"]
+    assert check["no_recursion"], proc.stdout
+    run = check["runs"]["10000"]
+    assert run["error"] is None and run["finite"] and _finite_pos(run["median_s"])
+    assert check["nbytes_ratio"] == pytest.approx(10.0, rel=0.01)
+
+
+def test_fit_line_matches_closed_form():
+    f = report.fit_line([1, 2, 4, 8], [3 + 0.5 * x for x in (1, 2, 4, 8)])
+    assert f["slope"] == pytest.approx(0.5) and f["intercept"] == pytest.approx(3.0)
+    assert f["r2"] == pytest.approx(1.0)
+    g = report.fit_line([0, 1, 2, 3], [0, 1, 0, 1])   # least squares by hand: slope 0.2, intercept 0.2
+    assert g["slope"] == pytest.approx(0.2) and g["intercept"] == pytest.approx(0.2)
+
+
+def test_flop_formula_on_the_issue_configurations():
+    assert spec.forward_flops(spec.CONFIGS["C2"], "lstm") == 2 * 64 * 100 * (256 + 512) * 4 * 512
+    assert spec.forward_flops(spec.CONFIGS["C3"], "gru") == 2 * 32 * 200 * (128 + 256) * 3 * 256
+    assert spec.mode_flops(spec.CONFIGS["C4"], "lstm", "fwdbwd") == 3 * (
+        2 * 128 * 10 * (1 + 30) * 4 * 30 + 2 * 128 * 10 * (30 + 1) * 4 * 1)
+    c = spec.parse_custom("8,5,3,30+1", "X1")
+    assert c.layers == [(3, 30), (30, 1)]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--frameworks", "npl,foo"], ["--frameworks", "'foo'", "npl, tf1, keras, keras-ra, torch"]),
+    (["--configs", "C9"], ["--configs", "'C9'", "C1, C2, C3, C4, C5"]),
+    (["--custom", "0,10,5,5"], ["--custom", "batch B", "got 0"]),
+    (["--custom", "4,-3,5,5"], ["steps T", "got -3"]),
+    (["--custom", "4,10,5"], ["B,T,I,H", "'4,10,5'"]),
+    (["--custom", "4,10,5,30+0"], ["hidden units H", "got 0"]),
+    (["--threads", "0"], ["--threads", "got 0"]),
+    (["--repeats", "two"], ["--repeats", "'two'"]),
+    (["--warmup", "-1"], ["--warmup", ">= 0", "got -1"]),
+    (["--cells", "lstm,rnn"], ["--cells", "'rnn'", "lstm, gru"]),
+    (["--modes", "back"], ["--modes", "'back'"]),
+    (["--sweep-T", "--frameworks", "keras"], ["--sweep-T", "'keras'", "npl, torch"]),
+    (["--sweep-T", "--config", "C5"], ["--sweep-T", "C5"]),
+    (["--sweep-T", "--T-values", "10,0"], ["--T-values", "got 0"]),
+])
+def test_nonsense_is_refused_with_a_clear_message(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, (w, err)
