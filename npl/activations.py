@@ -6,6 +6,8 @@ All functions work on numpy and cupy arrays alike and keep the input dtype.
 """
 import numpy as np
 
+from .backend import get_array_module
+
 __all__ = ["Activation", "tanh", "sigmoid", "relu", "identity", "softsign", "get", "sigmoid_"]
 
 
@@ -40,8 +42,7 @@ class Activation:
 
 
 def _xp(a):
-    from .backend import get_array_module
-    return get_array_module(a)
+    return np if type(a) is np.ndarray else get_array_module(a)
 
 
 def sigmoid_(x, out=None):
@@ -135,5 +136,3 @@ def get(act, default=tanh):
     raise TypeError("activation must be None, one of %s, or an npl.activations.Activation with a "
                     "derivative; got %r" % (sorted(_BY_NAME), act))
 
-
-del np

@@ -84,7 +84,8 @@ def default_xp():
 
 
 def _is_cupy(a):
-    return type(a).__module__.startswith("cupy")
+    t = type(a)
+    return t is not np.ndarray and t.__module__.startswith("cupy")
 
 
 def get_array_module(*arrays):
@@ -92,6 +93,12 @@ def get_array_module(*arrays):
 
     Mixing NumPy and CuPy arrays in one call is an error, never a silent copy.
     """
+    ndarray = np.ndarray
+    for a in arrays:                       # fast path: everything NumPy (the per-step common case)
+        if a is not None and type(a) is not ndarray:
+            break
+    else:
+        return np
     kinds = set()
     for a in arrays:
         if a is None:

@@ -114,7 +114,10 @@ def _fm_inputs(x):
 
 def _project(WT, xT, b):
     """Input projection of all steps at once: G[t] = W^T x_t + b.  [nG, I] @ [T, I, B] -> [T, nG, B]."""
-    G = get_array_module(xT).matmul(WT, xT)
+    if xT.shape[1] == 1:                   # one input feature (e.g. a sine wave): an outer product
+        G = WT[None] * xT                  # [1, nG, 1] * [T, 1, B]; BLAS is slow at K = 1
+    else:
+        G = get_array_module(xT).matmul(WT, xT)
     G += b[:, None]
     return G
 
