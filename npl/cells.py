@@ -27,7 +27,7 @@ from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
 
 from . import random as _random
 
-__all__ = ["LSTMStateTuple", "RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
+__all__ = ["LSTMStateTuple", "RNNCell", "TraceBase", "flat_records", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
            "MultiRNNCell", "LayerRecord", "StepTrace"]
 
 
@@ -449,7 +449,33 @@ def _check_state_array(a, shape, dtype, xp, name):
     return a
 
 
-class StepTrace:
+def flat_records(recs):
+    """The LayerRecords inside a (possibly nested) record structure, bottom layer first."""
+    if isinstance(recs, list):
+        out = []
+        for r in recs:
+            out.extend(flat_records(r))
+        return out
+    return [] if recs is None else [recs]
+
+
+class TraceBase:
+    """What every trace shares: ``records`` (one LayerRecord per layer and direction), their size
+    in bytes, and the switch that makes the backward keep each step's state gradients."""
+
+    @property
+    def nbytes(self):
+        """Bytes held by the saved arrays: O(T * B * (gates + state)) per layer."""
+        return sum(r.nbytes for r in self.records)
+
+    def record_state_grads(self, on=True):
+        """Ask the backward to keep dL/dh_t (and dL/dc_t for LSTM) of every step in the records."""
+        for r in self.records:
+            r.record_state_grads = on
+        return self
+
+
+class StepTrace(TraceBase):
     """Trace of one ``cell(inputs, state, return_trace=True)`` step."""
 
     def __init__(self, cell, record, x):
@@ -462,7 +488,7 @@ class StepTrace:
     @property
     def records(self):
         """The LayerRecord(s) of this step: one per layer, bottom first."""
-        return self.record if isinstance(self.record, list) else [self.record]
+        return flat_records(self.record)
 
     def backward(self, d_output=None, d_state=None):
         """Return ``(d_inputs, d_state)``; parameter gradients accumulate into ``cell.grads``."""

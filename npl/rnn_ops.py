@@ -15,7 +15,7 @@ import numpy as np
 
 from .array_ops import reverse_sequence, BackwardTwiceError
 from .backend import get_array_module
-from .cells import RNNCell, LSTMStateTuple, _describe
+from .cells import RNNCell, LSTMStateTuple, TraceBase, flat_records, _describe
 from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array
 
 __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn",
@@ -53,16 +53,7 @@ def _check_cell(cell, name="cell"):
                         % (name, type(cell).__name__))
 
 
-def _flat_records(recs):
-    if isinstance(recs, list):
-        out = []
-        for r in recs:
-            out.extend(_flat_records(r))
-        return out
-    return [] if recs is None else [recs]
-
-
-class RNNTrace:
+class RNNTrace(TraceBase):
     """What ``dynamic_rnn(..., return_trace=True)`` saved: call :meth:`backward` once.
 
     Attributes for inspection: ``cell``; ``records`` (one :class:`npl.cells.LayerRecord` per layer,
@@ -82,18 +73,7 @@ class RNNTrace:
 
     @property
     def records(self):
-        return _flat_records(self._rec)
-
-    @property
-    def nbytes(self):
-        """Bytes held by the saved arrays: O(T * B * (gates + state)) per layer."""
-        return sum(r.nbytes for r in self.records)
-
-    def record_state_grads(self, on=True):
-        """Ask the backward to keep dL/dh_t (and dL/dc_t for LSTM) of every step in the records."""
-        for r in self.records:
-            r.record_state_grads = on
-        return self
+        return flat_records(self._rec)
 
     def _to_time_major(self, a):
         return a if self.time_major else a.transpose(1, 0, 2)
@@ -228,7 +208,7 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     return outputs, final
 
 
-class StaticRNNTrace:
+class StaticRNNTrace(TraceBase):
     """Trace of ``static_rnn``: ``backward(d_outputs_list, d_final_state)`` -> (list, state)."""
 
     def __init__(self, inner, n):
@@ -238,10 +218,6 @@ class StaticRNNTrace:
     @property
     def records(self):
         return self.inner.records
-
-    def record_state_grads(self, on=True):
-        self.inner.record_state_grads(on)
-        return self
 
     def backward(self, d_outputs=None, d_final_state=None):
         """Return ``(list of d_inputs, d_initial_state)``; ``d_outputs`` is a list with one
@@ -306,7 +282,7 @@ def _reverse_time(x, lengths, time_major):
     return reverse_sequence(x, lengths, seq_axis=seq_axis, batch_axis=batch_axis)
 
 
-class BidirectionalTrace:
+class BidirectionalTrace(TraceBase):
     """Trace of ``bidirectional_dynamic_rnn``: ``backward((d_out_fw, d_out_bw), (d_state_fw,
     d_state_bw))`` -> ``(d_inputs, (d_initial_state_fw, d_initial_state_bw))``.  ``fw`` and ``bw``
     are the two :class:`RNNTrace` (the backward one in reversed time)."""
@@ -318,11 +294,6 @@ class BidirectionalTrace:
     @property
     def records(self):
         return self.fw.records + self.bw.records
-
-    def record_state_grads(self, on=True):
-        self.fw.record_state_grads(on)
-        self.bw.record_state_grads(on)
-        return self
 
     def backward(self, d_outputs=None, d_final_state=None):
         """Return ``(d_inputs, (d_initial_state_fw, d_initial_state_bw))``.  Either argument, or
@@ -391,7 +362,7 @@ def _bidirectional(cell_fw, cell_bw, inputs, sequence_length, initial_state_fw, 
     return res
 
 
-class StackBidirectionalTrace:
+class StackBidirectionalTrace(TraceBase):
     """Trace of ``stack_bidirectional_dynamic_rnn``: ``backward(d_outputs, (d_states_fw,
     d_states_bw))`` -> ``(d_inputs, (d_initial_states_fw, d_initial_states_bw))``; state cotangents
     are tuples with one entry (or None) per layer."""
@@ -404,11 +375,6 @@ class StackBidirectionalTrace:
     @property
     def records(self):
         return [r for tr in self.layers for r in tr.records]
-
-    def record_state_grads(self, on=True):
-        for tr in self.layers:
-            tr.record_state_grads(on)
-        return self
 
     def _all_traces(self):
         return [self] + [t for tr in self.layers for t in (tr, tr.fw, tr.bw)]

@@ -1,7 +1,13 @@
 import os
 import sys
 
-import numpy as np
+# Small GEMMs on a shared 2-core machine stall with a multi-threaded OpenBLAS (a thread waiting for
+# a core); the suite runs single-threaded BLAS unless the caller chose otherwise.  Set before NumPy
+# is imported, which is why it is the first thing here.
+_NUMPY_WAS_LOADED = "numpy" in sys.modules
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,7 +35,9 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     import npl
-    lines = ["npl backend: %s" % npl.backend_name()]
+    lines = ["npl backend: %s; OPENBLAS_NUM_THREADS=%s%s" % (
+        npl.backend_name(), os.environ.get("OPENBLAS_NUM_THREADS"),
+        " (numpy was loaded before conftest: not applied)" if _NUMPY_WAS_LOADED else "")]
     try:
         import tensorflow as tf  # noqa: F401
         lines.append("tensorflow: %s (live parity tests run)" % tf.__version__)

@@ -555,3 +555,22 @@ def test_randomize_params_touches_every_parameter():
     assert all(np.abs(v).min() > 0 for v in cell.params.values())
     randomize_params(cell, _rng("touch2"))
     assert all(np.abs(v).min() > 0 for v in cell.params.values())
+
+
+def test_every_trace_type_reports_its_size():
+    """nbytes of every trace kind is the sum of its layers' saved arrays (and so is nonzero)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 3))
+    c1, c2 = R.GRUCell(3, dtype=np.float64), R.BasicLSTMCell(2, dtype=np.float64)
+    traces = [
+        npl.nn.dynamic_rnn(c1, x, return_trace=True)[-1],
+        npl.nn.static_rnn(c1, [x[:, 0], x[:, 1]], return_trace=True)[-1],
+        npl.nn.bidirectional_dynamic_rnn(c1, c2, x, return_trace=True)[-1],
+        npl.rnn.stack_bidirectional_dynamic_rnn([c1], [c2], x, return_trace=True)[-1],
+        c2(x[:, 0], c2.zero_state(2, np.float64), return_trace=True)[-1],
+    ]
+    for tr in traces:
+        expected = 0
+        for r in tr.records:
+            expected += sum(int(a.nbytes) for a in r.fm.values())
+        assert tr.nbytes == expected > 0
