@@ -175,6 +175,21 @@ def _outputs(rec):
     return (rec.fm["h"][1:] if h_out is None else h_out).transpose(0, 2, 1)
 
 
+def _gate_grad_slab(G):
+    """Storage for dL/d(gates) of every step: returns (flat [nG, T*B], per-step view [T, nG, B]).
+
+    On NumPy the slab is gate-major, so the weight gradients read it as one [nG, T*B] operand with
+    no copy (each step writes a [nG, B] block with rows T*B apart; BLAS takes the row stride).  The
+    CUDA kernels want contiguous steps, so on CuPy the slab is step-major and flattened once."""
+    xp = get_array_module(G)
+    T, nG, B = G.shape
+    if xp is np:
+        flat = np.empty((nG, T * B), G.dtype)
+        return flat, flat.reshape(nG, T, B).transpose(1, 0, 2)
+    dG = xp.empty_like(G)
+    return None, dG
+
+
 def _stack_flat(x, h):
     """[x_t; h_t] of all steps as one [I + P, T*B] array (one copy), the left operand of the
     single weight-gradient GEMM.  x: [T, B, I] (any strides), h: [T, P, B]."""
@@ -555,7 +570,7 @@ class BasicRNNCell(RNNCell):
         dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
         buf, tmp, carry = xp.empty((H, B), dt), xp.empty((H, B), dt), xp.empty((H, B), dt)
         dout_fm = _masked_fm(dout, rec)
-        dG = xp.empty_like(A)
+        dG2, dG = _gate_grad_slab(A)
         if rec.record_state_grads:
             rec.d_h_fm = xp.empty((T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
@@ -571,7 +586,7 @@ class BasicRNNCell(RNNCell):
                 xp.copyto(buf, passthrough, where=inv[t])
             dh, buf = buf, dh
         rec.d_gates_fm = dG
-        dG2 = _flat(dG)                                  # [H, T*B]
+        dG2 = _flat(dG) if dG2 is None else dG2          # [H, T*B]
         self._accumulate("kernel", xp.matmul(_stack_flat(x, Hs[:T]), dG2.T))   # [I+H, T*B] @ [T*B, H]
         self._accumulate("bias", dG2.sum(axis=1))
         return _dx(W, dG2, T, B), _state_public(dh)      # [I, H] @ [H, T*B]
@@ -738,7 +753,7 @@ class LSTMCell(RNNCell):
             dc, dh = xp.zeros((H, B), dt), xp.zeros((P, B), dt)
         else:
             dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
-        dG = xp.empty_like(G)
+        dG2, dG = _gate_grad_slab(G)
         buf, tmp, carry = xp.empty((P, B), dt), xp.empty((H, B), dt), xp.empty((P, B), dt)
         dout_fm = _masked_fm(dout, rec)
         inv, peep, act = rec.inv_fm, self._peep(), self._activation
@@ -779,7 +794,7 @@ class LSTMCell(RNNCell):
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
-        dG2 = _flat(dG)                                      # [4H, T*B]
+        dG2 = _flat(dG) if dG2 is None else dG2              # [4H, T*B]
         self._accumulate("kernel", xp.matmul(_stack_flat(x, Hs[:T]), dG2.T))  # [I+P, T*B] @ [T*B, 4H]
         self._accumulate("bias", dG2.sum(axis=1))
         if peep is not None:
@@ -881,7 +896,7 @@ class GRUCell(RNNCell):
         buf, drh = xp.empty((H, B), dt), xp.empty((H, B), dt)
         tmp, tmp2, carry = xp.empty((H, B), dt), xp.empty((H, B), dt), xp.empty((H, B), dt)
         dout_fm = _masked_fm(dout, rec)
-        dG = xp.empty_like(G)
+        dG2, dG = _gate_grad_slab(G)
         if rec.record_state_grads:
             rec.d_h_fm = xp.empty((T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
@@ -900,7 +915,7 @@ class GRUCell(RNNCell):
                 xp.copyto(buf, passthrough, where=inv[t])
             dh, buf = buf, dh
         rec.d_gates_fm = dG
-        dG2 = _flat(dG)                                                   # [3H, T*B]
+        dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
         XH = _stack_flat(x, Hs[:T])                                       # [x_t; h_{t-1}]
         self._accumulate("gates/kernel", xp.matmul(XH, dG2[:2 * H].T))    # [I+H, T*B] @ [T*B, 2H]
         XH[I:].reshape(H, T, B)[...] = (G[:, :H] * Hs[:T]).transpose(1, 0, 2)   # [x_t; r * h_{t-1}]
