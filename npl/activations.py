@@ -27,6 +27,10 @@ class Activation:
         """d f / d x evaluated where f(x) == y."""
         return self._grad(y)
 
+    def deriv_into(self, y, out):
+        """out = f'(x) where f(x) == y (out must not be y)."""
+        self._deriv_into(y, out)
+
     def deriv_from_output(self, y, out, tmp):
         """out = f'(x) where f(x) == y, computed in the workspace ``tmp`` (out may be y)."""
         self._deriv_into(y, tmp)

@@ -107,19 +107,22 @@ class LayerRecord:
         return n + (0 if self.mask is None else int(self.mask.nbytes))
 
 
-def _fm_inputs(x):
-    """[T, B, I] (any strides) -> contiguous feature-major [T, I, B]."""
-    return get_array_module(x).ascontiguousarray(x.transpose(0, 2, 1))
+def _project(W, x, b):
+    """Input projection of all steps at once, bias included: G[t] = W^T x_t + b.
 
-
-def _project(WT, xT, b):
-    """Input projection of all steps at once: G[t] = W^T x_t + b.  [nG, I] @ [T, I, B] -> [T, nG, B]."""
-    if xT.shape[1] == 1:                   # one input feature (e.g. a sine wave): an outer product
-        G = WT[None] * xT                  # [1, nG, 1] * [T, 1, B]; BLAS is slow at K = 1
-    else:
-        G = get_array_module(xT).matmul(WT, xT)
-    G += b[:, None]
-    return G
+    x [T, B, I] (any strides) is copied once into feature-major [T, I+1, B] with a row of ones, so
+    that the bias rides in the same GEMM: [W^T | b] [nG, I+1] @ [T, I+1, B] -> [T, nG, B]."""
+    xp = get_array_module(x)
+    T, B, I = x.shape
+    if I == 1:                                  # one input feature (e.g. a sine wave): an outer
+        G = W.T[None] * x.transpose(0, 2, 1)    # product [1, nG, 1] * [T, 1, B]; BLAS is slow at K=1
+        G += b[:, None]
+        return G
+    x1 = xp.empty((T, I + 1, B), x.dtype)
+    x1[:, :I] = x.transpose(0, 2, 1)
+    x1[:, I] = 1
+    Wb = xp.concatenate([W.T, b[:, None]], axis=1)    # [nG, I+1]
+    return xp.matmul(Wb, x1)
 
 
 def _flat(a):
@@ -543,7 +546,7 @@ class BasicRNNCell(RNNCell):
         H, dt = self._num_units, x.dtype
         K, b = self._params["kernel"], self._params["bias"]
         W, U = K[:I], K[I:]
-        A = _project(W.T, _fm_inputs(x), b)              # [H, I] @ [T, I, B] -> [T, H, B]: all steps
+        A = _project(W, x, b)                            # [H, I+1] @ [T, I+1, B]: all steps
         Hs = xp.empty((T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": A, "h": Hs})
@@ -702,7 +705,7 @@ class LSTMCell(RNNCell):
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
         W, U, b = self._effective_weights(I)
-        G = _project(W.T, _fm_inputs(x), b)                  # [4H, I] @ [T, I, B] -> [T, 4H, B]
+        G = _project(W, x, b)                                # [4H, I+1] @ [T, I+1, B] -> [T, 4H, B]
         C = xp.empty((T + 1, H, B), dt)
         Hs = xp.empty((T + 1, P, B), dt)
         C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
@@ -864,7 +867,7 @@ class GRUCell(RNNCell):
         p = self._params
         Wx, Ug, Uc = self._weights(I)
         b = xp.concatenate([p["gates/bias"], p["candidate/bias"]])
-        G = _project(Wx.T, _fm_inputs(x), b)               # [3H, I] @ [T, I, B] -> [T, 3H, B]
+        G = _project(Wx, x, b)                             # [3H, I+1] @ [T, I+1, B] -> [T, 3H, B]
         Hs = xp.empty((T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})

@@ -124,10 +124,10 @@ def lstm_backward_pointwise(g, c_prev, c, dm, dc, dg, act_j, act_c, tmp, peep=No
     dg_i, dg_j, dg_f, dg_o = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:]
     act_c(c, out=dg_j)                          # tc = act(c), recomputed (dg_j as workspace)
     xp.multiply(dm, dg_j, out=dg_o)             # dL/do = dm * act(c)
-    act_c.deriv_from_output(dg_j, dg_j, tmp)    # act'(c)  (from tc, in place)
-    dg_j *= o
-    dg_j *= dm
-    dc += dg_j                                  # dL/dc += dm * o * act'(c)
+    act_c.deriv_into(dg_j, tmp)                 # act'(c), from tc
+    tmp *= o
+    tmp *= dm
+    dc += tmp                                   # dL/dc += dm * o * act'(c)
     _mul_sigmoid_grad(dg_o, o, tmp)             # dL/da_o
     if peep is not None:
         xp.multiply(dg_o, peep[2], out=tmp)
