@@ -8,7 +8,7 @@ import pytest
 
 import npl
 from npl import checkpoint as ckpt, train, losses, layers as L
-from test_train import numpy_backend  # noqa: F401  (autouse: these tests run on NumPy)
+from helpers import numpy_backend  # noqa: F401  (autouse: these tests run on NumPy)
 
 
 def _model(seed=0):

@@ -11,21 +11,13 @@ import pytest
 
 import npl
 from npl.cells import LSTMStateTuple
-from helpers import numeric_grads, rel_err
+from helpers import numpy_backend, numeric_grads, rel_err  # noqa: F401 (numpy_backend: autouse)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "bptt.md")
 SCRIPT = os.path.join(ROOT, "examples", "bptt_worked_example.py")
 BEGIN, END = "<!-- worked-example-output:begin -->", "<!-- worked-example-output:end -->"
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    """These tests compare against NumPy references on the host: run them on the NumPy backend
-    whatever NPL_BACKEND says (npl.inspect returns NumPy copies of CuPy traces anyway)."""
-    previous = npl.backend_name()
-    npl.use("numpy")
-    yield
-    npl.use(previous)
 
 
 

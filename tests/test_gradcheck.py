@@ -16,19 +16,11 @@ import npl
 import npl.gradcheck as gc
 from npl.cells import LSTMStateTuple
 from npl.gradcheck import GradcheckWarning, gradcheck, gradcheck_cell, float64_copy
-from helpers import randomize_params
+from helpers import numpy_backend, randomize_params  # noqa: F401 (numpy_backend: autouse)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    """These tests compare against NumPy references on the host: run them on the NumPy backend
-    whatever NPL_BACKEND says (npl.inspect returns NumPy copies of CuPy traces anyway)."""
-    previous = npl.backend_name()
-    npl.use("numpy")
-    yield
-    npl.use(previous)
 
 
 def load_example(name):

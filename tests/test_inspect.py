@@ -16,20 +16,12 @@ import pytest
 import npl
 import npl.inspect as ni
 from npl.cells import LSTMStateTuple
-from helpers import flatten, numeric_grads, randomize_params, rel_err
+from helpers import numpy_backend, flatten, numeric_grads, randomize_params, rel_err  # noqa: F401 (numpy_backend: autouse)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, T, I = 3, 5, 4
 LENGTHS = np.array([5, 3, 1])
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    """These tests compare against NumPy references on the host: run them on the NumPy backend
-    whatever NPL_BACKEND says (npl.inspect returns NumPy copies of CuPy traces anyway)."""
-    previous = npl.backend_name()
-    npl.use("numpy")
-    yield
-    npl.use(previous)
 
 
 

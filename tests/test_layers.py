@@ -7,7 +7,7 @@ import npl
 from npl import layers as L
 from helpers import (numeric_grads, rel_err, assert_close, random_like, randomize_params,
                      random_state, flatten, linear_loss)
-from test_train import numpy_backend  # noqa: F401  (autouse: these tests run on NumPy)
+from helpers import numpy_backend  # noqa: F401  (autouse: these tests run on NumPy)
 
 
 def _randomize(layer_or_model, rng, scale=0.5):

@@ -8,18 +8,9 @@ import pytest
 
 import npl
 from npl import train, losses, layers as L
-from helpers import rel_err, assert_close
+from helpers import numpy_backend, rel_err, assert_close  # noqa: F401 (numpy_backend: autouse)
 
 
-@pytest.fixture(autouse=True)
-def numpy_backend():
-    """These tests compare with NumPy references on the host (finite differences perturb arrays in
-    place): run them on the NumPy backend whatever NPL_BACKEND says.  The GPU path is covered by
-    tests/test_training_parity.py, which runs on the backend in force against TensorFlow."""
-    previous = npl.backend_name()
-    npl.use("numpy")
-    yield
-    npl.use(previous)
 
 CONFIGS = [
     ("GradientDescent", dict(learning_rate=0.1)),
