@@ -219,7 +219,34 @@ def _state_public(a):
     return a.T.copy()
 
 
-class RNNCell:
+class Parameterized:
+    """Named parameters and their accumulated gradients (shared by cells and layers).
+
+    Subclasses keep ``_params`` and ``_grads``: dicts name -> array with TensorFlow's names
+    relative to the object.  The dicts handed out are new, the arrays in them the live ones."""
+
+    @property
+    def params(self):
+        """Dict of parameter arrays in TensorFlow's layout, keyed by TF's names."""
+        return dict(self._params)
+
+    @property
+    def grads(self):
+        """Dict of accumulated gradients, same keys and shapes as :attr:`params`."""
+        return dict(self._grads)
+
+    @property
+    def trainable_variables(self):
+        """List of (name, array) pairs, in a stable order."""
+        return list(self.params.items())
+
+    def zero_grad(self):
+        """Set every accumulated gradient to zero."""
+        for g in self._grads.values():
+            g[...] = 0
+
+
+class RNNCell(Parameterized):
     """Base class: parameters, gradients, state structures and the one-step ``__call__``."""
 
     _param_specs = ()  # filled per cell: name -> shape function
@@ -288,26 +315,6 @@ class RNNCell:
 
     def _on_build(self):
         pass
-
-    @property
-    def params(self):
-        """Dict of parameter arrays in TensorFlow's layout, keyed by TF's names relative to the cell."""
-        return dict(self._params)
-
-    @property
-    def grads(self):
-        """Dict of accumulated gradients, same keys and shapes as :attr:`params`."""
-        return dict(self._grads)
-
-    @property
-    def trainable_variables(self):
-        """List of (name, array) pairs, in a stable order."""
-        return list(self.params.items())
-
-    def zero_grad(self):
-        """Set every accumulated gradient to zero."""
-        for g in self._grads.values():
-            g[...] = 0
 
     def set_params(self, values, strict=True):
         """Set the weights from a dict name -> array in one call (e.g. read from a TF checkpoint).

@@ -24,14 +24,14 @@ from . import activations as _act
 from . import random as _random
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
 from .backend import default_xp, get_array_module, to_device
-from .cells import RNNCell, MultiRNNCell, glorot_uniform
+from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform
 from .rnn_ops import dynamic_rnn
 from ._checks import float_array, check_dtype, check_shape, resolve_dtype
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
 
 
-class Layer:
+class Layer(Parameterized):
     """Base class: named parameters (TF names relative to the layer) and accumulated gradients."""
 
     _default_name = "layer"
@@ -52,24 +52,6 @@ class Layer:
     @property
     def dtype(self):
         return self._dtype
-
-    @property
-    def params(self):
-        """Dict name -> live parameter array (TF names relative to the layer)."""
-        return dict(self._params)
-
-    @property
-    def grads(self):
-        """Dict name -> accumulated gradient, same keys as :attr:`params`."""
-        return dict(self._grads)
-
-    @property
-    def trainable_variables(self):
-        return list(self.params.items())
-
-    def zero_grad(self):
-        for g in self._grads.values():
-            g[...] = 0
 
     def set_params(self, values, strict=True):
         """Copy values into the parameters in place (names relative to the layer).
