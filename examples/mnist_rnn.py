@@ -200,15 +200,10 @@ def accuracy(model, x, y):
 
 def plot_samples(path, model, x, y, n=24):
     """A grid of test digits with the predicted label (red when wrong)."""
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        print("matplotlib is not installed: no plot written (pip install matplotlib)")
+    fig = train.new_figure((9, 3.4), required=False)
+    if fig is None:
         return None
     pred = np.argmax(predict(model, x[:n]), axis=1)
-    fig = Figure(figsize=(9, 3.4))
-    FigureCanvasAgg(fig)
     for k in range(n):
         ax = fig.add_subplot(3, n // 3, k + 1)
         ax.imshow(x[k], cmap="gray_r")

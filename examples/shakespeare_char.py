@@ -160,14 +160,9 @@ def sequence_loss(targets, logits):
 
 
 def plot(path, history, val, vocab_size, title):
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        print("matplotlib is not installed: no plot written (pip install matplotlib)")
+    fig = train.new_figure((8, 4), required=False)
+    if fig is None:
         return None
-    fig = Figure(figsize=(8, 4))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(history.step, history.loss, lw=0.6, alpha=0.7, label="training loss (per window)")
     if val:

@@ -114,14 +114,7 @@ def predict_stateful(model, x):
 
 
 def _figure():
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        return None
-    fig = Figure(figsize=(9, 3.2))
-    FigureCanvasAgg(fig)
-    return fig
+    return train.new_figure((9, 3.2), required=False)
 
 
 def draw_predictions(ax, x, y, y_hat, warmup_steps, title):

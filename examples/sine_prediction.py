@@ -163,14 +163,9 @@ def train_model(name, cell, data, epochs, args):
 
 def plot(path, y_test, predictions, histories):
     """Test predictions against the true curve (top) and the test MSE per epoch (bottom)."""
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        print("matplotlib is not installed: no plot written (pip install matplotlib)")
+    fig = train.new_figure((9, 6.5), required=False)
+    if fig is None:
         return None
-    fig = Figure(figsize=(9, 6.5))
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot(2, 1, 1)
     n = min(len(y_test), 250)                                  # about four periods
     t = np.arange(n) * DT

@@ -161,14 +161,9 @@ def accuracy(model, x, y, batch_size=1000):
 
 
 def plot(path, timing, memory, history):
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        print("matplotlib is not installed: no plot written (pip install matplotlib)")
+    fig = train.new_figure((10, 3.4), required=False)
+    if fig is None:
         return None
-    fig = Figure(figsize=(10, 3.4))
-    FigureCanvasAgg(fig)
     modes = ["static_rnn", "dynamic_rnn"]
     ax = fig.add_subplot(1, 3, 1)
     ax.bar(modes, [timing["static"], timing["dynamic"]], color=["C0", "C1"])

@@ -31,7 +31,7 @@ from .backend import get_array_module
 
 __all__ = ["Optimizer", "GradientDescentOptimizer", "MomentumOptimizer", "RMSPropOptimizer",
            "AdamOptimizer", "global_norm", "clip_by_global_norm", "fit", "History",
-           "NonFiniteError", "evaluate", "plot_history", "make_streams"]
+           "NonFiniteError", "evaluate", "plot_history", "new_figure", "make_streams"]
 
 
 # ============================================================================ optimizers
@@ -786,25 +786,42 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
     return total / count
 
 
+def new_figure(figsize, required=True, probe=False, what="plotting"):
+    """A matplotlib Figure drawn on the Agg canvas (no display, no pyplot state), for PNG files.
+
+    matplotlib is the optional ``[plot]`` extra and is imported here only.  Without it: an
+    ImportError saying how to install it when ``required``, else a printed note and None (so an
+    example can carry on without its plot).  ``probe=True`` only checks that it can be imported.
+    """
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as e:
+        if required:
+            raise ImportError("%s needs matplotlib, which is not installed (pip install "
+                              "matplotlib, or npl-rnn[plot]): %s" % (what, e)) from None
+        print("matplotlib is not installed: no plot written (pip install matplotlib)")
+        return None
+    if probe:
+        return None
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def plot_history(history, path, title=None):
     """Write a PNG of the training loss per step (and the evaluation metrics) to ``path``.
 
     Needs matplotlib (imported here, not at package import); uses the Agg canvas directly, so no
     display or pyplot state is touched.  Returns ``path``.
     """
-    try:
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError as e:
-        raise ImportError("plot_history needs matplotlib, which is not installed (pip install matplotlib, "
-                          "or npl-rnn[plot]): %s" % e) from None
+    new_figure(None, probe=True, what="plot_history")   # a clear ImportError before any work
     h = history.as_dict() if isinstance(history, History) else history
     if not isinstance(h, dict) or "loss" not in h:
         raise TypeError("history must be an npl.train.History or a dict with a 'loss' list, got %s"
                         % type(history).__name__)
     ev = h.get("eval") or {}
-    fig = Figure(figsize=(7, 3.2 * (1 + bool(ev))))
-    FigureCanvasAgg(fig)
+    fig = new_figure((7, 3.2 * (1 + bool(ev))))
     ax = fig.add_subplot(1 + bool(ev), 1, 1)
     steps = h.get("step") or list(range(1, len(h["loss"]) + 1))
     ax.plot(steps, h["loss"], lw=1, label="train loss")
