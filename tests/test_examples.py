@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import npl
+from helpers import numeric_grads
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
@@ -152,17 +153,8 @@ def test_sine_unrolled_model_gradient_matches_finite_differences():
     def loss():
         return float(np.mean((model.forward(x)[0] - y) ** 2))
 
-    eps = 1e-6
     for name, v in cell.params.items():
-        num = np.zeros_like(v)
-        for idx in np.ndindex(v.shape):
-            old = v[idx]
-            v[idx] = old + eps
-            up = loss()
-            v[idx] = old - eps
-            down = loss()
-            v[idx] = old
-            num[idx] = (up - down) / (2 * eps)
+        num, = numeric_grads(loss, [v])
         np.testing.assert_allclose(grads[name], num, rtol=1e-5, atol=1e-8, err_msg=name)
 
 
