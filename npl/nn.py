@@ -2,7 +2,7 @@
 from .rnn_ops import dynamic_rnn, static_rnn, bidirectional_dynamic_rnn  # noqa: F401
 from .array_ops import embedding_lookup  # noqa: F401
 from .activations import tanh, sigmoid, relu  # noqa: F401
-from . import cells as rnn_cell  # noqa: F401  (npl.nn.rnn_cell.BasicLSTMCell, as tf.nn.rnn_cell)
+from . import rnn as rnn_cell  # noqa: F401  (npl.nn.rnn_cell.BasicLSTMCell, .DropoutWrapper: tf.nn.rnn_cell)
 
 __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "embedding_lookup",
            "tanh", "sigmoid", "relu", "rnn_cell"]

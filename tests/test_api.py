@@ -574,3 +574,18 @@ def test_every_trace_type_reports_its_size():
         for r in tr.records:
             expected += sum(int(a.nbytes) for a in r.fm.values())
         assert tr.nbytes == expected > 0
+
+
+def test_tf_style_namespaces():
+    """A TF1 tutorial ports by changing its imports: tf.nn.rnn_cell.X -> npl.nn.rnn_cell.X,
+    tf.contrib.rnn.X -> npl.rnn.X, tf.nn.f -> npl.nn.f."""
+    for name in ("BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
+                 "LSTMStateTuple", "DropoutWrapper", "RNNCell"):
+        assert getattr(npl.nn.rnn_cell, name) is getattr(npl.rnn, name)
+    for name in ("static_rnn", "stack_bidirectional_dynamic_rnn"):
+        assert callable(getattr(npl.rnn, name))
+    for name in ("dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "embedding_lookup"):
+        assert callable(getattr(npl.nn, name))
+    for name in ("sequence_mask", "boolean_mask", "reverse_sequence", "clip_by_global_norm"):
+        assert callable(getattr(npl, name))
+    assert npl.train.AdamOptimizer is not None and npl.LSTMStateTuple is npl.rnn.LSTMStateTuple
