@@ -249,6 +249,11 @@ class Parameterized:
 class RNNCell(Parameterized):
     """Base class: parameters, gradients, state structures and the one-step ``__call__``."""
 
+    # A sequence may be run in consecutive chunks with the state carried between them (the
+    # trace-less forward does, to bound its memory).  False for cells that draw per-call random
+    # masks over the whole sequence (DropoutWrapper).
+    _chunkable = True
+
     _param_specs = ()  # filled per cell: name -> shape function
 
     def __init__(self, num_units, activation=None, dtype=None, seed=None, input_size=None, name=None):
@@ -964,6 +969,10 @@ class MultiRNNCell(RNNCell):
     @property
     def cells(self):
         return list(self._cells)
+
+    @property
+    def _chunkable(self):
+        return all(c._chunkable for c in self._cells)
 
     @property
     def num_units(self):

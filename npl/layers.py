@@ -606,6 +606,8 @@ class DropoutWrapper(RNNCell):
     (evaluation).  Parameters, gradients and names are the wrapped cell's.
     """
 
+    _chunkable = False          # its masks cover the whole sequence of one call
+
     def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
                  variational_recurrent=False, input_size=None, dtype=None, seed=None,
                  dropout_state_filter_visitor=None):

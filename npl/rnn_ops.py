@@ -32,6 +32,10 @@ def _ensure_fresh(*traces):
                                      "trace" % type(trace).__name__)
 
 
+# A forward without a trace runs long sequences this many steps at a time (see _dynamic_rnn).
+INFERENCE_CHUNK = 64
+
+
 def _consume(*traces):
     """Mark ``traces`` as spent (after checking none is).  Call it once the cotangents are
     validated, so that a backward rejected for a bad argument leaves the trace usable."""
@@ -194,14 +198,24 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     rec = None
     shape = (T, B, P) if time_major else (B, T, P)
     outputs = (xp.empty if Tl == T else xp.zeros)(shape, x.dtype)
+    out_tm = outputs if time_major else outputs.transpose(1, 0, 2)
     if Tl == 0:
         final = _copy_struct(state)
-    else:
+    elif return_trace or Tl <= INFERENCE_CHUNK or not cell._chunkable:
         out_run, final, rec = cell._forward_seq(x_tm[:Tl], state, mask)   # [Tl, B, P] view
-        out_tm = outputs if time_major else outputs.transpose(1, 0, 2)
         out_tm[:Tl] = out_run
-        if mask is not None:
-            out_tm[:Tl] *= mask                    # zero past each row's length
+    else:
+        # No trace is kept, so nothing needs the slabs of every step at once: run the sequence in
+        # chunks of steps, carrying the state, and the working memory stays O(chunk) instead of
+        # O(T) (the outputs themselves are the only O(T) array).
+        final = state
+        for t0 in range(0, Tl, INFERENCE_CHUNK):
+            t1 = min(t0 + INFERENCE_CHUNK, Tl)
+            m = None if mask is None else mask[t0:t1]
+            out_run, final, _ = cell._forward_seq(x_tm[t0:t1], final, m)
+            out_tm[t0:t1] = out_run
+    if mask is not None:
+        out_tm[:Tl] *= mask                        # zero past each row's length
     final = cell._to_public(final)
     if return_trace:
         return outputs, final, RNNTrace(cell, rec, lengths, time_major, T, B, x.dtype, xp, I)

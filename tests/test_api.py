@@ -10,7 +10,7 @@ import pytest
 import npl
 from npl.backend import _state as backend_state
 from helpers import (CELL_KINDS, cell_spec, flatten, make_cell, numpy_backend, random_like,  # noqa: F401
-                     random_state, randomize_params, unroll_steps)
+                     random_state, randomize_params, unroll_steps, assert_close)
 
 R = npl.rnn
 S = npl.LSTMStateTuple
@@ -589,3 +589,44 @@ def test_tf_style_namespaces():
     for name in ("sequence_mask", "boolean_mask", "reverse_sequence", "clip_by_global_norm"):
         assert callable(getattr(npl, name))
     assert npl.train.AdamOptimizer is not None and npl.LSTMStateTuple is npl.rnn.LSTMStateTuple
+
+
+@pytest.mark.parametrize("make", [
+    lambda: R.LSTMCell(3, use_peepholes=True, num_proj=2, cell_clip=0.7, forget_bias=0.3),
+    lambda: R.GRUCell(3), lambda: R.BasicRNNCell(3),
+    lambda: R.MultiRNNCell([R.BasicLSTMCell(3), R.GRUCell(2)])])
+@pytest.mark.parametrize("lengths", [None, [8, 0, 5]])
+def test_traceless_forward_in_chunks_equals_whole_sequence(monkeypatch, make, lengths):
+    """Without a trace, dynamic_rnn runs long sequences in chunks with the state carried across;
+    outputs and final state equal the single-pass (traced) forward."""
+    rng = np.random.default_rng(3)
+    cell = make()
+    cell.build(2, np.float64)
+    randomize_params(cell, rng)
+    x = rng.standard_normal((3, 8, 2))
+    s0 = random_state(cell, 3, rng)
+    L = None if lengths is None else np.array(lengths)
+    ref_out, ref_state, _ = npl.nn.dynamic_rnn(cell, x, L, s0, return_trace=True)
+    monkeypatch.setattr(npl.rnn_ops, "INFERENCE_CHUNK", 3)
+    out, state = npl.nn.dynamic_rnn(cell, x, L, s0)
+    assert_close(out, ref_out, 1e-12, "outputs")
+    for a, b in zip(flatten(state), flatten(ref_state)):
+        assert_close(a, b, 1e-12, "final state")
+
+
+def test_traceless_forward_memory_is_bounded():
+    """The forward without a trace holds O(chunk) working memory: for T = 512 its peak NumPy
+    allocation is a fraction of the traced forward's (whose slabs are O(T))."""
+    import tracemalloc
+    cell = R.BasicLSTMCell(32, input_size=8, seed=0)
+    x = np.random.default_rng(0).standard_normal((16, 512, 8)).astype(np.float32)
+    peaks = []
+    for trace in (True, False):
+        tracemalloc.start()
+        res = npl.nn.dynamic_rnn(cell, x, return_trace=trace)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        del res
+    outputs_bytes = 16 * 512 * 32 * 4
+    assert peaks[1] < 0.4 * peaks[0], peaks
+    assert peaks[1] < 3 * outputs_bytes, (peaks, outputs_bytes)
