@@ -19,7 +19,8 @@ import pytest
 
 import npl
 from helpers import (CELL_KINDS, cell_spec, check_grads, flatten, linear_loss, make_cell,  # noqa: F401
-                     numpy_backend, random_like, random_state, rel_err, state_rows, unroll_steps)
+                     numpy_backend, random_like, random_state, rel_err, state_rows, unroll_steps,
+                     randomize_params, assert_close, numeric_grads)
 
 TOL = 1e-6
 I = 3            # input width of every case (B <= 3, T <= 4, I <= 3, H <= 3 keep FD cheap)
@@ -406,3 +407,41 @@ def test_grads_accumulate_over_two_traces_and_zero_grad_clears(kind):
     assert any(g.any() for g in live.values())
     cell.zero_grad()
     assert all(not g.any() for g in live.values())
+
+
+@pytest.mark.parametrize("kind", ["lstm_all", "gru", "rnn", "multi"])
+def test_chunked_input_projection(monkeypatch, kind):
+    """The input projection computed a few steps at a time (as on large batches) gives the same
+    outputs and gradients as one GEMM for all steps, and the gradients still match finite
+    differences."""
+    import npl.cells
+    rng = np.random.default_rng(7)
+    cell = {"lstm_all": lambda: npl.rnn.LSTMCell(3, use_peepholes=True, cell_clip=0.8, num_proj=2,
+                                                 forget_bias=0.4),
+            "gru": lambda: npl.rnn.GRUCell(3), "rnn": lambda: npl.rnn.BasicRNNCell(3),
+            "multi": lambda: npl.rnn.MultiRNNCell([npl.rnn.BasicLSTMCell(3), npl.rnn.GRUCell(2)])}[kind]()
+    cell.build(2, np.float64)
+    randomize_params(cell, rng)
+    x = rng.standard_normal((2, 5, 2))
+    s0 = random_state(cell, 2, rng)
+    L = np.array([5, 3])
+
+    def run():
+        cell.zero_grad()
+        out, st, tr = npl.nn.dynamic_rnn(cell, x, L, s0, return_trace=True)
+        dx, d0 = tr.backward(Wo, Ws)
+        return [out] + flatten(st) + [dx] + flatten(d0) + [g.copy() for g in cell.grads.values()]
+
+    out, st = npl.nn.dynamic_rnn(cell, x, L, s0)
+    Wo, Ws = random_like(out, rng), random_like(st, rng)
+    whole = run()
+    monkeypatch.setattr(npl.cells, "PROJECTION_CHUNK_BYTES", 1)     # one step per chunk
+    chunked = run()
+    for a, b in zip(whole, chunked):
+        assert_close(a, b, 1e-13, "chunked vs whole")
+    f = lambda: linear_loss(npl.nn.dynamic_rnn(cell, x, L, s0), (Wo, Ws))
+    params = cell.params
+    num = numeric_grads(f, [x] + list(params.values()))
+    assert_close(chunked[1 + len(flatten(st))], num[0], 1e-6, "d x")
+    for k, (name, n) in enumerate(zip(params, num[1:])):
+        assert_close(cell.grads[name], n, 1e-6, name)
