@@ -12,6 +12,7 @@ from . import activations, nn, rnn, data, convert  # noqa: F401
 from . import losses, layers, train, checkpoint  # noqa: F401
 from .train import clip_by_global_norm, global_norm  # noqa: F401
 from . import gradcheck, inspect  # noqa: F401  (npl.gradcheck is a callable module)
+from . import workspace  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,4 @@ __all__ = ["use", "backend_name", "get_array_module", "to_numpy", "to_device", "
            "set_random_seed", "sequence_mask", "boolean_mask", "reverse_sequence",
            "embedding_lookup", "IndexedSlices", "BackwardTwiceError", "LSTMStateTuple",
            "activations", "nn", "rnn", "data", "convert", "losses", "layers", "train", "checkpoint",
-           "clip_by_global_norm", "global_norm", "gradcheck", "inspect"]
+           "clip_by_global_norm", "global_norm", "gradcheck", "inspect", "workspace"]

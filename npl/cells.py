@@ -26,6 +26,7 @@ from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
 
 from . import random as _random
+from . import workspace as _ws
 
 __all__ = ["LSTMStateTuple", "RNNCell", "TraceBase", "flat_records", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
            "MultiRNNCell", "LayerRecord", "StepTrace"]
@@ -131,11 +132,11 @@ def _projection(W, x, b):
     step_bytes = nG * B * x.dtype.itemsize
     K = T if (xp is not np or step_bytes > 320 * 1024) else \
         max(1, min(T, PROJECTION_CHUNK_BYTES // step_bytes))
-    x1 = xp.empty((T, I + 1, B), x.dtype)
+    x1 = _ws.empty(xp, (T, I + 1, B), x.dtype)
     x1[:, :I] = x.transpose(0, 2, 1)
     x1[:, I] = 1
     Wb = xp.concatenate([W.T, b[:, None]], axis=1)    # [nG, I+1]
-    G = xp.empty((T, nG, B), x.dtype)
+    G = _ws.empty(xp, (T, nG, B), x.dtype)
 
     def fill(t0):
         t1 = min(t0 + K, T)
@@ -164,7 +165,7 @@ def _state_dropout(rec, state_mask, T, xp):
         return None, None
     S = state_mask.transpose(0, 2, 1)
     h = rec.fm["h"]
-    h_out = rec.fm["h_out"] = xp.empty((T,) + h.shape[1:], h.dtype)
+    h_out = rec.fm["h_out"] = _ws.empty(xp, (T,) + h.shape[1:], h.dtype)
     rec.state_mask_fm = S
     return S, h_out
 
@@ -205,9 +206,9 @@ def _gate_grad_slab(G):
     xp = get_array_module(G)
     T, nG, B = G.shape
     if xp is np:
-        flat = np.empty((nG, T * B), G.dtype)
+        flat = _ws.empty(np, (nG, T * B), G.dtype)
         return flat, flat.reshape(nG, T, B).transpose(1, 0, 2)
-    dG = xp.empty_like(G)
+    dG = _ws.empty(xp, G.shape, G.dtype)
     return None, dG
 
 
@@ -216,7 +217,7 @@ def _stack_flat(x, h):
     single weight-gradient GEMM.  x: [T, B, I] (any strides), h: [T, P, B]."""
     T, B, I = x.shape
     P = h.shape[1]
-    xh = get_array_module(h).empty((I + P, T * B), h.dtype)
+    xh = _ws.empty(get_array_module(h), (I + P, T * B), h.dtype)
     xh[:I].reshape(I, T, B)[...] = x.transpose(2, 0, 1)
     xh[I:].reshape(P, T, B)[...] = h.transpose(1, 0, 2)
     return xh
@@ -224,7 +225,9 @@ def _stack_flat(x, h):
 
 def _dx(W, dG2, T, B):
     """d x_t = W @ dG_t for all steps at once: [I, nG] @ [nG, T*B] -> [T, B, I] (a view)."""
-    return get_array_module(W).matmul(W, dG2).reshape(W.shape[0], T, B).transpose(1, 2, 0)
+    xp = get_array_module(W)
+    out = _ws.empty(xp, (W.shape[0], T * B), W.dtype)
+    return xp.matmul(W, dG2, out=out).reshape(W.shape[0], T, B).transpose(1, 2, 0)
 
 
 def _state_fm(a):
@@ -577,12 +580,12 @@ class BasicRNNCell(RNNCell):
         K, b = self._params["kernel"], self._params["bias"]
         W, U = K[:I], K[I:]
         A, K, project = _projection(W, x, b)             # [H, I+1] @ [T, I+1, B], K steps at a time
-        Hs = xp.empty((T + 1, H, B), dt)
+        Hs = _ws.empty(xp, (T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": A, "h": Hs})
         inv, act = rec.inv_fm, self._activation
         S, h_out = _state_dropout(rec, state_mask, T, xp)
-        buf = xp.empty((H, B), dt)
+        buf = _ws.empty(xp, (H, B), dt)
         for t in range(T):
             if t % K == 0:
                 project(t)
@@ -602,12 +605,12 @@ class BasicRNNCell(RNNCell):
         I, dt = x.shape[2], A.dtype
         K = self._params["kernel"]
         W, U = K[:I], K[I:]
-        dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
-        buf, tmp, carry = xp.empty((H, B), dt), xp.empty((H, B), dt), xp.empty((H, B), dt)
+        dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
+        buf, tmp, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
         dout_fm = _masked_fm(dout, rec)
         dG2, dG = _gate_grad_slab(A)
         if rec.record_state_grads:
-            rec.d_h_fm = xp.empty((T, H, B), dt)
+            rec.d_h_fm = _ws.empty(xp, (T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
         for t in range(T - 1, -1, -1):
             passthrough = _step_grad(dh, dout_fm, t, rec, carry)
@@ -738,19 +741,19 @@ class LSTMCell(RNNCell):
         H, P, dt = self._num_units, self.output_size, x.dtype
         W, U, b = self._effective_weights(I)
         G, K, project = _projection(W, x, b)                 # [4H, I+1] @ [T, I+1, B], K steps at a time
-        C = xp.empty((T + 1, H, B), dt)
-        Hs = xp.empty((T + 1, P, B), dt)
+        C = _ws.empty(xp, (T + 1, H, B), dt)
+        Hs = _ws.empty(xp, (T + 1, P, B), dt)
         C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
         fm = {"gates": G, "c": C, "h": Hs}
         CM = PM = None
         if self._cell_clip is not None:
-            CM = fm["cell_clip_mask"] = xp.empty((T, H, B), bool)
+            CM = fm["cell_clip_mask"] = _ws.empty(xp, (T, H, B), bool)
         if self._proj_clip is not None:
-            PM = fm["proj_clip_mask"] = xp.empty((T, P, B), bool)
+            PM = fm["proj_clip_mask"] = _ws.empty(xp, (T, P, B), bool)
         rec = LayerRecord(self, x, mask, fm)
         proj = self._params.get("projection/kernel")         # [H, P]
-        m = xp.empty((H, B), dt) if proj is not None else None
-        buf = xp.empty((4 * H, B), dt)
+        m = _ws.empty(xp, (H, B), dt) if proj is not None else None
+        buf = _ws.empty(xp, (4 * H, B), dt)
         peep, act, inv = self._peep(), self._activation, rec.inv_fm
         S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
@@ -787,19 +790,19 @@ class LSTMCell(RNNCell):
         W, U, _ = self._effective_weights(I)
         proj = self._params.get("projection/kernel")
         if dstate is None:
-            dc, dh = xp.zeros((H, B), dt), xp.zeros((P, B), dt)
+            dc, dh = _ws.zeros(xp, (H, B), dt), _ws.zeros(xp, (P, B), dt)
         else:
             dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
         dG2, dG = _gate_grad_slab(G)
-        buf, tmp, carry = xp.empty((P, B), dt), xp.empty((H, B), dt), xp.empty((P, B), dt)
+        buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
         dout_fm = _masked_fm(dout, rec)
         inv, peep, act = rec.inv_fm, self._peep(), self._activation
-        DHP = xp.empty((T, P, B), dt) if proj is not None else None
-        dm = xp.empty((H, B), dt) if proj is not None else None
-        dhv = xp.empty((P, B), dt) if inv is not None else None
-        dc_keep = xp.empty((H, B), dt) if inv is not None else None
+        DHP = _ws.empty(xp, (T, P, B), dt) if proj is not None else None
+        dm = _ws.empty(xp, (H, B), dt) if proj is not None else None
+        dhv = _ws.empty(xp, (P, B), dt) if inv is not None else None
+        dc_keep = _ws.empty(xp, (H, B), dt) if inv is not None else None
         if rec.record_state_grads:
-            rec.d_h_fm, rec.d_c_fm = xp.empty((T, P, B), dt), xp.empty((T, H, B), dt)
+            rec.d_h_fm, rec.d_c_fm = _ws.empty(xp, (T, P, B), dt), _ws.empty(xp, (T, H, B), dt)
         for t in range(T - 1, -1, -1):
             passthrough = _step_grad(dh, dout_fm, t, rec, carry)
             if rec.d_h_fm is not None:
@@ -902,11 +905,11 @@ class GRUCell(RNNCell):
         Wx, Ug, Uc = self._weights(I)
         b = xp.concatenate([p["gates/bias"], p["candidate/bias"]])
         G, K, project = _projection(Wx, x, b)              # [3H, I+1] @ [T, I+1, B], K steps at a time
-        Hs = xp.empty((T + 1, H, B), dt)
+        Hs = _ws.empty(xp, (T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})
-        rh = xp.empty((H, B), dt)
-        buf_g, buf_c = xp.empty((2 * H, B), dt), xp.empty((H, B), dt)
+        rh = _ws.empty(xp, (H, B), dt)
+        buf_g, buf_c = _ws.empty(xp, (2 * H, B), dt), _ws.empty(xp, (H, B), dt)
         inv, act = rec.inv_fm, self._activation
         S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
@@ -931,13 +934,13 @@ class GRUCell(RNNCell):
         I = x.shape[2]
         H, dt = self._num_units, G.dtype
         Wx, Ug, Uc = self._weights(I)
-        dh = xp.zeros((H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
-        buf, drh = xp.empty((H, B), dt), xp.empty((H, B), dt)
-        tmp, tmp2, carry = xp.empty((H, B), dt), xp.empty((H, B), dt), xp.empty((H, B), dt)
+        dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
+        buf, drh = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
+        tmp, tmp2, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
         dout_fm = _masked_fm(dout, rec)
         dG2, dG = _gate_grad_slab(G)
         if rec.record_state_grads:
-            rec.d_h_fm = xp.empty((T, H, B), dt)
+            rec.d_h_fm = _ws.empty(xp, (T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
         for t in range(T - 1, -1, -1):
             passthrough = _step_grad(dh, dout_fm, t, rec, carry)

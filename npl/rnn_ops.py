@@ -17,6 +17,7 @@ from .array_ops import reverse_sequence, BackwardTwiceError
 from .backend import get_array_module
 from .cells import RNNCell, LSTMStateTuple, TraceBase, flat_records, _describe
 from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array
+from . import workspace as _ws
 
 __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn",
            "stack_bidirectional_dynamic_rnn", "RNNTrace", "BidirectionalTrace", "StaticRNNTrace",
@@ -120,7 +121,7 @@ class RNNTrace(TraceBase):
         cell, xp, dt = self.cell, self._xp, self.dtype
         T, B, Tl = self.max_time, self.batch_size, self.steps
         shape = (T, B, self._input_width) if self.time_major else (B, T, self._input_width)
-        dx = (xp.empty if Tl == T else xp.zeros)(shape, dt)
+        dx = (_ws.empty if Tl == T else _ws.zeros)(xp, shape, dt)
         if Tl == 0:
             d0 = _copy_struct(dst if dst is not None else cell._zeros_internal(B, dt, xp))
         else:
@@ -197,7 +198,7 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     P = cell.output_size
     rec = None
     shape = (T, B, P) if time_major else (B, T, P)
-    outputs = (xp.empty if Tl == T else xp.zeros)(shape, x.dtype)
+    outputs = (_ws.empty if Tl == T else _ws.zeros)(xp, shape, x.dtype)
     out_tm = outputs if time_major else outputs.transpose(1, 0, 2)
     if Tl == 0:
         final = _copy_struct(state)

@@ -57,3 +57,12 @@ def xp():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def no_workspace_pool():
+    """Memory measurements see the allocator: pooling off (and free pooled buffers released)."""
+    import npl
+    old = npl.workspace.set_limit(0)
+    yield
+    npl.workspace.set_limit(old)

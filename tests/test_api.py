@@ -482,7 +482,7 @@ def _trace_nbytes(kind, T, B=4, H=8, I=5, lengths=None):
 
 
 @pytest.mark.parametrize("kind", ["rnn", "basic_lstm", "lstm_all", "gru", "multi"])
-def test_trace_nbytes_counts_what_the_trace_holds(kind):
+def test_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
     """nbytes equals the memory the trace keeps alive (tracemalloc: NumPy reports its buffers),
     and is at least the documented slabs (gates, c, h)."""
     B, T, H, I = 8, 40, 16, 5
@@ -614,7 +614,7 @@ def test_traceless_forward_in_chunks_equals_whole_sequence(monkeypatch, make, le
         assert_close(a, b, 1e-12, "final state")
 
 
-def test_traceless_forward_memory_is_bounded():
+def test_traceless_forward_memory_is_bounded(no_workspace_pool):
     """The forward without a trace holds O(chunk) working memory: for T = 512 its peak NumPy
     allocation is a fraction of the traced forward's (whose slabs are O(T))."""
     import tracemalloc
