@@ -10,7 +10,9 @@ On Linux the kernel's high-water mark (VmHWM in /proc/self/status) is reset by w
 /proc/self/clear_refs, the call runs, and the growth is VmHWM - VmRSS(before).  To make freed
 buffers visible, memory is measured after all timings of the worker, with glibc's mmap threshold
 fixed at 128 KiB (mallopt) and ``malloc_trim(0)`` before each call, so that large buffers are
-fresh mappings and free heap pages were returned to the OS.  Where clear_refs cannot be written
+fresh mappings and free heap pages were returned to the OS.  A framework that keeps buffers between
+calls on purpose (npl's workspace pool) releases them first (its ``release_memory`` hook), so the
+call's own buffers are counted.  Where clear_refs cannot be written
 the fallback is the growth of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (a lower bound: it
 only rises above the process's earlier peak).  For NumPy code :func:`tracemalloc_peak` also gives
 the exact peak of bytes allocated by NumPy (NumPy reports its buffers to tracemalloc).
@@ -142,14 +144,18 @@ class PeakMemory:
         else:
             self.method = "ru_maxrss growth (lower bound)"
 
-    def _settle(self):
+    def _settle(self, release=None):
         gc.collect()
+        if release is not None:
+            release()
         if self._libc is not None:
             self._libc.malloc_trim(0)
 
-    def measure(self, fn):
-        """Run ``fn()`` once; return dict(peak_rss_growth_bytes, rss_before_bytes, method)."""
-        self._settle()
+    def measure(self, fn, release=None):
+        """Run ``fn()`` once; return dict(peak_rss_growth_bytes, rss_before_bytes, method).
+        ``release``: the framework's own cache release (npl's workspace pool), called first, so
+        that memory a framework keeps between calls is counted as the call's."""
+        self._settle(release)
         if self.hwm_reset:
             before = rss_bytes()
             _reset_hwm()
@@ -163,9 +169,12 @@ class PeakMemory:
                 "method": self.method}
 
 
-def tracemalloc_peak(fn):
-    """Peak bytes allocated through tracemalloc-aware allocators (NumPy's) during ``fn()``."""
+def tracemalloc_peak(fn, release=None):
+    """Peak bytes allocated through tracemalloc-aware allocators (NumPy's) during ``fn()``
+    (``release`` as in :meth:`PeakMemory.measure`)."""
     gc.collect()
+    if release is not None:
+        release()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()

@@ -85,11 +85,12 @@ def run_table(task, out):
     if task.get("memory", True) and live:
         pm = measure.PeakMemory()
         out["memory_method"] = pm.method
+        release = getattr(mod, "release_memory", None)
         for rec, fn in live:
             try:
-                rec["memory"] = pm.measure(fn)
+                rec["memory"] = pm.measure(fn, release)
                 if fw == "npl":
-                    rec["tracemalloc_peak_bytes"] = measure.tracemalloc_peak(fn)
+                    rec["tracemalloc_peak_bytes"] = measure.tracemalloc_peak(fn, release)
             except Exception as e:
                 rec["memory_error"] = _error_text(e)
 

@@ -126,7 +126,8 @@ def _projection(W, x, b):
     T, B, I = x.shape
     nG = W.shape[1]
     if I == 1:                                  # one input feature (e.g. a sine wave): an outer
-        G = W.T[None] * x.transpose(0, 2, 1)    # product [1, nG, 1] * [T, 1, B]; BLAS is slow at K=1
+        G = _ws.empty(xp, (T, nG, B), x.dtype)  # product [1, nG, 1] * [T, 1, B]; BLAS is slow at K=1
+        xp.multiply(W.T[None], x.transpose(0, 2, 1), out=G)
         G += b[:, None]
         return G, T, lambda t0: None
     step_bytes = nG * B * x.dtype.itemsize

@@ -23,6 +23,8 @@ Symbols (as in docs/bptt.md):
     j        candidate cell input (after the activation)
     c        cell state,  h  output / hidden state,  m = o * act(c) before projection
 """
+import numpy as np
+
 from .activations import sigmoid_, tanh as _tanh
 from .backend import _is_cupy, get_array_module
 
@@ -40,6 +42,16 @@ def _cuda(a, *acts):
         return None
     from . import kernels
     return kernels if kernels.enabled else None
+
+
+def _cpu(a, *acts):
+    """The fused CPU kernels (:mod:`npl.kernels.cpu`) when ``a`` is a float32 NumPy array, the
+    activations are tanh and the kernels are built; else None (the array code below runs)."""
+    if (type(a) is not np.ndarray or a.dtype != np.float32 or a.strides[-1] != 4
+            or any(act is not _tanh for act in acts)):
+        return None
+    from .kernels import cpu
+    return cpu if cpu.library() is not None else None
 
 
 def _mul_sigmoid_grad(d, s, tmp):
@@ -115,7 +127,7 @@ def lstm_backward_pointwise(g, c_prev, c, dm, dc, dg, act_j, act_c, tmp, peep=No
         dL/df   = dL/dc * c_prev              dL/dc_prev = dL/dc * f  [+ dL/da_i * w_i + dL/da_f * w_f]
         dL/da_x = dL/dx * sigmoid'(.)  for x in i, f, o;   dL/da_j = dL/dj * act'(a_j)
     """
-    k = _cuda(g, act_j, act_c) if dc_record is None else None
+    k = (_cuda(g, act_j, act_c) or _cpu(g, act_j, act_c)) if dc_record is None else None
     if k is not None:
         return k.lstm_backward(g, c_prev, c, dm, dc, dg, peep, clip_mask)
     H = c.shape[0]
@@ -188,7 +200,7 @@ def gru_backward_pointwise(g, h_prev, dh, dg, act, dh_prev, tmp):
 
         dL/du = dh * (h_prev - c~)     dL/dc~ = dh * (1 - u)     dL/dh_prev = dh * u
     """
-    k = _cuda(g, act)
+    k = _cuda(g, act) or _cpu(g, act)
     if k is not None:
         return k.gru_backward(g, h_prev, dh, dg, dh_prev)
     H = h_prev.shape[0]
@@ -206,7 +218,7 @@ def gru_backward_pointwise(g, h_prev, dh, dg, act, dh_prev, tmp):
 
 def gru_reset_backward(g, h_prev, drh, dh_prev, dg, tmp):
     """Second half: through rh = r * h_prev.  Adds drh * r to dh_prev, writes dg[:H] = dL/da_r."""
-    k = _cuda(g)
+    k = _cuda(g) or _cpu(g)
     if k is not None:
         return k.gru_reset_backward(g, h_prev, drh, dh_prev, dg)
     H = h_prev.shape[0]

@@ -4,13 +4,15 @@ import numpy as np
 
 
 def source_digest(package):
-    """SHA-1 (12 hex digits) of the package's .py files: which engine version was measured."""
+    """SHA-1 (12 hex digits) of the package's .py, .c and .cu files: which engine was measured."""
     import glob
     import hashlib
     import os
     h = hashlib.sha1()
     root = os.path.dirname(package.__file__)
-    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+    paths = [p for ext in ("py", "c", "cu") for p in
+             glob.glob(os.path.join(root, "**", "*." + ext), recursive=True)]
+    for path in sorted(paths):
         h.update(os.path.relpath(path, root).encode())
         with open(path, "rb") as f:
             h.update(f.read())
@@ -19,10 +21,18 @@ def source_digest(package):
 
 def load(threads, options):
     import npl
+    import npl.kernels.cpu as cpu_kernels
     npl.use("numpy")
     return {"version": npl.__version__, "backend": npl.backend_name(), "source_sha1": source_digest(npl),
+            "cpu_kernels": cpu_kernels.status(),
             "path": npl.__file__,
             "api": "npl.nn.dynamic_rnn(time_major=True, return_trace=True) + trace.backward"}
+
+
+def release_memory():
+    """Give the workspace pool's free buffers back, so that a memory measurement counts them."""
+    import npl
+    npl.workspace.clear()
 
 
 def make_cell(config, cell):

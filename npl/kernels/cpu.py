@@ -1,0 +1,258 @@
+"""Fused CPU kernels for the float32 LSTM / GRU step math: the third executor of :mod:`npl.gates`.
+
+NumPy runs a step's backward pointwise math as 10-25 separate array passes; ``cpu_kernels.c``
+(beside this file, shipped as package data) does each of :mod:`npl.gates`' backward functions
+(``lstm_backward_pointwise``, ``gru_backward_pointwise``, ``gru_reset_backward``) in one
+vectorised pass.  The forward stays on the array code: NumPy's SIMD tanh is faster than a portable
+C one, and the forward's cost is its tanh evaluations (see the note at the top of the C file).
+It is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
+for the host's vector instructions, cached under ``$NPL_CACHE_DIR`` (default
+``~/.cache/npl/kernels``, keyed by a hash of the source, the compiler, its flags and the CPU), and
+loaded with :mod:`ctypes`.  Nothing but NumPy is needed at run time: where no compiler is found, or
+the build fails, or ``NPL_CPU_KERNELS=0`` is set, npl uses its array code (the results agree to
+float32 rounding; the kernels are tested against it) and :func:`status` says why.
+
+Only float32 NumPy arrays with tanh activations take this path; float64 (the precision of the
+gradient checks) and every other case run the array code in :mod:`npl.gates`.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+
+__all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS"]
+
+SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-std=c99")
+_NATIVE = ("-march=native",)
+
+_state = {"lib": None, "why": None, "tried": False,
+          "enabled": os.environ.get("NPL_CPU_KERNELS", "1").strip() not in ("0", "false", "off", "")}
+_lock = threading.Lock()
+
+_F = ctypes.c_float
+_I = ctypes.c_int64
+_P = ctypes.c_void_p
+_SIGNATURES = {
+    "npl_tanh_f32": (_P, _P, _I),
+    "npl_sigmoid_f32": (_P, _P, _I),
+    "npl_lstm_backward_f32": (_P, _I, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I),
+    "npl_gru_backward_f32": (_P, _I, _P, _P, _P, _I, _P, _I, _I),
+    "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
+}
+
+
+def _cache_dir():
+    root = os.environ.get("NPL_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "npl")
+    return os.path.join(root, "kernels")
+
+
+def _compiler():
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name:
+            path = shutil.which(name)
+            if path:
+                return path
+    return None
+
+
+def _cpu_id():
+    """What the compiled code depends on besides the source: the machine and its vector units."""
+    parts = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo", "r", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features", "CPU part")):
+                    parts.append(line.strip())
+                    if len(parts) > 6:
+                        break
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _compile(cc, src, out, flags):
+    cmd = [cc] + list(flags) + [src, "-o", out]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError("%s failed (exit %d): %s" % (" ".join(cmd), r.returncode,
+                                                        r.stdout.decode(errors="replace")[-2000:]))
+
+
+def _build():
+    """Compile (or find in the cache) and load the library; returns (lib, None) or (None, why)."""
+    if sys.platform.startswith("win"):
+        return None, "the CPU kernels are built with a Unix C compiler; not on Windows"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found ($CC, cc, gcc, clang); using the NumPy array code"
+    with open(SOURCE_PATH, "rb") as f:
+        src = f.read()
+    try:
+        version = subprocess.run([cc, "--version"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, "the C compiler %s does not run (%s)" % (cc, e)
+    errors = []
+    for flags in (FLAGS + _NATIVE, FLAGS):               # the host's vector units, else baseline
+        key = hashlib.sha256(src + version + " ".join(flags).encode() + _cpu_id().encode())
+        name = "cpu_kernels-%s.so" % key.hexdigest()[:20]
+        for directory in (_cache_dir(), None):
+            try:
+                if directory is None:
+                    directory = tempfile.mkdtemp(prefix="npl-kernels-")
+                else:
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                path = os.path.join(directory, name)
+                if not os.path.exists(path):
+                    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+                    os.close(fd)
+                    try:
+                        _compile(cc, SOURCE_PATH, tmp, flags)
+                        os.replace(tmp, path)                # atomic: never a half-written library
+                    finally:
+                        if os.path.exists(tmp):
+                            os.unlink(tmp)
+                lib = ctypes.CDLL(path)
+                for fn, argtypes in _SIGNATURES.items():
+                    f = getattr(lib, fn)
+                    f.argtypes = argtypes
+                    f.restype = None
+                return lib, None
+            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+                errors.append(str(e))
+    return None, "building the CPU kernels failed; using the NumPy array code: " + " | ".join(errors)
+
+
+def library():
+    """The loaded kernel library, or None (disabled, or it could not be built: see :func:`status`)."""
+    if not _state["enabled"]:
+        return None
+    lib = _state["lib"]
+    if lib is not None or _state["tried"]:
+        return lib
+    with _lock:
+        if not _state["tried"]:
+            _state["lib"], _state["why"] = _build()
+            _state["tried"] = True
+    return _state["lib"]
+
+
+def available():
+    """True when the kernels are enabled and built."""
+    return library() is not None
+
+
+def enable(on=True):
+    """Turn the CPU kernels on or off for this process (off: the NumPy array code runs).
+    Returns the previous setting."""
+    if not isinstance(on, bool):
+        raise TypeError("enable(on): on must be True or False, got %r" % (on,))
+    old, _state["enabled"] = _state["enabled"], on
+    return old
+
+
+def status():
+    """One line: whether the fused CPU kernels are in use, and if not, why."""
+    if not _state["enabled"]:
+        return "off (NPL_CPU_KERNELS=0 or npl.kernels.cpu.enable(False)); using the NumPy array code"
+    if library() is not None:
+        return "on (%s)" % _state["lib"]._name
+    return "off: " + str(_state["why"])
+
+
+# ----------------------------------------------------------------- per-step wrappers
+def _ptr(a):
+    return a.__array_interface__["data"][0]
+
+
+def _rows(a, name):
+    """Row stride (in elements) of a 2-D float32 array whose rows are contiguous."""
+    if a.dtype != np.float32 or a.ndim != 2 or a.strides[1] != 4 or a.strides[0] % 4:
+        raise ValueError("npl.kernels.cpu: %s must be a 2-D float32 array with contiguous rows, "
+                         "got dtype %s, strides %s" % (name, a.dtype, a.strides))
+    return a.strides[0] // 4
+
+
+def _dense(a, name):
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError("npl.kernels.cpu: %s must be a C-contiguous float32 array, got dtype %s, "
+                         "strides %s" % (name, a.dtype, a.strides))
+    return _ptr(a)
+
+
+def _peep(peep):
+    """Pointers to the peephole weights ([H, 1] columns of contiguous parameters), or Nones."""
+    if peep is None:
+        return None, None, None
+    for w in peep:
+        if w.dtype != np.float32 or w.size != w.shape[0] or w.strides[0] != 4:
+            raise ValueError("npl.kernels.cpu: peephole weights must be contiguous float32 "
+                             "columns, got dtype %s, shape %s" % (w.dtype, w.shape))
+    return tuple(_ptr(w) for w in peep)
+
+
+def _shape(a, shape, name):
+    if a.shape != shape:
+        raise ValueError("npl.kernels.cpu: %s must have shape %s, got %s" % (name, shape, a.shape))
+
+
+def tanh(x, out):
+    """out = tanh(x) with the kernels' own tanh (contiguous float32; for testing it)."""
+    _shape(out, x.shape, "out")
+    library().npl_tanh_f32(_dense(x, "x"), _dense(out, "out"), x.size)
+
+
+def sigmoid(x, out):
+    """out = 0.5 * tanh(x / 2) + 0.5 with the kernels' own tanh (contiguous float32)."""
+    _shape(out, x.shape, "out")
+    library().npl_sigmoid_f32(_dense(x, "x"), _dense(out, "out"), x.size)
+
+
+def lstm_backward(g, c_prev, c, dm, dc, dg, peep=None, clip_mask=None):
+    """C twin of :func:`npl.gates.lstm_backward_pointwise` (tanh activations, float32)."""
+    H, B = c.shape
+    for a, shape, name in ((g, (4 * H, B), "g"), (dg, (4 * H, B), "dg"), (c_prev, (H, B), "c_prev"),
+                           (dm, (H, B), "dm"), (dc, (H, B), "dc")):
+        _shape(a, shape, name)
+    w_i, w_f, w_o = _peep(peep)
+    if clip_mask is not None and (clip_mask.dtype != np.bool_ or not clip_mask.flags.c_contiguous
+                                  or clip_mask.shape != (H, B)):
+        raise ValueError("npl.kernels.cpu: clip_mask must be a C-contiguous bool array of shape %s"
+                         % ((H, B),))
+    library().npl_lstm_backward_f32(
+        _ptr(g), _rows(g, "g"), _dense(c_prev, "c_prev"), _dense(c, "c"), _dense(dm, "dm"),
+        _dense(dc, "dc"), _ptr(dg), _rows(dg, "dg"), w_i, w_f, w_o,
+        None if clip_mask is None else _ptr(clip_mask), H, B)
+
+
+def gru_backward(g, h_prev, dh, dg, dh_prev):
+    """C twin of :func:`npl.gates.gru_backward_pointwise` (tanh candidate, float32)."""
+    H, B = h_prev.shape
+    for a, shape, name in ((g, (3 * H, B), "g"), (dg, (3 * H, B), "dg"), (dh, (H, B), "dh"),
+                           (dh_prev, (H, B), "dh_prev")):
+        _shape(a, shape, name)
+    library().npl_gru_backward_f32(
+        _ptr(g), _rows(g, "g"), _dense(h_prev, "h_prev"), _dense(dh, "dh"), _ptr(dg),
+        _rows(dg, "dg"), _dense(dh_prev, "dh_prev"), H, B)
+
+
+def gru_reset_backward(g, h_prev, drh, dh_prev, dg):
+    """C twin of :func:`npl.gates.gru_reset_backward` (float32)."""
+    H, B = h_prev.shape
+    for a, shape, name in ((g, (3 * H, B), "g"), (dg, (3 * H, B), "dg"), (drh, (H, B), "drh"),
+                           (dh_prev, (H, B), "dh_prev")):
+        _shape(a, shape, name)
+    library().npl_gru_reset_backward_f32(
+        _ptr(g), _rows(g, "g"), _dense(h_prev, "h_prev"), _dense(drh, "drh"),
+        _dense(dh_prev, "dh_prev"), _ptr(dg), _rows(dg, "dg"), H, B)
