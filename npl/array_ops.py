@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .backend import get_array_module, _is_cupy
-from ._checks import as_array, float_array, check_shape, check_dtype, resolve_dtype
+from ._checks import as_array, float_array, check_shape, check_dtype
 
 __all__ = ["sequence_mask", "boolean_mask", "reverse_sequence", "embedding_lookup", "IndexedSlices",
            "BackwardTwiceError"]

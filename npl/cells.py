@@ -721,13 +721,24 @@ class LSTMCell(RNNCell):
         return get_array_module(state.c).concatenate([state.c, state.h], axis=1)
 
     # -- forward
-    def _effective_weights(self, I):
+    def _effective_weights(self, I, prescaled=False):
         """W [I, 4H] and U [P, 4H] (views of the kernel, gate columns i, j, f, o) and the bias
-        with forget_bias added to the f block (a copy: forget_bias is never stored)."""
+        with forget_bias added to the f block (a copy: forget_bias is never stored).
+
+        ``prescaled``: copies with the i, f and o columns halved, so that the gate GEMMs give
+        a/2 for the sigmoid gates and one tanh covers all four (see
+        :func:`npl.gates.lstm_forward_pointwise`).  Halving is exact in binary floating point,
+        so the gates are bit for bit the same as with the stored weights."""
         H = self._num_units
         K = self._params["kernel"]
         b = self._params["bias"].copy()
         b[2 * H:3 * H] += self._forget_bias
+        if prescaled:
+            xp = get_array_module(K)
+            scale = xp.full((4 * H,), 0.5, K.dtype)
+            scale[H:2 * H] = 1
+            K = K * scale
+            b *= scale
         return K[:I], K[I:], b
 
     def _peep(self):
@@ -740,7 +751,10 @@ class LSTMCell(RNNCell):
         xp = get_array_module(x)
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
-        W, U, b = self._effective_weights(I)
+        peep, act = self._peep(), self._activation
+        # NumPy: sigmoid gates prescaled by 1/2 so one tanh call covers all four gates
+        prescaled = xp is np and peep is None and act is _act.tanh
+        W, U, b = self._effective_weights(I, prescaled)
         G, K, project = _projection(W, x, b)                 # [4H, I+1] @ [T, I+1, B], K steps at a time
         C = _ws.empty(xp, (T + 1, H, B), dt)
         Hs = _ws.empty(xp, (T + 1, P, B), dt)
@@ -755,7 +769,7 @@ class LSTMCell(RNNCell):
         proj = self._params.get("projection/kernel")         # [H, P]
         m = _ws.empty(xp, (H, B), dt) if proj is not None else None
         buf = _ws.empty(xp, (4 * H, B), dt)
-        peep, act, inv = self._peep(), self._activation, rec.inv_fm
+        inv = rec.inv_fm
         S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
             if t % K == 0:
@@ -765,7 +779,7 @@ class LSTMCell(RNNCell):
             g += buf
             mt = m if proj is not None else Hs[t + 1]
             lstm_forward_pointwise(g, C[t], C[t + 1], mt, act, act, peep, self._cell_clip,
-                                   None if CM is None else CM[t])
+                                   None if CM is None else CM[t], prescaled)
             if proj is not None:
                 xp.matmul(proj.T, m, out=Hs[t + 1])          # [P, H] @ [H, B]
                 if PM is not None:
@@ -892,10 +906,15 @@ class GRUCell(RNNCell):
             return np.ones(shape, dtype)
         return super()._init_value(name, shape, rng, dtype)
 
-    def _weights(self, I):
+    def _weights(self, I, prescaled=False):
+        """Wx [I, 3H] (a copy), Ug [H, 2H], Uc [H, H].  ``prescaled``: the r, u columns halved
+        (exact), see :func:`npl.gates.gru_gates_forward`."""
         p = self._params
         Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
-        Wx = get_array_module(Kg).concatenate([Kg[:I], Kc[:I]], axis=1)   # [I, 3H]
+        xp = get_array_module(Kg)
+        if prescaled:
+            Kg = Kg * 0.5
+        Wx = xp.concatenate([Kg[:I], Kc[:I]], axis=1)                     # [I, 3H]
         return Wx, Kg[I:], Kc[I:]                                         # Ug [H, 2H], Uc [H, H]
 
     def _forward_seq(self, x, h0, mask, state_mask=None):
@@ -903,8 +922,9 @@ class GRUCell(RNNCell):
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
         p = self._params
-        Wx, Ug, Uc = self._weights(I)
-        b = xp.concatenate([p["gates/bias"], p["candidate/bias"]])
+        prescaled = xp is np                               # r, u by one tanh (see gru_gates_forward)
+        Wx, Ug, Uc = self._weights(I, prescaled)
+        b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
         G, K, project = _projection(Wx, x, b)              # [3H, I+1] @ [T, I+1, B], K steps at a time
         Hs = _ws.empty(xp, (T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
@@ -919,7 +939,7 @@ class GRUCell(RNNCell):
             g = G[t]
             xp.matmul(Ug.T, Hs[t], out=buf_g)              # [2H, H] @ [H, B]
             g[:2 * H] += buf_g
-            gru_gates_forward(g, Hs[t], rh)
+            gru_gates_forward(g, Hs[t], rh, prescaled)
             xp.matmul(Uc.T, rh, out=buf_c)                 # [H, H] @ [H, B]
             g[2 * H:] += buf_c
             gru_state_forward(g, Hs[t], Hs[t + 1], act)

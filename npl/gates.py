@@ -62,7 +62,7 @@ def _mul_sigmoid_grad(d, s, tmp):
 
 
 def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=None,
-                           clip_mask=None):
+                           clip_mask=None, prescaled=False):
     """One LSTM step after the gate GEMMs (feature-major).
 
     g:       [4H, B] pre-activations (a_i; a_j; a_f; a_o), overwritten with the gates (i; j; f; o).
@@ -76,14 +76,37 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
         j = act(a_j)                          c = clip(f * c_prev + i * j)
         o = sigmoid(a_o + w_o * c)            m = o * act(c)
     (forget_bias is already folded into the f rows of the bias by the caller.)
+
+    prescaled: the caller has halved the i, f and o columns of the kernel and bias (exact: a power
+    of two), so ``g`` holds (a_i/2; a_j; a_f/2; a_o/2).  As sigmoid(a) = 0.5 * tanh(a/2) + 0.5,
+    one tanh call then covers all four gates (no peepholes, tanh for act_j):
+        t = tanh(g)      i, f, o = 0.5 * t + 0.5      j = t_j      (then c and m as above)
     """
-    k = _cuda(g, act_j, act_c)
-    if k is not None:
-        return k.lstm_forward(g, c_prev, c, m, peep, cell_clip, clip_mask)
+    if prescaled:
+        if peep is not None or act_j is not _tanh:
+            raise ValueError("lstm_forward_pointwise: prescaled gates need act_j = tanh and no "
+                             "peepholes")
+    else:
+        k = _cuda(g, act_j, act_c)
+        if k is not None:
+            return k.lstm_forward(g, c_prev, c, m, peep, cell_clip, clip_mask)
     H = c.shape[0]
     xp = get_array_module(g)
     i, j, f, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
-    if peep is None:
+    if prescaled:
+        xp.tanh(g, out=g)                                       # all four gates in one call
+        k = _cpu(g)
+        if k is not None:
+            k.lstm_forward_combine(g, c_prev, c)                # i, f, o = 0.5 t + 0.5; c
+        else:
+            i *= 0.5
+            i += 0.5
+            g[2 * H:] *= 0.5                                    # f, o
+            g[2 * H:] += 0.5
+            xp.multiply(f, c_prev, out=c)                       # f * c_prev
+            xp.multiply(i, j, out=m)                            # i * j (m as workspace)
+            c += m
+    elif peep is None:
         sigmoid_(i, out=i)
         sigmoid_(g[2 * H:], out=g[2 * H:])                      # f, o in one call
     else:
@@ -94,10 +117,11 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
         f += c
         sigmoid_(i, out=i)
         sigmoid_(f, out=f)
-    act_j(j, out=j)
-    xp.multiply(f, c_prev, out=c)                               # f * c_prev
-    xp.multiply(i, j, out=m)                                    # i * j (m as workspace)
-    c += m
+    if not prescaled:
+        act_j(j, out=j)
+        xp.multiply(f, c_prev, out=c)                           # f * c_prev
+        xp.multiply(i, j, out=m)                                # i * j (m as workspace)
+        c += m
     if cell_clip is not None:
         xp.abs(c, out=m)
         clip_mask[...] = m <= cell_clip
@@ -162,17 +186,28 @@ def lstm_backward_pointwise(g, c_prev, c, dm, dc, dg, act_j, act_c, tmp, peep=No
         dc += tmp
 
 
-def gru_gates_forward(g, h_prev, rh):
+def gru_gates_forward(g, h_prev, rh, prescaled=False):
     """GRU gates: ``g[:2H]`` holds a_r, a_u (pre-activations), overwritten with r, u.
 
     rh: [H, B] output, r * h_prev (the input of the candidate's recurrent GEMM).
+    prescaled: ``g[:2H]`` holds a_r/2, a_u/2 (the caller halved gates/kernel and gates/bias, which
+    is exact), so r, u = 0.5 * tanh(g) + 0.5 without the multiplication of the sigmoid.
     """
-    k = _cuda(g)
-    if k is not None:
-        return k.gru_gates_forward(g, h_prev, rh)
     H = h_prev.shape[0]
-    sigmoid_(g[:2 * H], out=g[:2 * H])
-    get_array_module(g).multiply(g[:H], h_prev, out=rh)
+    xp = get_array_module(g)
+    if prescaled:
+        xp.tanh(g[:2 * H], out=g[:2 * H])
+        k = _cpu(g)
+        if k is not None:
+            return k.gru_gates_combine(g, h_prev, rh)           # r, u = 0.5 t + 0.5; rh
+        g[:2 * H] *= 0.5
+        g[:2 * H] += 0.5
+    else:
+        k = _cuda(g)
+        if k is not None:
+            return k.gru_gates_forward(g, h_prev, rh)
+        sigmoid_(g[:2 * H], out=g[:2 * H])
+    xp.multiply(g[:H], h_prev, out=rh)
 
 
 def gru_state_forward(g, h_prev, h, act):

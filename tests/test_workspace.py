@@ -71,6 +71,19 @@ def test_sequence_passes_reuse_memory_and_keep_earlier_results(fresh_pool):
     np.testing.assert_array_equal(dx_ref, dx1)
 
 
+def test_small_request_does_not_pin_a_large_buffer_and_a_miss_releases_free_ones(fresh_pool):
+    big = ws.empty(np, (1 << 20,), np.float32)                # 4 MiB
+    del big
+    small = ws.empty(np, (64 * 1024,), np.float32)            # 256 KiB: a fresh buffer, not big's
+    s = ws.stats()
+    assert s["buffers"] == 1 and s["nbytes"] == small.nbytes   # big's free buffer was released
+    half = ws.empty(np, (40 * 1024,), np.float32)              # within 2x of a free buffer? no:
+    assert not np.shares_memory(half, small)                  # small is still in use
+    del small
+    again = ws.empty(np, (40 * 1024,), np.float32)             # 160 KiB fits the free 256 KiB one
+    assert ws.stats()["hits"] >= 1 and again.nbytes == 160 * 1024
+
+
 def test_clear_releases_only_free_buffers(fresh_pool):
     keep = ws.empty(np, (256, 256), np.float32)
     tmp = ws.empty(np, (128, 256), np.float32)

@@ -7,11 +7,13 @@
  * with the system C compiler (-O3, the host's vector instructions) and loaded with ctypes; where
  * no compiler is found npl uses the array code.
  *
- * Only the backward passes are here.  The forward's cost is its five sigmoid/tanh evaluations per
+ * The forward keeps its transcendentals in NumPy: its cost is five sigmoid/tanh evaluations per
  * unit, and NumPy's own SIMD tanh does those faster than this file's portable npl_tanhf (measured
- * on the C1 benchmark, B=128 H=128: a fused forward step took 143 us against 69 us for the array
- * code); the backward needs one tanh per unit and is otherwise ~20 multiply-adds spread over many
- * small arrays, which is what fusing saves (65 us against 97 us per step).
+ * on the C1 benchmark, B=128 H=128: a fully fused forward step took 143 us against 69 us for the
+ * array code).  So the forward runs one NumPy tanh over all four gates and this file fuses what
+ * is between the tanh calls (npl_lstm_forward_combine_f32).  The backward needs one tanh per unit
+ * and is otherwise ~20 multiply-adds spread over many small arrays, which is what fusing saves
+ * (65 us against 97 us per step).
  *
  * Layout (npl's feature-major one): a step's gates are rows of B contiguous floats, gate block q
  * holds unit k in row q*H + k; row r of g starts at g + r*ldg (the backward's gradient slab has a
@@ -67,6 +69,51 @@ void npl_tanh_f32(const float* RESTRICT x, float* RESTRICT y, int64_t n)
 void npl_sigmoid_f32(const float* RESTRICT x, float* RESTRICT y, int64_t n)
 {
     for (int64_t k = 0; k < n; k++) y[k] = npl_sigmoidf(x[k]);
+}
+
+/* The middle of lstm_forward_pointwise when the caller folded the sigmoid's 1/2 into the weights
+ * and already took tanh of every gate row (g = tanh(a_i/2), tanh(a_j), tanh(a_f/2), tanh(a_o/2)):
+ * i, f, o = 0.5 t + 0.5 in place, and c = f * c_prev + i * j.  No transcendental here: NumPy's tanh
+ * over the whole [4H, B] block is faster than any portable C one.  Compiled without FMA
+ * contraction, so the results are bit for bit those of the array code. */
+void npl_lstm_forward_combine_f32(float* RESTRICT g, int64_t ldg, const float* RESTRICT c_prev,
+                                  float* RESTRICT c, int64_t H, int64_t B)
+{
+    for (int64_t k = 0; k < H; k++) {
+        float* RESTRICT gi = g + k * ldg;
+        const float* RESTRICT gj = g + (H + k) * ldg;
+        float* RESTRICT gf = g + (2 * H + k) * ldg;
+        float* RESTRICT go = g + (3 * H + k) * ldg;
+        const float* RESTRICT cp = c_prev + k * B;
+        float* RESTRICT ck = c + k * B;
+        for (int64_t b = 0; b < B; b++) {
+            float i = 0.5f * gi[b] + 0.5f;
+            float f = 0.5f * gf[b] + 0.5f;
+            gi[b] = i;
+            gf[b] = f;
+            go[b] = 0.5f * go[b] + 0.5f;
+            ck[b] = f * cp[b] + i * gj[b];
+        }
+    }
+}
+
+/* The GRU gates after one NumPy tanh over g[:2H] = tanh(a_r/2), tanh(a_u/2) (prescaled weights):
+ * r, u = 0.5 t + 0.5 in place, rh = r * h_prev. */
+void npl_gru_gates_combine_f32(float* RESTRICT g, int64_t ldg, const float* RESTRICT h_prev,
+                               float* RESTRICT rh, int64_t H, int64_t B)
+{
+    for (int64_t k = 0; k < H; k++) {
+        float* RESTRICT gr = g + k * ldg;
+        float* RESTRICT gu = g + (H + k) * ldg;
+        const float* RESTRICT hp = h_prev + k * B;
+        float* RESTRICT rhk = rh + k * B;
+        for (int64_t b = 0; b < B; b++) {
+            float r = 0.5f * gr[b] + 0.5f;
+            gr[b] = r;
+            gu[b] = 0.5f * gu[b] + 0.5f;
+            rhk[b] = r * hp[b];
+        }
+    }
 }
 
 /* lstm_backward_pointwise: from the gates g (i, j, f, o), c_prev, c, dm = dL/dm and dc = the
