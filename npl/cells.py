@@ -108,6 +108,12 @@ class LayerRecord:
         return n + (0 if self.mask is None else int(self.mask.nbytes))
 
 
+# Sigmoid gates are computed from weights prescaled by 1/2 (one tanh call for all gates, see
+# npl.gates.lstm_forward_pointwise) when T*B is at least this multiple of the kernel's rows: the
+# scaled copy of the kernel costs about as much as the saving on that many batch columns
+# (measured: batch-1 sampling, T*B = 1, is 2x slower with it; C1, T*B = 3584, 23x the rows, gains).
+PRESCALE_MIN_RATIO = 4
+
 # The input projection is computed this many bytes of gates at a time (see _projection).
 PROJECTION_CHUNK_BYTES = 2 << 20
 
@@ -752,8 +758,10 @@ class LSTMCell(RNNCell):
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
         peep, act = self._peep(), self._activation
-        # NumPy: sigmoid gates prescaled by 1/2 so one tanh call covers all four gates
-        prescaled = xp is np and peep is None and act is _act.tanh
+        # NumPy: sigmoid gates prescaled by 1/2 so one tanh call covers all four gates (worth its
+        # copy of the kernel when the steps outnumber the kernel's rows, not for one-step sampling)
+        prescaled = (xp is np and peep is None and act is _act.tanh
+                     and T * B >= PRESCALE_MIN_RATIO * (I + self.output_size))
         W, U, b = self._effective_weights(I, prescaled)
         G, K, project = _projection(W, x, b)                 # [4H, I+1] @ [T, I+1, B], K steps at a time
         C = _ws.empty(xp, (T + 1, H, B), dt)
@@ -922,7 +930,7 @@ class GRUCell(RNNCell):
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
         p = self._params
-        prescaled = xp is np                               # r, u by one tanh (see gru_gates_forward)
+        prescaled = xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)   # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled)
         b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
         G, K, project = _projection(Wx, x, b)              # [3H, I+1] @ [T, I+1, B], K steps at a time

@@ -13,7 +13,7 @@ import npl
 from npl import gates
 from npl.activations import tanh
 from npl.kernels import cpu
-from helpers import randomize_params
+from helpers import flatten, randomize_params
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU kernels not built: %s" % cpu.status())
 
@@ -182,3 +182,31 @@ def test_build_caches_the_library(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "_compile", lambda *a: pytest.fail("recompiled a cached library"))
     assert cpu.library() is not None
     assert os.path.getmtime(tmp_path / "kernels" / built[0]) == mtime
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+@pytest.mark.parametrize("kernels", [False, True])
+def test_prescaled_forward_is_bit_for_bit_the_plain_one(monkeypatch, dtype, kind, kernels):
+    """Halving the sigmoid gates' weights is exact, so the prescaled forward (one tanh for all
+    gates, and the fused combine step) gives exactly the plain forward's outputs and states."""
+    rng = np.random.default_rng(11)
+    cell = _cells()[kind]()
+    cell.build(6, dtype)
+    randomize_params(cell, rng)
+    x = rng.standard_normal((5, 9, 6)).astype(dtype)
+    L = np.array([9, 0, 4, 7, 1])
+    old = cpu.enable(kernels)
+    try:
+        res = []
+        for ratio in (0, 10 ** 9):
+            monkeypatch.setattr(npl.cells, "PRESCALE_MIN_RATIO", ratio)
+            out, st, tr = npl.nn.dynamic_rnn(cell, x, L, return_trace=True)
+            res.append((out, st, [r.slabs["gates"].copy() for r in tr.records]))
+    finally:
+        cpu.enable(old)
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    for a, b in zip(flatten(res[0][1]), flatten(res[1][1])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(res[0][2], res[1][2]):
+        np.testing.assert_array_equal(a, b)

@@ -145,3 +145,12 @@ def test_tf_variable_name_mapping(tf_name, expected):
 def test_tf_variable_name_mapping_rejects_unknown_names(bad):
     with pytest.raises(ValueError, match="tf_name"):
         ref.tf_variable_to_npl(bad)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_npl_matches_stored_tf_with_prescaled_gates(name, monkeypatch):
+    """The same cases with the prescaled-gate forward forced on (npl takes it by itself only when
+    T*B is large against the kernel; these cases are small)."""
+    import npl.cells
+    monkeypatch.setattr(npl.cells, "PRESCALE_MIN_RATIO", 0)
+    ref.check_case(SPECS[name], STORED[name])
