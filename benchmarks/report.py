@@ -67,6 +67,9 @@ def format_header(meta):
     f = meta["machine"]
     lines.append("machine: %s, %s cores; %s; Python %s" % (f.get("cpu"), f.get("cores"),
                                                           f.get("platform"), f.get("python")))
+    if meta.get("device") == "cuda":
+        lines.append("device: cuda (npl on CuPy, PyTorch on CUDA/cuDNN, TensorFlow on its GPU; each "
+                     "timed call ends with a device synchronisation; peak MB = device memory)")
     lines.append("threads per framework: %d (OMP/OPENBLAS/MKL_NUM_THREADS, torch.set_num_threads, "
                  "TF intra/inter-op)" % meta["threads"])
     b = meta.get("blas") or {}
@@ -99,9 +102,9 @@ def format_header(meta):
     return "\n".join(lines)
 
 
-def format_ceiling(ceiling, torch_gemm=None):
+def format_ceiling(ceiling, torch_gemm=None, why=None):
     if not ceiling:
-        return "GEMM ceiling: not measured"
+        return "GEMM ceiling: not measured" + (" (%s)" % why if why else "")
     g = ceiling["gemm_2048"]
     lines = ["GEMM ceiling (float32, numpy.matmul, best run; median in brackets): "
              "2048x2048 @ 2048x2048: %.1f GFLOP/s (%.1f)" % (g["gflops"], g["gflops_median"])]
@@ -210,13 +213,15 @@ def format_sampling(rows):
     return "\n".join(lines)
 
 
-def legend():
+def legend(device="cpu"):
+    mem = ("peak MB = the device memory high-water mark of one call" if device == "cuda" else
+           "peak MB = peak RSS growth during one call")
     return ("columns: median/min/max ms per batch (mode step: per %s); GFLOP/s = GEMM FLOPs / median "
             "(forward F = 2*B*T*(I+H)*G*H per layer, G=4 LSTM, G=3 GRU; forward+backward 3F); "
             "%%2048 and %%recGEMM = GFLOP/s as a percentage of numpy's 2048x2048 GEMM and of the "
-            "configuration's [B,H]@[H,4H] GEMM; peak MB = peak RSS growth during one call; "
+            "configuration's [B,H]@[H,4H] GEMM; %s; "
             "npl/fw = npl's median / this framework's median (> 1: npl is slower)."
-            % MODE_LABELS["step"])
+            % (MODE_LABELS["step"], mem))
 
 
 # ----------------------------------------------------------------------------- sweeps

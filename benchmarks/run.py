@@ -27,8 +27,8 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
 
 from benchmarks import report  # noqa: E402
 from benchmarks.measure import thread_env, OPENBLAS_VARS  # noqa: E402
-from benchmarks.spec import (CONFIGS, DEFAULT_FRAMEWORKS, DEFAULT_SWEEP_T, FRAMEWORK_LABELS,  # noqa: E402
-                             PROTOCOLS, SWEEP_FRAMEWORKS, Protocol, parse_cells, parse_configs,
+from benchmarks.spec import (CONFIGS, DEFAULT_CONFIGS, DEFAULT_FRAMEWORKS, DEFAULT_SWEEP_T,  # noqa: E402
+                             FRAMEWORK_LABELS, PROTOCOLS, parse_device, SWEEP_FRAMEWORKS, Protocol, parse_cells, parse_configs,
                              parse_custom, parse_frameworks, parse_int_list, parse_modes,
                              parse_positive_int, sweep_configs)
 
@@ -60,8 +60,13 @@ def build_parser():
                       help="check that npl runs T=10000 on a small model (no recursion, linear cost)")
     p.add_argument("--quick", action="store_true",
                    help="C1 and C4 only, 1 warm-up and 3 short runs each (the smoke test)")
-    p.add_argument("--configs", help="comma-separated subset of %s (default: all; --quick: %s)"
-                   % (",".join(CONFIGS), QUICK_CONFIGS))
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda: npl on CuPy, PyTorch on CUDA (cuDNN), TensorFlow on "
+                        "its GPU; default configurations C1,C2,C3,C5,C6 (C6: B=256, H=1024); "
+                        "timings synchronise the device; peak MB is device memory")
+    p.add_argument("--configs", help="comma-separated subset of %s (default: %s; --device cuda: %s; "
+                   "--quick: %s)" % (",".join(CONFIGS), ",".join(DEFAULT_CONFIGS["cpu"]),
+                                     ",".join(DEFAULT_CONFIGS["cuda"]), QUICK_CONFIGS))
     p.add_argument("--custom", action="append", default=[], metavar="B,T,I,H",
                    help="add a configuration (named X1, X2, ...); H may be 30+1 for a stack")
     p.add_argument("--cells", default="lstm,gru", help="lstm,gru (default both)")
@@ -95,6 +100,9 @@ def parse_args(argv):
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
+        a.device = parse_device(a.device)
+        if a.device == "cuda" and (a.sweep_T or a.long):
+            raise ValueError("--device cuda runs the table only (not --sweep-T or --long)")
         custom = {}
         for k, text in enumerate(a.custom, 1):
             c = parse_custom(text, "X%d" % k)
@@ -109,7 +117,7 @@ def parse_args(argv):
         elif a.configs:
             a.config_list = parse_configs(a.configs, custom)
         else:
-            names = QUICK_CONFIGS if a.quick else ",".join(CONFIGS)
+            names = QUICK_CONFIGS if a.quick else ",".join(DEFAULT_CONFIGS[a.device])
             a.config_list = parse_configs(names) + list(custom.values())
         a.cell_list = parse_cells(a.cells)
         a.mode_list = parse_modes(a.modes)
@@ -209,7 +217,8 @@ def run_frameworks(args, env, ceiling_too):
         _log("%s: %d cases ..." % (FRAMEWORK_LABELS[fw], len(cases)))
         task = {"kind": "table", "framework": fw, "threads": args.threads, "cases": cases,
                 "protocol": args.protocol._asdict(), "memory": not args.no_memory,
-                "ceiling": ceiling_too}
+                "ceiling": ceiling_too, "device": getattr(args, "device", "cpu"),
+                "options": {"device": getattr(args, "device", "cpu")}}
         out = run_worker(task, env, args.worker_timeout)
         if "error" in out:
             status[fw] = {"status": "error", "note": out["error"]}
@@ -233,20 +242,24 @@ def run_frameworks(args, env, ceiling_too):
 
 
 def run_ceiling(args, env):
-    _log("GEMM ceiling (numpy) ...")
+    _log("GEMM ceiling (%s) ..." % ("cupy" if getattr(args, "device", "cpu") == "cuda" else "numpy"))
     task = {"kind": "ceiling", "threads": args.threads, "configs": [c.as_dict() for c in args.config_list],
-            "protocol": (PROTOCOLS["quick"] if args.quick else PROTOCOLS["full"])._asdict()}
+            "protocol": (PROTOCOLS["quick"] if args.quick else PROTOCOLS["full"])._asdict(),
+            "device": getattr(args, "device", "cpu")}
     out = run_worker(task, env, args.worker_timeout)
     if "error" in out:
         _log("ceiling failed: %s" % out["error"])
         return None, None
+    if out.get("skipped"):
+        _log("ceiling not measured: %s" % out["skipped"])
+        return None, out
     return {"gemm_2048": out["gemm_2048"], "recurrent_gemm": out["recurrent_gemm"]}, out
 
 
 def _meta(args, ceiling_out, mode):
     facts = (ceiling_out or {}).get("facts") or {}
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "mode": mode, "command": " ".join(["python -m benchmarks.run"] + sys.argv[1:]),
+            "mode": mode, "device": getattr(args, "device", "cpu"), "command": " ".join(["python -m benchmarks.run"] + sys.argv[1:]),
             "threads": args.threads, "protocol": args.protocol._asdict(), "machine": facts,
             "blas": (ceiling_out or {}).get("blas"), "loadavg": list(os.getloadavg()),
             "flop_formula": FLOP_FORMULA,
@@ -299,7 +312,8 @@ def main_table(args, env):
     torch_gemm = (status.get("torch") or {}).get("gemm_2048")
     print(report.format_header(meta))
     print("FLOPs: " + FLOP_FORMULA)
-    print(report.format_ceiling(args.ceiling, torch_gemm))
+    print(report.format_ceiling(args.ceiling, torch_gemm,
+                                (ceiling_out or {}).get("skipped") if args.ceiling is None else None))
     print("configurations:")
     print(report.describe_configs(args.config_list))
     print()
@@ -313,9 +327,11 @@ def main_table(args, env):
         print("\nbatch-1 sampling latency:")
         print(samp)
     print()
-    print(report.legend())
+    print(report.legend(args.device))
     mm = sorted({s.get("memory_method") for s in status.values() if s.get("memory_method")})
-    if mm:
+    if mm and args.device == "cuda":
+        print("memory (peak MB column): device memory high-water mark of one call: %s" % "; ".join(mm))
+    elif mm:
         print("memory: peak RSS growth of one call, measured after the timings: %s; npl also "
               "records tracemalloc's peak of NumPy allocations in the JSON" % "; ".join(mm))
     notes = _notes(status)
@@ -336,7 +352,11 @@ def main_table(args, env):
                     % (meta["date"], meta["machine"].get("cores"), args.threads, meta["loadavg"][0],
                        report.markdown_summary(rows, names)))
         print("markdown summary: %s" % mpath)
-    failed = any(s["status"] in ("error", "partial") for s in status.values()) or args.ceiling is None
+    if not rows:
+        print("no framework could run%s; see the notes above" % (
+            " on the GPU" if args.device == "cuda" else ""))
+    failed = any(s["status"] in ("error", "partial") for s in status.values()) or \
+        (args.ceiling is None and args.device == "cpu")
     return 1 if failed or not rows else 0
 
 

@@ -16,7 +16,7 @@ Stacks (C4) sum F over their layers, each layer's I being the width below it.
 """
 import collections
 
-__all__ = ["Config", "CONFIGS", "CELLS", "MODES", "MODE_LABELS", "FRAMEWORKS", "FRAMEWORK_LABELS",
+__all__ = ["Config", "CONFIGS", "DEFAULT_CONFIGS", "DEVICES", "parse_device", "CELLS", "MODES", "MODE_LABELS", "FRAMEWORKS", "FRAMEWORK_LABELS",
            "DEFAULT_FRAMEWORKS", "SWEEP_FRAMEWORKS", "GATES", "Protocol", "PROTOCOLS",
            "forward_flops", "mode_flops", "parse_configs", "parse_custom", "parse_frameworks",
            "parse_cells", "parse_modes", "parse_positive_int", "parse_int_list", "sweep_configs",
@@ -65,7 +65,12 @@ CONFIGS = collections.OrderedDict((c.name, c) for c in [
     _cfg("C4", 128, 10, 1, (30, 1), "two-layer sine model, 30 then 1 units"),
     _cfg("C5", 1, 100, 65, 256, "batch-1 text sampling: 100 single steps, state carried (one-hot "
          "of a 65-char vocabulary)", sample=True),
+    _cfg("C6", 256, 100, 512, 1024, "large: B=256, H=1024 (a GPU-sized layer; in the default set "
+         "of --device cuda only)"),
 ])
+# the default configurations of each device (C6 takes minutes per call on a 2-core CPU)
+DEFAULT_CONFIGS = {"cpu": ("C1", "C2", "C3", "C4", "C5"), "cuda": ("C1", "C2", "C3", "C5", "C6")}
+DEVICES = ("cpu", "cuda")
 
 CELLS = ("lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
@@ -143,6 +148,15 @@ def _names(text, allowed, name, aliases=None):
 def parse_frameworks(text, allowed=FRAMEWORKS, name="--frameworks"):
     aliases = {"pytorch": "torch", "tensorflow": "tf1", "tf": "tf1", "keras-reset-after": "keras-ra"}
     return _names(text, allowed, name, aliases)
+
+
+def parse_device(text):
+    """'cpu' or 'cuda' (aliases 'gpu', 'cupy'), or raise ValueError naming --device."""
+    key = str(text).strip().lower()
+    key = {"gpu": "cuda", "cupy": "cuda"}.get(key, key)
+    if key not in DEVICES:
+        raise ValueError("--device must be one of %s, got %r" % (", ".join(DEVICES), text))
+    return key
 
 
 def parse_cells(text):

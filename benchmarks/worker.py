@@ -55,9 +55,13 @@ def run_table(task, out):
     except ImportError as e:
         out["skipped"] = "%s is not installed (%s)" % (fw, e)
         return
+    except frameworks.Unavailable as e:
+        out["skipped"] = str(e)
+        return
+    device = task.get("device", "cpu")
     if fw == "npl":
         out["blas"] = measure.blas_info()
-    if task.get("ceiling") and hasattr(mod, "gemm_ceiling"):
+    if task.get("ceiling") and hasattr(mod, "gemm_ceiling") and device == "cpu":
         out["gemm_2048"] = mod.gemm_ceiling(2048, proto.repeats, proto.min_run_s)
     live = []
     options = dict(task.get("options", {}), variant=fw)
@@ -82,7 +86,18 @@ def run_table(task, out):
             live.append((rec, fn))
             _progress("%s %s %s %s: %.3f ms" % (fw, config.name, cell, mode,
                                                 1e3 * sorted(rec["times_s"])[len(rec["times_s"]) // 2]))
-    if task.get("memory", True) and live:
+    if task.get("memory", True) and live and device == "cuda":
+        peak = getattr(mod, "device_peak_memory", None)
+        out["memory_method"] = getattr(mod, "DEVICE_MEMORY_METHOD", "not measured on the device")
+        for rec, fn in live:
+            if peak is None:
+                continue
+            try:
+                rec["memory"] = {"peak_rss_growth_bytes": int(peak(fn)),
+                                 "method": out["memory_method"]}
+            except Exception as e:
+                rec["memory_error"] = _error_text(e)
+    elif task.get("memory", True) and live:
         pm = measure.PeakMemory()
         out["memory_method"] = pm.method
         release = getattr(mod, "release_memory", None)
@@ -95,23 +110,47 @@ def run_table(task, out):
                 rec["memory_error"] = _error_text(e)
 
 
+def _cuda_matmul():
+    """(asarray, matmul that synchronises) on the GPU through CuPy, else None with the reason."""
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:   # not installed, or no device / driver
+        return None, "CuPy with a CUDA device is needed for the GPU GEMM ceiling (%s: %s)" % (
+            type(e).__name__, e)
+
+    def mm(a, b):
+        r = cupy.matmul(a, b)
+        cupy.cuda.Device().synchronize()
+        return r
+    return (cupy.asarray, mm), None
+
+
 def run_ceiling(task, out):
     proto = Protocol(**task["protocol"])
     out["blas"] = measure.blas_info()
     rng = np.random.default_rng(0)
+    asarray, matmul = np.asarray, np.matmul
+    if task.get("device") == "cuda":
+        fns, why = _cuda_matmul()
+        if fns is None:
+            out["skipped"] = why
+            return
+        asarray, matmul = fns
+        out["ceiling_backend"] = "cupy.matmul (cuBLAS)"
     n = 2048
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out["gemm_2048"] = measure.gemm_gflops(np.matmul, a, b, proto.repeats, proto.min_run_s)
+    a = asarray(rng.standard_normal((n, n), dtype=np.float32))
+    b = asarray(rng.standard_normal((n, n), dtype=np.float32))
+    out["gemm_2048"] = measure.gemm_gflops(matmul, a, b, proto.repeats, proto.min_run_s)
     rec = {}
     for d in task["configs"]:
         c = Config.from_dict(d)
         B, H = c.B, c.H[0]
         key = "%dx%d@%dx%d" % (B, H, H, 4 * H)
         if key not in rec:
-            h = rng.standard_normal((B, H), dtype=np.float32)
-            u = rng.standard_normal((H, 4 * H), dtype=np.float32)
-            r = measure.gemm_gflops(np.matmul, h, u, proto.repeats, max(proto.min_run_s, 0.02))
+            h = asarray(rng.standard_normal((B, H), dtype=np.float32))
+            u = asarray(rng.standard_normal((H, 4 * H), dtype=np.float32))
+            r = measure.gemm_gflops(matmul, h, u, proto.repeats, max(proto.min_run_s, 0.02))
             r["configs"] = []
             rec[key] = r
         rec[key]["configs"].append(c.name)

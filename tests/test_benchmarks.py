@@ -162,6 +162,42 @@ def test_fit_line_matches_closed_form():
     assert g["slope"] == pytest.approx(0.2) and g["intercept"] == pytest.approx(0.2)
 
 
+def test_device_defaults_and_the_large_configuration():
+    cpu, gpu = parse_args([]), parse_args(["--device", "gpu"])
+    assert cpu.device == "cpu" and [c.name for c in cpu.config_list] == ["C1", "C2", "C3", "C4", "C5"]
+    assert gpu.device == "cuda" and [c.name for c in gpu.config_list] == ["C1", "C2", "C3", "C5", "C6"]
+    c6 = spec.CONFIGS["C6"]
+    assert (c6.B, c6.I, c6.H) == (256, 512, (1024,))
+
+
+def _gpu_present():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_gpu_present(), reason="a GPU is present: the GPU table really runs there")
+def test_gpu_table_without_a_gpu_gives_notes_not_a_crash(tmp_path):
+    proc = _run(["--device", "cuda", "--quick", "--no-plot"], tmp_path)
+    assert proc.returncode == 1                    # nothing could run: a failure, with reasons
+    out = proc.stdout
+    assert "Traceback" not in out + proc.stderr
+    assert "note: npl skipped: npl on the GPU needs CuPy" in out
+    assert "no framework could run on the GPU" in out
+    assert "GEMM ceiling: not measured (CuPy with a CUDA device is needed" in out
+    doc = json.load(open(tmp_path / "bench.json"))
+    assert doc["device"] == "cuda" and doc["results"] == []
+    assert {s["status"] for s in doc["frameworks"].values()} == {"skipped"}
+
+
 def test_flop_formula_on_the_issue_configurations():
     assert spec.forward_flops(spec.CONFIGS["C2"], "lstm") == 2 * 64 * 100 * (256 + 512) * 4 * 512
     assert spec.forward_flops(spec.CONFIGS["C3"], "gru") == 2 * 32 * 200 * (128 + 256) * 3 * 256
@@ -186,6 +222,8 @@ def test_flop_formula_on_the_issue_configurations():
     (["--sweep-T", "--frameworks", "keras"], ["--sweep-T", "'keras'", "npl, torch"]),
     (["--sweep-T", "--config", "C5"], ["--sweep-T", "C5"]),
     (["--sweep-T", "--T-values", "10,0"], ["--T-values", "got 0"]),
+    (["--device", "tpu"], ["--device", "cpu, cuda", "'tpu'"]),
+    (["--device", "cuda", "--sweep-T"], ["--device cuda", "--sweep-T"]),
 ])
 def test_nonsense_is_refused_with_a_clear_message(argv, words, capsys):
     with pytest.raises(SystemExit) as e:

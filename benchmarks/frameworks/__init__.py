@@ -1,7 +1,10 @@
 """One module per framework, each with the same two functions.
 
-``load(threads) -> dict`` imports the framework (raising ImportError when it is not installed),
-sets its thread counts and returns facts to record (version, threads, ...).
+``load(threads, options) -> dict`` imports the framework (raising ImportError when it is not
+installed, :class:`Unavailable` when it cannot use ``options["device"]``), sets its thread counts
+and returns facts to record (version, threads, ...).  With ``device == "cuda"`` the callables
+synchronise the device before they return, and ``device_peak_memory(fn)`` (where a module has
+it) gives the device memory high-water mark of one call.
 
 ``build(config, cell, data, modes, options) -> dict`` builds the model for one configuration and
 cell type and returns ``{"fns": {mode: callable}, "info": {...}}``: each callable runs one batch
@@ -12,6 +15,11 @@ single steps with the state carried).  ``data`` holds the same NumPy arrays for 
 one-hot steps [T, 1, I] of the sampling case.
 """
 import importlib
+
+
+class Unavailable(Exception):
+    """The framework is installed but cannot run the request (e.g. no CUDA device for
+    ``--device cuda``); the worker records the message as a skip note."""
 
 MODULES = {"npl": "npl_fw", "torch": "torch_fw", "tf1": "tf1_fw", "keras": "keras_fw",
            "keras-ra": "keras_fw"}

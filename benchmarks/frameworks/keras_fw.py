@@ -10,13 +10,15 @@ import inspect
 
 import numpy as np
 
-from .tf_common import import_tf, tf_info
+from . import tf_common
+from .tf_common import import_tf, tf_info, DEVICE_MEMORY_METHOD  # noqa: F401
 
 _state = {}
 
 
 def load(threads, options):
-    tf = import_tf(threads)
+    tf = import_tf(threads, options.get("device", "cpu"))
+    _state["device"] = options.get("device", "cpu")
     _state["tf"] = tf
     _state["time_major"] = "time_major" in inspect.signature(tf.keras.layers.LSTM.__init__).parameters
     info = tf_info(tf, threads)
@@ -51,7 +53,7 @@ def build(config, cell, data, modes, options):
             state = states0
             for t in range(config.T):
                 _, state = step1(xs[t], state)
-        return {"fns": {"step": step}, "info": info}
+        return {"fns": {"step": _synced(step)}, "info": info}
 
     tm = _state["time_major"]
     cls = {"lstm": tf.keras.layers.LSTM, "gru": tf.keras.layers.GRU}[cell]
@@ -83,4 +85,21 @@ def build(config, cell, data, modes, options):
             loss = tf.reduce_sum(run(x) * g)
         return tape.gradient(loss, [x] + weights)
     table = {"fwd": fwd, "fwdbwd": fwdbwd}
-    return {"fns": {m: table[m] for m in modes}, "info": info}
+    return {"fns": {m: _synced(table[m]) for m in modes}, "info": info}
+
+
+def _synced(fn):
+    """On the GPU a tf.function returns before its kernels finish: wait for them."""
+    if _state.get("device") != "cuda":
+        return fn
+    tf = _state["tf"]
+
+    def call():
+        fn()
+        tf_common.sync(tf)
+    return call
+
+
+def device_peak_memory(fn):
+    """--device cuda: TensorFlow's GPU memory high-water mark during one call of ``fn``."""
+    return tf_common.device_peak_memory(_state["tf"], fn)

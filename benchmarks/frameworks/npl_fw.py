@@ -1,6 +1,15 @@
 """npl: ``npl.nn.dynamic_rnn(cell, x, time_major=True[, return_trace=True])`` and
-``trace.backward(g, None)``; the sampling case calls ``cell(x_t, state)`` once per step."""
+``trace.backward(g, None)``; the sampling case calls ``cell(x_t, state)`` once per step.
+
+``--device cuda``: ``npl.use("cupy")``, the data and the weights on the GPU, and every timed call
+ends with a device synchronisation."""
 import numpy as np
+
+from . import Unavailable
+
+_state = {"sync": None}
+DEVICE_MEMORY_METHOD = ("CuPy memory pool: bytes it holds after one call, emptied before "
+                        "(freed blocks are reused within the call, so this is its high-water mark)")
 
 
 def source_digest(package):
@@ -22,11 +31,47 @@ def source_digest(package):
 def load(threads, options):
     import npl
     import npl.kernels.cpu as cpu_kernels
-    npl.use("numpy")
-    return {"version": npl.__version__, "backend": npl.backend_name(), "source_sha1": source_digest(npl),
+    extra = {}
+    if options.get("device", "cpu") == "cuda":
+        try:
+            npl.use("cupy")
+        except npl.BackendError as e:
+            raise Unavailable("npl on the GPU needs CuPy and a CUDA device: %s" % e) from None
+        import cupy
+        _state["sync"] = cupy.cuda.Device().synchronize
+        extra = {"cupy": cupy.__version__,
+                 "gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(errors="replace"),
+                 "fused_cuda_kernels": bool(npl.kernels.enabled)}
+    else:
+        npl.use("numpy")
+    return dict(extra, **{"version": npl.__version__, "backend": npl.backend_name(), "source_sha1": source_digest(npl),
             "cpu_kernels": cpu_kernels.status(),
             "path": npl.__file__,
-            "api": "npl.nn.dynamic_rnn(time_major=True, return_trace=True) + trace.backward"}
+            "api": "npl.nn.dynamic_rnn(time_major=True, return_trace=True) + trace.backward"})
+
+
+def _synced(fn):
+    sync = _state["sync"]
+    if sync is None:
+        return fn
+
+    def call():
+        fn()
+        sync()
+    return call
+
+
+def device_peak_memory(fn):
+    """--device cuda: the CuPy pool's bytes after one call of ``fn`` (the pool emptied first)."""
+    import gc
+    import cupy
+    pool = cupy.get_default_memory_pool()
+    _state["sync"]()
+    gc.collect()
+    pool.free_all_blocks()
+    fn()
+    _state["sync"]()
+    return pool.total_bytes()
 
 
 def release_memory():
@@ -36,7 +81,8 @@ def release_memory():
 
 
 def make_cell(config, cell):
-    """BasicLSTMCell or GRUCell per layer (MultiRNNCell for a stack), built for float32."""
+    """BasicLSTMCell or GRUCell per layer (MultiRNNCell for a stack), built for float32 on the
+    backend in force (npl.use)."""
     import npl
     cls = {"lstm": npl.rnn.BasicLSTMCell, "gru": npl.rnn.GRUCell}[cell]
     cells = [cls(h, seed=k) for k, h in enumerate(config.H)]
@@ -49,6 +95,8 @@ def build(config, cell, data, modes, options):
     import npl
     rnn = make_cell(config, cell)
     fns, info = {}, {"cell": repr(rnn)}
+    if _state["sync"] is not None:                               # --device cuda
+        data = {k: npl.to_device(v, "cupy") for k, v in data.items()}
     if config.sample:
         xs = data["xs"]                                          # [T, 1, I]
 
@@ -56,7 +104,7 @@ def build(config, cell, data, modes, options):
             state = rnn.zero_state(1, np.float32)
             for t in range(config.T):
                 _, state = rnn(xs[t], state)                     # one step, state carried
-        fns["step"] = step
+        fns["step"] = _synced(step)
         return {"fns": fns, "info": info}
     x, g = data["x"], data["g"]                                  # [T, B, I], [T, B, H_top]
 
@@ -67,9 +115,9 @@ def build(config, cell, data, modes, options):
         _, _, trace = npl.nn.dynamic_rnn(rnn, x, time_major=True, return_trace=True)
         trace.backward(g, None)                                  # loss = sum(outputs * g)
     if "fwd" in modes:
-        fns["fwd"] = fwd
+        fns["fwd"] = _synced(fwd)
     if "fwdbwd" in modes:
-        fns["fwdbwd"] = fwdbwd
+        fns["fwdbwd"] = _synced(fwdbwd)
         info["trace_nbytes"] = int(npl.nn.dynamic_rnn(rnn, x, time_major=True,
                                                       return_trace=True)[2].nbytes)
     return {"fns": fns, "info": info}

@@ -9,13 +9,15 @@ TF1 sampling loop does.
 """
 import numpy as np
 
-from .tf_common import import_tf, tf_info
+from . import tf_common
+from .tf_common import import_tf, tf_info, DEVICE_MEMORY_METHOD  # noqa: F401
 
 _state = {}
 
 
 def load(threads, options):
-    tf = import_tf(threads)
+    tf = import_tf(threads, options.get("device", "cpu"))
+    _state["device"] = options.get("device", "cpu")
     _state["tf"], _state["threads"] = tf, threads
     info = tf_info(tf, threads)
     try:
@@ -86,3 +88,8 @@ def build(config, cell, data, modes, options):
     if config.sample:
         return {"fns": {"step": _sample_fn(tf, config, cell, data)}, "info": {}}
     return {"fns": {m: _sequence_fn(tf, config, cell, data, m) for m in modes}, "info": {}}
+
+
+def device_peak_memory(fn):
+    """--device cuda: TensorFlow's GPU memory high-water mark during one call of ``fn``."""
+    return tf_common.device_peak_memory(_state["tf"], fn)

@@ -2,8 +2,16 @@
 different sizes); forward under ``torch.no_grad()``, forward+backward with ``loss.backward()``.
 
 PyTorch's GRU applies the reset gate after the recurrent matmul (Keras' reset_after=True); its
-GEMM FLOPs are the same as TF1's GRUCell."""
+GEMM FLOPs are the same as TF1's GRUCell.
+
+``--device cuda``: modules and tensors on ``cuda`` (cuDNN's fused RNN kernels), every timed call
+ends with ``torch.cuda.synchronize()``."""
 import numpy as np
+
+from . import Unavailable
+
+_state = {"device": "cpu"}
+DEVICE_MEMORY_METHOD = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
 
 
 def load(threads, options):
@@ -17,7 +25,36 @@ def load(threads, options):
             "interop_threads": torch.get_num_interop_threads(),
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "mkl": bool(torch.backends.mkl.is_available())}
+    if options.get("device", "cpu") == "cuda":
+        if not torch.cuda.is_available():
+            raise Unavailable("PyTorch sees no CUDA device (torch.cuda.is_available() is False; "
+                              "a CPU build, or no driver)")
+        _state["device"] = "cuda"
+        info.update(gpu=torch.cuda.get_device_name(0), cudnn=torch.backends.cudnn.version(),
+                    cudnn_enabled=bool(torch.backends.cudnn.enabled))
     return info
+
+
+def _synced(fn):
+    if _state["device"] != "cuda":
+        return fn
+    import torch
+
+    def call():
+        fn()
+        torch.cuda.synchronize()
+    return call
+
+
+def device_peak_memory(fn):
+    """--device cuda: torch.cuda.max_memory_allocated during one call of ``fn``."""
+    import torch
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def gemm_ceiling(n, repeats, min_run_s):
@@ -34,10 +71,11 @@ def build(config, cell, data, modes, options):
     import torch
     torch.manual_seed(0)
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    layers = [cls(i, h, batch_first=False) for i, h in config.layers]
+    dev = _state["device"]
+    layers = [cls(i, h, batch_first=False).to(dev) for i, h in config.layers]
     fns = {}
     if config.sample:
-        xs = torch.from_numpy(data["xs"])                        # [T, 1, I]
+        xs = torch.from_numpy(data["xs"]).to(dev)                # [T, 1, I]
 
         def step():
             with torch.no_grad():
@@ -46,10 +84,10 @@ def build(config, cell, data, modes, options):
                     y = xs[t:t + 1]                              # [1, 1, I]: one step, batch 1
                     for k, layer in enumerate(layers):
                         y, states[k] = layer(y, states[k])
-        fns["step"] = step
+        fns["step"] = _synced(step)
         return {"fns": fns, "info": {"module": repr(layers)}}
-    x = torch.from_numpy(data["x"])                              # [T, B, I]
-    g = torch.from_numpy(data["g"])                              # [T, B, H_top]
+    x = torch.from_numpy(data["x"]).to(dev)                      # [T, B, I]
+    g = torch.from_numpy(data["g"]).to(dev)                      # [T, B, H_top]
     xg = x.clone().requires_grad_(True)
 
     def run(inp):
@@ -69,7 +107,7 @@ def build(config, cell, data, modes, options):
         loss = (run(xg) * g).sum()
         loss.backward()                                          # grads of weights and inputs
     if "fwd" in modes:
-        fns["fwd"] = fwd
+        fns["fwd"] = _synced(fwd)
     if "fwdbwd" in modes:
-        fns["fwdbwd"] = fwdbwd
+        fns["fwdbwd"] = _synced(fwdbwd)
     return {"fns": fns, "info": {"module": repr(layers)}}
