@@ -989,7 +989,8 @@ class GRUCell(RNNCell):
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
         XH = _stack_flat(x, Hs[:T])                                       # [x_t; h_{t-1}]
         self._accumulate("gates/kernel", xp.matmul(XH, dG2[:2 * H].T))    # [I+H, T*B] @ [T*B, 2H]
-        XH[I:].reshape(H, T, B)[...] = (G[:, :H] * Hs[:T]).transpose(1, 0, 2)   # [x_t; r * h_{t-1}]
+        xp.multiply(G[:, :H].transpose(1, 0, 2), Hs[:T].transpose(1, 0, 2),   # [x_t; r * h_{t-1}],
+                    out=XH[I:].reshape(H, T, B))                                # no temporary
         self._accumulate("candidate/kernel", xp.matmul(XH, dG2[2 * H:].T))  # [I+H, T*B] @ [T*B, H]
         db = dG2.sum(axis=1)
         self._accumulate("gates/bias", db[:2 * H])

@@ -44,13 +44,22 @@ def _cuda(a, *acts):
     return kernels if kernels.enabled else None
 
 
+_F32 = np.dtype(np.float32)
+_cpu_module = []
+
+
 def _cpu(a, *acts):
     """The fused CPU kernels (:mod:`npl.kernels.cpu`) when ``a`` is a float32 NumPy array, the
     activations are tanh and the kernels are built; else None (the array code below runs)."""
-    if (type(a) is not np.ndarray or a.dtype != np.float32 or a.strides[-1] != 4
-            or any(act is not _tanh for act in acts)):
+    if type(a) is not np.ndarray or a.dtype is not _F32 or a.strides[-1] != 4:
         return None
-    from .kernels import cpu
+    for act in acts:
+        if act is not _tanh:
+            return None
+    if not _cpu_module:
+        from .kernels import cpu
+        _cpu_module.append(cpu)
+    cpu = _cpu_module[0]
     return cpu if cpu.library() is not None else None
 
 
