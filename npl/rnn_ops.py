@@ -121,11 +121,13 @@ class RNNTrace(TraceBase):
         cell, xp, dt = self.cell, self._xp, self.dtype
         T, B, Tl = self.max_time, self.batch_size, self.steps
         shape = (T, B, self._input_width) if self.time_major else (B, T, self._input_width)
-        dx = (_ws.empty if Tl == T else _ws.zeros)(xp, shape, dt)
         if Tl == 0:
+            dx = _ws.zeros(xp, shape, dt)
             d0 = _copy_struct(dst if dst is not None else cell._zeros_internal(B, dt, xp))
         else:
             dx_run, d0 = cell._backward_seq(self._rec, dout, dst)     # [Tl, B, I] view
+            # allocated only now: the backward's own workspaces are freed, so the peak is lower
+            dx = (_ws.empty if Tl == T else _ws.zeros)(xp, shape, dt)
             self._to_time_major(dx)[:Tl] = dx_run
         return dx, cell._to_public(d0)
 
