@@ -48,3 +48,18 @@ def test_core_runs_with_numpy_only():
                        cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "OK []"
+
+
+def test_wheel_ships_the_kernel_sources(tmp_path):
+    """The CUDA and C kernel sources are package data: a built wheel contains them (the CPU kernels
+    are compiled from the installed copy on first use)."""
+    import glob
+    import zipfile
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wheel = glob.glob(str(tmp_path / "*.whl"))
+    assert len(wheel) == 1, wheel
+    names = zipfile.ZipFile(wheel[0]).namelist()
+    for path in ("npl/kernels/cpu_kernels.c", "npl/kernels/rnn_kernels.cu", "npl/kernels/cpu.py"):
+        assert path in names, (path, [n for n in names if "kernels" in n])
