@@ -222,39 +222,37 @@ def _gate_grad_slab(G):
 SPLIT_KERNEL_GRAD_BYTES = 4 << 20
 
 
-def _kernel_grad(x, h, dG2, hbuf=None):
+def _kernel_grad(x, h, dG2, scale=None, reuse=None):
     """sum_t [x_t; h_t] dG_t^T: the kernel gradient [I+P, nG] over all steps, x: [T, B, I] (any
-    strides), h: [T, P, B], dG2: [nG, T*B].
+    strides), h: [T, P, B] (times ``scale``, [T, P, B], when given: the GRU candidate's r * h),
+    dG2: [nG, T*B].  Returns (grad, operand); passing the operand back as ``reuse`` (same x)
+    refills only its h rows.
 
     When x is C-contiguous (time-major inputs) and large (>= SPLIT_KERNEL_GRAD_BYTES) its rows are
-    used in place, [T*B, I]^T @ dG2^T, and only h is copied into the [P, T*B] operand: the peak
-    memory of the backward is lower by x's size (C2: 6.5 MB).  Otherwise [x; h] is stacked into one
-    [I+P, T*B] operand and one GEMM (faster for narrow inputs: on C1, I = 28, the split GEMMs took
-    7.8 ms against 6.7).  ``hbuf`` ([P, T*B], or None) receives the copy of h so that the caller may
-    reuse the buffer; returns (grad, hbuf-or-None)."""
+    used in place, [T*B, I]^T @ dG2^T, and the operand holds only h, [P, T*B]: the peak memory of
+    the backward is lower by x's size (C2: 6.5 MB).  Otherwise the operand is [x; h] stacked,
+    [I+P, T*B], and one GEMM (faster for narrow inputs: on C1, I = 28, the split GEMMs took 7.8 ms
+    against 6.7)."""
     xp = get_array_module(h)
     T, B, I = x.shape
     P = h.shape[1]
-    if not x.flags.c_contiguous or x.nbytes < SPLIT_KERNEL_GRAD_BYTES:
-        return xp.matmul(_stack_flat(x, h), dG2.T), None             # [I+P, T*B] @ [T*B, nG]
+    split = x.flags.c_contiguous and x.nbytes >= SPLIT_KERNEL_GRAD_BYTES
+    op = reuse
+    if op is None:
+        op = _ws.empty(xp, (P if split else I + P, T * B), h.dtype)
+        if not split:
+            op[:I].reshape(I, T, B)[...] = x.transpose(2, 0, 1)
+    h_rows = (op if split else op[I:]).reshape(P, T, B)
+    if scale is None:
+        h_rows[...] = h.transpose(1, 0, 2)
+    else:
+        xp.multiply(scale.transpose(1, 0, 2), h.transpose(1, 0, 2), out=h_rows)
+    if not split:
+        return xp.matmul(op, dG2.T), op                              # [I+P, T*B] @ [T*B, nG]
     out = xp.empty((I + P, dG2.shape[0]), h.dtype)
     xp.matmul(x.reshape(T * B, I).T, dG2.T, out=out[:I])            # [I, T*B] @ [T*B, nG]
-    if hbuf is None:
-        hbuf = _ws.empty(xp, (P, T * B), h.dtype)
-    hbuf.reshape(P, T, B)[...] = h.transpose(1, 0, 2)
-    xp.matmul(hbuf, dG2.T, out=out[I:])                              # [P, T*B] @ [T*B, nG]
-    return out, hbuf
-
-
-def _stack_flat(x, h):
-    """[x_t; h_t] of all steps as one [I + P, T*B] array (one copy), the left operand of the
-    single weight-gradient GEMM.  x: [T, B, I] (any strides), h: [T, P, B]."""
-    T, B, I = x.shape
-    P = h.shape[1]
-    xh = _ws.empty(get_array_module(h), (I + P, T * B), h.dtype)
-    xh[:I].reshape(I, T, B)[...] = x.transpose(2, 0, 1)
-    xh[I:].reshape(P, T, B)[...] = h.transpose(1, 0, 2)
-    return xh
+    xp.matmul(op, dG2.T, out=out[I:])                                # [P, T*B] @ [T*B, nG]
+    return out, op
 
 
 def _dx(W, dG2, T, B):
@@ -1014,20 +1012,10 @@ class GRUCell(RNNCell):
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
-        gk, hbuf = _kernel_grad(x, Hs[:T], dG2[:2 * H])                   # [x_t; h_{t-1}] @ dG_r,u
+        gk, op = _kernel_grad(x, Hs[:T], dG2[:2 * H])                     # [x_t; h_{t-1}] @ dG_r,u
         self._accumulate("gates/kernel", gk)
-        if hbuf is None:                                                  # x strided: stacked operand
-            XH = _stack_flat(x, Hs[:T])
-            xp.multiply(G[:, :H].transpose(1, 0, 2), Hs[:T].transpose(1, 0, 2),  # [x_t; r*h_{t-1}]
-                        out=XH[I:].reshape(H, T, B))
-            self._accumulate("candidate/kernel", xp.matmul(XH, dG2[2 * H:].T))  # [I+H, T*B] @ [T*B, H]
-        else:
-            ck = xp.empty((I + H, H), dt)
-            xp.matmul(x.reshape(T * B, I).T, dG2[2 * H:].T, out=ck[:I])   # [I, T*B] @ [T*B, H]
-            xp.multiply(G[:, :H].transpose(1, 0, 2), Hs[:T].transpose(1, 0, 2),  # r * h_{t-1}, into
-                        out=hbuf.reshape(H, T, B))                          # the h operand's buffer
-            xp.matmul(hbuf, dG2[2 * H:].T, out=ck[I:])                    # [H, T*B] @ [T*B, H]
-            self._accumulate("candidate/kernel", ck)
+        ck, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op)  # [x_t; r * h_{t-1}]
+        self._accumulate("candidate/kernel", ck)
         db = dG2.sum(axis=1)
         self._accumulate("gates/bias", db[:2 * H])
         self._accumulate("candidate/bias", db[2 * H:])

@@ -102,19 +102,18 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
     H = c.shape[0]
     xp = get_array_module(g)
     i, j, f, o = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
+    combined = False                                            # c computed by the CPU kernel
     if prescaled:
-        xp.tanh(g, out=g)                                       # all four gates in one call
+        xp.tanh(g, out=g)                                       # all four gates in one call (j too)
         k = _cpu(g)
         if k is not None:
             k.lstm_forward_combine(g, c_prev, c)                # i, f, o = 0.5 t + 0.5; c
+            combined = True
         else:
             i *= 0.5
             i += 0.5
             g[2 * H:] *= 0.5                                    # f, o
             g[2 * H:] += 0.5
-            xp.multiply(f, c_prev, out=c)                       # f * c_prev
-            xp.multiply(i, j, out=m)                            # i * j (m as workspace)
-            c += m
     elif peep is None:
         sigmoid_(i, out=i)
         sigmoid_(g[2 * H:], out=g[2 * H:])                      # f, o in one call
@@ -128,6 +127,7 @@ def lstm_forward_pointwise(g, c_prev, c, m, act_j, act_c, peep=None, cell_clip=N
         sigmoid_(f, out=f)
     if not prescaled:
         act_j(j, out=j)
+    if not combined:
         xp.multiply(f, c_prev, out=c)                           # f * c_prev
         xp.multiply(i, j, out=m)                                # i * j (m as workspace)
         c += m

@@ -21,6 +21,18 @@ class Unavailable(Exception):
     """The framework is installed but cannot run the request (e.g. no CUDA device for
     ``--device cuda``); the worker records the message as a skip note."""
 
+def synced(fn, sync):
+    """``fn`` followed by ``sync()`` (a device synchronisation), or ``fn`` itself when sync is None,
+    so that a timed call on a GPU includes the work it queued."""
+    if sync is None:
+        return fn
+
+    def call():
+        fn()
+        sync()
+    return call
+
+
 MODULES = {"npl": "npl_fw", "torch": "torch_fw", "tf1": "tf1_fw", "keras": "keras_fw",
            "keras-ra": "keras_fw"}
 

@@ -10,7 +10,7 @@ import inspect
 
 import numpy as np
 
-from . import tf_common
+from . import synced, tf_common
 from .tf_common import import_tf, tf_info, DEVICE_MEMORY_METHOD  # noqa: F401
 
 _state = {}
@@ -90,16 +90,5 @@ def build(config, cell, data, modes, options):
 
 def _synced(fn):
     """On the GPU a tf.function returns before its kernels finish: wait for them."""
-    if _state.get("device") != "cuda":
-        return fn
     tf = _state["tf"]
-
-    def call():
-        fn()
-        tf_common.sync(tf)
-    return call
-
-
-def device_peak_memory(fn):
-    """--device cuda: TensorFlow's GPU memory high-water mark during one call of ``fn``."""
-    return tf_common.device_peak_memory(_state["tf"], fn)
+    return synced(fn, (lambda: tf_common.sync(tf)) if _state.get("device") == "cuda" else None)

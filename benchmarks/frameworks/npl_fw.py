@@ -5,7 +5,7 @@
 ends with a device synchronisation."""
 import numpy as np
 
-from . import Unavailable
+from . import Unavailable, synced
 
 _state = {"sync": None}
 DEVICE_MEMORY_METHOD = ("CuPy memory pool: bytes it holds after one call, emptied before "
@@ -51,14 +51,7 @@ def load(threads, options):
 
 
 def _synced(fn):
-    sync = _state["sync"]
-    if sync is None:
-        return fn
-
-    def call():
-        fn()
-        sync()
-    return call
+    return synced(fn, _state["sync"])
 
 
 def device_peak_memory(fn):

@@ -8,7 +8,7 @@ GEMM FLOPs are the same as TF1's GRUCell.
 ends with ``torch.cuda.synchronize()``."""
 import numpy as np
 
-from . import Unavailable
+from . import Unavailable, synced
 
 _state = {"device": "cpu"}
 DEVICE_MEMORY_METHOD = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
@@ -39,11 +39,7 @@ def _synced(fn):
     if _state["device"] != "cuda":
         return fn
     import torch
-
-    def call():
-        fn()
-        torch.cuda.synchronize()
-    return call
+    return synced(fn, torch.cuda.synchronize)
 
 
 def device_peak_memory(fn):
