@@ -151,6 +151,16 @@ def _projection(W, x, b):
     return G, K, fill
 
 
+def _c_loops(x, act, plain):
+    """The C sequence-loop module (:mod:`npl.kernels.cpu`) when this pass can use it: float32
+    NumPy data, tanh activations, and ``plain`` (no peepholes, clipping, projection,
+    sequence_length mask, state dropout or per-step recording: what the C loops implement)."""
+    if not plain or type(x) is not np.ndarray or x.dtype != np.float32 or act is not _act.tanh:
+        return None
+    from .kernels import cpu
+    return cpu if cpu.sequence_loops() else None
+
+
 def _flat(a):
     """[T, F, B] -> [F, T*B] (one copy), so that a sum over all steps is one GEMM."""
     return a.transpose(1, 0, 2).reshape(a.shape[1], -1)
@@ -223,36 +233,40 @@ SPLIT_KERNEL_GRAD_BYTES = 4 << 20
 
 
 def _kernel_grad(x, h, dG2, scale=None, reuse=None):
-    """sum_t [x_t; h_t] dG_t^T: the kernel gradient [I+P, nG] over all steps, x: [T, B, I] (any
-    strides), h: [T, P, B] (times ``scale``, [T, P, B], when given: the GRU candidate's r * h),
-    dG2: [nG, T*B].  Returns (grad, operand); passing the operand back as ``reuse`` (same x)
-    refills only its h rows.
+    """sum_t [x_t; h_t] dG_t^T and sum_t dG_t: the kernel gradient [I+P, nG] and the bias gradient
+    [nG] over all steps, x: [T, B, I] (any strides), h: [T, P, B] (times ``scale``, [T, P, B],
+    when given: the GRU candidate's r * h), dG2: [nG, T*B].  Returns (grad, bias grad, operand);
+    passing the operand back as ``reuse`` (same x) refills only its h rows.
 
-    When x is C-contiguous (time-major inputs) and large (>= SPLIT_KERNEL_GRAD_BYTES) its rows are
-    used in place, [T*B, I]^T @ dG2^T, and the operand holds only h, [P, T*B]: the peak memory of
-    the backward is lower by x's size (C2: 6.5 MB).  Otherwise the operand is [x; h] stacked,
-    [I+P, T*B], and one GEMM (faster for narrow inputs: on C1, I = 28, the split GEMMs took 7.8 ms
-    against 6.7)."""
+    The operand ends with a row of ones, so the same GEMM sums the bias gradient (on C1 a separate
+    ``dG2.sum(axis=1)`` took 0.3 ms of the 26 ms step).  When x is C-contiguous (time-major inputs)
+    and large (>= SPLIT_KERNEL_GRAD_BYTES) its rows are used in place, [T*B, I]^T @ dG2^T, and the
+    operand holds only h and the ones, [P+1, T*B]: the peak memory of the backward is lower by x's
+    size (C2: 6.5 MB).  Otherwise the operand is [x; h; 1] stacked, [I+P+1, T*B], and one GEMM
+    (faster for narrow inputs: on C1, I = 28, the split GEMMs took 7.8 ms against 6.7)."""
     xp = get_array_module(h)
     T, B, I = x.shape
     P = h.shape[1]
     split = x.flags.c_contiguous and x.nbytes >= SPLIT_KERNEL_GRAD_BYTES
+    top = 0 if split else I                      # the h rows start here
     op = reuse
     if op is None:
-        op = _ws.empty(xp, (P if split else I + P, T * B), h.dtype)
+        op = _ws.empty(xp, (top + P + 1, T * B), h.dtype)
         if not split:
             op[:I].reshape(I, T, B)[...] = x.transpose(2, 0, 1)
-    h_rows = (op if split else op[I:]).reshape(P, T, B)
+        op[top + P] = 1
+    h_rows = op[top:top + P].reshape(P, T, B)
     if scale is None:
         h_rows[...] = h.transpose(1, 0, 2)
     else:
         xp.multiply(scale.transpose(1, 0, 2), h.transpose(1, 0, 2), out=h_rows)
     if not split:
-        return xp.matmul(op, dG2.T), op                              # [I+P, T*B] @ [T*B, nG]
-    out = xp.empty((I + P, dG2.shape[0]), h.dtype)
-    xp.matmul(x.reshape(T * B, I).T, dG2.T, out=out[:I])            # [I, T*B] @ [T*B, nG]
-    xp.matmul(op, dG2.T, out=out[I:])                                # [P, T*B] @ [T*B, nG]
-    return out, op
+        out = xp.matmul(op, dG2.T)                                   # [I+P+1, T*B] @ [T*B, nG]
+    else:
+        out = xp.empty((I + P + 1, dG2.shape[0]), h.dtype)
+        xp.matmul(x.reshape(T * B, I).T, dG2.T, out=out[:I])        # [I, T*B] @ [T*B, nG]
+        xp.matmul(op, dG2.T, out=out[I:])                            # [P+1, T*B] @ [T*B, nG]
+    return out[:I + P], out[I + P], op
 
 
 def _dx(W, dG2, T, B):
@@ -657,8 +671,9 @@ class BasicRNNCell(RNNCell):
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2          # [H, T*B]
-        self._accumulate("kernel", _kernel_grad(x, Hs[:T], dG2)[0])        # [I+H, T*B] @ [T*B, H]
-        self._accumulate("bias", dG2.sum(axis=1))
+        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2)                          # [I+H+1, T*B] @ [T*B, H]
+        self._accumulate("kernel", gk)
+        self._accumulate("bias", gb)
         return _dx(W, dG2, T, B), _state_public(dh)      # [I, H] @ [H, T*B]
 
 
@@ -783,9 +798,12 @@ class LSTMCell(RNNCell):
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
         peep, act = self._peep(), self._activation
+        loops = _c_loops(x, act, peep is None and self._cell_clip is None and self._proj_clip is None
+                         and "projection/kernel" not in self._params and mask is None
+                         and state_mask is None)
         # NumPy: sigmoid gates prescaled by 1/2 so one tanh call covers all four gates (worth its
         # copy of the kernel when the steps outnumber the kernel's rows, not for one-step sampling)
-        prescaled = (xp is np and peep is None and act is _act.tanh
+        prescaled = (loops is None and xp is np and peep is None and act is _act.tanh
                      and T * B >= PRESCALE_MIN_RATIO * (I + self.output_size))
         W, U, b = self._effective_weights(I, prescaled)
         G, K, project = _projection(W, x, b)                 # [4H, I+1] @ [T, I+1, B], K steps at a time
@@ -804,6 +822,11 @@ class LSTMCell(RNNCell):
         buf = _ws.empty(xp, (4 * H, B), dt)
         inv = rec.inv_fm
         S, h_out = _state_dropout(rec, state_mask, T, xp)
+        if loops is not None:                                # the time loop in C, K steps a call
+            for t0 in range(0, T, K):
+                project(t0)
+                loops.lstm_forward_seq(U, G, C, Hs, t0, min(t0 + K, T))
+            return _outputs(rec), LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T])), rec
         for t in range(T):
             if t % K == 0:
                 project(t)
@@ -842,9 +865,17 @@ class LSTMCell(RNNCell):
         else:
             dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
         dG2, dG = _gate_grad_slab(G)
+        inv, peep, act = rec.inv_fm, self._peep(), self._activation
+        loops = _c_loops(G, act, peep is None and CM is None and PM is None and proj is None
+                         and inv is None and rec.state_mask_fm is None
+                         and not rec.record_state_grads and dG2 is not None)
+        if loops is not None:                                # the time loop in C
+            if dout is not None:
+                dout = np.ascontiguousarray(dout, dtype=G.dtype)
+            loops.lstm_backward_seq(U, G, C, dout, dh, dc, dG2)
+            return self._weight_grads(rec, dG, dG2, None, None, dc, dh)
         buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
         dout_fm = _masked_fm(dout, rec)
-        inv, peep, act = rec.inv_fm, self._peep(), self._activation
         DHP = _ws.empty(xp, (T, P, B), dt) if proj is not None else None
         dm = _ws.empty(xp, (H, B), dt) if proj is not None else None
         dhv = _ws.empty(xp, (P, B), dt) if inv is not None else None
@@ -880,11 +911,25 @@ class LSTMCell(RNNCell):
             if inv is not None:
                 xp.copyto(buf, passthrough, where=inv[t])
             dh, buf = buf, dh
+        return self._weight_grads(rec, dG, dG2, DHP, peep, dc, dh)
+
+    def _weight_grads(self, rec, dG, dG2, DHP, peep, dc, dh):
+        """The parameter gradients from the gate gradients of every step, one GEMM each, and the
+        backward's return value (d inputs, d initial state)."""
+        fm, x = rec.fm, rec.x
+        G, C, Hs = fm["gates"], fm["c"], fm["h"]
+        xp = get_array_module(G)
+        T, _, B = G.shape
+        I = x.shape[2]
+        H, act = self._num_units, self._activation
+        W = self._params["kernel"][:I]
+        proj = self._params.get("projection/kernel")
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
         dG2 = _flat(dG) if dG2 is None else dG2              # [4H, T*B]
-        self._accumulate("kernel", _kernel_grad(x, Hs[:T], dG2)[0])       # [I+P, T*B] @ [T*B, 4H]
-        self._accumulate("bias", dG2.sum(axis=1))
+        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2)                          # [I+P+1, T*B] @ [T*B, 4H]
+        self._accumulate("kernel", gk)
+        self._accumulate("bias", gb)
         if peep is not None:
             self._accumulate("w_i_diag", (dG[:, :H] * C[:T]).sum(axis=(0, 2)))
             self._accumulate("w_f_diag", (dG[:, 2 * H:3 * H] * C[:T]).sum(axis=(0, 2)))
@@ -955,7 +1000,8 @@ class GRUCell(RNNCell):
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
         p = self._params
-        prescaled = xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)   # r, u by one tanh
+        loops = _c_loops(x, self._activation, mask is None and state_mask is None)
+        prescaled = loops is None and xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)  # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled)
         b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
         G, K, project = _projection(Wx, x, b)              # [3H, I+1] @ [T, I+1, B], K steps at a time
@@ -966,6 +1012,11 @@ class GRUCell(RNNCell):
         buf_g, buf_c = _ws.empty(xp, (2 * H, B), dt), _ws.empty(xp, (H, B), dt)
         inv, act = rec.inv_fm, self._activation
         S, h_out = _state_dropout(rec, state_mask, T, xp)
+        if loops is not None:                              # the time loop in C, K steps a call
+            for t0 in range(0, T, K):
+                project(t0)
+                loops.gru_forward_seq(Ug, Uc, G, Hs, rh, t0, min(t0 + K, T))
+            return _outputs(rec), _state_public(Hs[T]), rec
         for t in range(T):
             if t % K == 0:
                 project(t)
@@ -996,7 +1047,13 @@ class GRUCell(RNNCell):
         if rec.record_state_grads:
             rec.d_h_fm = _ws.empty(xp, (T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
-        for t in range(T - 1, -1, -1):
+        loops = _c_loops(G, act, inv is None and rec.state_mask_fm is None
+                         and not rec.record_state_grads and dG2 is not None)
+        if loops is not None:                              # the time loop in C
+            if dout is not None:
+                dout = np.ascontiguousarray(dout, dtype=G.dtype)
+            loops.gru_backward_seq(Ug, Uc, G, Hs, dout, dh, buf, drh, dG2)
+        for t in (range(T - 1, -1, -1) if loops is None else ()):
             passthrough = _step_grad(dh, dout_fm, t, rec, carry)
             if rec.d_h_fm is not None:
                 rec.d_h_fm[t] = dh
@@ -1012,13 +1069,12 @@ class GRUCell(RNNCell):
             dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
-        gk, op = _kernel_grad(x, Hs[:T], dG2[:2 * H])                     # [x_t; h_{t-1}] @ dG_r,u
+        gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H])                 # [x_t; h_{t-1}; 1] @ dG_r,u
         self._accumulate("gates/kernel", gk)
-        ck, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op)  # [x_t; r * h_{t-1}]
+        self._accumulate("gates/bias", gb)
+        ck, cb, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op)  # [x_t; r*h; 1]
         self._accumulate("candidate/kernel", ck)
-        db = dG2.sum(axis=1)
-        self._accumulate("gates/bias", db[:2 * H])
-        self._accumulate("candidate/bias", db[2 * H:])
+        self._accumulate("candidate/bias", cb)
         return _dx(Wx, dG2, T, B), _state_public(dh)                      # [I, 3H] @ [3H, T*B]
 
 

@@ -20,7 +20,7 @@ def build_parser():
     r.add_argument("--out", required=True, help="folder to write (created if missing)")
     r.add_argument("--cell", default="lstm", choices=sorted(CELL_KINDS), help="cell type (default lstm)")
     r.add_argument("--units", type=int, default=8, help="hidden units (default 8)")
-    r.add_argument("--seq-len", type=int, default=12, help="sequence length of the task (default 12)")
+    r.add_argument("--seq-len", type=int, default=8, help="sequence length of the task (default 8)")
     r.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     r.add_argument("--steps", type=int, default=300, help="SGD steps (default 300)")
     r.add_argument("--lr", type=float, default=1.0,

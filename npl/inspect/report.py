@@ -85,7 +85,7 @@ class TinyModel:
         return loss, acc
 
 
-def train_tiny_model(cell="lstm", units=8, seq_len=12, batch=32, steps=300, lr=1.0, clip=5.0,
+def train_tiny_model(cell="lstm", units=8, seq_len=8, batch=32, steps=300, lr=1.0, clip=5.0,
                      noise=1.0, seed=0):
     """Train a cell ("lstm", "gru" or "rnn") on :func:`memory_task` with plain SGD.
 
@@ -109,7 +109,7 @@ def _mean(v):
     return float(np.mean(v)) if len(v) else float("nan")
 
 
-def write_report(out, cell="lstm", units=8, seq_len=12, batch=32, steps=300, lr=1.0, clip=5.0,
+def write_report(out, cell="lstm", units=8, seq_len=8, batch=32, steps=300, lr=1.0, clip=5.0,
                  noise=1.0, seed=0, flow_steps=40):
     """Train a tiny model (:func:`train_tiny_model`), inspect one fresh batch, write a report.
 

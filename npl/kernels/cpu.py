@@ -3,9 +3,17 @@
 NumPy runs a step's pointwise math as 10-25 separate array passes; ``cpu_kernels.c`` (beside this
 file, shipped as package data) does each of :mod:`npl.gates`' backward functions
 (``lstm_backward_pointwise``, ``gru_backward_pointwise``, ``gru_reset_backward``) in one
-vectorised pass, and the LSTM and GRU forwards' work between their tanh calls in one more each.  The forward's
-tanh calls stay NumPy's: its SIMD tanh is faster than a portable C one, and the forward's cost is
-its tanh evaluations (see the note at the top of the C file).
+vectorised pass, and the LSTM and GRU forwards' work between their tanh calls in one more each.
+
+**Sequence loops.** For the common cells (tanh, no peepholes, clipping, projection,
+``sequence_length`` mask or state dropout) the whole time loop of a forward or backward pass runs
+in C as well (``lstm_forward_seq`` ... ``gru_backward_seq``): per step one call of the same
+``cblas_sgemm`` NumPy uses (found in the BLAS NumPy loaded, checked against ``numpy.matmul``, see
+:func:`sgemm`) and one pass of gate math, with no Python between steps.  Their forward uses a
+rational tanh (within 4e-7 of tanh) instead of NumPy's, so they agree with the Python loop to
+float32 rounding, not bit for bit.  ``NPL_CPU_LOOPS=0`` or :func:`enable_sequence_loops` turns
+them off; they need x86-64 Linux (see ``_find_sgemm``).
+
 It is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
 for the host's vector instructions, cached under ``$NPL_CACHE_DIR`` (default
 ``~/.cache/npl/kernels``, keyed by a hash of the source, the compiler, its flags and the CPU), and
@@ -28,7 +36,8 @@ import threading
 
 import numpy as np
 
-__all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS"]
+__all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
+           "sequence_loops", "enable_sequence_loops"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
@@ -37,8 +46,11 @@ FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-f
          "-std=c99")
 _NATIVE = ("-march=native",)
 
+_OFF = ("0", "false", "off", "")
 _state = {"lib": None, "why": None, "tried": False,
-          "enabled": os.environ.get("NPL_CPU_KERNELS", "1").strip() not in ("0", "false", "off", "")}
+          "enabled": os.environ.get("NPL_CPU_KERNELS", "1").strip() not in _OFF,
+          "loops": os.environ.get("NPL_CPU_LOOPS", "1").strip() not in _OFF,
+          "sgemm": None, "sgemm_why": None, "sgemm_tried": False}
 _lock = threading.Lock()
 
 _F = ctypes.c_float
@@ -52,6 +64,12 @@ _SIGNATURES = {
     "npl_lstm_backward_f32": (_P, _I, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I),
     "npl_gru_backward_f32": (_P, _I, _P, _P, _P, _I, _P, _I, _I),
     "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
+    "npl_tanh_rational_f32": (_P, _P, _I),
+    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I),
+    "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I),
+    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I),
+    "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _I,
+                                 _I, _I),
 }
 
 
@@ -173,8 +191,86 @@ def status():
     if not _state["enabled"]:
         return "off (NPL_CPU_KERNELS=0 or npl.kernels.cpu.enable(False)); using the NumPy array code"
     if library() is not None:
-        return "on (%s)" % _state["lib"]._name
+        loops = ("sequence loops in C with %s" % _state["sgemm_where"]) if sequence_loops() else \
+            ("sequence loops in Python: %s" % (_state["sgemm_why"] if _state["loops"] else
+                                              "NPL_CPU_LOOPS=0 or enable_sequence_loops(False)"))
+        return "on (%s; %s)" % (_state["lib"]._name, loops)
     return "off: " + str(_state["why"])
+
+
+# ----------------------------------------------------------------- the BLAS NumPy uses
+_SGEMM_SYMBOLS = ("scipy_cblas_sgemm64_", "cblas_sgemm64_", "scipy_cblas_sgemm", "cblas_sgemm")
+
+
+def _blas_libraries():
+    """Paths of the BLAS libraries mapped into this process (NumPy's bundled OpenBLAS, or MKL,
+    or a system BLAS), from /proc/self/maps."""
+    np.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))   # BLAS loaded and used
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if "/" in ln and ".so" in ln}
+    except OSError:
+        return []
+    keys = ("openblas", "mkl_rt", "blas")
+    return sorted((p for p in paths if any(k in os.path.basename(p).lower() for k in keys)),
+                  key=lambda p: [k in os.path.basename(p).lower() for k in keys].index(True))
+
+
+def _find_sgemm():
+    """(address, where) of a cblas_sgemm that computes what numpy.matmul does, or (None, why).
+    Only on x86-64 Linux, where the C side's int64 arguments suit both LP64 and ILP64 BLAS."""
+    if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
+        return None, "the C sequence loops call the BLAS only on x86-64 Linux"
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 7)).astype(np.float32)
+    b = rng.standard_normal((7, 3)).astype(np.float32)
+    want = a @ b
+    for path in _blas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in _SGEMM_SYMBOLS:
+            f = getattr(lib, sym, None)
+            if f is None:
+                continue
+            f.restype = None
+            f.argtypes = (_I, _I, _I, _I, _I, _I, _F, _P, _I, _P, _I, _F, _P, _I)
+            c = np.full((5, 3), np.nan, np.float32)
+            try:
+                f(101, 111, 111, 5, 3, 7, 1.0, a.ctypes.data, 7, b.ctypes.data, 3, 0.0,
+                  c.ctypes.data, 3)
+            except Exception:        # noqa: BLE001 - a foreign symbol: try the next
+                continue
+            if np.allclose(c, want, rtol=1e-5, atol=1e-5):
+                return ctypes.cast(f, ctypes.c_void_p).value, "%s from %s" % (sym, os.path.basename(path))
+    return None, "no cblas_sgemm found in the BLAS NumPy loaded"
+
+
+def sgemm():
+    """The address of the cblas_sgemm NumPy's BLAS exports (checked on a small product), or None."""
+    if not _state["sgemm_tried"]:
+        with _lock:
+            if not _state["sgemm_tried"]:
+                _state["sgemm"], where = _find_sgemm()
+                _state["sgemm_where" if _state["sgemm"] else "sgemm_why"] = where
+                _state["sgemm_tried"] = True
+    return _state["sgemm"]
+
+
+def sequence_loops():
+    """True when the float32 sequence passes of the common cells run their time loop in C
+    (kernels built, NumPy's sgemm found, ``NPL_CPU_LOOPS`` not 0)."""
+    return _state["loops"] and library() is not None and sgemm() is not None
+
+
+def enable_sequence_loops(on=True):
+    """Turn the C time loops on or off for this process (off: the Python loop calls the step
+    kernels).  Returns the previous setting."""
+    if not isinstance(on, bool):
+        raise TypeError("enable_sequence_loops(on): on must be True or False, got %r" % (on,))
+    old, _state["loops"] = _state["loops"], on
+    return old
 
 
 # ----------------------------------------------------------------- per-step wrappers
@@ -291,3 +387,88 @@ def gru_reset_backward(g, h_prev, drh, dh_prev, dg):
     library().npl_gru_reset_backward_f32(
         _ptr(g), _rows(g, "g"), _dense(h_prev, "h_prev"), _dense(drh, "drh"),
         _dense(dh_prev, "dh_prev"), _ptr(dg), _rows(dg, "dg"), H, B)
+
+
+def tanh_rational(x, out):
+    """out = tanh(x) with the sequence loops' rational tanh (contiguous float32; for testing it)."""
+    _shape(out, x.shape, "out")
+    library().npl_tanh_rational_f32(_dense(x, "x"), _dense(out, "out"), x.size)
+
+
+def _weights(U, name):
+    """A recurrent weight block (rows of a kernel): contiguous rows of float32."""
+    return _ptr(U), _rows(U, name)
+
+
+def lstm_forward_seq(U, G, C, Hs, t0, t1):
+    """Steps t0 .. t1-1 of the LSTM forward (see ``npl_lstm_forward_seq_f32``): G [T, 4H, B]
+    holds the input projections and gets the gates; C, Hs [T+1, H, B] get c and h."""
+    T, nG, B = G.shape
+    H = nG // 4
+    _shape(U, (H, nG), "U")
+    _shape(C, (T + 1, H, B), "C")
+    _shape(Hs, (T + 1, H, B), "Hs")
+    u, ldu = _weights(U, "U")
+    library().npl_lstm_forward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"),
+                                       _dense(Hs, "Hs"), t0, t1, H, B)
+
+
+def _dout(dout, T, B, H):
+    if dout is None:
+        return None, 0
+    _shape(dout, (T, B, H), "dout")
+    return _dense(dout, "dout"), H
+
+
+def _grad_slab(dG2, T, B, nG):
+    """The gate-major gradient slab [nG, T*B]: (pointer, step stride, row stride) in elements."""
+    _shape(dG2, (nG, T * B), "dG2")
+    return _dense(dG2, "dG2"), B, T * B
+
+
+def lstm_backward_seq(U, G, C, dout, dh, dc, dG2):
+    """The LSTM backward over all steps (see ``npl_lstm_backward_seq_f32``); dh, dc [H, B] hold
+    the final state's cotangents and get the initial state's; dG2 [4H, T*B] gets dL/d(gates)."""
+    T, nG, B = G.shape
+    H = nG // 4
+    _shape(U, (H, nG), "U")
+    for a, name in ((dh, "dh"), (dc, "dc")):
+        _shape(a, (H, B), name)
+    d, ldo = _dout(dout, T, B, H)
+    u, ldu = _weights(U, "U")
+    g2, ldstep, lddg = _grad_slab(dG2, T, B, nG)
+    library().npl_lstm_backward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"), d, ldo,
+                                        _dense(dh, "dh"), _dense(dc, "dc"), g2, ldstep, lddg,
+                                        T, H, B)
+
+
+def gru_forward_seq(Ug, Uc, G, Hs, rh, t0, t1):
+    """Steps t0 .. t1-1 of the GRU forward (see ``npl_gru_forward_seq_f32``)."""
+    T, nG, B = G.shape
+    H = nG // 3
+    _shape(Ug, (H, 2 * H), "Ug")
+    _shape(Uc, (H, H), "Uc")
+    _shape(Hs, (T + 1, H, B), "Hs")
+    _shape(rh, (H, B), "rh")
+    ug, ldug = _weights(Ug, "Ug")
+    uc, lduc = _weights(Uc, "Uc")
+    library().npl_gru_forward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
+                                      _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H, B)
+
+
+def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2):
+    """The GRU backward over all steps (see ``npl_gru_backward_seq_f32``)."""
+    T, nG, B = G.shape
+    H = nG // 3
+    _shape(Ug, (H, 2 * H), "Ug")
+    _shape(Uc, (H, H), "Uc")
+    for a, name in ((dh, "dh"), (dprev, "dprev"), (drh, "drh")):
+        _shape(a, (H, B), name)
+    d, ldo = _dout(dout, T, B, H)
+    ug, ldug = _weights(Ug, "Ug")
+    uc, lduc = _weights(Uc, "Uc")
+    g2, ldstep, lddg = _grad_slab(dG2, T, B, nG)
+    library().npl_gru_backward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
+                                       _dense(Hs, "Hs"), d, ldo, _dense(dh, "dh"),
+                                       _dense(dprev, "dprev"), _dense(drh, "drh"), g2, ldstep,
+                                       lddg, T, H, B)

@@ -7,13 +7,18 @@
  * with the system C compiler (-O3, the host's vector instructions) and loaded with ctypes; where
  * no compiler is found npl uses the array code.
  *
- * The forward keeps its transcendentals in NumPy: its cost is five sigmoid/tanh evaluations per
- * unit, and NumPy's own SIMD tanh does those faster than this file's portable npl_tanhf (measured
- * on the C1 benchmark, B=128 H=128: a fully fused forward step took 143 us against 69 us for the
- * array code).  So the forward runs one NumPy tanh over all four gates and this file fuses what
- * is between the tanh calls (npl_lstm_forward_combine_f32).  The backward needs one tanh per unit
- * and is otherwise ~20 multiply-adds spread over many small arrays, which is what fusing saves
- * (65 us against 97 us per step).
+ * Step kernels (called from the Python loop).  Their forward keeps its transcendentals in NumPy:
+ * its cost is five sigmoid/tanh evaluations per unit, and NumPy's own SIMD tanh does those faster
+ * than this file's accurate npl_tanhf (measured on the C1 benchmark, B=128 H=128: a fully fused
+ * forward step with npl_tanhf took 143 us against 69 us for the array code).  So the Python
+ * loop's forward runs one NumPy tanh over all four gates and this file fuses what is between the
+ * tanh calls (npl_lstm_forward_combine_f32).  The backward needs one tanh per unit and is
+ * otherwise ~20 multiply-adds spread over many small arrays, which is what fusing saves (65 us
+ * against 97 us per step).
+ *
+ * Sequence loops (the end of this file).  The whole time loop of a pass, with the recurrent GEMM
+ * through NumPy's own sgemm and a rational tanh as fast as NumPy's, so no Python runs between
+ * steps (C1 LSTM forward+backward 28.3 -> 26.0 ms, C4 1.47 -> 1.03 ms, one thread).
  *
  * Layout (npl's feature-major one): a step's gates are rows of B contiguous floats, gate block q
  * holds unit k in row q*H + k; row r of g starts at g + r*ldg (the backward's gradient slab has a
@@ -193,5 +198,207 @@ void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const floa
             dgr[b] = d[b] * hp[b] * r * (1.0f - r);
             dhp[b] += d[b] * r;
         }
+    }
+}
+
+/* ================================================================== whole-sequence loops
+ * The sequence passes of npl/cells.py for the common case (tanh activations, no peepholes, cell
+ * clip, projection, sequence_length mask or state dropout) with the time loop in C: per step one
+ * call of the BLAS's sgemm for the recurrent product and one pass of gate math, no Python between
+ * steps.  The sgemm is the one NumPy itself uses: npl/kernels/cpu.py finds cblas_sgemm in the
+ * OpenBLAS that NumPy loaded and passes its address (`sgemm` below), after checking it on a small
+ * product against numpy.matmul; where it finds none, the Python loop runs.  Same slabs, same
+ * layout and the same formulas as the Python loop (and as npl/gates.py, which tests compare
+ * against); the forward's tanh is the rational one below instead of NumPy's, so the two paths
+ * agree to a few float32 ulps, not bit for bit.
+ *
+ * The integer arguments are passed as int64: on x86-64 (the only place cpu.py enables this) an
+ * LP64 cblas_sgemm reads the low 32 bits of the same registers and stack slots, an ILP64 one all
+ * 64, so either interface receives the right values. */
+typedef void (*npl_sgemm_fn)(int64_t order, int64_t transa, int64_t transb, int64_t m, int64_t n,
+                             int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+                             int64_t ldb, float beta, float* c, int64_t ldc);
+enum { NPL_ROW_MAJOR = 101, NPL_NO_TRANS = 111, NPL_TRANS = 112 };
+
+/* tanh(x) as a rational function on [-7.905, 7.905] (odd degree-13 numerator over even degree-6
+ * denominator, the minimax form TensorFlow's CPU kernels evaluate through Eigen), +-1 beyond it
+ * (where float32 tanh rounds to +-1), x itself for |x| < 4e-4.  ~0.4 ns per value vectorised
+ * against npl_tanhf's 1.2; within 4e-7 of tanh (tested against float64). */
+static inline float npl_mul_add(float a, float b, float c)
+{
+#ifdef __FMA__
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline float npl_tanhf_rational(float x)
+{
+    const float lim = 7.90531110763549805f;
+    float xc = x > lim ? lim : (x < -lim ? -lim : x);
+    float x2 = xc * xc;
+    float p = npl_mul_add(x2, -2.76076847742355e-16f, 2.00018790482477e-13f);
+    p = npl_mul_add(x2, p, -8.60467152213735e-11f);
+    p = npl_mul_add(x2, p, 5.12229709037114e-08f);
+    p = npl_mul_add(x2, p, 1.48572235717979e-05f);
+    p = npl_mul_add(x2, p, 6.37261928875436e-04f);
+    p = npl_mul_add(x2, p, 4.89352455891786e-03f);
+    p = p * xc;
+    float q = npl_mul_add(x2, 1.19825839466702e-06f, 1.18534705686654e-04f);
+    q = npl_mul_add(x2, q, 2.26843463243900e-03f);
+    q = npl_mul_add(x2, q, 4.89352518554385e-03f);
+    float y = p / q;
+    return (x < 4e-4f && x > -4e-4f) ? x : y;
+}
+
+static inline float npl_sigmoidf_rational(float x) { return 0.5f * npl_tanhf_rational(0.5f * x) + 0.5f; }
+
+void npl_tanh_rational_f32(const float* RESTRICT x, float* RESTRICT y, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++) y[k] = npl_tanhf_rational(x[k]);
+}
+
+/* One LSTM forward step's gate math on pre-activations g [4H, B] (contiguous rows of B):
+ * i, j, f, o = sigmoid(a_i), tanh(a_j), sigmoid(a_f), sigmoid(a_o) (stored back in g),
+ * c = f * c_prev + i * j, h = o * tanh(c). */
+static void lstm_forward_gates(float* RESTRICT g, const float* RESTRICT c_prev, float* RESTRICT c,
+                               float* RESTRICT h, int64_t H, int64_t B)
+{
+    for (int64_t k = 0; k < H; k++) {
+        float* RESTRICT gi = g + k * B;
+        float* RESTRICT gj = g + (H + k) * B;
+        float* RESTRICT gf = g + (2 * H + k) * B;
+        float* RESTRICT go = g + (3 * H + k) * B;
+        const float* RESTRICT cp = c_prev + k * B;
+        float* RESTRICT ck = c + k * B;
+        float* RESTRICT hk = h + k * B;
+        for (int64_t b = 0; b < B; b++) {
+            float i = npl_sigmoidf_rational(gi[b]);
+            float j = npl_tanhf_rational(gj[b]);
+            float f = npl_sigmoidf_rational(gf[b]);
+            float o = npl_sigmoidf_rational(go[b]);
+            float cn = f * cp[b] + i * j;
+            gi[b] = i; gj[b] = j; gf[b] = f; go[b] = o;
+            ck[b] = cn;
+            hk[b] = o * npl_tanhf_rational(cn);
+        }
+    }
+}
+
+/* Steps t0 .. t1-1 of the LSTM forward.  G [T, 4H, B]: the input projection (bias included) of
+ * every step, overwritten with the gates; C [T+1, H, B], Hs [T+1, H, B] with C[t0], Hs[t0] set;
+ * U: the recurrent rows of the kernel, [H, 4H] with row stride ldu.
+ *     G[t] += U^T h_t        [4H, H] @ [H, B]   (sgemm, beta = 1: onto the projection)
+ *     gates, c_{t+1}, h_{t+1} from G[t], c_t */
+void npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, float* G,
+                              float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B)
+{
+    for (int64_t t = t0; t < t1; t++) {
+        float* g = G + t * 4 * H * B;
+        const float* h = Hs + t * H * B;
+        sgemm(NPL_ROW_MAJOR, NPL_TRANS, NPL_NO_TRANS, 4 * H, B, H, 1.0f, U, ldu, h, B, 1.0f, g, B);
+        lstm_forward_gates(g, C + t * H * B, C + (t + 1) * H * B, Hs + (t + 1) * H * B, H, B);
+    }
+}
+
+/* dh[k, b] += dout_t[b, k]: a step's output cotangent, time-major [B, P] (row stride ldo), added
+ * to the feature-major carried gradient [P, B]. */
+static void add_transposed(float* RESTRICT dh, const float* RESTRICT dout_t, int64_t ldo,
+                           int64_t P, int64_t B)
+{
+    for (int64_t b = 0; b < B; b++) {
+        const float* RESTRICT row = dout_t + b * ldo;
+        for (int64_t k = 0; k < P; k++)
+            dh[k * B + b] += row[k];
+    }
+}
+
+/* The LSTM backward over all steps, t = T-1 .. 0.  G, C as the forward left them; dh [H, B] and
+ * dc [H, B]: the final state's cotangents, overwritten with the initial state's; dout [T, B, H]
+ * (row stride ldo; NULL: no output cotangent); dG: the gradient slab, step t at dG + t * ldstep,
+ * rows lddg apart; work [H, B] scratch.
+ *     dm = dh + dout[t];  gate math (npl_lstm_backward_f32) -> dG[t], dc;  dh = U dG[t]  */
+void npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
+                               const float* C, const float* dout, int64_t ldo, float* dh,
+                               float* dc, float* dG, int64_t ldstep, int64_t lddg, int64_t T,
+                               int64_t H, int64_t B)
+{
+    for (int64_t t = T - 1; t >= 0; t--) {
+        if (dout)
+            add_transposed(dh, dout + t * B * ldo, ldo, H, B);
+        float* dg = dG + t * ldstep;
+        npl_lstm_backward_f32(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dh, dc,
+                              dg, lddg, 0, 0, 0, 0, H, B);
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dg, lddg,
+              0.0f, dh, B);
+    }
+}
+
+/* Steps t0 .. t1-1 of the GRU forward.  G [T, 3H, B]: projections (a_r; a_u; a_c), bias included,
+ * overwritten with (r; u; c~); Hs [T+1, H, B]; Ug [H, 2H] (row stride ldug), Uc [H, H] (ldur);
+ * rh [H, B] scratch.
+ *     G[t][:2H] += Ug^T h_t;  r, u = sigmoid;  rh = r * h_t
+ *     G[t][2H:] += Uc^T rh;   c~ = tanh;  h_{t+1} = u * h_t + (1 - u) * c~  */
+void npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
+                             int64_t lduc, float* G, float* Hs, float* rh, int64_t t0, int64_t t1,
+                             int64_t H, int64_t B)
+{
+    for (int64_t t = t0; t < t1; t++) {
+        float* g = G + t * 3 * H * B;
+        const float* h = Hs + t * H * B;
+        float* hn = Hs + (t + 1) * H * B;
+        sgemm(NPL_ROW_MAJOR, NPL_TRANS, NPL_NO_TRANS, 2 * H, B, H, 1.0f, Ug, ldug, h, B, 1.0f, g, B);
+        for (int64_t k = 0; k < H; k++) {
+            float* RESTRICT gr = g + k * B;
+            float* RESTRICT gu = g + (H + k) * B;
+            const float* RESTRICT hp = h + k * B;
+            float* RESTRICT rhk = rh + k * B;
+            for (int64_t b = 0; b < B; b++) {
+                float r = npl_sigmoidf_rational(gr[b]);
+                gr[b] = r;
+                gu[b] = npl_sigmoidf_rational(gu[b]);
+                rhk[b] = r * hp[b];
+            }
+        }
+        sgemm(NPL_ROW_MAJOR, NPL_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, Uc, lduc, rh, B, 1.0f,
+              g + 2 * H * B, B);
+        for (int64_t k = 0; k < H; k++) {
+            const float* RESTRICT gu = g + (H + k) * B;
+            float* RESTRICT gc = g + (2 * H + k) * B;
+            const float* RESTRICT hp = h + k * B;
+            float* RESTRICT hk = hn + k * B;
+            for (int64_t b = 0; b < B; b++) {
+                float cand = npl_tanhf_rational(gc[b]);
+                gc[b] = cand;
+                hk[b] = cand + gu[b] * (hp[b] - cand);
+            }
+        }
+    }
+}
+
+/* The GRU backward over all steps.  dh [H, B]: final-state cotangent, overwritten with the
+ * initial state's; dprev, drh [H, B] scratch; the rest as for the LSTM.
+ *     dh += dout[t];  u, c~ part (npl_gru_backward_f32) -> dG[t][H:], dprev = dh * u
+ *     drh = Uc dG[t][2H:];  r part (npl_gru_reset_backward_f32) -> dG[t][:H], dprev += drh * r
+ *     dh = dprev + Ug dG[t][:2H]   (sgemm, beta = 1) */
+void npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
+                              int64_t lduc, const float* G, const float* Hs, const float* dout,
+                              int64_t ldo, float* dh, float* dprev, float* drh, float* dG,
+                              int64_t ldstep, int64_t lddg, int64_t T, int64_t H, int64_t B)
+{
+    for (int64_t t = T - 1; t >= 0; t--) {
+        if (dout)
+            add_transposed(dh, dout + t * B * ldo, ldo, H, B);
+        const float* g = G + t * 3 * H * B;
+        const float* h = Hs + t * H * B;
+        float* dg = dG + t * ldstep;
+        npl_gru_backward_f32(g, B, h, dh, dg, lddg, dprev, H, B);
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, Uc, lduc,
+              dg + 2 * H * lddg, lddg, 0.0f, drh, B);
+        npl_gru_reset_backward_f32(g, B, h, drh, dprev, dg, lddg, H, B);
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dg, lddg,
+              1.0f, dprev, B);
+        memcpy(dh, dprev, (size_t)(H * B) * sizeof(float));
     }
 }
