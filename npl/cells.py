@@ -872,7 +872,7 @@ class LSTMCell(RNNCell):
         if loops is not None:                                # the time loop in C
             if dout is not None:
                 dout = np.ascontiguousarray(dout, dtype=G.dtype)
-            loops.lstm_backward_seq(U, G, C, dout, dh, dc, dG2)
+            loops.lstm_backward_seq(U, G, C, dout, dh, dc, dG2, _ws.empty(xp, (4 * H, B), dt))
             return self._weight_grads(rec, dG, dG2, None, None, dc, dh)
         buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
         dout_fm = _masked_fm(dout, rec)
@@ -1052,7 +1052,8 @@ class GRUCell(RNNCell):
         if loops is not None:                              # the time loop in C
             if dout is not None:
                 dout = np.ascontiguousarray(dout, dtype=G.dtype)
-            loops.gru_backward_seq(Ug, Uc, G, Hs, dout, dh, buf, drh, dG2)
+            loops.gru_backward_seq(Ug, Uc, G, Hs, dout, dh, buf, drh, dG2,
+                                   _ws.empty(xp, (3 * H, B), dt))
         for t in (range(T - 1, -1, -1) if loops is None else ()):
             passthrough = _step_grad(dh, dout_fm, t, rec, carry)
             if rec.d_h_fm is not None:

@@ -217,9 +217,9 @@ def test_loop_wrappers_check_their_arguments():
                              z(T + 1, H, B), 0, T)
     with pytest.raises(ValueError, match="dout must have shape"):
         cpu.gru_backward_seq(z(H, 2 * H), z(H, H), z(T, 3 * H, B), z(T + 1, H, B), z(T, B, H + 1),
-                             z(H, B), z(H, B), z(H, B), z(3 * H, T * B))
+                             z(H, B), z(H, B), z(H, B), z(3 * H, T * B), z(3 * H, B))
     with pytest.raises(ValueError, match="dG2 must have shape"):
         cpu.lstm_backward_seq(z(H, 4 * H), z(T, 4 * H, B), z(T + 1, H, B), None, z(H, B), z(H, B),
-                              z(4 * H, T * B + 1))
+                              z(4 * H, T * B + 1), z(4 * H, B))
     with pytest.raises(TypeError, match="True or False"):
         cpu.enable_sequence_loops("yes")

@@ -66,10 +66,10 @@ _SIGNATURES = {
     "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
     "npl_tanh_rational_f32": (_P, _P, _I),
     "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I),
-    "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I),
+    "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _I, _I, _I),
     "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I),
-    "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _I,
-                                 _I, _I),
+    "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P,
+                                 _I, _I, _I),
 }
 
 
@@ -426,9 +426,10 @@ def _grad_slab(dG2, T, B, nG):
     return _dense(dG2, "dG2"), B, T * B
 
 
-def lstm_backward_seq(U, G, C, dout, dh, dc, dG2):
+def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc):
     """The LSTM backward over all steps (see ``npl_lstm_backward_seq_f32``); dh, dc [H, B] hold
-    the final state's cotangents and get the initial state's; dG2 [4H, T*B] gets dL/d(gates)."""
+    the final state's cotangents and get the initial state's; dG2 [4H, T*B] gets dL/d(gates);
+    dgc [4H, B] is scratch."""
     T, nG, B = G.shape
     H = nG // 4
     _shape(U, (H, nG), "U")
@@ -437,9 +438,10 @@ def lstm_backward_seq(U, G, C, dout, dh, dc, dG2):
     d, ldo = _dout(dout, T, B, H)
     u, ldu = _weights(U, "U")
     g2, ldstep, lddg = _grad_slab(dG2, T, B, nG)
+    _shape(dgc, (nG, B), "dgc")
     library().npl_lstm_backward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"), d, ldo,
                                         _dense(dh, "dh"), _dense(dc, "dc"), g2, ldstep, lddg,
-                                        T, H, B)
+                                        _dense(dgc, "dgc"), T, H, B)
 
 
 def gru_forward_seq(Ug, Uc, G, Hs, rh, t0, t1):
@@ -456,8 +458,9 @@ def gru_forward_seq(Ug, Uc, G, Hs, rh, t0, t1):
                                       _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H, B)
 
 
-def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2):
-    """The GRU backward over all steps (see ``npl_gru_backward_seq_f32``)."""
+def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc):
+    """The GRU backward over all steps (see ``npl_gru_backward_seq_f32``); dprev, drh [H, B] and
+    dgc [3H, B] are scratch."""
     T, nG, B = G.shape
     H = nG // 3
     _shape(Ug, (H, 2 * H), "Ug")
@@ -468,7 +471,8 @@ def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2):
     ug, ldug = _weights(Ug, "Ug")
     uc, lduc = _weights(Uc, "Uc")
     g2, ldstep, lddg = _grad_slab(dG2, T, B, nG)
+    _shape(dgc, (nG, B), "dgc")
     library().npl_gru_backward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
                                        _dense(Hs, "Hs"), d, ldo, _dense(dh, "dh"),
                                        _dense(dprev, "dprev"), _dense(drh, "drh"), g2, ldstep,
-                                       lddg, T, H, B)
+                                       lddg, _dense(dgc, "dgc"), T, H, B)

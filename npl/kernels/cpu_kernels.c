@@ -302,6 +302,15 @@ void npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, f
     }
 }
 
+/* A step's gate gradients, computed into the contiguous dgc [rows, B] (the sgemm reads it there:
+ * 5-10 % quicker than from the gradient slab, whose rows are T*B apart), copied into the slab. */
+static void scatter_rows(float* RESTRICT dst, int64_t ld, const float* RESTRICT src, int64_t rows,
+                         int64_t B)
+{
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(dst + r * ld, src + r * B, (size_t)B * sizeof(float));
+}
+
 /* dh[k, b] += dout_t[b, k]: a step's output cotangent, time-major [B, P] (row stride ldo), added
  * to the feature-major carried gradient [P, B]. */
 static void add_transposed(float* RESTRICT dh, const float* RESTRICT dout_t, int64_t ldo,
@@ -317,21 +326,21 @@ static void add_transposed(float* RESTRICT dh, const float* RESTRICT dout_t, int
 /* The LSTM backward over all steps, t = T-1 .. 0.  G, C as the forward left them; dh [H, B] and
  * dc [H, B]: the final state's cotangents, overwritten with the initial state's; dout [T, B, H]
  * (row stride ldo; NULL: no output cotangent); dG: the gradient slab, step t at dG + t * ldstep,
- * rows lddg apart; work [H, B] scratch.
+ * rows lddg apart; dgc [4H, B] scratch (a step's gate gradients, contiguous).
  *     dm = dh + dout[t];  gate math (npl_lstm_backward_f32) -> dG[t], dc;  dh = U dG[t]  */
 void npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
                                const float* C, const float* dout, int64_t ldo, float* dh,
-                               float* dc, float* dG, int64_t ldstep, int64_t lddg, int64_t T,
-                               int64_t H, int64_t B)
+                               float* dc, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
+                               int64_t T, int64_t H, int64_t B)
 {
     for (int64_t t = T - 1; t >= 0; t--) {
         if (dout)
             add_transposed(dh, dout + t * B * ldo, ldo, H, B);
-        float* dg = dG + t * ldstep;
         npl_lstm_backward_f32(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dh, dc,
-                              dg, lddg, 0, 0, 0, 0, H, B);
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dg, lddg,
+                              dgc, B, 0, 0, 0, 0, H, B);
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dgc, B,
               0.0f, dh, B);
+        scatter_rows(dG + t * ldstep, lddg, dgc, 4 * H, B);
     }
 }
 
@@ -385,20 +394,21 @@ void npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, 
 void npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
                               int64_t lduc, const float* G, const float* Hs, const float* dout,
                               int64_t ldo, float* dh, float* dprev, float* drh, float* dG,
-                              int64_t ldstep, int64_t lddg, int64_t T, int64_t H, int64_t B)
+                              int64_t ldstep, int64_t lddg, float* dgc, int64_t T, int64_t H,
+                              int64_t B)
 {
     for (int64_t t = T - 1; t >= 0; t--) {
         if (dout)
             add_transposed(dh, dout + t * B * ldo, ldo, H, B);
         const float* g = G + t * 3 * H * B;
         const float* h = Hs + t * H * B;
-        float* dg = dG + t * ldstep;
-        npl_gru_backward_f32(g, B, h, dh, dg, lddg, dprev, H, B);
+        npl_gru_backward_f32(g, B, h, dh, dgc, B, dprev, H, B);
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, Uc, lduc,
-              dg + 2 * H * lddg, lddg, 0.0f, drh, B);
-        npl_gru_reset_backward_f32(g, B, h, drh, dprev, dg, lddg, H, B);
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dg, lddg,
+              dgc + 2 * H * B, B, 0.0f, drh, B);
+        npl_gru_reset_backward_f32(g, B, h, drh, dprev, dgc, B, H, B);
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dgc, B,
               1.0f, dprev, B);
+        scatter_rows(dG + t * ldstep, lddg, dgc, 3 * H, B);
         memcpy(dh, dprev, (size_t)(H * B) * sizeof(float));
     }
 }
