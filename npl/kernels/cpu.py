@@ -212,8 +212,17 @@ def _blas_libraries():
     except OSError:
         return []
     keys = ("openblas", "mkl_rt", "blas")
+    numpy_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+
+    def rank(p):
+        # NumPy's own first (its wheels bundle OpenBLAS in numpy.libs / numpy/.dylibs), then by
+        # name; another package's BLAS (PyTorch's, say) would compute the same product but with
+        # its own thread settings
+        ours = os.path.basename(os.path.dirname(p)) in ("numpy.libs", ".dylibs") and \
+            os.path.dirname(os.path.dirname(p)) == numpy_dir
+        return (not ours, [k in os.path.basename(p).lower() for k in keys].index(True), p)
     return sorted((p for p in paths if any(k in os.path.basename(p).lower() for k in keys)),
-                  key=lambda p: [k in os.path.basename(p).lower() for k in keys].index(True))
+                  key=rank)
 
 
 def _find_sgemm():
