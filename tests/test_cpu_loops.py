@@ -88,8 +88,8 @@ def _run(cell, x, state, d_out, d_state, time_major):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "lstm_cell", "gru", "stack"])
-@pytest.mark.parametrize("B, T, I, H", [(1, 1, 3, 4), (5, 9, 6, 24), (7, 30, 1, 16), (3, 4, 6, 1),
-                                        (64, 12, 20, 40)])
+@pytest.mark.parametrize("B, T, I, H", [(8, 1, 3, 4), (9, 9, 6, 24), (11, 30, 1, 16), (8, 4, 6, 1),
+                                        (64, 12, 20, 40), (1, 3, 5, 6)])
 @pytest.mark.parametrize("time_major", [True, False])
 def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     rng = np.random.default_rng(B * 100 + T * 10 + H + (7 if time_major else 0))
@@ -106,7 +106,8 @@ def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     old = cpu.enable_sequence_loops(True)
     try:
         with_loops = _run(cell, x, state, d_out, d_state, time_major)
-        assert sum(calls.values()) > 0                          # the C loops did run
+        # the C loops did run (from C_LOOPS_MIN_BATCH up; below it the Python loop is quicker)
+        assert (sum(calls.values()) > 0) == (B >= npl.cells.C_LOOPS_MIN_BATCH)
         cpu.enable_sequence_loops(False)
         n = sum(calls.values())
         python_loop = _run(cell, x, state, d_out, d_state, time_major)
@@ -126,8 +127,8 @@ def test_c_loops_without_output_cotangent(calls):
         cell = _cell(kind, 8)
         cell.build(5, np.float32)
         randomize_params(cell, rng)
-        x = rng.standard_normal((4, 6, 5)).astype(np.float32)
-        d_state = _random_state(cell, 4, rng)
+        x = rng.standard_normal((8, 6, 5)).astype(np.float32)
+        d_state = _random_state(cell, 8, rng)
         res = []
         for on in (True, False):
             old = cpu.enable_sequence_loops(on)
@@ -152,7 +153,7 @@ def test_c_loops_stay_out_of_other_cases(monkeypatch):
     for name in SEQ_FUNCTIONS:
         monkeypatch.setattr(cpu, name, refuse)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    x = rng.standard_normal((9, 5, 4)).astype(np.float32)
     for cell in (npl.rnn.LSTMCell(6, use_peepholes=True), npl.rnn.LSTMCell(6, cell_clip=1.0),
                  npl.rnn.LSTMCell(6, num_proj=3), npl.rnn.LSTMCell(6, num_proj=3, proj_clip=0.5),
                  npl.rnn.LSTMCell(6, activation=npl.activations.relu),
@@ -161,7 +162,8 @@ def test_c_loops_stay_out_of_other_cases(monkeypatch):
         out, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=np.float32, return_trace=True)
         tr.backward(np.ones_like(out), None)
     for cell in (npl.rnn.BasicLSTMCell(6), npl.rnn.GRUCell(6)):
-        out, _, tr = npl.nn.dynamic_rnn(cell, x, np.array([5, 0, 2]), dtype=np.float32,
+        out, _, tr = npl.nn.dynamic_rnn(cell, x, np.array([5, 0, 2, 5, 5, 1, 3, 4, 5]),
+                                        dtype=np.float32,
                                         return_trace=True)
         tr.backward(np.ones_like(out), None)
     for cell in (npl.rnn.BasicLSTMCell(6), npl.rnn.GRUCell(6)):
@@ -172,12 +174,12 @@ def test_c_loops_stay_out_of_other_cases(monkeypatch):
 
 def test_recording_state_grads_uses_the_python_backward(calls):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    x = rng.standard_normal((8, 5, 4)).astype(np.float32)
     for cell in (npl.rnn.BasicLSTMCell(6), npl.rnn.GRUCell(6)):
         out, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=np.float32, return_trace=True)
         tr.record_state_grads()
         tr.backward(np.ones_like(out), None)
-        assert tr.records[0].d_h.shape == (5, 3, 6)
+        assert tr.records[0].d_h.shape == (5, 8, 6)
     assert calls["lstm_forward_seq"] and calls["gru_forward_seq"]
     assert calls["lstm_backward_seq"] == 0 and calls["gru_backward_seq"] == 0
 
@@ -188,7 +190,7 @@ def test_without_a_blas_sgemm_the_python_loop_runs(monkeypatch, calls):
     assert not cpu.sequence_loops()
     assert "sequence loops in Python: no cblas_sgemm (test)" in cpu.status()
     cell = npl.rnn.BasicLSTMCell(5, input_size=3, seed=0)
-    out, _, tr = npl.nn.dynamic_rnn(cell, np.ones((2, 4, 3), np.float32), return_trace=True)
+    out, _, tr = npl.nn.dynamic_rnn(cell, np.ones((8, 4, 3), np.float32), return_trace=True)
     tr.backward(np.ones_like(out), None)
     assert sum(calls.values()) == 0
 
