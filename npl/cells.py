@@ -832,9 +832,11 @@ class LSTMCell(RNNCell):
         inv = rec.inv_fm
         S, h_out = _state_dropout(rec, state_mask, T, xp)
         if loops is not None:                                # the time loop in C, K steps a call
+            UT = _ws.empty(xp, U.shape[::-1], dt)
+            UT[...] = U.T                                    # [4H, P]: the sgemm's quicker form
             for t0 in range(0, T, K):
                 project(t0)
-                loops.lstm_forward_seq(U, G, C, Hs, t0, min(t0 + K, T))
+                loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T))
             return _outputs(rec), LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T])), rec
         for t in range(T):
             if t % K == 0:
@@ -1022,9 +1024,11 @@ class GRUCell(RNNCell):
         inv, act = rec.inv_fm, self._activation
         S, h_out = _state_dropout(rec, state_mask, T, xp)
         if loops is not None:                              # the time loop in C, K steps a call
+            UgT, UcT = _ws.empty(xp, (2 * H, H), dt), _ws.empty(xp, (H, H), dt)
+            UgT[...], UcT[...] = Ug.T, Uc.T                  # the sgemm's quicker form
             for t0 in range(0, T, K):
                 project(t0)
-                loops.gru_forward_seq(Ug, Uc, G, Hs, rh, t0, min(t0 + K, T))
+                loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T))
             return _outputs(rec), _state_public(Hs[T]), rec
         for t in range(T):
             if t % K == 0:

@@ -216,10 +216,10 @@ def test_found_sgemm_computes_numpys_product():
 def test_loop_wrappers_check_their_arguments():
     z = lambda *s: np.zeros(s, np.float32)     # noqa: E731
     T, H, B = 3, 4, 2
-    with pytest.raises(ValueError, match="U must have shape"):
-        cpu.lstm_forward_seq(z(H + 1, 4 * H), z(T, 4 * H, B), z(T + 1, H, B), z(T + 1, H, B), 0, T)
+    with pytest.raises(ValueError, match="UT must have shape"):
+        cpu.lstm_forward_seq(z(H, 4 * H), z(T, 4 * H, B), z(T + 1, H, B), z(T + 1, H, B), 0, T)
     with pytest.raises(ValueError, match="G must be a C-contiguous float32"):
-        cpu.lstm_forward_seq(z(H, 4 * H), z(T, B, 4 * H).transpose(0, 2, 1), z(T + 1, H, B),
+        cpu.lstm_forward_seq(z(4 * H, H), z(T, B, 4 * H).transpose(0, 2, 1), z(T + 1, H, B),
                              z(T + 1, H, B), 0, T)
     with pytest.raises(ValueError, match="dout must have shape"):
         cpu.gru_backward_seq(z(H, 2 * H), z(H, H), z(T, 3 * H, B), z(T + 1, H, B), z(T, B, H + 1),

@@ -409,15 +409,16 @@ def _weights(U, name):
     return _ptr(U), _rows(U, name)
 
 
-def lstm_forward_seq(U, G, C, Hs, t0, t1):
-    """Steps t0 .. t1-1 of the LSTM forward (see ``npl_lstm_forward_seq_f32``): G [T, 4H, B]
-    holds the input projections and gets the gates; C, Hs [T+1, H, B] get c and h."""
+def lstm_forward_seq(UT, G, C, Hs, t0, t1):
+    """Steps t0 .. t1-1 of the LSTM forward (see ``npl_lstm_forward_seq_f32``): UT [4H, H] the
+    recurrent kernel rows transposed (contiguous rows); G [T, 4H, B] holds the input projections
+    and gets the gates; C, Hs [T+1, H, B] get c and h."""
     T, nG, B = G.shape
     H = nG // 4
-    _shape(U, (H, nG), "U")
+    _shape(UT, (nG, H), "UT")
     _shape(C, (T + 1, H, B), "C")
     _shape(Hs, (T + 1, H, B), "Hs")
-    u, ldu = _weights(U, "U")
+    u, ldu = _weights(UT, "UT")
     library().npl_lstm_forward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"),
                                        _dense(Hs, "Hs"), t0, t1, H, B)
 
@@ -453,16 +454,17 @@ def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc):
                                         _dense(dgc, "dgc"), T, H, B)
 
 
-def gru_forward_seq(Ug, Uc, G, Hs, rh, t0, t1):
-    """Steps t0 .. t1-1 of the GRU forward (see ``npl_gru_forward_seq_f32``)."""
+def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
+    """Steps t0 .. t1-1 of the GRU forward (see ``npl_gru_forward_seq_f32``); UgT [2H, H] and
+    UcT [H, H]: the recurrent kernel rows transposed (contiguous rows)."""
     T, nG, B = G.shape
     H = nG // 3
-    _shape(Ug, (H, 2 * H), "Ug")
-    _shape(Uc, (H, H), "Uc")
+    _shape(UgT, (2 * H, H), "UgT")
+    _shape(UcT, (H, H), "UcT")
     _shape(Hs, (T + 1, H, B), "Hs")
     _shape(rh, (H, B), "rh")
-    ug, ldug = _weights(Ug, "Ug")
-    uc, lduc = _weights(Uc, "Uc")
+    ug, ldug = _weights(UgT, "UgT")
+    uc, lduc = _weights(UcT, "UcT")
     library().npl_gru_forward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
                                       _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H, B)
 
