@@ -229,3 +229,32 @@ def test_loop_wrappers_check_their_arguments():
                               z(4 * H, T * B + 1), z(4 * H, B))
     with pytest.raises(TypeError, match="True or False"):
         cpu.enable_sequence_loops("yes")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+def test_d_inputs_folded_into_the_step_gemm_equal_the_separate_gemm(monkeypatch, kind):
+    """FOLD_D_INPUTS_MAX_RATIO: [dx_t; dh] from the whole kernel per step, or dx by one GEMM at the
+    end: the same gradients (float32 rounding apart), with the fold really taken."""
+    rng = np.random.default_rng(21)
+    cell = _cell(kind, 16)
+    cell.build(3, np.float32)
+    randomize_params(cell, rng, scale=0.4)
+    x = rng.standard_normal((9, 7, 3)).astype(np.float32)
+    d_state = _random_state(cell, 9, rng)
+    res, folded = [], []
+    real = {n: getattr(cpu, n) for n in ("lstm_backward_seq", "gru_backward_seq")}
+    for n, f in real.items():
+        monkeypatch.setattr(cpu, n, lambda *a, _f=f, **k: (folded.append(a[-1] is not None
+                                                                         and a[-1].ndim == 3),
+                                                            _f(*a, **k))[1])
+    for ratio in (1.0, 0.0):
+        monkeypatch.setattr(npl.cells, "FOLD_D_INPUTS_MAX_RATIO", ratio)
+        out, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=np.float32, return_trace=True)
+        cell.zero_grad()
+        d = rng.standard_normal(out.shape).astype(np.float32) if not res else res[0][0]
+        dx, d0 = tr.backward(d, d_state)
+        res.append([d, dx.copy()] + [a.copy() for a in flatten(d0)]
+                   + [v.copy() for v in cell.grads.values()])
+    assert True in folded and False in folded
+    for k, (a, b) in enumerate(zip(res[0][1:], res[1][1:])):
+        _close(a, b, "array %d" % k)

@@ -66,10 +66,11 @@ _SIGNATURES = {
     "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
     "npl_tanh_rational_f32": (_P, _P, _I),
     "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I),
-    "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _I, _I, _I),
+    "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I,
+                                  _I, _I),
     "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I),
     "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P,
-                                 _I, _I, _I),
+                                 _P, _I, _I, _I, _I),
 }
 
 
@@ -436,13 +437,28 @@ def _grad_slab(dG2, T, B, nG):
     return _dense(dG2, "dG2"), B, T * B
 
 
-def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc):
+def _fold(DZ, T, B, H, rows, name):
+    """(pointer, I) of the d-inputs slab DZ [T, I+H, B] (or (None, 0)), I from the kernel's rows."""
+    if DZ is None:
+        return None, 0
+    I = rows - H
+    _shape(DZ, (T, I + H, B), "DZ")
+    if I < 0:
+        raise ValueError("npl.kernels.cpu: with DZ, %s must be the whole kernel ([I+H, ...])" % name)
+    return _dense(DZ, "DZ"), I
+
+
+def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc, DZ=None):
     """The LSTM backward over all steps (see ``npl_lstm_backward_seq_f32``); dh, dc [H, B] hold
     the final state's cotangents and get the initial state's; dG2 [4H, T*B] gets dL/d(gates);
-    dgc [4H, B] is scratch."""
+    dgc [4H, B] is scratch.  U: the recurrent rows of the kernel, [H, 4H]; or, with DZ
+    [T, I+H, B], the whole kernel [I+H, 4H], and DZ[t] gets [dx_t; dh_{t-1}]."""
     T, nG, B = G.shape
     H = nG // 4
-    _shape(U, (H, nG), "U")
+    if DZ is None:
+        _shape(U, (H, nG), "U")
+    z, I = _fold(DZ, T, B, H, U.shape[0], "U")
+    _shape(U, (I + H, nG), "U")
     for a, name in ((dh, "dh"), (dc, "dc")):
         _shape(a, (H, B), name)
     d, ldo = _dout(dout, T, B, H)
@@ -451,7 +467,7 @@ def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc):
     _shape(dgc, (nG, B), "dgc")
     library().npl_lstm_backward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"), d, ldo,
                                         _dense(dh, "dh"), _dense(dc, "dc"), g2, ldstep, lddg,
-                                        _dense(dgc, "dgc"), T, H, B)
+                                        _dense(dgc, "dgc"), z, I, T, H, B)
 
 
 def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
@@ -469,14 +485,18 @@ def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
                                       _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H, B)
 
 
-def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc):
-    """The GRU backward over all steps (see ``npl_gru_backward_seq_f32``); dprev, drh [H, B] and
-    dgc [3H, B] are scratch."""
+def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None):
+    """The GRU backward over all steps (see ``npl_gru_backward_seq_f32``); dprev [H, B], drh and
+    dgc [3H, B] are scratch.  Ug [H, 2H], Uc [H, H]: the recurrent rows of the kernels, drh
+    [H, B]; or, with DZ [T, I+H, B], the whole kernels [I+H, 2H] and [I+H, H], drh [I+H, B], and
+    DZ[t] gets [dx_t; dh_{t-1}]."""
     T, nG, B = G.shape
     H = nG // 3
-    _shape(Ug, (H, 2 * H), "Ug")
-    _shape(Uc, (H, H), "Uc")
-    for a, name in ((dh, "dh"), (dprev, "dprev"), (drh, "drh")):
+    z, I = _fold(DZ, T, B, H, Ug.shape[0], "Ug")
+    _shape(Ug, (I + H, 2 * H), "Ug")
+    _shape(Uc, (I + H, H), "Uc")
+    _shape(drh, (I + H, B), "drh")
+    for a, name in ((dh, "dh"), (dprev, "dprev")):
         _shape(a, (H, B), name)
     d, ldo = _dout(dout, T, B, H)
     ug, ldug = _weights(Ug, "Ug")
@@ -486,4 +506,4 @@ def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc):
     library().npl_gru_backward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
                                        _dense(Hs, "Hs"), d, ldo, _dense(dh, "dh"),
                                        _dense(dprev, "dprev"), _dense(drh, "drh"), g2, ldstep,
-                                       lddg, _dense(dgc, "dgc"), T, H, B)
+                                       lddg, _dense(dgc, "dgc"), z, I, T, H, B)

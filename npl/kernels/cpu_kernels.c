@@ -329,21 +329,32 @@ static void add_transposed(float* RESTRICT dh, const float* RESTRICT dout_t, int
  * dc [H, B]: the final state's cotangents, overwritten with the initial state's; dout [T, B, H]
  * (row stride ldo; NULL: no output cotangent); dG: the gradient slab, step t at dG + t * ldstep,
  * rows lddg apart; dgc [4H, B] scratch (a step's gate gradients, contiguous).
- *     dm = dh + dout[t];  gate math (npl_lstm_backward_f32) -> dG[t], dc;  dh = U dG[t]  */
+ *     dm = dh + dout[t];  gate math (npl_lstm_backward_f32) -> dG[t], dc;  dh = U dG[t]
+ * DZ (or NULL): fold d inputs into the step's GEMM.  Then U is the whole kernel, [I+H, 4H] (the
+ * x rows first), and step t writes [dx_t; dh_{t-1}] = U dG[t] into DZ + t (I+H) B: one GEMM with
+ * I more rows instead of a separate all-steps GEMM for d inputs (quicker for narrow inputs). */
 void npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
                                const float* C, const float* dout, int64_t ldo, float* dh,
                                float* dc, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
-                               int64_t T, int64_t H, int64_t B)
+                               float* DZ, int64_t I, int64_t T, int64_t H, int64_t B)
 {
+    const int64_t Z = (I + H) * B;                      /* one step of DZ */
     for (int64_t t = T - 1; t >= 0; t--) {
+        float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * B : dh;   /* dL/dh_t so far */
         if (dout)
-            add_transposed(dh, dout + t * B * ldo, ldo, H, B);
-        npl_lstm_backward_f32(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dh, dc,
+            add_transposed(dcur, dout + t * B * ldo, ldo, H, B);
+        npl_lstm_backward_f32(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dcur, dc,
                               dgc, B, 0, 0, 0, 0, H, B);
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dgc, B,
-              0.0f, dh, B);
+        if (DZ)
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 4 * H, 1.0f, U, ldu, dgc, B,
+                  0.0f, DZ + t * Z, B);
+        else
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dgc, B,
+                  0.0f, dh, B);
         scatter_rows(dG + t * ldstep, lddg, dgc, 4 * H, B);
     }
+    if (DZ)
+        memcpy(dh, DZ + I * B, (size_t)(H * B) * sizeof(float));
 }
 
 /* Steps t0 .. t1-1 of the GRU forward.  G [T, 3H, B]: projections (a_r; a_u; a_c), bias included,
@@ -390,28 +401,46 @@ void npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt
 }
 
 /* The GRU backward over all steps.  dh [H, B]: final-state cotangent, overwritten with the
- * initial state's; dprev, drh [H, B] scratch; the rest as for the LSTM.
+ * initial state's; dprev [H, B] and drh [H, B] (with DZ: [I+H, B]) scratch; the rest as for the
+ * LSTM.
  *     dh += dout[t];  u, c~ part (npl_gru_backward_f32) -> dG[t][H:], dprev = dh * u
  *     drh = Uc dG[t][2H:];  r part (npl_gru_reset_backward_f32) -> dG[t][:H], dprev += drh * r
- *     dh = dprev + Ug dG[t][:2H]   (sgemm, beta = 1) */
+ *     dh = dprev + Ug dG[t][:2H]   (sgemm, beta = 1)
+ * With DZ, Ug and Uc are the whole kernels ([I+H, 2H], [I+H, H]) and step t leaves
+ * [dx_t; dh_{t-1}] in DZ + t (I+H) B: the candidate GEMM gives [its part of dx_t; drh] in drh,
+ * and the gates GEMM adds [its part; Ug dG[t][:2H]] onto [that part; dprev]. */
 void npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
                               int64_t lduc, const float* G, const float* Hs, const float* dout,
                               int64_t ldo, float* dh, float* dprev, float* drh, float* dG,
-                              int64_t ldstep, int64_t lddg, float* dgc, int64_t T, int64_t H,
-                              int64_t B)
+                              int64_t ldstep, int64_t lddg, float* dgc, float* DZ, int64_t I,
+                              int64_t T, int64_t H, int64_t B)
 {
+    const int64_t Z = (I + H) * B;
     for (int64_t t = T - 1; t >= 0; t--) {
+        float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * B : dh;
         if (dout)
-            add_transposed(dh, dout + t * B * ldo, ldo, H, B);
+            add_transposed(dcur, dout + t * B * ldo, ldo, H, B);
         const float* g = G + t * 3 * H * B;
         const float* h = Hs + t * H * B;
-        npl_gru_backward_f32(g, B, h, dh, dgc, B, dprev, H, B);
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, Uc, lduc,
+        npl_gru_backward_f32(g, B, h, dcur, dgc, B, dprev, H, B);
+        const int64_t rows = DZ ? I + H : H;
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, rows, B, H, 1.0f, Uc, lduc,
               dgc + 2 * H * B, B, 0.0f, drh, B);
-        npl_gru_reset_backward_f32(g, B, h, drh, dprev, dgc, B, H, B);
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dgc, B,
-              1.0f, dprev, B);
+        const float* d_rh = DZ ? drh + I * B : drh;
+        npl_gru_reset_backward_f32(g, B, h, d_rh, dprev, dgc, B, H, B);
+        if (DZ) {
+            float* z = DZ + t * Z;
+            memcpy(z, drh, (size_t)(I * B) * sizeof(float));
+            memcpy(z + I * B, dprev, (size_t)(H * B) * sizeof(float));
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 2 * H, 1.0f, Ug, ldug, dgc,
+                  B, 1.0f, z, B);
+        } else {
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dgc, B,
+                  1.0f, dprev, B);
+            memcpy(dh, dprev, (size_t)(H * B) * sizeof(float));
+        }
         scatter_rows(dG + t * ldstep, lddg, dgc, 3 * H, B);
-        memcpy(dh, dprev, (size_t)(H * B) * sizeof(float));
     }
+    if (DZ)
+        memcpy(dh, DZ + I * B, (size_t)(H * B) * sizeof(float));
 }
