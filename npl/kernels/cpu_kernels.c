@@ -65,6 +65,41 @@ static inline float npl_tanhf(float x)
 
 static inline float npl_sigmoidf(float x) { return 0.5f * npl_tanhf(0.5f * x) + 0.5f; }
 
+/* tanh(x) as a rational function on [-7.905, 7.905] (odd degree-13 numerator over even degree-6
+ * denominator, the minimax form TensorFlow's CPU kernels evaluate through Eigen), +-1 beyond it
+ * (where float32 tanh rounds to +-1), x itself for |x| < 4e-4.  ~0.4 ns per value vectorised
+ * against npl_tanhf's 1.2; within 4e-7 of tanh (tested against float64). */
+static inline float npl_mul_add(float a, float b, float c)
+{
+#ifdef __FMA__
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+static inline float npl_tanhf_rational(float x)
+{
+    const float lim = 7.90531110763549805f;
+    float xc = x > lim ? lim : (x < -lim ? -lim : x);
+    float x2 = xc * xc;
+    float p = npl_mul_add(x2, -2.76076847742355e-16f, 2.00018790482477e-13f);
+    p = npl_mul_add(x2, p, -8.60467152213735e-11f);
+    p = npl_mul_add(x2, p, 5.12229709037114e-08f);
+    p = npl_mul_add(x2, p, 1.48572235717979e-05f);
+    p = npl_mul_add(x2, p, 6.37261928875436e-04f);
+    p = npl_mul_add(x2, p, 4.89352455891786e-03f);
+    p = p * xc;
+    float q = npl_mul_add(x2, 1.19825839466702e-06f, 1.18534705686654e-04f);
+    q = npl_mul_add(x2, q, 2.26843463243900e-03f);
+    q = npl_mul_add(x2, q, 4.89352518554385e-03f);
+    float y = p / q;
+    return (x < 4e-4f && x > -4e-4f) ? x : y;
+}
+
+static inline float npl_sigmoidf_rational(float x) { return 0.5f * npl_tanhf_rational(0.5f * x) + 0.5f; }
+
+
 /* Elementwise tanh and sigmoid of n contiguous floats (tested against NumPy). */
 void npl_tanh_f32(const float* RESTRICT x, float* RESTRICT y, int64_t n)
 {
@@ -123,12 +158,15 @@ void npl_gru_gates_combine_f32(float* RESTRICT g, int64_t ldg, const float* REST
 
 /* lstm_backward_pointwise: from the gates g (i, j, f, o), c_prev, c, dm = dL/dm and dc = the
  * carried dL/dc, writes dg = dL/d(pre-activations) (row stride lddg) and dc = dL/dc_prev.
- * clip_mask (or NULL): the cell clip passed the gradient where it is 1. */
-void npl_lstm_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c_prev,
-                           const float* RESTRICT c, const float* RESTRICT dm, float* RESTRICT dc,
-                           float* RESTRICT dg, int64_t lddg,
-                           const float* w_i, const float* w_f, const float* w_o,
-                           const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B)
+ * clip_mask (or NULL): the cell clip passed the gradient where it is 1.  `rational`: recompute
+ * tanh(c) with the rational tanh, as the C loops' forward computed it (a constant at each call
+ * site, so each caller gets its own vectorised copy). */
+static inline __attribute__((always_inline)) void
+lstm_backward_body(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c_prev,
+                   const float* RESTRICT c, const float* RESTRICT dm, float* RESTRICT dc,
+                   float* RESTRICT dg, int64_t lddg, const float* w_i, const float* w_f,
+                   const float* w_o, const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B,
+                   const int rational)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gi = g + k * ldg;
@@ -147,7 +185,7 @@ void npl_lstm_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RE
         const uint8_t* RESTRICT cm = clip_mask ? clip_mask + k * B : 0;
         for (int64_t b = 0; b < B; b++) {
             float i = gi[b], j = gj[b], f = gf[b], o = go[b];
-            float tc = npl_tanhf(ck[b]);
+            float tc = rational ? npl_tanhf_rational(ck[b]) : npl_tanhf(ck[b]);
             float dg_o = dmk[b] * tc * o * (1.0f - o);
             float dct = dck[b] + dmk[b] * o * (1.0f - tc * tc) + dg_o * po;
             if (cm) dct = cm[b] ? dct : 0.0f;
@@ -158,6 +196,24 @@ void npl_lstm_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RE
             dck[b] = dct * f + dg_i * pi + dg_f * pf;
         }
     }
+}
+
+void npl_lstm_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c_prev,
+                           const float* RESTRICT c, const float* RESTRICT dm, float* RESTRICT dc,
+                           float* RESTRICT dg, int64_t lddg,
+                           const float* w_i, const float* w_f, const float* w_o,
+                           const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B)
+{
+    lstm_backward_body(g, ldg, c_prev, c, dm, dc, dg, lddg, w_i, w_f, w_o, clip_mask, H, B, 0);
+}
+
+/* The same for the C loops (plain cells), with the forward's rational tanh of c. */
+static void lstm_backward_rational(const float* RESTRICT g, int64_t ldg,
+                                   const float* RESTRICT c_prev, const float* RESTRICT c,
+                                   const float* RESTRICT dm, float* RESTRICT dc,
+                                   float* RESTRICT dg, int64_t lddg, int64_t H, int64_t B)
+{
+    lstm_backward_body(g, ldg, c_prev, c, dm, dc, dg, lddg, 0, 0, 0, 0, H, B, 1);
 }
 
 /* gru_backward_pointwise: dg[H:2H] = dL/da_u, dg[2H:] = dL/da_c, dh_prev = dh * u. */
@@ -219,40 +275,6 @@ typedef void (*npl_sgemm_fn)(int64_t order, int64_t transa, int64_t transb, int6
                              int64_t k, float alpha, const float* a, int64_t lda, const float* b,
                              int64_t ldb, float beta, float* c, int64_t ldc);
 enum { NPL_ROW_MAJOR = 101, NPL_NO_TRANS = 111, NPL_TRANS = 112 };
-
-/* tanh(x) as a rational function on [-7.905, 7.905] (odd degree-13 numerator over even degree-6
- * denominator, the minimax form TensorFlow's CPU kernels evaluate through Eigen), +-1 beyond it
- * (where float32 tanh rounds to +-1), x itself for |x| < 4e-4.  ~0.4 ns per value vectorised
- * against npl_tanhf's 1.2; within 4e-7 of tanh (tested against float64). */
-static inline float npl_mul_add(float a, float b, float c)
-{
-#ifdef __FMA__
-    return __builtin_fmaf(a, b, c);
-#else
-    return a * b + c;
-#endif
-}
-
-static inline float npl_tanhf_rational(float x)
-{
-    const float lim = 7.90531110763549805f;
-    float xc = x > lim ? lim : (x < -lim ? -lim : x);
-    float x2 = xc * xc;
-    float p = npl_mul_add(x2, -2.76076847742355e-16f, 2.00018790482477e-13f);
-    p = npl_mul_add(x2, p, -8.60467152213735e-11f);
-    p = npl_mul_add(x2, p, 5.12229709037114e-08f);
-    p = npl_mul_add(x2, p, 1.48572235717979e-05f);
-    p = npl_mul_add(x2, p, 6.37261928875436e-04f);
-    p = npl_mul_add(x2, p, 4.89352455891786e-03f);
-    p = p * xc;
-    float q = npl_mul_add(x2, 1.19825839466702e-06f, 1.18534705686654e-04f);
-    q = npl_mul_add(x2, q, 2.26843463243900e-03f);
-    q = npl_mul_add(x2, q, 4.89352518554385e-03f);
-    float y = p / q;
-    return (x < 4e-4f && x > -4e-4f) ? x : y;
-}
-
-static inline float npl_sigmoidf_rational(float x) { return 0.5f * npl_tanhf_rational(0.5f * x) + 0.5f; }
 
 void npl_tanh_rational_f32(const float* RESTRICT x, float* RESTRICT y, int64_t n)
 {
@@ -329,7 +351,7 @@ static void add_transposed(float* RESTRICT dh, const float* RESTRICT dout_t, int
  * dc [H, B]: the final state's cotangents, overwritten with the initial state's; dout [T, B, H]
  * (row stride ldo; NULL: no output cotangent); dG: the gradient slab, step t at dG + t * ldstep,
  * rows lddg apart; dgc [4H, B] scratch (a step's gate gradients, contiguous).
- *     dm = dh + dout[t];  gate math (npl_lstm_backward_f32) -> dG[t], dc;  dh = U dG[t]
+ *     dm = dh + dout[t];  gate math (lstm_backward_rational) -> dG[t], dc;  dh = U dG[t]
  * DZ (or NULL): fold d inputs into the step's GEMM.  Then U is the whole kernel, [I+H, 4H] (the
  * x rows first), and step t writes [dx_t; dh_{t-1}] = U dG[t] into DZ + t (I+H) B: one GEMM with
  * I more rows instead of a separate all-steps GEMM for d inputs (quicker for narrow inputs). */
@@ -343,8 +365,8 @@ void npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, 
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * B : dh;   /* dL/dh_t so far */
         if (dout)
             add_transposed(dcur, dout + t * B * ldo, ldo, H, B);
-        npl_lstm_backward_f32(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dcur, dc,
-                              dgc, B, 0, 0, 0, 0, H, B);
+        lstm_backward_rational(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dcur,
+                               dc, dgc, B, H, B);
         if (DZ)
             sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 4 * H, 1.0f, U, ldu, dgc, B,
                   0.0f, DZ + t * Z, B);
