@@ -177,6 +177,21 @@ def _c_loops(x, act, plain, batch):
     return cpu if cpu.sequence_loops() else None
 
 
+def _c_backward_inputs(dout, dtype, T, B, I, H):
+    """What a C backward loop takes besides the weights: the output cotangent as a C-contiguous
+    time-major array (or None) and, for narrow inputs (FOLD_D_INPUTS_MAX_RATIO), the slab DZ
+    [T, I+H, B] in which each step leaves [dx_t; dh_{t-1}] (else None)."""
+    if dout is not None:
+        dout = np.ascontiguousarray(dout, dtype=dtype)
+    fold = I <= FOLD_D_INPUTS_MAX_RATIO * H
+    return dout, (_ws.empty(np, (T, I + H, B), dtype) if fold else None)
+
+
+def _folded_dx(DZ, I):
+    """d inputs [T, B, I] (a view) from the slab a folded C backward filled, or None."""
+    return None if DZ is None else DZ[:, :I].transpose(0, 2, 1)
+
+
 def _flat(a):
     """[T, F, B] -> [F, T*B] (one copy), so that a sum over all steps is one GEMM."""
     return a.transpose(1, 0, 2).reshape(a.shape[1], -1)
@@ -833,11 +848,6 @@ class LSTMCell(RNNCell):
         if self._proj_clip is not None:
             PM = fm["proj_clip_mask"] = _ws.empty(xp, (T, P, B), bool)
         rec = LayerRecord(self, x, mask, fm)
-        proj = self._params.get("projection/kernel")         # [H, P]
-        m = _ws.empty(xp, (H, B), dt) if proj is not None else None
-        buf = _ws.empty(xp, (4 * H, B), dt)
-        inv = rec.inv_fm
-        S, h_out = _state_dropout(rec, state_mask, T, xp)
         if loops is not None:                                # the time loop in C, K steps a call
             UT = _ws.empty(xp, U.shape[::-1], dt)
             UT[...] = U.T                                    # [4H, P]: the sgemm's quicker form
@@ -845,6 +855,11 @@ class LSTMCell(RNNCell):
                 project(t0)
                 loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T))
             return _outputs(rec), LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T])), rec
+        proj = self._params.get("projection/kernel")         # [H, P]
+        m = _ws.empty(xp, (H, B), dt) if proj is not None else None
+        buf = _ws.empty(xp, (4 * H, B), dt)
+        inv = rec.inv_fm
+        S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
             if t % K == 0:
                 project(t)
@@ -870,13 +885,13 @@ class LSTMCell(RNNCell):
     # -- backward
     def _backward_seq(self, rec, dout, dstate):
         fm, x = rec.fm, rec.x
-        G, C, Hs = fm["gates"], fm["c"], fm["h"]
+        G, C = fm["gates"], fm["c"]
         CM, PM = fm.get("cell_clip_mask"), fm.get("proj_clip_mask")
         xp = get_array_module(G)
         T, _, B = G.shape
         I = x.shape[2]
         H, P, dt = self._num_units, self.output_size, G.dtype
-        W, U, _ = self._effective_weights(I)
+        U = self._params["kernel"][I:]                       # [P, 4H] recurrent rows
         proj = self._params.get("projection/kernel")
         if dstate is None:
             dc, dh = _ws.zeros(xp, (H, B), dt), _ws.zeros(xp, (P, B), dt)
@@ -888,17 +903,10 @@ class LSTMCell(RNNCell):
                          and inv is None and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
         if loops is not None:                                # the time loop in C
-            if dout is not None:
-                dout = np.ascontiguousarray(dout, dtype=G.dtype)
-            dgc = _ws.empty(xp, (4 * H, B), dt)
-            if I <= FOLD_D_INPUTS_MAX_RATIO * H:              # [dx_t; dh] = kernel @ dG[t]
-                DZ = _ws.empty(xp, (T, I + H, B), dt)
-                loops.lstm_backward_seq(self._params["kernel"], G, C, dout, dh, dc, dG2, dgc, DZ)
-                dx = DZ[:, :I].transpose(0, 2, 1)
-            else:
-                loops.lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc)
-                dx = None
-            return self._weight_grads(rec, dG, dG2, None, None, dc, dh, dx)
+            dout, DZ = _c_backward_inputs(dout, dt, T, B, I, H)
+            loops.lstm_backward_seq(U if DZ is None else self._params["kernel"], G, C, dout, dh, dc,
+                                    dG2, _ws.empty(xp, (4 * H, B), dt), DZ)
+            return self._weight_grads(rec, dG, dG2, None, None, dc, dh, _folded_dx(DZ, I))
         buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
         dout_fm = _masked_fm(dout, rec)
         DHP = _ws.empty(xp, (T, P, B), dt) if proj is not None else None
@@ -1035,9 +1043,6 @@ class GRUCell(RNNCell):
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})
         rh = _ws.empty(xp, (H, B), dt)
-        buf_g, buf_c = _ws.empty(xp, (2 * H, B), dt), _ws.empty(xp, (H, B), dt)
-        inv, act = rec.inv_fm, self._activation
-        S, h_out = _state_dropout(rec, state_mask, T, xp)
         if loops is not None:                              # the time loop in C, K steps a call
             UgT, UcT = _ws.empty(xp, (2 * H, H), dt), _ws.empty(xp, (H, H), dt)
             UgT[...], UcT[...] = Ug.T, Uc.T                  # the sgemm's quicker form
@@ -1045,6 +1050,9 @@ class GRUCell(RNNCell):
                 project(t0)
                 loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T))
             return _outputs(rec), _state_public(Hs[T]), rec
+        buf_g, buf_c = _ws.empty(xp, (2 * H, B), dt), _ws.empty(xp, (H, B), dt)
+        inv, act = rec.inv_fm, self._activation
+        S, h_out = _state_dropout(rec, state_mask, T, xp)
         for t in range(T):
             if t % K == 0:
                 project(t)
@@ -1068,42 +1076,39 @@ class GRUCell(RNNCell):
         H, dt = self._num_units, G.dtype
         Wx, Ug, Uc = self._weights(I)
         dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
-        buf, drh = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
-        tmp, tmp2, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
-        dout_fm = _masked_fm(dout, rec)
         dG2, dG = _gate_grad_slab(G)
-        if rec.record_state_grads:
-            rec.d_h_fm = _ws.empty(xp, (T, H, B), dt)
         inv, act = rec.inv_fm, self._activation
         loops = _c_loops(G, act, inv is None and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
-        dx = None
         if loops is not None:                              # the time loop in C
-            if dout is not None:
-                dout = np.ascontiguousarray(dout, dtype=G.dtype)
-            dgc = _ws.empty(xp, (3 * H, B), dt)
-            if I <= FOLD_D_INPUTS_MAX_RATIO * H:            # [dx_t; dh] from the whole kernels
-                DZ = _ws.empty(xp, (T, I + H, B), dt)
-                loops.gru_backward_seq(self._params["gates/kernel"], self._params["candidate/kernel"],
-                                       G, Hs, dout, dh, buf, _ws.empty(xp, (I + H, B), dt), dG2,
-                                       dgc, DZ)
-                dx = DZ[:, :I].transpose(0, 2, 1)
-            else:
-                loops.gru_backward_seq(Ug, Uc, G, Hs, dout, dh, buf, drh, dG2, dgc)
-        for t in (range(T - 1, -1, -1) if loops is None else ()):
-            passthrough = _step_grad(dh, dout_fm, t, rec, carry)
-            if rec.d_h_fm is not None:
-                rec.d_h_fm[t] = dh
-            g, dg = G[t], dG[t]
-            gru_backward_pointwise(g, Hs[t], dh, dg, act, buf, tmp)
-            xp.matmul(Uc, dg[2 * H:], out=drh)             # [H, H] @ [H, B]
-            gru_reset_backward(g, Hs[t], drh, buf, dg, tmp)
-            xp.matmul(Ug, dg[:2 * H], out=tmp2)            # [H, 2H] @ [2H, B]
-            buf += tmp2
-            if inv is not None:
-                xp.copyto(dg, 0, where=inv[t])
-                xp.copyto(buf, passthrough, where=inv[t])
-            dh, buf = buf, dh
+            dout, DZ = _c_backward_inputs(dout, dt, T, B, I, H)
+            p = self._params                               # folded: the whole kernels
+            Kg, Kc = (Ug, Uc) if DZ is None else (p["gates/kernel"], p["candidate/kernel"])
+            loops.gru_backward_seq(Kg, Kc, G, Hs, dout, dh, _ws.empty(xp, (H, B), dt),
+                                   _ws.empty(xp, (Kg.shape[0], B), dt), dG2,
+                                   _ws.empty(xp, (3 * H, B), dt), DZ)
+            dx = _folded_dx(DZ, I)
+        else:
+            dx = None
+            buf, drh = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
+            tmp, tmp2, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
+            dout_fm = _masked_fm(dout, rec)
+            if rec.record_state_grads:
+                rec.d_h_fm = _ws.empty(xp, (T, H, B), dt)
+            for t in range(T - 1, -1, -1):
+                passthrough = _step_grad(dh, dout_fm, t, rec, carry)
+                if rec.d_h_fm is not None:
+                    rec.d_h_fm[t] = dh
+                g, dg = G[t], dG[t]
+                gru_backward_pointwise(g, Hs[t], dh, dg, act, buf, tmp)
+                xp.matmul(Uc, dg[2 * H:], out=drh)         # [H, H] @ [H, B]
+                gru_reset_backward(g, Hs[t], drh, buf, dg, tmp)
+                xp.matmul(Ug, dg[:2 * H], out=tmp2)        # [H, 2H] @ [2H, B]
+                buf += tmp2
+                if inv is not None:
+                    xp.copyto(dg, 0, where=inv[t])
+                    xp.copyto(buf, passthrough, where=inv[t])
+                dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
         gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H])                 # [x_t; h_{t-1}; 1] @ dG_r,u

@@ -379,6 +379,42 @@ void npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, 
         memcpy(dh, DZ + I * B, (size_t)(H * B) * sizeof(float));
 }
 
+/* The GRU step's gate math, as gru_gates_forward and gru_state_forward in npl/gates.py (g [3H, B]
+ * contiguous rows): r, u = sigmoid(a_r), sigmoid(a_u) in place and rh = r * h_prev; then, after
+ * the candidate's GEMM, c~ = tanh(a_c) in place and h = c~ + u * (h_prev - c~). */
+static void gru_forward_gates(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT rh,
+                              int64_t H, int64_t B)
+{
+    for (int64_t k = 0; k < H; k++) {
+        float* RESTRICT gr = g + k * B;
+        float* RESTRICT gu = g + (H + k) * B;
+        const float* RESTRICT hp = h_prev + k * B;
+        float* RESTRICT rhk = rh + k * B;
+        for (int64_t b = 0; b < B; b++) {
+            float r = npl_sigmoidf_rational(gr[b]);
+            gr[b] = r;
+            gu[b] = npl_sigmoidf_rational(gu[b]);
+            rhk[b] = r * hp[b];
+        }
+    }
+}
+
+static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
+                              int64_t H, int64_t B)
+{
+    for (int64_t k = 0; k < H; k++) {
+        const float* RESTRICT gu = g + (H + k) * B;
+        float* RESTRICT gc = g + (2 * H + k) * B;
+        const float* RESTRICT hp = h_prev + k * B;
+        float* RESTRICT hk = h + k * B;
+        for (int64_t b = 0; b < B; b++) {
+            float cand = npl_tanhf_rational(gc[b]);
+            gc[b] = cand;
+            hk[b] = cand + gu[b] * (hp[b] - cand);
+        }
+    }
+}
+
 /* Steps t0 .. t1-1 of the GRU forward.  G [T, 3H, B]: projections (a_r; a_u; a_c), bias included,
  * overwritten with (r; u; c~); Hs [T+1, H, B]; UgT [2H, H] (row stride ldugt) and UcT [H, H]
  * (lduct): the recurrent rows of the two kernels, transposed copies; rh [H, B] scratch.
@@ -394,31 +430,10 @@ void npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt
         float* hn = Hs + (t + 1) * H * B;
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, 2 * H, B, H, 1.0f, UgT, ldugt, h, B, 1.0f,
               g, B);
-        for (int64_t k = 0; k < H; k++) {
-            float* RESTRICT gr = g + k * B;
-            float* RESTRICT gu = g + (H + k) * B;
-            const float* RESTRICT hp = h + k * B;
-            float* RESTRICT rhk = rh + k * B;
-            for (int64_t b = 0; b < B; b++) {
-                float r = npl_sigmoidf_rational(gr[b]);
-                gr[b] = r;
-                gu[b] = npl_sigmoidf_rational(gu[b]);
-                rhk[b] = r * hp[b];
-            }
-        }
+        gru_forward_gates(g, h, rh, H, B);
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, UcT, lduct, rh, B, 1.0f,
               g + 2 * H * B, B);
-        for (int64_t k = 0; k < H; k++) {
-            const float* RESTRICT gu = g + (H + k) * B;
-            float* RESTRICT gc = g + (2 * H + k) * B;
-            const float* RESTRICT hp = h + k * B;
-            float* RESTRICT hk = hn + k * B;
-            for (int64_t b = 0; b < B; b++) {
-                float cand = npl_tanhf_rational(gc[b]);
-                gc[b] = cand;
-                hk[b] = cand + gu[b] * (hp[b] - cand);
-            }
-        }
+        gru_forward_state(g, h, hn, H, B);
     }
 }
 
