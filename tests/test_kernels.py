@@ -14,6 +14,7 @@ import pytest
 
 import npl
 from npl import kernels, gates, activations
+from npl.kernels import cpu
 from helpers import randomize_params, random_state, random_like, flatten, rel_err
 
 
@@ -39,6 +40,14 @@ def test_kernel_source_is_packaged():
     assert os.path.exists(kernels.SOURCE_PATH)
 
 
+@pytest.fixture
+def cpu_kernels_off():
+    """The NumPy side is the array code of npl.gates, not the fused CPU kernels (npl.kernels.cpu)."""
+    old = cpu.enable(False)
+    yield
+    cpu.enable(old)
+
+
 def _cupy():
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda]")
     if not npl.backend.cupy_available():
@@ -49,7 +58,7 @@ def _cupy():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("peep", [False, True])
 @pytest.mark.parametrize("clip", [None, 0.7])
-def test_lstm_kernels_match_array_code(dtype, peep, clip):
+def test_lstm_kernels_match_array_code(cpu_kernels_off, dtype, peep, clip):
     cp = _cupy()
     rng = np.random.default_rng(0)
     H, B = 5, 7
@@ -79,7 +88,7 @@ def test_lstm_kernels_match_array_code(dtype, peep, clip):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gru_kernels_match_array_code(dtype):
+def test_gru_kernels_match_array_code(cpu_kernels_off, dtype):
     cp = _cupy()
     rng = np.random.default_rng(1)
     H, B = 6, 3
