@@ -91,6 +91,10 @@ def format_header(meta):
     p = meta["protocol"]
     lines.append("timing: %d warm-up calls, then the median/min/max of %d runs (each run >= %.0f ms, "
                  "n calls averaged)" % (p["warmup"], p["repeats"], 1e3 * p["min_run_s"]))
+    if meta.get("rounds", 1) > 1:
+        lines.append("rounds: every framework's worker ran %d times, round-robin; each row is its "
+                     "case's best round (lowest median), every round's median is in the JSON"
+                     % meta["rounds"])
     if meta.get("loadavg"):
         lines.append("load average at start: %s" % " ".join("%.2f" % v for v in meta["loadavg"]))
         cores = f.get("cores") or 1

@@ -118,7 +118,7 @@ PRESCALE_MIN_RATIO = 4
 PROJECTION_CHUNK_BYTES = 2 << 20
 
 
-def _projection(W, x, b):
+def _projection(W, x, b, mm=None):
     """The input projection G[t] = W^T x_t + b of every step, bias included, in a [T, nG, B] slab.
 
     Returns ``(G, K, fill)``: ``fill(t0)`` computes steps t0 .. t0+K-1 with one GEMM into ``G``.
@@ -127,7 +127,7 @@ def _projection(W, x, b):
     C1 benchmark: 3-7 % faster than projecting all steps first).  When one step's gates exceed
     320 KB the single large GEMM is the better trade (C2's GRU was 5 % slower chunked) and K = T.  x [T, B, I] (any strides) is copied
     once into feature-major [T, I+1, B] with a row of ones that carries the bias:
-    [W^T | b] [nG, I+1] @ [T, I+1, B]."""
+    [W^T | b] [nG, I+1] @ [T, I+1, B].  ``mm``: see :func:`_matmul`."""
     xp = get_array_module(x)
     T, B, I = x.shape
     nG = W.shape[1]
@@ -147,8 +147,24 @@ def _projection(W, x, b):
 
     def fill(t0):
         t1 = min(t0 + K, T)
-        xp.matmul(Wb, x1[t0:t1], out=G[t0:t1])      # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
+        _matmul(Wb, x1[t0:t1], G[t0:t1], mm)        # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
     return G, K, fill
+
+
+def _matmul(a, b, out, mm=None):
+    """out = a @ b with the array module's matmul, or with ``mm`` (:func:`npl.kernels.cpu.matmul`,
+    npl's own threads) when the pass's C loops split the batch over threads: then no GEMM of the
+    pass wakes the BLAS's thread pool, whose idle workers would poll the cores the loops use."""
+    if mm is None:
+        return get_array_module(a).matmul(a, b, out=out)
+    mm(a, b, out)
+    return out
+
+
+def _threaded_gemm(loops, B):
+    """:func:`npl.kernels.cpu.matmul` when ``loops`` (from :func:`_c_loops`) run a batch of B on
+    more than one thread, else None (the array module's matmul)."""
+    return loops.matmul if loops is not None and loops.loop_threads(B) > 1 else None
 
 
 # The C time loops run from this batch size up.  Below it the Python loop is quicker: NumPy's
@@ -263,7 +279,7 @@ def _gate_grad_slab(G):
 SPLIT_KERNEL_GRAD_BYTES = 4 << 20
 
 
-def _kernel_grad(x, h, dG2, scale=None, reuse=None):
+def _kernel_grad(x, h, dG2, scale=None, reuse=None, mm=None):
     """sum_t [x_t; h_t] dG_t^T and sum_t dG_t: the kernel gradient [I+P, nG] and the bias gradient
     [nG] over all steps, x: [T, B, I] (any strides), h: [T, P, B] (times ``scale``, [T, P, B],
     when given: the GRU candidate's r * h), dG2: [nG, T*B].  Returns (grad, bias grad, operand);
@@ -291,20 +307,20 @@ def _kernel_grad(x, h, dG2, scale=None, reuse=None):
         h_rows[...] = h.transpose(1, 0, 2)
     else:
         xp.multiply(scale.transpose(1, 0, 2), h.transpose(1, 0, 2), out=h_rows)
+    out = xp.empty((I + P + 1, dG2.shape[0]), h.dtype)
     if not split:
-        out = xp.matmul(op, dG2.T)                                   # [I+P+1, T*B] @ [T*B, nG]
+        _matmul(op, dG2.T, out, mm)                                  # [I+P+1, T*B] @ [T*B, nG]
     else:
-        out = xp.empty((I + P + 1, dG2.shape[0]), h.dtype)
-        xp.matmul(x.reshape(T * B, I).T, dG2.T, out=out[:I])        # [I, T*B] @ [T*B, nG]
-        xp.matmul(op, dG2.T, out=out[I:])                            # [P+1, T*B] @ [T*B, nG]
+        _matmul(x.reshape(T * B, I).T, dG2.T, out[:I], mm)          # [I, T*B] @ [T*B, nG]
+        _matmul(op, dG2.T, out[I:], mm)                              # [P+1, T*B] @ [T*B, nG]
     return out[:I + P], out[I + P], op
 
 
-def _dx(W, dG2, T, B):
+def _dx(W, dG2, T, B, mm=None):
     """d x_t = W @ dG_t for all steps at once: [I, nG] @ [nG, T*B] -> [T, B, I] (a view)."""
     xp = get_array_module(W)
     out = _ws.empty(xp, (W.shape[0], T * B), W.dtype)
-    return xp.matmul(W, dG2, out=out).reshape(W.shape[0], T, B).transpose(1, 2, 0)
+    return _matmul(W, dG2, out, mm).reshape(W.shape[0], T, B).transpose(1, 2, 0)
 
 
 def _state_fm(a):
@@ -837,7 +853,7 @@ class LSTMCell(RNNCell):
         prescaled = (loops is None and xp is np and peep is None and act is _act.tanh
                      and T * B >= PRESCALE_MIN_RATIO * (I + self.output_size))
         W, U, b = self._effective_weights(I, prescaled)
-        G, K, project = _projection(W, x, b)                 # [4H, I+1] @ [T, I+1, B], K steps at a time
+        G, K, project = _projection(W, x, b, _threaded_gemm(loops, B))  # [4H, I+1] @ [T, I+1, B], K steps a call
         C = _ws.empty(xp, (T + 1, H, B), dt)
         Hs = _ws.empty(xp, (T + 1, P, B), dt)
         C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
@@ -906,7 +922,8 @@ class LSTMCell(RNNCell):
             dout, DZ = _c_backward_inputs(dout, dt, T, B, I, H)
             loops.lstm_backward_seq(U if DZ is None else self._params["kernel"], G, C, dout, dh, dc,
                                     dG2, _ws.empty(xp, (4 * H, B), dt), DZ)
-            return self._weight_grads(rec, dG, dG2, None, None, dc, dh, _folded_dx(DZ, I))
+            return self._weight_grads(rec, dG, dG2, None, None, dc, dh, _folded_dx(DZ, I),
+                                      _threaded_gemm(loops, B))
         buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
         dout_fm = _masked_fm(dout, rec)
         DHP = _ws.empty(xp, (T, P, B), dt) if proj is not None else None
@@ -946,7 +963,7 @@ class LSTMCell(RNNCell):
             dh, buf = buf, dh
         return self._weight_grads(rec, dG, dG2, DHP, peep, dc, dh)
 
-    def _weight_grads(self, rec, dG, dG2, DHP, peep, dc, dh, dx=None):
+    def _weight_grads(self, rec, dG, dG2, DHP, peep, dc, dh, dx=None, mm=None):
         """The parameter gradients from the gate gradients of every step, one GEMM each, and the
         backward's return value (d inputs, computed here unless given, d initial state)."""
         fm, x = rec.fm, rec.x
@@ -960,7 +977,7 @@ class LSTMCell(RNNCell):
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
         dG2 = _flat(dG) if dG2 is None else dG2              # [4H, T*B]
-        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2)                          # [I+P+1, T*B] @ [T*B, 4H]
+        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2, mm=mm)                   # [I+P+1, T*B] @ [T*B, 4H]
         self._accumulate("kernel", gk)
         self._accumulate("bias", gb)
         if peep is not None:
@@ -973,7 +990,7 @@ class LSTMCell(RNNCell):
             self._accumulate("projection/kernel",
                              xp.matmul(_flat(M), _flat(DHP).T))  # [H, T*B] @ [T*B, P]
         if dx is None:
-            dx = _dx(W, dG2, T, B)                           # [I, 4H] @ [4H, T*B]
+            dx = _dx(W, dG2, T, B, mm)                       # [I, 4H] @ [4H, T*B]
         return dx, LSTMStateTuple(_state_public(dc), _state_public(dh))
 
 
@@ -1038,7 +1055,7 @@ class GRUCell(RNNCell):
         prescaled = loops is None and xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)  # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled)
         b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
-        G, K, project = _projection(Wx, x, b)              # [3H, I+1] @ [T, I+1, B], K steps at a time
+        G, K, project = _projection(Wx, x, b, _threaded_gemm(loops, B))  # [3H, I+1] @ [T, I+1, B]
         Hs = _ws.empty(xp, (T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
         rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})
@@ -1080,6 +1097,7 @@ class GRUCell(RNNCell):
         inv, act = rec.inv_fm, self._activation
         loops = _c_loops(G, act, inv is None and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
+        mm = _threaded_gemm(loops, B)
         if loops is not None:                              # the time loop in C
             dout, DZ = _c_backward_inputs(dout, dt, T, B, I, H)
             p = self._params                               # folded: the whole kernels
@@ -1111,14 +1129,14 @@ class GRUCell(RNNCell):
                 dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
-        gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H])                 # [x_t; h_{t-1}; 1] @ dG_r,u
+        gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H], mm=mm)          # [x_t; h_{t-1}; 1] @ dG_r,u
         self._accumulate("gates/kernel", gk)
         self._accumulate("gates/bias", gb)
-        ck, cb, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op)  # [x_t; r*h; 1]
+        ck, cb, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op, mm=mm)  # [x_t; r*h; 1]
         self._accumulate("candidate/kernel", ck)
         self._accumulate("candidate/bias", cb)
         if dx is None:
-            dx = _dx(Wx, dG2, T, B)                                       # [I, 3H] @ [3H, T*B]
+            dx = _dx(Wx, dG2, T, B, mm)                                   # [I, 3H] @ [3H, T*B]
         return dx, _state_public(dh)
 
 

@@ -232,3 +232,28 @@ def test_nonsense_is_refused_with_a_clear_message(argv, words, capsys):
     err = capsys.readouterr().err
     for w in words:
         assert w in err, (w, err)
+
+
+def test_rounds_keep_each_cases_best_round(tmp_path):
+    proc = _run(["--quick", "--configs", "C4", "--cells", "lstm", "--modes", "fwd", "--frameworks", "npl",
+                 "--rounds", "3", "--repeats", "1", "--warmup", "0", "--min-run-ms", "0", "--no-plot",
+                 "--no-memory"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rounds: every framework's worker ran 3 times" in proc.stdout
+    assert proc.stderr.count("(round ") == 3
+    doc = json.load(open(tmp_path / "bench.json"))
+    assert doc["rounds"] == 3 and doc["frameworks"]["npl"]["rounds"] == 3
+    (row,) = doc["results"]
+    meds = row["round_medians_ms"]
+    assert len(meds) == 3 and all(_finite_pos(v) for v in meds)
+    assert row["median_ms"] == min(meds)                      # the best round's row
+    assert meds[row["round"] - 1] == row["median_ms"]
+    assert row["median_ms"] == 1e3 * statistics.median(row["times_s"])
+
+
+def test_rounds_are_validated():
+    with pytest.raises(SystemExit):
+        parse_args(["--rounds", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--rounds", "2", "--long"])
+    assert parse_args(["--rounds", "2"]).rounds == 2

@@ -37,20 +37,36 @@ import threading
 import numpy as np
 
 __all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
-           "sequence_loops", "enable_sequence_loops"]
+           "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
 # array code does (the kernels' forward results are bit for bit NumPy's).
-FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
-         "-std=c99")
+FLAGS = ("-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math",
+         "-ffp-contract=off", "-std=c99")
 _NATIVE = ("-march=native",)
 
 _OFF = ("0", "false", "off", "")
+
+
+def _env_threads():
+    """NPL_CPU_THREADS as a positive int, or None (follow the BLAS's thread count)."""
+    v = os.environ.get("NPL_CPU_THREADS", "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError("NPL_CPU_THREADS must be a positive integer, got %r" % (v,))
+    return n
+
 _state = {"lib": None, "why": None, "tried": False,
           "enabled": os.environ.get("NPL_CPU_KERNELS", "1").strip() not in _OFF,
           "loops": os.environ.get("NPL_CPU_LOOPS", "1").strip() not in _OFF,
-          "sgemm": None, "sgemm_why": None, "sgemm_tried": False}
+          "sgemm": None, "sgemm_why": None, "sgemm_tried": False,
+          "blas_threads": None, "threads": _env_threads()}
 _lock = threading.Lock()
 
 _F = ctypes.c_float
@@ -65,13 +81,20 @@ _SIGNATURES = {
     "npl_gru_backward_f32": (_P, _I, _P, _P, _P, _I, _P, _I, _I),
     "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
     "npl_tanh_rational_f32": (_P, _P, _I),
-    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I),
+    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I),
     "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I,
-                                  _I, _I),
-    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I),
+                                  _I, _I, _I),
+    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I),
     "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P,
-                                 _P, _I, _I, _I, _I),
+                                 _P, _I, _I, _I, _I, _I),
+    "npl_sgemm_threads_f32": (_P, _I, _I, _I, _I, _I, _F, _P, _I, _I, _P, _I, _I, _F, _P, _I, _I,
+                              _I, _I),
 }
+_SIGNATURES["npl_pool_spin_us"] = (_I,)
+_SIGNATURES["npl_pool_others_runnable"] = ()
+# these return the number of batch slices (threads) they ran
+_RETURNS_INT = ("npl_pool_spin_us", "npl_pool_others_runnable", "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
+                "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
 
 
 def _cache_dir():
@@ -152,7 +175,7 @@ def _build():
                 for fn, argtypes in _SIGNATURES.items():
                     f = getattr(lib, fn)
                     f.argtypes = argtypes
-                    f.restype = None
+                    f.restype = ctypes.c_int64 if fn in _RETURNS_INT else None
                 return lib, None
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
                 errors.append(str(e))
@@ -192,7 +215,8 @@ def status():
     if not _state["enabled"]:
         return "off (NPL_CPU_KERNELS=0 or npl.kernels.cpu.enable(False)); using the NumPy array code"
     if library() is not None:
-        loops = ("sequence loops in C with %s" % _state["sgemm_where"]) if sequence_loops() else \
+        loops = ("sequence loops in C with %s, batch split over up to %d thread(s)"
+                 % (_state["sgemm_where"], threads())) if sequence_loops() else \
             ("sequence loops in Python: %s" % (_state["sgemm_why"] if _state["loops"] else
                                               "NPL_CPU_LOOPS=0 or enable_sequence_loops(False)"))
         return "on (%s; %s)" % (_state["lib"]._name, loops)
@@ -253,8 +277,23 @@ def _find_sgemm():
             except Exception:        # noqa: BLE001 - a foreign symbol: try the next
                 continue
             if np.allclose(c, want, rtol=1e-5, atol=1e-5):
+                _state["blas_threads"] = _thread_controls(lib, sym)
                 return ctypes.cast(f, ctypes.c_void_p).value, "%s from %s" % (sym, os.path.basename(path))
     return None, "no cblas_sgemm found in the BLAS NumPy loaded"
+
+
+def _thread_controls(lib, sgemm_symbol):
+    """(get, set) of the thread count of the OpenBLAS that exports ``sgemm_symbol`` (same prefix
+    and suffix: scipy_openblas_get_num_threads64_ beside scipy_cblas_sgemm64_), or None."""
+    prefix = "scipy_" if sgemm_symbol.startswith("scipy_") else ""
+    suffix = "64_" if sgemm_symbol.endswith("64_") else ""
+    get = getattr(lib, "%sopenblas_get_num_threads%s" % (prefix, suffix), None)
+    put = getattr(lib, "%sopenblas_set_num_threads%s" % (prefix, suffix), None)
+    if get is None or put is None:
+        return None
+    get.restype, get.argtypes = ctypes.c_int, ()
+    put.restype, put.argtypes = None, (ctypes.c_int,)
+    return get, put
 
 
 def sgemm():
@@ -281,6 +320,158 @@ def enable_sequence_loops(on=True):
         raise TypeError("enable_sequence_loops(on): on must be True or False, got %r" % (on,))
     old, _state["loops"] = _state["loops"], on
     return old
+
+
+# ----------------------------------------------------------------- threads
+# The C loops split a batch into slices of at least this many columns (a multiple of 16 floats,
+# so that no two threads write one cache line); narrower batches leave the threads to the BLAS.
+# Each slice's sgemm packs the whole recurrent weight block again, so narrow slices lose: two
+# threads, forward+backward, npl's threads against OpenBLAS's two-thread sgemm per step, same
+# machine: C1 (B=128, slices of 64) GRU 10.8-11.7 ms against 12.2-13.1, LSTM 13.3-13.8 against
+# 14.8-15.5; C2 (slices of 32) 336 / 347 ms (GRU), 404 / 402 (LSTM); C3 (slices of 16) GRU 96 / 87,
+# LSTM 143 / 108.
+MIN_SLICE = 64
+
+
+def _others_busy():
+    """True while another thread of this process is runnable (see npl_pool_others_runnable)."""
+    return library().npl_pool_others_runnable() != 0
+
+
+def threads():
+    """How many threads the C sequence loops (and the all-steps GEMMs of their passes) split a
+    batch over: ``set_threads(n)`` or ``NPL_CPU_THREADS`` when given, else the thread count of
+    NumPy's OpenBLAS (``OPENBLAS_NUM_THREADS``, threadpoolctl's limits), so npl uses the cores
+    NumPy is allowed to.  1 where that BLAS's thread count cannot be read and set."""
+    if sgemm() is None or _state["blas_threads"] is None:
+        return 1
+    n = _state["threads"]
+    return n if n is not None else max(1, int(_state["blas_threads"][0]()))
+
+
+def set_threads(n=None):
+    """Split the C loops' batch over ``n`` threads (None: follow NumPy's BLAS, the default).
+    Returns the previous setting."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError("set_threads(n): n must be a positive integer or None, got %r" % (n,))
+    old, _state["threads"] = _state["threads"], (None if n is None else int(n))
+    return old
+
+
+def loop_threads(B):
+    """The threads a pass over a batch of B columns uses: :func:`threads`, at most one per
+    MIN_SLICE columns, and 1 while another thread of this process is busy (typically
+    OpenBLAS's own workers, which poll for about 0.1 s after a threaded NumPy product): npl's
+    threads would share a core with it, which is slower than leaving the threads to the BLAS."""
+    n = min(threads(), B // MIN_SLICE)
+    if n <= 1 or _others_busy():
+        return 1
+    return n
+
+
+class _OneBlasThread:
+    """While npl's own threads run, NumPy's OpenBLAS is set to one thread (its pool would
+    otherwise be asked for the same cores, and its idle workers poll them), then restored.  The
+    thread count is process-wide, so passes running at once in several Python threads share one
+    saved value: the first to enter sets it, the last to leave restores it."""
+    __slots__ = ("n",)
+    _lock = threading.Lock()
+    _inside = 0
+    _saved = None
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        if self.n > 1:
+            cls = _OneBlasThread
+            with cls._lock:
+                if cls._inside == 0:
+                    get, put = _state["blas_threads"]
+                    prev = get()
+                    cls._saved = prev if prev != 1 else None
+                    if prev != 1:
+                        put(1)
+                cls._inside += 1
+        return self
+
+    def __exit__(self, *exc):
+        if self.n > 1:
+            cls = _OneBlasThread
+            with cls._lock:
+                cls._inside -= 1
+                if cls._inside == 0 and cls._saved is not None:
+                    _state["blas_threads"][1](cls._saved)
+                    cls._saved = None
+        return False
+
+
+def _operand(a, name):
+    """(pointer, transposed, leading dimension) of a 2-D float32 GEMM operand whose rows or
+    columns are contiguous."""
+    if a.dtype != np.float32 or a.ndim != 2:
+        raise ValueError("npl.kernels.cpu: %s must be a 2-D float32 array, got dtype %s, shape %s"
+                         % (name, a.dtype, a.shape))
+    r, c = a.shape
+    s0, s1 = a.strides
+    if (s1 == 4 or c == 1) and s0 % 4 == 0 and (r == 1 or s0 >= 4 * c):
+        return a.__array_interface__["data"][0], False, (s0 // 4 if r > 1 else max(c, 1))
+    if (s0 == 4 or r == 1) and s1 % 4 == 0 and (c == 1 or s1 >= 4 * r):
+        return a.__array_interface__["data"][0], True, (s1 // 4 if c > 1 else max(r, 1))
+    raise ValueError("npl.kernels.cpu: %s needs contiguous rows or columns, got strides %s"
+                     % (name, a.strides))
+
+
+def matmul(a, b, out, beta=0.0):
+    """out = a @ b (+ beta * out) in float32, the output's larger side split over
+    :func:`threads` threads, each calling NumPy's sgemm single-threaded.  a [M, K]; b [K, N] and
+    out [M, N], or b [n, K, N] and out [n, M, N] (a batch, one a for all).  Any operand may be a
+    transposed view; out needs contiguous rows.  Returns the number of threads used."""
+    for x, name in ((a, "a"), (b, "b"), (out, "out")):
+        if not isinstance(x, np.ndarray) or x.ndim not in ((2,) if name == "a" else (2, 3)):
+            raise ValueError("npl.kernels.cpu.matmul: %s must be a %s NumPy array, got %r"
+                             % (name, "2-D" if name == "a" else "2-D or 3-D",
+                                getattr(x, "shape", type(x).__name__)))
+    batch = 1
+    sB = sC = 0
+    if b.ndim == 3:
+        if out.ndim != 3 or out.shape[0] != b.shape[0]:
+            raise ValueError("npl.kernels.cpu.matmul: with b [n, K, N], out must be [n, M, N], "
+                             "got b %s, out %s" % (b.shape, out.shape))
+        batch, sB, sC = b.shape[0], b.strides[0] // 4, out.strides[0] // 4
+        if batch == 0:
+            return 0
+        b2, out2 = b[0], out[0]
+    else:
+        b2, out2 = b, out
+    M, K = a.shape
+    if b2.shape[0] != K or out2.shape != (M, b2.shape[1]):
+        raise ValueError("npl.kernels.cpu.matmul: shapes %s @ %s -> %s do not match"
+                         % (a.shape, b.shape, out.shape))
+    N = b2.shape[1]
+    pa, ta, lda = _operand(a, "a")
+    pb, tb, ldb = _operand(b2, "b")
+    pc, tc, ldc = _operand(out2, "out")
+    if out2.dtype != np.float32 or not (out2.strides[1] == 4 or N == 1):
+        raise ValueError("npl.kernels.cpu.matmul: out needs contiguous rows of float32, got dtype "
+                         "%s, strides %s" % (out.dtype, out.strides))
+    ldc = out2.strides[0] // 4 if M > 1 else N
+    if M == 0 or N == 0:
+        return 0
+    if K == 0:                                     # a @ b is zero; beta = 0 overwrites NaNs too
+        if beta == 0:
+            out[...] = 0
+        else:
+            out *= beta
+        return 1
+    n = loop_threads(max(M, N))
+    with _OneBlasThread(n):
+        return library().npl_sgemm_threads_f32(
+            sgemm(), _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, M, N, K, 1.0,
+            pa, lda, 0, pb, ldb, sB, beta, pc, ldc, sC, batch, n)
+
+
+_NO_TRANS, _TRANS = 111, 112
 
 
 # ----------------------------------------------------------------- per-step wrappers
@@ -420,8 +611,10 @@ def lstm_forward_seq(UT, G, C, Hs, t0, t1):
     _shape(C, (T + 1, H, B), "C")
     _shape(Hs, (T + 1, H, B), "Hs")
     u, ldu = _weights(UT, "UT")
-    library().npl_lstm_forward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"),
-                                       _dense(Hs, "Hs"), t0, t1, H, B)
+    n = loop_threads(B)
+    with _OneBlasThread(n):
+        return library().npl_lstm_forward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"),
+                                                  _dense(Hs, "Hs"), t0, t1, H, B, n)
 
 
 def _dout(dout, T, B, H):
@@ -465,9 +658,11 @@ def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc, DZ=None):
     u, ldu = _weights(U, "U")
     g2, ldstep, lddg = _grad_slab(dG2, T, B, nG)
     _shape(dgc, (nG, B), "dgc")
-    library().npl_lstm_backward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"), d, ldo,
-                                        _dense(dh, "dh"), _dense(dc, "dc"), g2, ldstep, lddg,
-                                        _dense(dgc, "dgc"), z, I, T, H, B)
+    n = loop_threads(B)
+    with _OneBlasThread(n):
+        return library().npl_lstm_backward_seq_f32(
+            sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"), d, ldo, _dense(dh, "dh"),
+            _dense(dc, "dc"), g2, ldstep, lddg, _dense(dgc, "dgc"), z, I, T, H, B, n)
 
 
 def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
@@ -481,8 +676,11 @@ def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
     _shape(rh, (H, B), "rh")
     ug, ldug = _weights(UgT, "UgT")
     uc, lduc = _weights(UcT, "UcT")
-    library().npl_gru_forward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
-                                      _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H, B)
+    n = loop_threads(B)
+    with _OneBlasThread(n):
+        return library().npl_gru_forward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
+                                                 _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H,
+                                                 B, n)
 
 
 def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None):
@@ -503,7 +701,9 @@ def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None):
     uc, lduc = _weights(Uc, "Uc")
     g2, ldstep, lddg = _grad_slab(dG2, T, B, nG)
     _shape(dgc, (nG, B), "dgc")
-    library().npl_gru_backward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
-                                       _dense(Hs, "Hs"), d, ldo, _dense(dh, "dh"),
-                                       _dense(dprev, "dprev"), _dense(drh, "drh"), g2, ldstep,
-                                       lddg, _dense(dgc, "dgc"), z, I, T, H, B)
+    n = loop_threads(B)
+    with _OneBlasThread(n):
+        return library().npl_gru_backward_seq_f32(
+            sgemm(), ug, ldug, uc, lduc, _dense(G, "G"), _dense(Hs, "Hs"), d, ldo,
+            _dense(dh, "dh"), _dense(dprev, "dprev"), _dense(drh, "drh"), g2, ldstep, lddg,
+            _dense(dgc, "dgc"), z, I, T, H, B, n)

@@ -26,6 +26,7 @@
  * loop runs over the batch column b, so the compiler vectorises it; tanh is computed by npl_tanhf
  * below (branch-free, so it vectorises too) instead of libm's scalar tanhf.
  */
+#define _GNU_SOURCE               /* clock_gettime, pthreads, gettid under -std=c99 */
 #include <stdint.h>
 #include <string.h>
 
@@ -158,7 +159,8 @@ void npl_gru_gates_combine_f32(float* RESTRICT g, int64_t ldg, const float* REST
 
 /* lstm_backward_pointwise: from the gates g (i, j, f, o), c_prev, c, dm = dL/dm and dc = the
  * carried dL/dc, writes dg = dL/d(pre-activations) (row stride lddg) and dc = dL/dc_prev.
- * clip_mask (or NULL): the cell clip passed the gradient where it is 1.  `rational`: recompute
+ * clip_mask (or NULL): the cell clip passed the gradient where it is 1.  The states' rows are lds
+ * apart (B for the step kernels; the sequence loops' batch slices use the whole batch's stride).  `rational`: recompute
  * tanh(c) with the rational tanh, as the C loops' forward computed it (a constant at each call
  * site, so each caller gets its own vectorised copy). */
 static inline __attribute__((always_inline)) void
@@ -166,7 +168,7 @@ lstm_backward_body(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c
                    const float* RESTRICT c, const float* RESTRICT dm, float* RESTRICT dc,
                    float* RESTRICT dg, int64_t lddg, const float* w_i, const float* w_f,
                    const float* w_o, const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B,
-                   const int rational)
+                   int64_t lds, const int rational)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gi = g + k * ldg;
@@ -177,10 +179,10 @@ lstm_backward_body(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c
         float* RESTRICT dgj = dg + (H + k) * lddg;
         float* RESTRICT dgf = dg + (2 * H + k) * lddg;
         float* RESTRICT dgo = dg + (3 * H + k) * lddg;
-        const float* RESTRICT cp = c_prev + k * B;
-        const float* RESTRICT ck = c + k * B;
-        const float* RESTRICT dmk = dm + k * B;
-        float* RESTRICT dck = dc + k * B;
+        const float* RESTRICT cp = c_prev + k * lds;
+        const float* RESTRICT ck = c + k * lds;
+        const float* RESTRICT dmk = dm + k * lds;
+        float* RESTRICT dck = dc + k * lds;
         const float pi = w_i ? w_i[k] : 0.0f, pf = w_f ? w_f[k] : 0.0f, po = w_o ? w_o[k] : 0.0f;
         const uint8_t* RESTRICT cm = clip_mask ? clip_mask + k * B : 0;
         for (int64_t b = 0; b < B; b++) {
@@ -204,31 +206,35 @@ void npl_lstm_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RE
                            const float* w_i, const float* w_f, const float* w_o,
                            const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B)
 {
-    lstm_backward_body(g, ldg, c_prev, c, dm, dc, dg, lddg, w_i, w_f, w_o, clip_mask, H, B, 0);
+    lstm_backward_body(g, ldg, c_prev, c, dm, dc, dg, lddg, w_i, w_f, w_o, clip_mask, H, B, B,
+                       0);
 }
 
-/* The same for the C loops (plain cells), with the forward's rational tanh of c. */
-static void lstm_backward_rational(const float* RESTRICT g, int64_t ldg,
-                                   const float* RESTRICT c_prev, const float* RESTRICT c,
-                                   const float* RESTRICT dm, float* RESTRICT dc,
-                                   float* RESTRICT dg, int64_t lddg, int64_t H, int64_t B)
+/* The same for the C loops (plain cells), with the forward's rational tanh of c; every row of
+ * every array is ld apart. */
+static void lstm_backward_rational(const float* RESTRICT g, const float* RESTRICT c_prev,
+                                   const float* RESTRICT c, const float* RESTRICT dm,
+                                   float* RESTRICT dc, float* RESTRICT dg, int64_t H, int64_t B,
+                                   int64_t ld)
 {
-    lstm_backward_body(g, ldg, c_prev, c, dm, dc, dg, lddg, 0, 0, 0, 0, H, B, 1);
+    lstm_backward_body(g, ld, c_prev, c, dm, dc, dg, ld, 0, 0, 0, 0, H, B, ld, 1);
 }
 
-/* gru_backward_pointwise: dg[H:2H] = dL/da_u, dg[2H:] = dL/da_c, dh_prev = dh * u. */
-void npl_gru_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RESTRICT h_prev,
-                          const float* RESTRICT dh, float* RESTRICT dg, int64_t lddg,
-                          float* RESTRICT dh_prev, int64_t H, int64_t B)
+/* gru_backward_pointwise: dg[H:2H] = dL/da_u, dg[2H:] = dL/da_c, dh_prev = dh * u (the states'
+ * rows lds apart). */
+static inline void gru_backward_body(const float* RESTRICT g, int64_t ldg,
+                                     const float* RESTRICT h_prev, const float* RESTRICT dh,
+                                     float* RESTRICT dg, int64_t lddg, float* RESTRICT dh_prev,
+                                     int64_t H, int64_t B, int64_t lds)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gu = g + (H + k) * ldg;
         const float* RESTRICT gc = g + (2 * H + k) * ldg;
         float* RESTRICT dgu = dg + (H + k) * lddg;
         float* RESTRICT dgc = dg + (2 * H + k) * lddg;
-        const float* RESTRICT hp = h_prev + k * B;
-        const float* RESTRICT dhk = dh + k * B;
-        float* RESTRICT dhp = dh_prev + k * B;
+        const float* RESTRICT hp = h_prev + k * lds;
+        const float* RESTRICT dhk = dh + k * lds;
+        float* RESTRICT dhp = dh_prev + k * lds;
         for (int64_t b = 0; b < B; b++) {
             float u = gu[b], cand = gc[b], d = dhk[b];
             dgu[b] = d * (hp[b] - cand) * u * (1.0f - u);
@@ -238,23 +244,38 @@ void npl_gru_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RES
     }
 }
 
+void npl_gru_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RESTRICT h_prev,
+                          const float* RESTRICT dh, float* RESTRICT dg, int64_t lddg,
+                          float* RESTRICT dh_prev, int64_t H, int64_t B)
+{
+    gru_backward_body(g, ldg, h_prev, dh, dg, lddg, dh_prev, H, B, B);
+}
+
 /* gru_reset_backward: dg[:H] = drh * h_prev * r (1 - r); dh_prev += drh * r. */
-void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RESTRICT h_prev,
-                                const float* RESTRICT drh, float* RESTRICT dh_prev,
-                                float* RESTRICT dg, int64_t lddg, int64_t H, int64_t B)
+static inline void gru_reset_backward_body(const float* RESTRICT g, int64_t ldg,
+                                           const float* RESTRICT h_prev, const float* RESTRICT drh,
+                                           float* RESTRICT dh_prev, float* RESTRICT dg,
+                                           int64_t lddg, int64_t H, int64_t B, int64_t lds)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gr = g + k * ldg;
         float* RESTRICT dgr = dg + k * lddg;
-        const float* RESTRICT hp = h_prev + k * B;
-        const float* RESTRICT d = drh + k * B;
-        float* RESTRICT dhp = dh_prev + k * B;
+        const float* RESTRICT hp = h_prev + k * lds;
+        const float* RESTRICT d = drh + k * lds;
+        float* RESTRICT dhp = dh_prev + k * lds;
         for (int64_t b = 0; b < B; b++) {
             float r = gr[b];
             dgr[b] = d[b] * hp[b] * r * (1.0f - r);
             dhp[b] += d[b] * r;
         }
     }
+}
+
+void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RESTRICT h_prev,
+                                const float* RESTRICT drh, float* RESTRICT dh_prev,
+                                float* RESTRICT dg, int64_t lddg, int64_t H, int64_t B)
+{
+    gru_reset_backward_body(g, ldg, h_prev, drh, dh_prev, dg, lddg, H, B, B);
 }
 
 /* ================================================================== whole-sequence loops
@@ -268,33 +289,51 @@ void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const floa
  * against); the forward's tanh is the rational one below instead of NumPy's, so the two paths
  * agree to a few float32 ulps, not bit for bit.
  *
+ * Threads: the rows of a batch never meet in an RNN's time loop (each column b of every slab is
+ * its own sequence; only the weight gradients sum over b, and they are computed after the loop),
+ * so with nthreads > 1 each thread runs the whole loop on its own slice of batch columns, with
+ * no synchronisation between steps, calling a single-threaded sgemm (cpu.py sets the BLAS to one
+ * thread around the call).  Slices are multiples of 16 columns (64 bytes), so no two threads
+ * write one cache line.  Inside the loops every row is `ld` floats apart (the whole batch) while
+ * `B` is the slice's width.
+ *
  * The integer arguments are passed as int64: on x86-64 (the only place cpu.py enables this) an
  * LP64 cblas_sgemm reads the low 32 bits of the same registers and stack slots, an ILP64 one all
  * 64, so either interface receives the right values. */
+#include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
 typedef void (*npl_sgemm_fn)(int64_t order, int64_t transa, int64_t transb, int64_t m, int64_t n,
                              int64_t k, float alpha, const float* a, int64_t lda, const float* b,
                              int64_t ldb, float beta, float* c, int64_t ldc);
 enum { NPL_ROW_MAJOR = 101, NPL_NO_TRANS = 111, NPL_TRANS = 112 };
+#define NPL_MAX_THREADS 64
 
 void npl_tanh_rational_f32(const float* RESTRICT x, float* RESTRICT y, int64_t n)
 {
     for (int64_t k = 0; k < n; k++) y[k] = npl_tanhf_rational(x[k]);
 }
 
-/* One LSTM forward step's gate math on pre-activations g [4H, B] (contiguous rows of B):
+/* One LSTM forward step's gate math on pre-activations g [4H, B] (rows ld apart):
  * i, j, f, o = sigmoid(a_i), tanh(a_j), sigmoid(a_f), sigmoid(a_o) (stored back in g),
  * c = f * c_prev + i * j, h = o * tanh(c). */
 static void lstm_forward_gates(float* RESTRICT g, const float* RESTRICT c_prev, float* RESTRICT c,
-                               float* RESTRICT h, int64_t H, int64_t B)
+                               float* RESTRICT h, int64_t H, int64_t B, int64_t ld)
 {
     for (int64_t k = 0; k < H; k++) {
-        float* RESTRICT gi = g + k * B;
-        float* RESTRICT gj = g + (H + k) * B;
-        float* RESTRICT gf = g + (2 * H + k) * B;
-        float* RESTRICT go = g + (3 * H + k) * B;
-        const float* RESTRICT cp = c_prev + k * B;
-        float* RESTRICT ck = c + k * B;
-        float* RESTRICT hk = h + k * B;
+        float* RESTRICT gi = g + k * ld;
+        float* RESTRICT gj = g + (H + k) * ld;
+        float* RESTRICT gf = g + (2 * H + k) * ld;
+        float* RESTRICT go = g + (3 * H + k) * ld;
+        const float* RESTRICT cp = c_prev + k * ld;
+        float* RESTRICT ck = c + k * ld;
+        float* RESTRICT hk = h + k * ld;
         for (int64_t b = 0; b < B; b++) {
             float i = npl_sigmoidf_rational(gi[b]);
             float j = npl_tanhf_rational(gj[b]);
@@ -308,88 +347,92 @@ static void lstm_forward_gates(float* RESTRICT g, const float* RESTRICT c_prev, 
     }
 }
 
-/* Steps t0 .. t1-1 of the LSTM forward.  G [T, 4H, B]: the input projection (bias included) of
- * every step, overwritten with the gates; C [T+1, H, B], Hs [T+1, H, B] with C[t0], Hs[t0] set;
- * UT: the recurrent rows of the kernel transposed, [4H, H] with row stride ldut (a copy: OpenBLAS
- * runs this product 3-20 % quicker from an untransposed A; measured on C1-C3's shapes).
+/* Steps t0 .. t1-1 of the LSTM forward on one batch slice.  G [T, 4H, ld]: the input projection
+ * (bias included) of every step, overwritten with the gates; C [T+1, H, ld], Hs [T+1, H, ld]
+ * with C[t0], Hs[t0] set; UT: the recurrent rows of the kernel transposed, [4H, H] with row
+ * stride ldut (a copy: OpenBLAS runs this product 3-20 % quicker from an untransposed A;
+ * measured on C1-C3's shapes).
  *     G[t] += U^T h_t        [4H, H] @ [H, B]   (sgemm, beta = 1: onto the projection)
  *     gates, c_{t+1}, h_{t+1} from G[t], c_t */
-void npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* UT, int64_t ldut, float* G,
-                              float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B)
+static void lstm_forward_loop(npl_sgemm_fn sgemm, const float* UT, int64_t ldut, float* G,
+                              float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
+                              int64_t ld)
 {
     for (int64_t t = t0; t < t1; t++) {
-        float* g = G + t * 4 * H * B;
-        const float* h = Hs + t * H * B;
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, 4 * H, B, H, 1.0f, UT, ldut, h, B, 1.0f,
-              g, B);
-        lstm_forward_gates(g, C + t * H * B, C + (t + 1) * H * B, Hs + (t + 1) * H * B, H, B);
+        float* g = G + t * 4 * H * ld;
+        const float* h = Hs + t * H * ld;
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, 4 * H, B, H, 1.0f, UT, ldut, h, ld, 1.0f,
+              g, ld);
+        lstm_forward_gates(g, C + t * H * ld, C + (t + 1) * H * ld, Hs + (t + 1) * H * ld, H, B,
+                           ld);
     }
 }
 
-/* A step's gate gradients, computed into the contiguous dgc [rows, B] (the sgemm reads it there:
- * 5-10 % quicker than from the gradient slab, whose rows are T*B apart), copied into the slab. */
-static void scatter_rows(float* RESTRICT dst, int64_t ld, const float* RESTRICT src, int64_t rows,
-                         int64_t B)
+/* dst[r, :B] = src[r, :B] for `rows` rows (row strides ldd, lds). */
+static void copy_rows(float* RESTRICT dst, int64_t ldd, const float* RESTRICT src, int64_t lds,
+                      int64_t rows, int64_t B)
 {
     for (int64_t r = 0; r < rows; r++)
-        memcpy(dst + r * ld, src + r * B, (size_t)B * sizeof(float));
+        memcpy(dst + r * ldd, src + r * lds, (size_t)B * sizeof(float));
 }
 
 /* dh[k, b] += dout_t[b, k]: a step's output cotangent, time-major [B, P] (row stride ldo), added
- * to the feature-major carried gradient [P, B]. */
-static void add_transposed(float* RESTRICT dh, const float* RESTRICT dout_t, int64_t ldo,
-                           int64_t P, int64_t B)
+ * to the feature-major carried gradient [P, B] (rows ld apart). */
+static void add_transposed(float* RESTRICT dh, int64_t ld, const float* RESTRICT dout_t,
+                           int64_t ldo, int64_t P, int64_t B)
 {
     for (int64_t b = 0; b < B; b++) {
         const float* RESTRICT row = dout_t + b * ldo;
         for (int64_t k = 0; k < P; k++)
-            dh[k * B + b] += row[k];
+            dh[k * ld + b] += row[k];
     }
 }
 
-/* The LSTM backward over all steps, t = T-1 .. 0.  G, C as the forward left them; dh [H, B] and
- * dc [H, B]: the final state's cotangents, overwritten with the initial state's; dout [T, B, H]
- * (row stride ldo; NULL: no output cotangent); dG: the gradient slab, step t at dG + t * ldstep,
- * rows lddg apart; dgc [4H, B] scratch (a step's gate gradients, contiguous).
+/* The LSTM backward over all steps, t = T-1 .. 0, on one batch slice.  G, C as the forward left
+ * them; dh [H, ld] and dc [H, ld]: the final state's cotangents, overwritten with the initial
+ * state's; dout [T, ld, H] (row stride ldo, the slice's first row; NULL: no output cotangent);
+ * dG: the gradient slab, step t at dG + t * ldstep, rows lddg apart; dgc [4H, ld] scratch (a
+ * step's gate gradients, computed there because the sgemm reads them 5-10 % quicker than from
+ * the slab, whose rows are T*B apart; then copied into the slab).
  *     dm = dh + dout[t];  gate math (lstm_backward_rational) -> dG[t], dc;  dh = U dG[t]
  * DZ (or NULL): fold d inputs into the step's GEMM.  Then U is the whole kernel, [I+H, 4H] (the
- * x rows first), and step t writes [dx_t; dh_{t-1}] = U dG[t] into DZ + t (I+H) B: one GEMM with
+ * x rows first), and step t writes [dx_t; dh_{t-1}] = U dG[t] into DZ + t (I+H) ld: one GEMM with
  * I more rows instead of a separate all-steps GEMM for d inputs (quicker for narrow inputs). */
-void npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
+static void lstm_backward_loop(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
                                const float* C, const float* dout, int64_t ldo, float* dh,
                                float* dc, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
-                               float* DZ, int64_t I, int64_t T, int64_t H, int64_t B)
+                               float* DZ, int64_t I, int64_t T, int64_t H, int64_t B, int64_t ld)
 {
-    const int64_t Z = (I + H) * B;                      /* one step of DZ */
+    const int64_t Z = (I + H) * ld;                     /* one step of DZ */
     for (int64_t t = T - 1; t >= 0; t--) {
-        float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * B : dh;   /* dL/dh_t so far */
+        float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;   /* dL/dh_t so far */
         if (dout)
-            add_transposed(dcur, dout + t * B * ldo, ldo, H, B);
-        lstm_backward_rational(G + t * 4 * H * B, B, C + t * H * B, C + (t + 1) * H * B, dcur,
-                               dc, dgc, B, H, B);
+            add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B);
+        lstm_backward_rational(G + t * 4 * H * ld, C + t * H * ld, C + (t + 1) * H * ld, dcur, dc,
+                               dgc, H, B, ld);
         if (DZ)
-            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 4 * H, 1.0f, U, ldu, dgc, B,
-                  0.0f, DZ + t * Z, B);
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 4 * H, 1.0f, U, ldu, dgc, ld,
+                  0.0f, DZ + t * Z, ld);
         else
-            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dgc, B,
-                  0.0f, dh, B);
-        scatter_rows(dG + t * ldstep, lddg, dgc, 4 * H, B);
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dgc, ld,
+                  0.0f, dh, ld);
+        copy_rows(dG + t * ldstep, lddg, dgc, ld, 4 * H, B);
     }
     if (DZ)
-        memcpy(dh, DZ + I * B, (size_t)(H * B) * sizeof(float));
+        copy_rows(dh, ld, DZ + I * ld, ld, H, B);
 }
 
-/* The GRU step's gate math, as gru_gates_forward and gru_state_forward in npl/gates.py (g [3H, B]
- * contiguous rows): r, u = sigmoid(a_r), sigmoid(a_u) in place and rh = r * h_prev; then, after
+/* The GRU step's gate math, as gru_gates_forward and gru_state_forward in npl/gates.py (g [3H, B],
+ * rows ld apart): r, u = sigmoid(a_r), sigmoid(a_u) in place and rh = r * h_prev; then, after
  * the candidate's GEMM, c~ = tanh(a_c) in place and h = c~ + u * (h_prev - c~). */
 static void gru_forward_gates(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT rh,
-                              int64_t H, int64_t B)
+                              int64_t H, int64_t B, int64_t ld)
 {
     for (int64_t k = 0; k < H; k++) {
-        float* RESTRICT gr = g + k * B;
-        float* RESTRICT gu = g + (H + k) * B;
-        const float* RESTRICT hp = h_prev + k * B;
-        float* RESTRICT rhk = rh + k * B;
+        float* RESTRICT gr = g + k * ld;
+        float* RESTRICT gu = g + (H + k) * ld;
+        const float* RESTRICT hp = h_prev + k * ld;
+        float* RESTRICT rhk = rh + k * ld;
         for (int64_t b = 0; b < B; b++) {
             float r = npl_sigmoidf_rational(gr[b]);
             gr[b] = r;
@@ -400,13 +443,13 @@ static void gru_forward_gates(float* RESTRICT g, const float* RESTRICT h_prev, f
 }
 
 static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
-                              int64_t H, int64_t B)
+                              int64_t H, int64_t B, int64_t ld)
 {
     for (int64_t k = 0; k < H; k++) {
-        const float* RESTRICT gu = g + (H + k) * B;
-        float* RESTRICT gc = g + (2 * H + k) * B;
-        const float* RESTRICT hp = h_prev + k * B;
-        float* RESTRICT hk = h + k * B;
+        const float* RESTRICT gu = g + (H + k) * ld;
+        float* RESTRICT gc = g + (2 * H + k) * ld;
+        const float* RESTRICT hp = h_prev + k * ld;
+        float* RESTRICT hk = h + k * ld;
         for (int64_t b = 0; b < B; b++) {
             float cand = npl_tanhf_rational(gc[b]);
             gc[b] = cand;
@@ -415,69 +458,420 @@ static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, f
     }
 }
 
-/* Steps t0 .. t1-1 of the GRU forward.  G [T, 3H, B]: projections (a_r; a_u; a_c), bias included,
- * overwritten with (r; u; c~); Hs [T+1, H, B]; UgT [2H, H] (row stride ldugt) and UcT [H, H]
- * (lduct): the recurrent rows of the two kernels, transposed copies; rh [H, B] scratch.
+/* Steps t0 .. t1-1 of the GRU forward on one batch slice.  G [T, 3H, ld]: projections (a_r; a_u;
+ * a_c), bias included, overwritten with (r; u; c~); Hs [T+1, H, ld]; UgT [2H, H] (row stride
+ * ldugt) and UcT [H, H] (lduct): the recurrent rows of the two kernels, transposed copies;
+ * rh [H, ld] scratch.
  *     G[t][:2H] += Ug^T h_t;  r, u = sigmoid;  rh = r * h_t
  *     G[t][2H:] += Uc^T rh;   c~ = tanh;  h_{t+1} = u * h_t + (1 - u) * c~  */
-void npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt,
+static void gru_forward_loop(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt,
                              const float* UcT, int64_t lduct, float* G, float* Hs, float* rh,
-                             int64_t t0, int64_t t1, int64_t H, int64_t B)
+                             int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t ld)
 {
     for (int64_t t = t0; t < t1; t++) {
-        float* g = G + t * 3 * H * B;
-        const float* h = Hs + t * H * B;
-        float* hn = Hs + (t + 1) * H * B;
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, 2 * H, B, H, 1.0f, UgT, ldugt, h, B, 1.0f,
-              g, B);
-        gru_forward_gates(g, h, rh, H, B);
-        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, UcT, lduct, rh, B, 1.0f,
-              g + 2 * H * B, B);
-        gru_forward_state(g, h, hn, H, B);
+        float* g = G + t * 3 * H * ld;
+        const float* h = Hs + t * H * ld;
+        float* hn = Hs + (t + 1) * H * ld;
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, 2 * H, B, H, 1.0f, UgT, ldugt, h, ld,
+              1.0f, g, ld);
+        gru_forward_gates(g, h, rh, H, B, ld);
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, UcT, lduct, rh, ld, 1.0f,
+              g + 2 * H * ld, ld);
+        gru_forward_state(g, h, hn, H, B, ld);
     }
 }
 
-/* The GRU backward over all steps.  dh [H, B]: final-state cotangent, overwritten with the
- * initial state's; dprev [H, B] and drh [H, B] (with DZ: [I+H, B]) scratch; the rest as for the
- * LSTM.
- *     dh += dout[t];  u, c~ part (npl_gru_backward_f32) -> dG[t][H:], dprev = dh * u
- *     drh = Uc dG[t][2H:];  r part (npl_gru_reset_backward_f32) -> dG[t][:H], dprev += drh * r
+/* The GRU backward over all steps on one batch slice.  dh [H, ld]: final-state cotangent,
+ * overwritten with the initial state's; dprev [H, ld] and drh [H, ld] (with DZ: [I+H, ld])
+ * scratch; the rest as for the LSTM.
+ *     dh += dout[t];  u, c~ part (gru_backward_body) -> dG[t][H:], dprev = dh * u
+ *     drh = Uc dG[t][2H:];  r part (gru_reset_backward_body) -> dG[t][:H], dprev += drh * r
  *     dh = dprev + Ug dG[t][:2H]   (sgemm, beta = 1)
  * With DZ, Ug and Uc are the whole kernels ([I+H, 2H], [I+H, H]) and step t leaves
- * [dx_t; dh_{t-1}] in DZ + t (I+H) B: the candidate GEMM gives [its part of dx_t; drh] in drh,
+ * [dx_t; dh_{t-1}] in DZ + t (I+H) ld: the candidate GEMM gives [its part of dx_t; drh] in drh,
  * and the gates GEMM adds [its part; Ug dG[t][:2H]] onto [that part; dprev]. */
-void npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
+static void gru_backward_loop(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
                               int64_t lduc, const float* G, const float* Hs, const float* dout,
                               int64_t ldo, float* dh, float* dprev, float* drh, float* dG,
                               int64_t ldstep, int64_t lddg, float* dgc, float* DZ, int64_t I,
-                              int64_t T, int64_t H, int64_t B)
+                              int64_t T, int64_t H, int64_t B, int64_t ld)
 {
-    const int64_t Z = (I + H) * B;
+    const int64_t Z = (I + H) * ld;
     for (int64_t t = T - 1; t >= 0; t--) {
-        float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * B : dh;
+        float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;
         if (dout)
-            add_transposed(dcur, dout + t * B * ldo, ldo, H, B);
-        const float* g = G + t * 3 * H * B;
-        const float* h = Hs + t * H * B;
-        npl_gru_backward_f32(g, B, h, dcur, dgc, B, dprev, H, B);
+            add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B);
+        const float* g = G + t * 3 * H * ld;
+        const float* h = Hs + t * H * ld;
+        gru_backward_body(g, ld, h, dcur, dgc, ld, dprev, H, B, ld);
         const int64_t rows = DZ ? I + H : H;
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, rows, B, H, 1.0f, Uc, lduc,
-              dgc + 2 * H * B, B, 0.0f, drh, B);
-        const float* d_rh = DZ ? drh + I * B : drh;
-        npl_gru_reset_backward_f32(g, B, h, d_rh, dprev, dgc, B, H, B);
+              dgc + 2 * H * ld, ld, 0.0f, drh, ld);
+        const float* d_rh = DZ ? drh + I * ld : drh;
+        gru_reset_backward_body(g, ld, h, d_rh, dprev, dgc, ld, H, B, ld);
         if (DZ) {
             float* z = DZ + t * Z;
-            memcpy(z, drh, (size_t)(I * B) * sizeof(float));
-            memcpy(z + I * B, dprev, (size_t)(H * B) * sizeof(float));
+            copy_rows(z, ld, drh, ld, I, B);
+            copy_rows(z + I * ld, ld, dprev, ld, H, B);
             sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 2 * H, 1.0f, Ug, ldug, dgc,
-                  B, 1.0f, z, B);
+                  ld, 1.0f, z, ld);
         } else {
-            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dgc, B,
-                  1.0f, dprev, B);
-            memcpy(dh, dprev, (size_t)(H * B) * sizeof(float));
+            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 2 * H, 1.0f, Ug, ldug, dgc, ld,
+                  1.0f, dprev, ld);
+            copy_rows(dh, ld, dprev, ld, H, B);
         }
-        scatter_rows(dG + t * ldstep, lddg, dgc, 3 * H, B);
+        copy_rows(dG + t * ldstep, lddg, dgc, ld, 3 * H, B);
     }
     if (DZ)
-        memcpy(dh, DZ + I * B, (size_t)(H * B) * sizeof(float));
+        copy_rows(dh, ld, DZ + I * ld, ld, H, B);
+}
+
+/* ------------------------------------------------------------------ the thread pool
+ * Workers that wait for work by polling for a while before they sleep.  A thread that sleeps
+ * between calls costs its wake-up on every call: on a 2-vCPU VM a pass over C1 with threads
+ * started per call measured 21.9 ms against 13.7 on one thread, with the calling thread idle
+ * 44 % of the time, waiting for the other vCPU to wake.  OpenBLAS's own pool polls the same way
+ * (for much longer).  A job is a function of the part index q: the calling thread runs part 0,
+ * worker q-1 part q.  One job at a time: a call made while another thread's job is running runs
+ * all its parts itself. */
+#define NPL_SPIN_DEFAULT_US 2000
+
+static struct {
+    pthread_mutex_t run;                /* held while a job runs */
+    pthread_mutex_t mu;                 /* guards the sleep below */
+    pthread_cond_t cv;
+    int64_t nworkers, sleeping, spin_us, nparts;
+    uint64_t gen;                       /* job generation (atomic) */
+    int64_t pending;                    /* workers still on the current job (atomic) */
+    void (*fn)(void*, int64_t);
+    void* arg;
+    pthread_t th[NPL_MAX_THREADS];
+    uint64_t start_gen[NPL_MAX_THREADS]; /* the generation a worker was started in */
+    int64_t tid[NPL_MAX_THREADS];        /* the workers' kernel thread ids */
+} npl_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+              0, 0, NPL_SPIN_DEFAULT_US, 0, 0, 0, 0, 0, {0}, {0}, {0}};
+
+static inline void npl_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static int64_t npl_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void* npl_worker(void* arg)
+{
+    const int64_t q = (int64_t)(intptr_t)arg;            /* this worker runs part q */
+    uint64_t seen = npl_pool.start_gen[q - 1];            /* (the job after it is ours) */
+    __atomic_store_n(&npl_pool.tid[q - 1], (int64_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+    for (;;) {
+        int64_t t0 = npl_now_us();
+        for (uint64_t n = 1; __atomic_load_n(&npl_pool.gen, __ATOMIC_ACQUIRE) == seen; n++) {
+            npl_cpu_relax();
+            if (n % 256 == 0) {
+                if (npl_now_us() - t0 < __atomic_load_n(&npl_pool.spin_us, __ATOMIC_RELAXED)) {
+                    sched_yield();
+                    continue;
+                }
+                pthread_mutex_lock(&npl_pool.mu);
+                npl_pool.sleeping++;
+                while (__atomic_load_n(&npl_pool.gen, __ATOMIC_ACQUIRE) == seen)
+                    pthread_cond_wait(&npl_pool.cv, &npl_pool.mu);
+                npl_pool.sleeping--;
+                pthread_mutex_unlock(&npl_pool.mu);
+            }
+        }
+        seen = __atomic_load_n(&npl_pool.gen, __ATOMIC_ACQUIRE);
+        if (q < npl_pool.nparts)
+            npl_pool.fn(npl_pool.arg, q);
+        __atomic_fetch_sub(&npl_pool.pending, 1, __ATOMIC_ACQ_REL);
+    }
+    return 0;
+}
+
+static void npl_pool_after_fork(void)
+{
+    /* the child has only the forking thread: forget the workers, start new ones on demand */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t c = PTHREAD_COND_INITIALIZER;
+    npl_pool.run = m;
+    npl_pool.mu = m;
+    npl_pool.cv = c;
+    npl_pool.nworkers = npl_pool.sleeping = 0;
+    memset(npl_pool.tid, 0, sizeof npl_pool.tid);
+}
+
+/* fn(arg, q) for q < nparts, part 0 on the calling thread; returns the parts run in parallel
+ * (1 when they all ran on the calling thread). */
+static int64_t npl_pool_run(void (*fn)(void*, int64_t), void* arg, int64_t nparts)
+{
+    static int atfork_set = 0;
+    if (nparts > 1 && pthread_mutex_trylock(&npl_pool.run) == 0) {
+        if (!atfork_set) {
+            pthread_atfork(0, 0, npl_pool_after_fork);
+            atfork_set = 1;
+        }
+        while (npl_pool.nworkers < nparts - 1) {          /* start workers on demand */
+            npl_pool.start_gen[npl_pool.nworkers] = __atomic_load_n(&npl_pool.gen, __ATOMIC_ACQUIRE);
+            if (pthread_create(&npl_pool.th[npl_pool.nworkers], 0, npl_worker,
+                               (void*)(intptr_t)(npl_pool.nworkers + 1)) != 0)
+                break;
+            npl_pool.nworkers++;
+        }
+        const int64_t nw = npl_pool.nworkers;
+        if (nw >= nparts - 1) {
+            npl_pool.fn = fn;
+            npl_pool.arg = arg;
+            npl_pool.nparts = nparts;
+            __atomic_store_n(&npl_pool.pending, nw, __ATOMIC_RELEASE);
+            __atomic_fetch_add(&npl_pool.gen, 1, __ATOMIC_ACQ_REL);
+            pthread_mutex_lock(&npl_pool.mu);
+            if (npl_pool.sleeping)
+                pthread_cond_broadcast(&npl_pool.cv);
+            pthread_mutex_unlock(&npl_pool.mu);
+            fn(arg, 0);
+            for (uint64_t n = 1; __atomic_load_n(&npl_pool.pending, __ATOMIC_ACQUIRE) > 0; n++) {
+                npl_cpu_relax();
+                if (n % 64 == 0)
+                    sched_yield();                        /* a polling neighbour may want this core */
+            }
+            pthread_mutex_unlock(&npl_pool.run);
+            return nparts;
+        }
+        pthread_mutex_unlock(&npl_pool.run);
+    }
+    for (int64_t q = 0; q < nparts; q++)                  /* busy, or no threads: run here */
+        fn(arg, q);
+    return 1;
+}
+
+/* The number of this process's threads, other than the caller and the pool's workers, that are
+ * runnable now (state R in /proc/self/task/<tid>/stat): a BLAS pool polling for work (OpenBLAS's
+ * workers poll for about 0.1 s after each threaded call), or any other busy thread.  With one of
+ * them on the cores the pool would share a core with it: a C1 GRU forward measured 6.1 ms
+ * against 3.6 ms, slower than leaving the threads to the BLAS (4.1 ms).  Read at most once a
+ * millisecond (a listing costs tens of microseconds); -1 where /proc cannot be read. */
+int64_t npl_pool_others_runnable(void)
+{
+    static int64_t last_us = INT64_MIN / 2, last = 0;
+    const int64_t now = npl_now_us();
+    if (now - __atomic_load_n(&last_us, __ATOMIC_RELAXED) < 1000)
+        return __atomic_load_n(&last, __ATOMIC_RELAXED);
+    DIR* d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    const int64_t self = (int64_t)syscall(SYS_gettid);
+    int64_t count = 0;
+    struct dirent* e;
+    char path[64], buf[512];
+    while ((e = readdir(d)) != 0) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        const int64_t tid = strtoll(e->d_name, 0, 10);
+        int ours = tid == self;
+        for (int64_t q = 0; q < npl_pool.nworkers && !ours; q++)
+            ours = __atomic_load_n(&npl_pool.tid[q], __ATOMIC_ACQUIRE) == tid;
+        if (ours)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%lld/stat", (long long)tid);
+        FILE* f = fopen(path, "r");
+        if (!f)
+            continue;
+        const size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char* r = strrchr(buf, ')');              /* the name may hold spaces and ')' */
+        if (r && r[1] == ' ' && r[2] == 'R')
+            count++;
+    }
+    closedir(d);
+    __atomic_store_n(&last, count, __ATOMIC_RELAXED);
+    __atomic_store_n(&last_us, now, __ATOMIC_RELAXED);
+    return count;
+}
+
+/* How long (microseconds) an idle worker polls before it sleeps; returns the previous value. */
+int64_t npl_pool_spin_us(int64_t us)
+{
+    int64_t old = __atomic_load_n(&npl_pool.spin_us, __ATOMIC_RELAXED);
+    if (us >= 0)
+        __atomic_store_n(&npl_pool.spin_us, us, __ATOMIC_RELAXED);
+    return old;
+}
+
+/* ------------------------------------------------------------------ the batch split
+ * One pass's arguments (the union of what the four loops take), and a slice of batch columns
+ * [b0, b0 + nb) of it: every batch-major pointer moves b0 columns (dout, time-major, b0 rows). */
+enum { NPL_LSTM_FWD, NPL_LSTM_BWD, NPL_GRU_FWD, NPL_GRU_BWD };
+typedef struct {
+    int kind;
+    npl_sgemm_fn sgemm;
+    const float *U1, *U2;
+    int64_t ldu1, ldu2;
+    float *G, *C, *Hs, *dh, *dc, *dprev, *drh, *dG, *dgc, *DZ, *rh;
+    const float* dout;
+    int64_t ldo, ldstep, lddg, I, t0, t1, T, H, B;
+} npl_pass;
+
+typedef struct { const npl_pass* p; int64_t b0, nb; } npl_slice;
+
+#define NPL_AT(ptr, off) ((ptr) ? (ptr) + (off) : (ptr))
+
+static void run_slice(const npl_pass* p, int64_t b0, int64_t nb)
+{
+    const int64_t ld = p->B;
+    const float* dout = NPL_AT(p->dout, b0 * p->ldo);
+    switch (p->kind) {
+    case NPL_LSTM_FWD:
+        lstm_forward_loop(p->sgemm, p->U1, p->ldu1, p->G + b0, p->C + b0, p->Hs + b0, p->t0, p->t1,
+                          p->H, nb, ld);
+        break;
+    case NPL_LSTM_BWD:
+        lstm_backward_loop(p->sgemm, p->U1, p->ldu1, p->G + b0, p->C + b0, dout, p->ldo,
+                           p->dh + b0, p->dc + b0, p->dG + b0, p->ldstep, p->lddg, p->dgc + b0,
+                           NPL_AT(p->DZ, b0), p->I, p->T, p->H, nb, ld);
+        break;
+    case NPL_GRU_FWD:
+        gru_forward_loop(p->sgemm, p->U1, p->ldu1, p->U2, p->ldu2, p->G + b0, p->Hs + b0,
+                         p->rh + b0, p->t0, p->t1, p->H, nb, ld);
+        break;
+    case NPL_GRU_BWD:
+        gru_backward_loop(p->sgemm, p->U1, p->ldu1, p->U2, p->ldu2, p->G + b0, p->Hs + b0, dout,
+                          p->ldo, p->dh + b0, p->dprev + b0, p->drh + b0, p->dG + b0, p->ldstep,
+                          p->lddg, p->dgc + b0, NPL_AT(p->DZ, b0), p->I, p->T, p->H, nb, ld);
+        break;
+    }
+}
+
+typedef struct { const npl_pass* p; int64_t w; } npl_split;
+
+static void slice_task(void* arg, int64_t q)
+{
+    const npl_split* s = (const npl_split*)arg;
+    const int64_t b0 = q * s->w;
+    run_slice(s->p, b0, (b0 + s->w <= s->p->B) ? s->w : s->p->B - b0);
+}
+
+/* Columns per slice: B split in n, rounded up to a multiple of 16 (the last slice takes the
+ * rest). */
+static int64_t slice_width(int64_t B, int64_t n) { return (((B + n - 1) / n) + 15) / 16 * 16; }
+
+/* Runs the pass on up to nthreads slices of the batch; returns the number run in parallel. */
+static int64_t run_pass(const npl_pass* p, int64_t nthreads)
+{
+    if (nthreads > NPL_MAX_THREADS) nthreads = NPL_MAX_THREADS;
+    if (nthreads <= 1 || p->B < 32) {
+        run_slice(p, 0, p->B);
+        return 1;
+    }
+    npl_split s = {p, slice_width(p->B, nthreads)};
+    return npl_pool_run(slice_task, &s, (p->B + s.w - 1) / s.w);
+}
+
+/* The entry points (npl/kernels/cpu.py): arrays with rows of B floats (the whole batch), split
+ * over nthreads.  Each returns the number of slices it ran. */
+int64_t npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* UT, int64_t ldut, float* G,
+                                 float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
+                                 int64_t nthreads)
+{
+    npl_pass p = {0};
+    p.kind = NPL_LSTM_FWD; p.sgemm = sgemm; p.U1 = UT; p.ldu1 = ldut; p.G = G; p.C = C; p.Hs = Hs;
+    p.t0 = t0; p.t1 = t1; p.H = H; p.B = B;
+    return run_pass(&p, nthreads);
+}
+
+int64_t npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
+                                  const float* C, const float* dout, int64_t ldo, float* dh,
+                                  float* dc, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
+                                  float* DZ, int64_t I, int64_t T, int64_t H, int64_t B,
+                                  int64_t nthreads)
+{
+    npl_pass p = {0};
+    p.kind = NPL_LSTM_BWD; p.sgemm = sgemm; p.U1 = U; p.ldu1 = ldu; p.G = (float*)G;
+    p.C = (float*)C; p.dout = dout; p.ldo = ldo; p.dh = dh; p.dc = dc; p.dG = dG;
+    p.ldstep = ldstep; p.lddg = lddg; p.dgc = dgc; p.DZ = DZ; p.I = I; p.T = T; p.H = H; p.B = B;
+    return run_pass(&p, nthreads);
+}
+
+int64_t npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt,
+                                const float* UcT, int64_t lduct, float* G, float* Hs, float* rh,
+                                int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t nthreads)
+{
+    npl_pass p = {0};
+    p.kind = NPL_GRU_FWD; p.sgemm = sgemm; p.U1 = UgT; p.ldu1 = ldugt; p.U2 = UcT; p.ldu2 = lduct;
+    p.G = G; p.Hs = Hs; p.rh = rh; p.t0 = t0; p.t1 = t1; p.H = H; p.B = B;
+    return run_pass(&p, nthreads);
+}
+
+int64_t npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug,
+                                 const float* Uc, int64_t lduc, const float* G, const float* Hs,
+                                 const float* dout, int64_t ldo, float* dh, float* dprev,
+                                 float* drh, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
+                                 float* DZ, int64_t I, int64_t T, int64_t H, int64_t B,
+                                 int64_t nthreads)
+{
+    npl_pass p = {0};
+    p.kind = NPL_GRU_BWD; p.sgemm = sgemm; p.U1 = Ug; p.ldu1 = ldug; p.U2 = Uc; p.ldu2 = lduc;
+    p.G = (float*)G; p.Hs = (float*)Hs; p.dout = dout; p.ldo = ldo; p.dh = dh; p.dprev = dprev;
+    p.drh = drh; p.dG = dG; p.ldstep = ldstep; p.lddg = lddg; p.dgc = dgc; p.DZ = DZ; p.I = I;
+    p.T = T; p.H = H; p.B = B;
+    return run_pass(&p, nthreads);
+}
+
+/* ------------------------------------------------------------------ a GEMM over threads
+ * C[b] = alpha op(A[b]) op(B[b]) + beta C[b] for b < batch (row-major; A, B, C step sA, sB, sC
+ * floats from one b to the next), with the larger of the output's dimensions cut into nthreads
+ * pieces (multiples of 16), each thread calling the single-threaded sgemm on its piece for every
+ * b.  The all-steps GEMMs of a pass (input projection, kernel gradient, d inputs) use it while
+ * the C loops run threaded, so the BLAS's own thread pool stays asleep during the pass. */
+typedef struct {
+    npl_sgemm_fn sgemm;
+    int64_t ta, tb, M, N, K, lda, ldb, ldc, batch, sA, sB, sC;
+    float alpha, beta;
+    const float *A, *Bm;
+    float* Cm;
+} npl_gemm;
+
+typedef struct { const npl_gemm* g; int64_t w; int split_n; } npl_gemm_split;
+
+static void gemm_task(void* arg, int64_t q)
+{
+    const npl_gemm_split* s = (const npl_gemm_split*)arg;
+    const npl_gemm* g = s->g;
+    const int64_t D = s->split_n ? g->N : g->M;
+    const int64_t d0 = q * s->w, d1 = d0 + s->w < D ? d0 + s->w : D;
+    const int64_t m0 = s->split_n ? 0 : d0, n0 = s->split_n ? d0 : 0;
+    const int64_t m = s->split_n ? g->M : d1 - d0, n = s->split_n ? d1 - d0 : g->N;
+    if (m <= 0 || n <= 0) return;
+    for (int64_t b = 0; b < g->batch; b++) {
+        const float* A = g->A + b * g->sA + (g->ta == NPL_TRANS ? m0 : m0 * g->lda);
+        const float* Bm = g->Bm + b * g->sB + (g->tb == NPL_TRANS ? n0 * g->ldb : n0);
+        float* Cm = g->Cm + b * g->sC + m0 * g->ldc + n0;
+        g->sgemm(NPL_ROW_MAJOR, g->ta, g->tb, m, n, g->K, g->alpha, A, g->lda, Bm, g->ldb,
+                 g->beta, Cm, g->ldc);
+    }
+}
+
+int64_t npl_sgemm_threads_f32(npl_sgemm_fn sgemm, int64_t ta, int64_t tb, int64_t M, int64_t N,
+                              int64_t K, float alpha, const float* A, int64_t lda, int64_t sA,
+                              const float* Bm, int64_t ldb, int64_t sB, float beta, float* Cm,
+                              int64_t ldc, int64_t sC, int64_t batch, int64_t nthreads)
+{
+    npl_gemm g = {sgemm, ta, tb, M, N, K, lda, ldb, ldc, batch, sA, sB, sC, alpha, beta, A, Bm, Cm};
+    if (nthreads > NPL_MAX_THREADS) nthreads = NPL_MAX_THREADS;
+    const int split_n = N >= M;
+    const int64_t D = split_n ? N : M;
+    npl_gemm_split s = {&g, D, split_n};
+    if (nthreads <= 1 || D < 32) {
+        gemm_task(&s, 0);
+        return 1;
+    }
+    s.w = slice_width(D, nthreads);
+    return npl_pool_run(gemm_task, &s, (D + s.w - 1) / s.w);
 }
