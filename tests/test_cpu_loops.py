@@ -77,6 +77,21 @@ def _random_state(cell, B, rng):
     return one(cell.state_size)
 
 
+def _problem(kind, B, T, I, H, time_major, seed):
+    """A cell with random parameters and random inputs, initial state and cotangents (at a scale
+    where 30 steps do not amplify float32 rounding chaotically): (cell, _run's other arguments)."""
+    rng = np.random.default_rng(seed)
+    cell = _cell(kind, H)
+    cell.build(I, np.float32)
+    randomize_params(cell, rng, scale=min(0.5, 2.0 / np.sqrt(I + H + 2)))
+    x = rng.standard_normal((T, B, I) if time_major else (B, T, I)).astype(np.float32)
+    state = _random_state(cell, B, rng)
+    d_state = _random_state(cell, B, rng)
+    P = cell.output_size
+    d_out = rng.standard_normal((T, B, P) if time_major else (B, T, P)).astype(np.float32)
+    return cell, (x, state, d_out, d_state, time_major)
+
+
 def _run(cell, x, state, d_out, d_state, time_major):
     cell.zero_grad()
     out, final, tr = npl.nn.dynamic_rnn(cell, x, initial_state=state, time_major=time_major,
@@ -92,25 +107,16 @@ def _run(cell, x, state, d_out, d_state, time_major):
                                         (64, 12, 20, 40), (1, 3, 5, 6)])
 @pytest.mark.parametrize("time_major", [True, False])
 def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
-    rng = np.random.default_rng(B * 100 + T * 10 + H + (7 if time_major else 0))
-    cell = _cell(kind, H)
-    cell.build(I, np.float32)
-    # random everything, at a scale where 30 steps do not amplify float32 rounding chaotically
-    randomize_params(cell, rng, scale=min(0.5, 2.0 / np.sqrt(I + H + 2)))
-    x = rng.standard_normal((T, B, I) if time_major else (B, T, I)).astype(np.float32)
-    state = _random_state(cell, B, rng)
-    d_state = _random_state(cell, B, rng)
-    out_units = cell.output_size
-    d_out = rng.standard_normal((T, B, out_units) if time_major else (B, T, out_units)
-                                ).astype(np.float32)
+    cell, args = _problem(kind, B, T, I, H, time_major,
+                          seed=B * 100 + T * 10 + H + (7 if time_major else 0))
     old = cpu.enable_sequence_loops(True)
     try:
-        with_loops = _run(cell, x, state, d_out, d_state, time_major)
+        with_loops = _run(cell, *args)
         # the C loops did run (from C_LOOPS_MIN_BATCH up; below it the Python loop is quicker)
         assert (sum(calls.values()) > 0) == (B >= npl.cells.C_LOOPS_MIN_BATCH)
         cpu.enable_sequence_loops(False)
         n = sum(calls.values())
-        python_loop = _run(cell, x, state, d_out, d_state, time_major)
+        python_loop = _run(cell, *args)
         assert sum(calls.values()) == n                         # and here they did not
     finally:
         cpu.enable_sequence_loops(old)

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from npl.kernels import cpu
-from helpers import randomize_params
-from test_cpu_loops import SEQ_FUNCTIONS, _cell, _close, _random_state, _run
+from test_cpu_loops import SEQ_FUNCTIONS, _close, _problem, _run
 
 pytestmark = pytest.mark.skipif(
     not cpu.sequence_loops() or cpu._state["blas_threads"] is None,
@@ -64,20 +63,6 @@ def _parts(D, threads):
         return 1
     w = -(-(-(-D // n)) // 16) * 16
     return -(-D // w)
-
-
-def _problem(kind, B, T, I, H, time_major, seed):
-    """A cell with random parameters and random inputs, initial state and cotangents."""
-    rng = np.random.default_rng(seed)
-    cell = _cell(kind, H)
-    cell.build(I, np.float32)
-    randomize_params(cell, rng, scale=min(0.5, 2.0 / np.sqrt(I + H + 2)))
-    x = rng.standard_normal((T, B, I) if time_major else (B, T, I)).astype(np.float32)
-    state = _random_state(cell, B, rng)
-    d_state = _random_state(cell, B, rng)
-    P = cell.output_size
-    d_out = rng.standard_normal((T, B, P) if time_major else (B, T, P)).astype(np.float32)
-    return cell, (x, state, d_out, d_state, time_major)
 
 
 # ----------------------------------------------------------------- 1. threaded C loops
