@@ -424,7 +424,8 @@ def _operand(a, name):
 
 def matmul(a, b, out, beta=0.0):
     """out = a @ b (+ beta * out) in float32, the output's larger side split over
-    :func:`threads` threads, each calling NumPy's sgemm single-threaded.  a [M, K]; b [K, N] and
+    :func:`loop_threads` threads, each calling NumPy's sgemm single-threaded (on one thread: one
+    sgemm call, with the BLAS's own threads).  a [M, K]; b [K, N] and
     out [M, N], or b [n, K, N] and out [n, M, N] (a batch, one a for all).  Any operand may be a
     transposed view; out needs contiguous rows.  Returns the number of threads used."""
     for x, name in ((a, "a"), (b, "b"), (out, "out")):
@@ -451,7 +452,7 @@ def matmul(a, b, out, beta=0.0):
     N = b2.shape[1]
     pa, ta, lda = _operand(a, "a")
     pb, tb, ldb = _operand(b2, "b")
-    pc, tc, ldc = _operand(out2, "out")
+    pc = _operand(out2, "out")[0]
     if out2.dtype != np.float32 or not (out2.strides[1] == 4 or N == 1):
         raise ValueError("npl.kernels.cpu.matmul: out needs contiguous rows of float32, got dtype "
                          "%s, strides %s" % (out.dtype, out.strides))
