@@ -257,3 +257,10 @@ def test_rounds_are_validated():
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "2", "--long"])
     assert parse_args(["--rounds", "2"]).rounds == 2
+
+
+def test_gpu_check_script_parses():
+    """benchmarks/gpu_check.sh only runs where a GPU is lent; here bash must at least parse it."""
+    path = os.path.join(REPO, "benchmarks", "gpu_check.sh")
+    r = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
