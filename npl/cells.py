@@ -184,13 +184,28 @@ FOLD_D_INPUTS_MAX_RATIO = 0.25
 def _c_loops(x, act, plain, batch):
     """The C sequence-loop module (:mod:`npl.kernels.cpu`) when this pass can use it: float32
     NumPy data, tanh activations, a batch of at least C_LOOPS_MIN_BATCH, and ``plain`` (no
-    peepholes, clipping, projection, sequence_length mask, state dropout or per-step recording:
-    what the C loops implement)."""
+    peepholes, clipping, projection, state dropout or per-step recording, and any
+    sequence_length mask in the form :func:`_loop_lengths` gives: what the C loops implement)."""
     if (not plain or batch < C_LOOPS_MIN_BATCH or type(x) is not np.ndarray
             or x.dtype != np.float32 or act is not _act.tanh):
         return None
     from .kernels import cpu
     return cpu if cpu.sequence_loops() else None
+
+
+def _loop_lengths(mask):
+    """A sequence_length mask ([T, B, 1], True at the valid steps) in the C loops' form: each
+    column's length, float32 [B]; None without a mask; False when the valid steps of a column are
+    not a prefix (the C loops take lengths, so such a mask keeps the Python loop)."""
+    if mask is None:
+        return None
+    if type(mask) is not np.ndarray:
+        return False
+    m = mask[:, :, 0]
+    n = m.sum(axis=0)
+    if not (m == (np.arange(m.shape[0])[:, None] < n)).all():
+        return False
+    return n.astype(np.float32)
 
 
 def _c_backward_inputs(dout, dtype, T, B, I, H):
@@ -845,8 +860,9 @@ class LSTMCell(RNNCell):
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
         peep, act = self._peep(), self._activation
+        lens = _loop_lengths(mask) if B >= C_LOOPS_MIN_BATCH else False
         loops = _c_loops(x, act, peep is None and self._cell_clip is None and self._proj_clip is None
-                         and "projection/kernel" not in self._params and mask is None
+                         and "projection/kernel" not in self._params and lens is not False
                          and state_mask is None, B)
         # NumPy: sigmoid gates prescaled by 1/2 so one tanh call covers all four gates (worth its
         # copy of the kernel when the steps outnumber the kernel's rows, not for one-step sampling)
@@ -869,7 +885,7 @@ class LSTMCell(RNNCell):
             UT[...] = U.T                                    # [4H, P]: the sgemm's quicker form
             for t0 in range(0, T, K):
                 project(t0)
-                loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T))
+                loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T), lengths=lens)
             return _outputs(rec), LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T])), rec
         proj = self._params.get("projection/kernel")         # [H, P]
         m = _ws.empty(xp, (H, B), dt) if proj is not None else None
@@ -915,13 +931,14 @@ class LSTMCell(RNNCell):
             dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
         dG2, dG = _gate_grad_slab(G)
         inv, peep, act = rec.inv_fm, self._peep(), self._activation
+        lens = _loop_lengths(rec.mask) if B >= C_LOOPS_MIN_BATCH else False
         loops = _c_loops(G, act, peep is None and CM is None and PM is None and proj is None
-                         and inv is None and rec.state_mask_fm is None
+                         and lens is not False and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
         if loops is not None:                                # the time loop in C
             dout, DZ = _c_backward_inputs(dout, dt, T, B, I, H)
             loops.lstm_backward_seq(U if DZ is None else self._params["kernel"], G, C, dout, dh, dc,
-                                    dG2, _ws.empty(xp, (4 * H, B), dt), DZ)
+                                    dG2, _ws.empty(xp, (4 * H, B), dt), DZ, lengths=lens)
             return self._weight_grads(rec, dG, dG2, None, None, dc, dh, _folded_dx(DZ, I),
                                       _threaded_gemm(loops, B))
         buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
@@ -1051,7 +1068,8 @@ class GRUCell(RNNCell):
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
         p = self._params
-        loops = _c_loops(x, self._activation, mask is None and state_mask is None, B)
+        lens = _loop_lengths(mask) if B >= C_LOOPS_MIN_BATCH else False
+        loops = _c_loops(x, self._activation, lens is not False and state_mask is None, B)
         prescaled = loops is None and xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)  # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled)
         b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
@@ -1065,7 +1083,7 @@ class GRUCell(RNNCell):
             UgT[...], UcT[...] = Ug.T, Uc.T                  # the sgemm's quicker form
             for t0 in range(0, T, K):
                 project(t0)
-                loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T))
+                loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T), lengths=lens)
             return _outputs(rec), _state_public(Hs[T]), rec
         buf_g, buf_c = _ws.empty(xp, (2 * H, B), dt), _ws.empty(xp, (H, B), dt)
         inv, act = rec.inv_fm, self._activation
@@ -1095,7 +1113,8 @@ class GRUCell(RNNCell):
         dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
         dG2, dG = _gate_grad_slab(G)
         inv, act = rec.inv_fm, self._activation
-        loops = _c_loops(G, act, inv is None and rec.state_mask_fm is None
+        lens = _loop_lengths(rec.mask) if B >= C_LOOPS_MIN_BATCH else False
+        loops = _c_loops(G, act, lens is not False and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
         mm = _threaded_gemm(loops, B)
         if loops is not None:                              # the time loop in C
@@ -1104,7 +1123,7 @@ class GRUCell(RNNCell):
             Kg, Kc = (Ug, Uc) if DZ is None else (p["gates/kernel"], p["candidate/kernel"])
             loops.gru_backward_seq(Kg, Kc, G, Hs, dout, dh, _ws.empty(xp, (H, B), dt),
                                    _ws.empty(xp, (Kg.shape[0], B), dt), dG2,
-                                   _ws.empty(xp, (3 * H, B), dt), DZ)
+                                   _ws.empty(xp, (3 * H, B), dt), DZ, lengths=lens)
             dx = _folded_dx(DZ, I)
         else:
             dx = None

@@ -24,16 +24,19 @@ def calls(monkeypatch):
     """Counts the calls of each C loop wrapper (the cells call them through the module)."""
     counts = dict.fromkeys(SEQ_FUNCTIONS, 0)
     for name in SEQ_FUNCTIONS:
-        def wrapped(*a, _f=getattr(cpu, name), _n=name):
+        def wrapped(*a, _f=getattr(cpu, name), _n=name, **k):
             counts[_n] += 1
-            return _f(*a)
+            return _f(*a, **k)
         monkeypatch.setattr(cpu, name, wrapped)
     return counts
 
 
-def _close(a, b, what, rtol=3e-5):
+def _close(a, b, what, rtol=3e-5, scale=None):
+    """max |a - b| within rtol of max |b| (or of ``scale``, for a sum that cancels to far below
+    the size of its terms)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    err = float(np.max(np.abs(a - b))) / max(1e-30, float(np.max(np.abs(b))))
+    ref = float(np.max(np.abs(b))) if scale is None else scale
+    err = float(np.max(np.abs(a - b))) / max(1e-30, ref)
     assert err <= rtol, (what, err)
 
 
@@ -92,10 +95,10 @@ def _problem(kind, B, T, I, H, time_major, seed):
     return cell, (x, state, d_out, d_state, time_major)
 
 
-def _run(cell, x, state, d_out, d_state, time_major):
+def _run(cell, x, state, d_out, d_state, time_major, lengths=None):
     cell.zero_grad()
-    out, final, tr = npl.nn.dynamic_rnn(cell, x, initial_state=state, time_major=time_major,
-                                        return_trace=True)
+    out, final, tr = npl.nn.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state,
+                                        time_major=time_major, return_trace=True)
     gates = [r.slabs["gates"].copy() for r in tr.records]
     dx, d_init = tr.backward(d_out, d_state)
     return ([out.copy()] + [a.copy() for a in flatten(final)] + gates + [dx.copy()]
@@ -152,8 +155,8 @@ def test_c_loops_without_output_cotangent(calls):
 
 
 def test_c_loops_stay_out_of_other_cases(monkeypatch):
-    """Peepholes, clipping, projection, sequence_length, state dropout, float64 and per-step
-    recording run the Python loop (the C loops do not implement them)."""
+    """Peepholes, clipping, projection, state dropout, float64 and per-step recording run the
+    Python loop (the C loops do not implement them)."""
     def refuse(*a):
         raise AssertionError("a C loop ran")
     for name in SEQ_FUNCTIONS:
@@ -168,14 +171,55 @@ def test_c_loops_stay_out_of_other_cases(monkeypatch):
         out, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=np.float32, return_trace=True)
         tr.backward(np.ones_like(out), None)
     for cell in (npl.rnn.BasicLSTMCell(6), npl.rnn.GRUCell(6)):
-        out, _, tr = npl.nn.dynamic_rnn(cell, x, np.array([5, 0, 2, 5, 5, 1, 3, 4, 5]),
-                                        dtype=np.float32,
-                                        return_trace=True)
-        tr.backward(np.ones_like(out), None)
-    for cell in (npl.rnn.BasicLSTMCell(6), npl.rnn.GRUCell(6)):
         out, _, tr = npl.nn.dynamic_rnn(cell, x.astype(np.float64), dtype=np.float64,
                                         return_trace=True)
         tr.backward(np.ones_like(out), None)
+
+
+# (B, T, I, H, lengths): zero, full and unsorted lengths; d inputs folded (I <= H/4) and not
+LENGTH_CASES = [(9, 7, 3, 16, [7, 0, 3, 7, 1, 5, 2, 6, 4]),
+                (12, 5, 10, 8, [0, 5, 5, 2, 1, 3, 4, 0, 5, 2, 3, 1]),
+                (8, 1, 4, 6, [1, 0, 1, 1, 0, 0, 1, 1]),
+                (10, 6, 5, 12, [0] * 10),
+                (16, 9, 2, 20, [9] * 16)]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lstm_cell", "gru", "stack"])
+@pytest.mark.parametrize("B, T, I, H, lengths", LENGTH_CASES)
+@pytest.mark.parametrize("time_major", [True, False])
+def test_c_loops_with_sequence_length_equal_the_python_loop(calls, kind, B, T, I, H, lengths,
+                                                             time_major):
+    """sequence_length (TensorFlow's semantics: past its length a row carries its state, outputs
+    zero, and no gradient flows through those steps) in the C loops against the Python loop,
+    which the gradient and TensorFlow tests check."""
+    cell, args = _problem(kind, B, T, I, H, time_major, seed=B * 31 + T * 7 + H)
+    lengths = np.array(lengths)
+    old = cpu.enable_sequence_loops(True)
+    try:
+        with_loops = _run(cell, *args, lengths=lengths)
+        n = sum(calls.values())
+        if lengths.max() > 0:                                  # (all zero: no step runs at all)
+            assert calls["lstm_forward_seq" if kind != "gru" else "gru_forward_seq"] > 0
+            assert calls["lstm_backward_seq" if kind != "gru" else "gru_backward_seq"] > 0
+        cpu.enable_sequence_loops(False)
+        python_loop = _run(cell, *args, lengths=lengths)
+        assert sum(calls.values()) == n
+    finally:
+        cpu.enable_sequence_loops(old)
+    for k, (a, b) in enumerate(zip(with_loops, python_loop)):
+        assert a.shape == b.shape
+        _close(a, b, "array %d" % k)
+    out = with_loops[0] if time_major else with_loops[0].transpose(1, 0, 2)
+    past = np.arange(T)[:, None] >= lengths[None, :]           # [T, B]
+    assert not out[past].any()                                 # zero past each row's length
+
+
+def test_a_mask_that_is_not_a_prefix_keeps_the_python_loop():
+    mask = np.ones((4, 8, 1), bool)
+    assert np.array_equal(npl.cells._loop_lengths(mask), np.full(8, 4, np.float32))
+    mask[1, 3, 0] = False                                      # a hole, not a suffix
+    assert npl.cells._loop_lengths(mask) is False
+    assert npl.cells._loop_lengths(None) is None
 
 
 def test_recording_state_grads_uses_the_python_backward(calls):

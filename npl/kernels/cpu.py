@@ -5,8 +5,8 @@ file, shipped as package data) does each of :mod:`npl.gates`' backward functions
 (``lstm_backward_pointwise``, ``gru_backward_pointwise``, ``gru_reset_backward``) in one
 vectorised pass, and the LSTM and GRU forwards' work between their tanh calls in one more each.
 
-**Sequence loops.** For the common cells (tanh, no peepholes, clipping, projection,
-``sequence_length`` mask or state dropout) the whole time loop of a forward or backward pass runs
+**Sequence loops.** For the common cells (tanh, no peepholes, clipping, projection or state
+dropout; sequence lengths or not) the whole time loop of a forward or backward pass runs
 in C as well (``lstm_forward_seq`` ... ``gru_backward_seq``): per step one call of the same
 ``cblas_sgemm`` NumPy uses (found in the BLAS NumPy loaded, checked against ``numpy.matmul``, see
 :func:`sgemm`) and one pass of gate math, with no Python between steps.  Their forward uses a
@@ -81,12 +81,12 @@ _SIGNATURES = {
     "npl_gru_backward_f32": (_P, _I, _P, _P, _P, _I, _P, _I, _I),
     "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
     "npl_tanh_rational_f32": (_P, _P, _I),
-    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I),
+    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _P, _I),
     "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I,
-                                  _I, _I, _I),
-    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I, _I),
+                                  _I, _I, _P, _I),
+    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I, _P, _I),
     "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P,
-                                 _P, _I, _I, _I, _I, _I),
+                                 _P, _I, _I, _I, _I, _P, _I),
     "npl_sgemm_threads_f32": (_P, _I, _I, _I, _I, _I, _F, _P, _I, _I, _P, _I, _I, _F, _P, _I, _I,
                               _I, _I),
 }
@@ -602,10 +602,20 @@ def _weights(U, name):
     return _ptr(U), _rows(U, name)
 
 
-def lstm_forward_seq(UT, G, C, Hs, t0, t1):
+def _lengths(lengths, B):
+    """Pointer to the sequence lengths: a C-contiguous float32 [B] (a column is past its end at
+    step t when its length is <= t), or None."""
+    if lengths is None:
+        return None
+    _shape(lengths, (B,), "lengths")
+    return _dense(lengths, "lengths")
+
+
+def lstm_forward_seq(UT, G, C, Hs, t0, t1, lengths=None):
     """Steps t0 .. t1-1 of the LSTM forward (see ``npl_lstm_forward_seq_f32``): UT [4H, H] the
     recurrent kernel rows transposed (contiguous rows); G [T, 4H, B] holds the input projections
-    and gets the gates; C, Hs [T+1, H, B] get c and h."""
+    and gets the gates; C, Hs [T+1, H, B] get c and h.  ``lengths`` (float32 [B], counted from
+    step 0 of G): past its length a column carries c and h unchanged."""
     T, nG, B = G.shape
     H = nG // 4
     _shape(UT, (nG, H), "UT")
@@ -615,7 +625,8 @@ def lstm_forward_seq(UT, G, C, Hs, t0, t1):
     n = loop_threads(B)
     with _OneBlasThread(n):
         return library().npl_lstm_forward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"),
-                                                  _dense(Hs, "Hs"), t0, t1, H, B, n)
+                                                  _dense(Hs, "Hs"), t0, t1, H, B,
+                                                  _lengths(lengths, B), n)
 
 
 def _dout(dout, T, B, H):
@@ -642,11 +653,13 @@ def _fold(DZ, T, B, H, rows, name):
     return _dense(DZ, "DZ"), I
 
 
-def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc, DZ=None):
+def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc, DZ=None, lengths=None):
     """The LSTM backward over all steps (see ``npl_lstm_backward_seq_f32``); dh, dc [H, B] hold
     the final state's cotangents and get the initial state's; dG2 [4H, T*B] gets dL/d(gates);
     dgc [4H, B] is scratch.  U: the recurrent rows of the kernel, [H, 4H]; or, with DZ
-    [T, I+H, B], the whole kernel [I+H, 4H], and DZ[t] gets [dx_t; dh_{t-1}]."""
+    [T, I+H, B], the whole kernel [I+H, 4H], and DZ[t] gets [dx_t; dh_{t-1}].  ``lengths``
+    (float32 [B]): past its length a column has zero gate gradients and carries dh and dc back
+    unchanged, and its output cotangent there is not read."""
     T, nG, B = G.shape
     H = nG // 4
     if DZ is None:
@@ -663,12 +676,14 @@ def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc, DZ=None):
     with _OneBlasThread(n):
         return library().npl_lstm_backward_seq_f32(
             sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"), d, ldo, _dense(dh, "dh"),
-            _dense(dc, "dc"), g2, ldstep, lddg, _dense(dgc, "dgc"), z, I, T, H, B, n)
+            _dense(dc, "dc"), g2, ldstep, lddg, _dense(dgc, "dgc"), z, I, T, H, B,
+            _lengths(lengths, B), n)
 
 
-def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
+def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1, lengths=None):
     """Steps t0 .. t1-1 of the GRU forward (see ``npl_gru_forward_seq_f32``); UgT [2H, H] and
-    UcT [H, H]: the recurrent kernel rows transposed (contiguous rows)."""
+    UcT [H, H]: the recurrent kernel rows transposed (contiguous rows); ``lengths`` as for
+    :func:`lstm_forward_seq`."""
     T, nG, B = G.shape
     H = nG // 3
     _shape(UgT, (2 * H, H), "UgT")
@@ -681,14 +696,14 @@ def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1):
     with _OneBlasThread(n):
         return library().npl_gru_forward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
                                                  _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H,
-                                                 B, n)
+                                                 B, _lengths(lengths, B), n)
 
 
-def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None):
+def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None, lengths=None):
     """The GRU backward over all steps (see ``npl_gru_backward_seq_f32``); dprev [H, B], drh and
     dgc [3H, B] are scratch.  Ug [H, 2H], Uc [H, H]: the recurrent rows of the kernels, drh
     [H, B]; or, with DZ [T, I+H, B], the whole kernels [I+H, 2H] and [I+H, H], drh [I+H, B], and
-    DZ[t] gets [dx_t; dh_{t-1}]."""
+    DZ[t] gets [dx_t; dh_{t-1}].  ``lengths`` as for :func:`lstm_backward_seq`."""
     T, nG, B = G.shape
     H = nG // 3
     z, I = _fold(DZ, T, B, H, Ug.shape[0], "Ug")
@@ -707,4 +722,4 @@ def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None):
         return library().npl_gru_backward_seq_f32(
             sgemm(), ug, ldug, uc, lduc, _dense(G, "G"), _dense(Hs, "Hs"), d, ldo,
             _dense(dh, "dh"), _dense(dprev, "dprev"), _dense(drh, "drh"), g2, ldstep, lddg,
-            _dense(dgc, "dgc"), z, I, T, H, B, n)
+            _dense(dgc, "dgc"), z, I, T, H, B, _lengths(lengths, B), n)

@@ -160,7 +160,10 @@ void npl_gru_gates_combine_f32(float* RESTRICT g, int64_t ldg, const float* REST
 /* lstm_backward_pointwise: from the gates g (i, j, f, o), c_prev, c, dm = dL/dm and dc = the
  * carried dL/dc, writes dg = dL/d(pre-activations) (row stride lddg) and dc = dL/dc_prev.
  * clip_mask (or NULL): the cell clip passed the gradient where it is 1.  The states' rows are lds
- * apart (B for the step kernels; the sequence loops' batch slices use the whole batch's stride).  `rational`: recompute
+ * apart (B for the step kernels; the sequence loops' batch slices use the whole batch's stride).
+ * len (or NULL): each column's sequence length; at step tf a column with len <= tf is past its
+ * end, where TensorFlow carries the state unchanged: its gate gradients are 0 and dc passes
+ * through (selects, so the loop still vectorises).  `rational`: recompute
  * tanh(c) with the rational tanh, as the C loops' forward computed it (a constant at each call
  * site, so each caller gets its own vectorised copy). */
 static inline __attribute__((always_inline)) void
@@ -168,7 +171,7 @@ lstm_backward_body(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c
                    const float* RESTRICT c, const float* RESTRICT dm, float* RESTRICT dc,
                    float* RESTRICT dg, int64_t lddg, const float* w_i, const float* w_f,
                    const float* w_o, const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B,
-                   int64_t lds, const int rational)
+                   int64_t lds, const int rational, const float* RESTRICT len, float tf)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gi = g + k * ldg;
@@ -194,8 +197,15 @@ lstm_backward_body(const float* RESTRICT g, int64_t ldg, const float* RESTRICT c
             float dg_i = dct * j * i * (1.0f - i);
             float dg_j = dct * i * (1.0f - j * j);
             float dg_f = dct * cp[b] * f * (1.0f - f);
+            float dcp = dct * f + dg_i * pi + dg_f * pf;
+            if (len) {
+                const int live = tf < len[b];
+                dg_i = live ? dg_i : 0.0f; dg_j = live ? dg_j : 0.0f;
+                dg_f = live ? dg_f : 0.0f; dg_o = live ? dg_o : 0.0f;
+                dcp = live ? dcp : dck[b];
+            }
             dgi[b] = dg_i; dgj[b] = dg_j; dgf[b] = dg_f; dgo[b] = dg_o;
-            dck[b] = dct * f + dg_i * pi + dg_f * pf;
+            dck[b] = dcp;
         }
     }
 }
@@ -207,25 +217,30 @@ void npl_lstm_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RE
                            const uint8_t* RESTRICT clip_mask, int64_t H, int64_t B)
 {
     lstm_backward_body(g, ldg, c_prev, c, dm, dc, dg, lddg, w_i, w_f, w_o, clip_mask, H, B, B,
-                       0);
+                       0, 0, 0.0f);
 }
 
 /* The same for the C loops (plain cells), with the forward's rational tanh of c; every row of
- * every array is ld apart. */
+ * every array is ld apart; len: as above (a separate copy of the loop without it). */
 static void lstm_backward_rational(const float* RESTRICT g, const float* RESTRICT c_prev,
                                    const float* RESTRICT c, const float* RESTRICT dm,
                                    float* RESTRICT dc, float* RESTRICT dg, int64_t H, int64_t B,
-                                   int64_t ld)
+                                   int64_t ld, const float* RESTRICT len, float tf)
 {
-    lstm_backward_body(g, ld, c_prev, c, dm, dc, dg, ld, 0, 0, 0, 0, H, B, ld, 1);
+    if (len)
+        lstm_backward_body(g, ld, c_prev, c, dm, dc, dg, ld, 0, 0, 0, 0, H, B, ld, 1, len, tf);
+    else
+        lstm_backward_body(g, ld, c_prev, c, dm, dc, dg, ld, 0, 0, 0, 0, H, B, ld, 1, 0, 0.0f);
 }
 
 /* gru_backward_pointwise: dg[H:2H] = dL/da_u, dg[2H:] = dL/da_c, dh_prev = dh * u (the states'
- * rows lds apart). */
-static inline void gru_backward_body(const float* RESTRICT g, int64_t ldg,
-                                     const float* RESTRICT h_prev, const float* RESTRICT dh,
-                                     float* RESTRICT dg, int64_t lddg, float* RESTRICT dh_prev,
-                                     int64_t H, int64_t B, int64_t lds)
+ * rows lds apart).  len (or NULL): a column past its length (len <= tf) gets zero gate gradients
+ * and passes dh through unchanged (the reset part then adds zeros). */
+static inline __attribute__((always_inline)) void
+gru_backward_body(const float* RESTRICT g, int64_t ldg, const float* RESTRICT h_prev,
+                  const float* RESTRICT dh, float* RESTRICT dg, int64_t lddg,
+                  float* RESTRICT dh_prev, int64_t H, int64_t B, int64_t lds,
+                  const float* RESTRICT len, float tf)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gu = g + (H + k) * ldg;
@@ -237,9 +252,16 @@ static inline void gru_backward_body(const float* RESTRICT g, int64_t ldg,
         float* RESTRICT dhp = dh_prev + k * lds;
         for (int64_t b = 0; b < B; b++) {
             float u = gu[b], cand = gc[b], d = dhk[b];
-            dgu[b] = d * (hp[b] - cand) * u * (1.0f - u);
-            dgc[b] = d * (1.0f - u) * (1.0f - cand * cand);
-            dhp[b] = d * u;
+            float d_u = d * (hp[b] - cand) * u * (1.0f - u);
+            float d_c = d * (1.0f - u) * (1.0f - cand * cand);
+            float d_h = d * u;
+            if (len) {
+                const int live = tf < len[b];
+                d_u = live ? d_u : 0.0f; d_c = live ? d_c : 0.0f; d_h = live ? d_h : d;
+            }
+            dgu[b] = d_u;
+            dgc[b] = d_c;
+            dhp[b] = d_h;
         }
     }
 }
@@ -248,7 +270,7 @@ void npl_gru_backward_f32(const float* RESTRICT g, int64_t ldg, const float* RES
                           const float* RESTRICT dh, float* RESTRICT dg, int64_t lddg,
                           float* RESTRICT dh_prev, int64_t H, int64_t B)
 {
-    gru_backward_body(g, ldg, h_prev, dh, dg, lddg, dh_prev, H, B, B);
+    gru_backward_body(g, ldg, h_prev, dh, dg, lddg, dh_prev, H, B, B, 0, 0.0f);
 }
 
 /* gru_reset_backward: dg[:H] = drh * h_prev * r (1 - r); dh_prev += drh * r. */
@@ -280,7 +302,8 @@ void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const floa
 
 /* ================================================================== whole-sequence loops
  * The sequence passes of npl/cells.py for the common case (tanh activations, no peepholes, cell
- * clip, projection, sequence_length mask or state dropout) with the time loop in C: per step one
+ * clip, projection or state dropout; with or without sequence lengths, where a column past its
+ * length carries its state, as TensorFlow's dynamic_rnn does) with the time loop in C: per step one
  * call of the BLAS's sgemm for the recurrent product and one pass of gate math, no Python between
  * steps.  The sgemm is the one NumPy itself uses: npl/kernels/cpu.py finds cblas_sgemm in the
  * OpenBLAS that NumPy loaded and passes its address (`sgemm` below), after checking it on a small
@@ -347,16 +370,28 @@ static void lstm_forward_gates(float* RESTRICT g, const float* RESTRICT c_prev, 
     }
 }
 
+/* The columns past their length at step tf (len <= tf) carry the state: dst[r, b] = src[r, b]
+ * there (rows ld apart), as TensorFlow's dynamic_rnn carries it past sequence_length.  A pass
+ * of its own after the gate math: with the select inside that loop gcc left it scalar. */
+static void carry_state(float* RESTRICT dst, const float* RESTRICT src, int64_t rows, int64_t B,
+                        int64_t ld, const float* RESTRICT len, float tf)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < B; b++)
+            dst[r * ld + b] = tf < len[b] ? dst[r * ld + b] : src[r * ld + b];
+}
+
 /* Steps t0 .. t1-1 of the LSTM forward on one batch slice.  G [T, 4H, ld]: the input projection
  * (bias included) of every step, overwritten with the gates; C [T+1, H, ld], Hs [T+1, H, ld]
  * with C[t0], Hs[t0] set; UT: the recurrent rows of the kernel transposed, [4H, H] with row
  * stride ldut (a copy: OpenBLAS runs this product 3-20 % quicker from an untransposed A;
  * measured on C1-C3's shapes).
  *     G[t] += U^T h_t        [4H, H] @ [H, B]   (sgemm, beta = 1: onto the projection)
- *     gates, c_{t+1}, h_{t+1} from G[t], c_t */
+ *     gates, c_{t+1}, h_{t+1} from G[t], c_t
+ * len (or NULL): the columns' sequence lengths, counted from step 0 of G. */
 static void lstm_forward_loop(npl_sgemm_fn sgemm, const float* UT, int64_t ldut, float* G,
                               float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
-                              int64_t ld)
+                              int64_t ld, const float* len)
 {
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 4 * H * ld;
@@ -365,6 +400,10 @@ static void lstm_forward_loop(npl_sgemm_fn sgemm, const float* UT, int64_t ldut,
               g, ld);
         lstm_forward_gates(g, C + t * H * ld, C + (t + 1) * H * ld, Hs + (t + 1) * H * ld, H, B,
                            ld);
+        if (len) {
+            carry_state(C + (t + 1) * H * ld, C + t * H * ld, H, B, ld, len, (float)t);
+            carry_state(Hs + (t + 1) * H * ld, h, H, B, ld, len, (float)t);
+        }
     }
 }
 
@@ -376,12 +415,25 @@ static void copy_rows(float* RESTRICT dst, int64_t ldd, const float* RESTRICT sr
         memcpy(dst + r * ldd, src + r * lds, (size_t)B * sizeof(float));
 }
 
+/* dst[k, b] = src[k, b] for the columns past their length at step tf (len <= tf), 0 for the
+ * others (rows ld apart; dst may be src). */
+static void carried_rows(float* dst, const float* src, int64_t rows, int64_t B, int64_t ld,
+                         const float* RESTRICT len, float tf)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < B; b++)
+            dst[r * ld + b] = tf < len[b] ? 0.0f : src[r * ld + b];
+}
+
 /* dh[k, b] += dout_t[b, k]: a step's output cotangent, time-major [B, P] (row stride ldo), added
- * to the feature-major carried gradient [P, B] (rows ld apart). */
+ * to the feature-major carried gradient [P, B] (rows ld apart); not for a column past its length
+ * (len <= tf: its output is the constant 0). */
 static void add_transposed(float* RESTRICT dh, int64_t ld, const float* RESTRICT dout_t,
-                           int64_t ldo, int64_t P, int64_t B)
+                           int64_t ldo, int64_t P, int64_t B, const float* RESTRICT len, float tf)
 {
     for (int64_t b = 0; b < B; b++) {
+        if (len && !(tf < len[b]))
+            continue;
         const float* RESTRICT row = dout_t + b * ldo;
         for (int64_t k = 0; k < P; k++)
             dh[k * ld + b] += row[k];
@@ -397,25 +449,36 @@ static void add_transposed(float* RESTRICT dh, int64_t ld, const float* RESTRICT
  *     dm = dh + dout[t];  gate math (lstm_backward_rational) -> dG[t], dc;  dh = U dG[t]
  * DZ (or NULL): fold d inputs into the step's GEMM.  Then U is the whole kernel, [I+H, 4H] (the
  * x rows first), and step t writes [dx_t; dh_{t-1}] = U dG[t] into DZ + t (I+H) ld: one GEMM with
- * I more rows instead of a separate all-steps GEMM for d inputs (quicker for narrow inputs). */
+ * I more rows instead of a separate all-steps GEMM for d inputs (quicker for narrow inputs).
+ * len (or NULL): the columns' sequence lengths.  A column past its length at step t has zero
+ * gate gradients, so U dG[t] is 0 there, while dh_{t-1} must be dh_t (the state was carried):
+ * the GEMM then adds (beta = 1) onto a target that holds dh_t in those columns and 0 elsewhere
+ * (and 0 in the dx rows). */
 static void lstm_backward_loop(npl_sgemm_fn sgemm, const float* U, int64_t ldu, const float* G,
                                const float* C, const float* dout, int64_t ldo, float* dh,
                                float* dc, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
-                               float* DZ, int64_t I, int64_t T, int64_t H, int64_t B, int64_t ld)
+                               float* DZ, int64_t I, int64_t T, int64_t H, int64_t B, int64_t ld,
+                               const float* len)
 {
     const int64_t Z = (I + H) * ld;                     /* one step of DZ */
     for (int64_t t = T - 1; t >= 0; t--) {
+        const float tf = (float)t;
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;   /* dL/dh_t so far */
         if (dout)
-            add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B);
+            add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B, len, tf);
         lstm_backward_rational(G + t * 4 * H * ld, C + t * H * ld, C + (t + 1) * H * ld, dcur, dc,
-                               dgc, H, B, ld);
-        if (DZ)
-            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, I + H, B, 4 * H, 1.0f, U, ldu, dgc, ld,
-                  0.0f, DZ + t * Z, ld);
-        else
-            sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, 4 * H, 1.0f, U, ldu, dgc, ld,
-                  0.0f, dh, ld);
+                               dgc, H, B, ld, len, tf);
+        float* target = DZ ? DZ + t * Z : dh;
+        const int64_t rows = DZ ? I + H : H;
+        float beta = 0.0f;
+        if (len) {                                      /* dh_t where carried, else 0 */
+            for (int64_t r = 0; r < I; r++)
+                memset(target + r * ld, 0, (size_t)B * sizeof(float));
+            carried_rows(target + I * ld, dcur, H, B, ld, len, tf);
+            beta = 1.0f;
+        }
+        sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, rows, B, 4 * H, 1.0f, U, ldu, dgc, ld,
+              beta, target, ld);
         copy_rows(dG + t * ldstep, lddg, dgc, ld, 4 * H, B);
     }
     if (DZ)
@@ -442,8 +505,10 @@ static void gru_forward_gates(float* RESTRICT g, const float* RESTRICT h_prev, f
     }
 }
 
-static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
-                              int64_t H, int64_t B, int64_t ld)
+/* (len, or NULL: a column past its length, len <= tf, keeps h_prev) */
+static inline __attribute__((always_inline)) void
+gru_forward_state_body(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
+                       int64_t H, int64_t B, int64_t ld, const float* RESTRICT len, float tf)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gu = g + (H + k) * ld;
@@ -452,10 +517,23 @@ static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, f
         float* RESTRICT hk = h + k * ld;
         for (int64_t b = 0; b < B; b++) {
             float cand = npl_tanhf_rational(gc[b]);
+            float hn = cand + gu[b] * (hp[b] - cand);
+            if (len)
+                hn = tf < len[b] ? hn : hp[b];
             gc[b] = cand;
-            hk[b] = cand + gu[b] * (hp[b] - cand);
+            hk[b] = hn;
         }
     }
+}
+
+static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
+                              int64_t H, int64_t B, int64_t ld, const float* RESTRICT len,
+                              float tf)
+{
+    if (len)
+        gru_forward_state_body(g, h_prev, h, H, B, ld, len, tf);
+    else
+        gru_forward_state_body(g, h_prev, h, H, B, ld, 0, 0.0f);
 }
 
 /* Steps t0 .. t1-1 of the GRU forward on one batch slice.  G [T, 3H, ld]: projections (a_r; a_u;
@@ -463,10 +541,12 @@ static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, f
  * ldugt) and UcT [H, H] (lduct): the recurrent rows of the two kernels, transposed copies;
  * rh [H, ld] scratch.
  *     G[t][:2H] += Ug^T h_t;  r, u = sigmoid;  rh = r * h_t
- *     G[t][2H:] += Uc^T rh;   c~ = tanh;  h_{t+1} = u * h_t + (1 - u) * c~  */
+ *     G[t][2H:] += Uc^T rh;   c~ = tanh;  h_{t+1} = u * h_t + (1 - u) * c~
+ * len (or NULL): the columns' sequence lengths, counted from step 0 of G. */
 static void gru_forward_loop(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt,
                              const float* UcT, int64_t lduct, float* G, float* Hs, float* rh,
-                             int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t ld)
+                             int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t ld,
+                             const float* len)
 {
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 3 * H * ld;
@@ -477,7 +557,7 @@ static void gru_forward_loop(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt
         gru_forward_gates(g, h, rh, H, B, ld);
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, UcT, lduct, rh, ld, 1.0f,
               g + 2 * H * ld, ld);
-        gru_forward_state(g, h, hn, H, B, ld);
+        gru_forward_state(g, h, hn, H, B, ld, len, (float)t);
     }
 }
 
@@ -489,21 +569,26 @@ static void gru_forward_loop(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt
  *     dh = dprev + Ug dG[t][:2H]   (sgemm, beta = 1)
  * With DZ, Ug and Uc are the whole kernels ([I+H, 2H], [I+H, H]) and step t leaves
  * [dx_t; dh_{t-1}] in DZ + t (I+H) ld: the candidate GEMM gives [its part of dx_t; drh] in drh,
- * and the gates GEMM adds [its part; Ug dG[t][:2H]] onto [that part; dprev]. */
+ * and the gates GEMM adds [its part; Ug dG[t][:2H]] onto [that part; dprev].
+ * len (or NULL): the columns' sequence lengths.  Past its length a column's gate gradients are 0
+ * and dprev = dh (gru_backward_body), so both GEMMs add 0 there and dh_{t-1} = dh_t. */
 static void gru_backward_loop(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug, const float* Uc,
                               int64_t lduc, const float* G, const float* Hs, const float* dout,
                               int64_t ldo, float* dh, float* dprev, float* drh, float* dG,
                               int64_t ldstep, int64_t lddg, float* dgc, float* DZ, int64_t I,
-                              int64_t T, int64_t H, int64_t B, int64_t ld)
+                              int64_t T, int64_t H, int64_t B, int64_t ld, const float* len)
 {
     const int64_t Z = (I + H) * ld;
     for (int64_t t = T - 1; t >= 0; t--) {
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;
         if (dout)
-            add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B);
+            add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B, len, (float)t);
         const float* g = G + t * 3 * H * ld;
         const float* h = Hs + t * H * ld;
-        gru_backward_body(g, ld, h, dcur, dgc, ld, dprev, H, B, ld);
+        if (len)
+            gru_backward_body(g, ld, h, dcur, dgc, ld, dprev, H, B, ld, len, (float)t);
+        else
+            gru_backward_body(g, ld, h, dcur, dgc, ld, dprev, H, B, ld, 0, 0.0f);
         const int64_t rows = DZ ? I + H : H;
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, rows, B, H, 1.0f, Uc, lduc,
               dgc + 2 * H * ld, ld, 0.0f, drh, ld);
@@ -715,7 +800,7 @@ typedef struct {
     const float *U1, *U2;
     int64_t ldu1, ldu2;
     float *G, *C, *Hs, *dh, *dc, *dprev, *drh, *dG, *dgc, *DZ, *rh;
-    const float* dout;
+    const float *dout, *len;
     int64_t ldo, ldstep, lddg, I, t0, t1, T, H, B;
 } npl_pass;
 
@@ -727,24 +812,25 @@ static void run_slice(const npl_pass* p, int64_t b0, int64_t nb)
 {
     const int64_t ld = p->B;
     const float* dout = NPL_AT(p->dout, b0 * p->ldo);
+    const float* len = NPL_AT(p->len, b0);
     switch (p->kind) {
     case NPL_LSTM_FWD:
         lstm_forward_loop(p->sgemm, p->U1, p->ldu1, p->G + b0, p->C + b0, p->Hs + b0, p->t0, p->t1,
-                          p->H, nb, ld);
+                          p->H, nb, ld, len);
         break;
     case NPL_LSTM_BWD:
         lstm_backward_loop(p->sgemm, p->U1, p->ldu1, p->G + b0, p->C + b0, dout, p->ldo,
                            p->dh + b0, p->dc + b0, p->dG + b0, p->ldstep, p->lddg, p->dgc + b0,
-                           NPL_AT(p->DZ, b0), p->I, p->T, p->H, nb, ld);
+                           NPL_AT(p->DZ, b0), p->I, p->T, p->H, nb, ld, len);
         break;
     case NPL_GRU_FWD:
         gru_forward_loop(p->sgemm, p->U1, p->ldu1, p->U2, p->ldu2, p->G + b0, p->Hs + b0,
-                         p->rh + b0, p->t0, p->t1, p->H, nb, ld);
+                         p->rh + b0, p->t0, p->t1, p->H, nb, ld, len);
         break;
     case NPL_GRU_BWD:
         gru_backward_loop(p->sgemm, p->U1, p->ldu1, p->U2, p->ldu2, p->G + b0, p->Hs + b0, dout,
                           p->ldo, p->dh + b0, p->dprev + b0, p->drh + b0, p->dG + b0, p->ldstep,
-                          p->lddg, p->dgc + b0, NPL_AT(p->DZ, b0), p->I, p->T, p->H, nb, ld);
+                          p->lddg, p->dgc + b0, NPL_AT(p->DZ, b0), p->I, p->T, p->H, nb, ld, len);
         break;
     }
 }
@@ -775,12 +861,14 @@ static int64_t run_pass(const npl_pass* p, int64_t nthreads)
 }
 
 /* The entry points (npl/kernels/cpu.py): arrays with rows of B floats (the whole batch), split
- * over nthreads.  Each returns the number of slices it ran. */
+ * over nthreads; len: NULL, or each column's sequence length as a float [B] (a column is past
+ * its end at step t when len <= t).  Each returns the number of slices it ran. */
 int64_t npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* UT, int64_t ldut, float* G,
                                  float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
-                                 int64_t nthreads)
+                                 const float* len, int64_t nthreads)
 {
     npl_pass p = {0};
+    p.len = len;
     p.kind = NPL_LSTM_FWD; p.sgemm = sgemm; p.U1 = UT; p.ldu1 = ldut; p.G = G; p.C = C; p.Hs = Hs;
     p.t0 = t0; p.t1 = t1; p.H = H; p.B = B;
     return run_pass(&p, nthreads);
@@ -790,9 +878,10 @@ int64_t npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ld
                                   const float* C, const float* dout, int64_t ldo, float* dh,
                                   float* dc, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
                                   float* DZ, int64_t I, int64_t T, int64_t H, int64_t B,
-                                  int64_t nthreads)
+                                  const float* len, int64_t nthreads)
 {
     npl_pass p = {0};
+    p.len = len;
     p.kind = NPL_LSTM_BWD; p.sgemm = sgemm; p.U1 = U; p.ldu1 = ldu; p.G = (float*)G;
     p.C = (float*)C; p.dout = dout; p.ldo = ldo; p.dh = dh; p.dc = dc; p.dG = dG;
     p.ldstep = ldstep; p.lddg = lddg; p.dgc = dgc; p.DZ = DZ; p.I = I; p.T = T; p.H = H; p.B = B;
@@ -801,9 +890,11 @@ int64_t npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ld
 
 int64_t npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt,
                                 const float* UcT, int64_t lduct, float* G, float* Hs, float* rh,
-                                int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t nthreads)
+                                int64_t t0, int64_t t1, int64_t H, int64_t B, const float* len,
+                                int64_t nthreads)
 {
     npl_pass p = {0};
+    p.len = len;
     p.kind = NPL_GRU_FWD; p.sgemm = sgemm; p.U1 = UgT; p.ldu1 = ldugt; p.U2 = UcT; p.ldu2 = lduct;
     p.G = G; p.Hs = Hs; p.rh = rh; p.t0 = t0; p.t1 = t1; p.H = H; p.B = B;
     return run_pass(&p, nthreads);
@@ -814,9 +905,10 @@ int64_t npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ld
                                  const float* dout, int64_t ldo, float* dh, float* dprev,
                                  float* drh, float* dG, int64_t ldstep, int64_t lddg, float* dgc,
                                  float* DZ, int64_t I, int64_t T, int64_t H, int64_t B,
-                                 int64_t nthreads)
+                                 const float* len, int64_t nthreads)
 {
     npl_pass p = {0};
+    p.len = len;
     p.kind = NPL_GRU_BWD; p.sgemm = sgemm; p.U1 = Ug; p.ldu1 = ldug; p.U2 = Uc; p.ldu2 = lduc;
     p.G = (float*)G; p.Hs = (float*)Hs; p.dout = dout; p.ldo = ldo; p.dh = dh; p.dprev = dprev;
     p.drh = drh; p.dG = dG; p.ldstep = ldstep; p.lddg = lddg; p.dgc = dgc; p.DZ = DZ; p.I = I;
