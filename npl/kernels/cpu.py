@@ -90,10 +90,9 @@ _SIGNATURES = {
     "npl_sgemm_threads_f32": (_P, _I, _I, _I, _I, _I, _F, _P, _I, _I, _P, _I, _I, _F, _P, _I, _I,
                               _I, _I),
 }
-_SIGNATURES["npl_pool_spin_us"] = (_I,)
 _SIGNATURES["npl_pool_others_runnable"] = ()
 # these return the number of batch slices (threads) they ran
-_RETURNS_INT = ("npl_pool_spin_us", "npl_pool_others_runnable", "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
+_RETURNS_INT = ("npl_pool_others_runnable", "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
                 "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
 
 

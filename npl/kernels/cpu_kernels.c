@@ -505,10 +505,8 @@ static void gru_forward_gates(float* RESTRICT g, const float* RESTRICT h_prev, f
     }
 }
 
-/* (len, or NULL: a column past its length, len <= tf, keeps h_prev) */
-static inline __attribute__((always_inline)) void
-gru_forward_state_body(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
-                       int64_t H, int64_t B, int64_t ld, const float* RESTRICT len, float tf)
+static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
+                              int64_t H, int64_t B, int64_t ld)
 {
     for (int64_t k = 0; k < H; k++) {
         const float* RESTRICT gu = g + (H + k) * ld;
@@ -517,23 +515,10 @@ gru_forward_state_body(float* RESTRICT g, const float* RESTRICT h_prev, float* R
         float* RESTRICT hk = h + k * ld;
         for (int64_t b = 0; b < B; b++) {
             float cand = npl_tanhf_rational(gc[b]);
-            float hn = cand + gu[b] * (hp[b] - cand);
-            if (len)
-                hn = tf < len[b] ? hn : hp[b];
             gc[b] = cand;
-            hk[b] = hn;
+            hk[b] = cand + gu[b] * (hp[b] - cand);
         }
     }
-}
-
-static void gru_forward_state(float* RESTRICT g, const float* RESTRICT h_prev, float* RESTRICT h,
-                              int64_t H, int64_t B, int64_t ld, const float* RESTRICT len,
-                              float tf)
-{
-    if (len)
-        gru_forward_state_body(g, h_prev, h, H, B, ld, len, tf);
-    else
-        gru_forward_state_body(g, h_prev, h, H, B, ld, 0, 0.0f);
 }
 
 /* Steps t0 .. t1-1 of the GRU forward on one batch slice.  G [T, 3H, ld]: projections (a_r; a_u;
@@ -557,7 +542,9 @@ static void gru_forward_loop(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt
         gru_forward_gates(g, h, rh, H, B, ld);
         sgemm(NPL_ROW_MAJOR, NPL_NO_TRANS, NPL_NO_TRANS, H, B, H, 1.0f, UcT, lduct, rh, ld, 1.0f,
               g + 2 * H * ld, ld);
-        gru_forward_state(g, h, hn, H, B, ld, len, (float)t);
+        gru_forward_state(g, h, hn, H, B, ld);
+        if (len)
+            carry_state(hn, h, H, B, ld, len, (float)t);
     }
 }
 
@@ -619,13 +606,13 @@ static void gru_backward_loop(npl_sgemm_fn sgemm, const float* Ug, int64_t ldug,
  * (for much longer).  A job is a function of the part index q: the calling thread runs part 0,
  * worker q-1 part q.  One job at a time: a call made while another thread's job is running runs
  * all its parts itself. */
-#define NPL_SPIN_DEFAULT_US 2000
+#define NPL_SPIN_US 2000                /* how long an idle worker polls before it sleeps */
 
 static struct {
     pthread_mutex_t run;                /* held while a job runs */
     pthread_mutex_t mu;                 /* guards the sleep below */
     pthread_cond_t cv;
-    int64_t nworkers, sleeping, spin_us, nparts;
+    int64_t nworkers, sleeping, nparts;
     uint64_t gen;                       /* job generation (atomic) */
     int64_t pending;                    /* workers still on the current job (atomic) */
     void (*fn)(void*, int64_t);
@@ -634,7 +621,7 @@ static struct {
     uint64_t start_gen[NPL_MAX_THREADS]; /* the generation a worker was started in */
     int64_t tid[NPL_MAX_THREADS];        /* the workers' kernel thread ids */
 } npl_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-              0, 0, NPL_SPIN_DEFAULT_US, 0, 0, 0, 0, 0, {0}, {0}, {0}};
+              0, 0, 0, 0, 0, 0, 0, {0}, {0}, {0}};
 
 static inline void npl_cpu_relax(void)
 {
@@ -660,7 +647,7 @@ static void* npl_worker(void* arg)
         for (uint64_t n = 1; __atomic_load_n(&npl_pool.gen, __ATOMIC_ACQUIRE) == seen; n++) {
             npl_cpu_relax();
             if (n % 256 == 0) {
-                if (npl_now_us() - t0 < __atomic_load_n(&npl_pool.spin_us, __ATOMIC_RELAXED)) {
+                if (npl_now_us() - t0 < NPL_SPIN_US) {
                     sched_yield();
                     continue;
                 }
@@ -779,15 +766,6 @@ int64_t npl_pool_others_runnable(void)
     __atomic_store_n(&last, count, __ATOMIC_RELAXED);
     __atomic_store_n(&last_us, now, __ATOMIC_RELAXED);
     return count;
-}
-
-/* How long (microseconds) an idle worker polls before it sleeps; returns the previous value. */
-int64_t npl_pool_spin_us(int64_t us)
-{
-    int64_t old = __atomic_load_n(&npl_pool.spin_us, __ATOMIC_RELAXED);
-    if (us >= 0)
-        __atomic_store_n(&npl_pool.spin_us, us, __ATOMIC_RELAXED);
-    return old;
 }
 
 /* ------------------------------------------------------------------ the batch split
