@@ -163,8 +163,11 @@ def _matmul(a, b, out, mm=None):
 
 def _threaded_gemm(loops, B):
     """:func:`npl.kernels.cpu.matmul` when ``loops`` (from :func:`_c_loops`) run a batch of B on
-    more than one thread, else None (the array module's matmul)."""
-    return loops.matmul if loops is not None and loops.loop_threads(B) > 1 else None
+    more than one thread or have the packed kernel (which then runs the input projection), else
+    None (the array module's matmul)."""
+    if loops is None:
+        return None
+    return loops.matmul if loops.packed_gemm() or loops.loop_threads(B) > 1 else None
 
 
 # The C time loops run from this batch size up.  Below it the Python loop is quicker: NumPy's

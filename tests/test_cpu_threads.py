@@ -1,6 +1,6 @@
 """The batch split of the C time loops over npl's thread pool, and ``npl.kernels.cpu.matmul``.
 
-With ``MIN_SLICE`` lowered to 16 and ``_others_busy`` forced False (so the split is taken however
+With ``MIN_SLICE`` and ``MIN_SLICE_PACKED`` at 16 and ``_others_busy`` forced False (so the split is taken however
 busy the machine is), small problems run their C loops on 2-3 batch slices, uneven ones included;
 they must give what the single-thread C loops and the Python loop give.  ``cpu.matmul`` is
 checked against a float64 product for every operand layout it accepts.  Then the settings
@@ -37,6 +37,7 @@ def settings(monkeypatch):
 def threaded(settings):
     """The threaded path, deterministically: slices of 16 columns up, never 'others busy'."""
     settings.setattr(cpu, "MIN_SLICE", 16)
+    settings.setattr(cpu, "MIN_SLICE_PACKED", 16)
     settings.setattr(cpu, "_others_busy", lambda: False)
     return settings
 
@@ -58,7 +59,7 @@ def returns(monkeypatch):
 def _parts(D, threads):
     """The slices run_pass / npl_sgemm_threads_f32 cut D columns into for ``threads`` threads:
     width ceil(ceil(D / n) / 16) * 16, the last slice the rest; 1 below 32 columns."""
-    n = min(threads, D // cpu.MIN_SLICE)
+    n = min(threads, D // cpu._min_slice())
     if n <= 1 or D < 32:
         return 1
     w = -(-(-(-D // n)) // 16) * 16
@@ -92,7 +93,8 @@ def test_threaded_loops_equal_one_thread_and_the_python_loop(threaded, returns, 
     del returns[:]
     cpu.set_threads(1)
     one = _run(cell, *args, lengths=lengths)
-    assert [r for _, r in returns] == [1] * len(seq_calls), returns   # and no cpu.matmul
+    assert [r for name, r in returns if name != "matmul"] == [1] * len(seq_calls), returns
+    assert all(r == 1 for _, r in returns), returns     # cpu.matmul (when called) on one thread
     cpu.enable_sequence_loops(False)
     python_loop = _run(cell, *args, lengths=lengths)
     assert len(par) == len(one) == len(python_loop)
@@ -141,14 +143,30 @@ def _ref(a, b):
 SHAPES = [(50, 37, 13), (20, 70, 9), (64, 64, 5), (33, 17, 40), (5, 3, 7)]
 
 
+@pytest.fixture(params=["packed", "sgemm"])
+def kernel(request, settings):
+    """cpu.matmul's two executors: the packed kernel (where built) and the BLAS's sgemm."""
+    if request.param == "packed" and not cpu.packed_gemm():
+        pytest.skip("the packed kernel is not built for this CPU (%s)" % cpu.status())
+    old = cpu.enable_packed_gemm(request.param == "packed")
+    yield request.param
+    cpu.enable_packed_gemm(old)
+
+
+def _matmul_parts(M, N, threads, kernel, tb):
+    """The pieces cpu.matmul runs: the packed kernel splits the columns of b (not transposed);
+    the sgemm path the output's larger side."""
+    return _parts(N, threads) if kernel == "packed" and not tb else _parts(max(M, N), threads)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("M, N, K", SHAPES)
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
-def test_matmul_equals_numpy(threaded, threads, M, N, K, ta, tb):
+def test_matmul_equals_numpy(threaded, kernel, threads, M, N, K, ta, tb):
     cpu.set_threads(threads)
     rng = np.random.default_rng(M * 100 + N + K)
     a, b = _operands(rng, M, N, K, ta, tb)
-    want = _parts(max(M, N), threads)
+    want = _matmul_parts(M, N, threads, kernel, tb)
     out = np.full((M, N), np.nan, np.float32)              # beta = 0: out is not read
     assert cpu.matmul(a, b, out) == want
     _close(out, _ref(a, b), "plain", rtol=1e-5)
@@ -159,13 +177,13 @@ def test_matmul_equals_numpy(threaded, threads, M, N, K, ta, tb):
     assert cpu.matmul(a, b, out, beta=1.0) == want
     _close(out, _ref(a, b) + before, "beta=1", rtol=1e-5)
     np.testing.assert_array_equal(big[:, N:], pad)          # the padding is not written
-    if threads > 1 and max(M, N) >= 32:
+    if threads > 1 and (N if kernel == "packed" and not tb else max(M, N)) >= 32:
         assert want > 1                                     # these shapes really split
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("tb", [False, True])
-def test_matmul_batched(threaded, threads, tb):
+def test_matmul_batched(threaded, kernel, threads, tb):
     """a [M, K] for every b[i] [K, N] -> out[i] [M, N], out's steps and rows padded."""
     cpu.set_threads(threads)
     rng = np.random.default_rng(7)
@@ -252,10 +270,22 @@ def test_env_threads(monkeypatch):
             cpu._env_threads()
 
 
-def test_loop_threads(settings):
+@pytest.mark.parametrize("packed", [True, False])
+def test_loop_threads(settings, packed):
+    if packed and not cpu.packed_gemm():
+        pytest.skip("the packed kernel is not built for this CPU")
+    old = cpu.enable_packed_gemm(packed)
     settings.setattr(cpu, "_others_busy", lambda: False)
     cpu.set_threads(4)
-    m = cpu.MIN_SLICE
+    m = cpu.MIN_SLICE_PACKED if packed else cpu.MIN_SLICE
+    assert cpu._min_slice() == m
+    try:
+        _check_loop_threads(settings, m)
+    finally:
+        cpu.enable_packed_gemm(old)
+
+
+def _check_loop_threads(settings, m):
     assert cpu.loop_threads(2 * m - 1) == 1
     assert cpu.loop_threads(2 * m) == 2
     assert cpu.loop_threads(10 * m) == 4

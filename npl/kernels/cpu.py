@@ -37,7 +37,8 @@ import threading
 import numpy as np
 
 __all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
-           "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul"]
+           "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul",
+           "packed_gemm", "enable_packed_gemm"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
@@ -66,7 +67,8 @@ _state = {"lib": None, "why": None, "tried": False,
           "enabled": os.environ.get("NPL_CPU_KERNELS", "1").strip() not in _OFF,
           "loops": os.environ.get("NPL_CPU_LOOPS", "1").strip() not in _OFF,
           "sgemm": None, "sgemm_why": None, "sgemm_tried": False,
-          "blas_threads": None, "threads": _env_threads()}
+          "blas_threads": None, "threads": _env_threads(),
+          "packed": os.environ.get("NPL_PACKED_GEMM", "1").strip() not in _OFF}
 _lock = threading.Lock()
 
 _F = ctypes.c_float
@@ -91,8 +93,12 @@ _SIGNATURES = {
                               _I, _I),
 }
 _SIGNATURES["npl_pool_others_runnable"] = ()
-# these return the number of batch slices (threads) they ran
-_RETURNS_INT = ("npl_pool_others_runnable", "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
+_SIGNATURES["npl_packed_gemm_width"] = ()
+_SIGNATURES["npl_set_packed_gemm"] = (_I,)
+_SIGNATURES["npl_packed_matmul_f32"] = (_P, _I, _I, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
+# these return the number of batch slices (threads) they ran, or a count
+_RETURNS_INT = ("npl_pool_others_runnable", "npl_packed_gemm_width", "npl_packed_matmul_f32",
+                "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
                 "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
 
 
@@ -175,6 +181,7 @@ def _build():
                     f = getattr(lib, fn)
                     f.argtypes = argtypes
                     f.restype = ctypes.c_int64 if fn in _RETURNS_INT else None
+                lib.npl_set_packed_gemm(1 if _state["packed"] else 0)
                 return lib, None
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
                 errors.append(str(e))
@@ -215,7 +222,7 @@ def status():
         return "off (NPL_CPU_KERNELS=0 or npl.kernels.cpu.enable(False)); using the NumPy array code"
     if library() is not None:
         loops = ("sequence loops in C with %s, batch split over up to %d thread(s)"
-                 % (_state["sgemm_where"], threads())) if sequence_loops() else \
+                 % (_recurrent_gemm(), threads())) if sequence_loops() else \
             ("sequence loops in Python: %s" % (_state["sgemm_why"] if _state["loops"] else
                                               "NPL_CPU_LOOPS=0 or enable_sequence_loops(False)"))
         return "on (%s; %s)" % (_state["lib"]._name, loops)
@@ -306,6 +313,37 @@ def sgemm():
     return _state["sgemm"]
 
 
+def packed_gemm():
+    """The vector width (floats) of the packed recurrent-GEMM kernel the C loops use (16: AVX-512,
+    8: AVX2 with FMA), or 0 when they call the BLAS's sgemm for it instead: the kernel is not
+    built for this CPU, or ``NPL_PACKED_GEMM=0`` / :func:`enable_packed_gemm` switched it off."""
+    lib = library()
+    if lib is None or not _state["packed"]:
+        return 0
+    return int(lib.npl_packed_gemm_width())
+
+
+def enable_packed_gemm(on=True):
+    """Let the C loops run their per-step recurrent GEMMs on the packed kernel (True, the default
+    where it is built) or on the BLAS's sgemm (False).  Returns the previous setting."""
+    if not isinstance(on, bool):
+        raise TypeError("enable_packed_gemm(on): on must be True or False, got %r" % (on,))
+    old, _state["packed"] = _state["packed"], on
+    lib = library()
+    if lib is not None:
+        lib.npl_set_packed_gemm(1 if on else 0)
+    return old
+
+
+def _recurrent_gemm():
+    w = packed_gemm()
+    where = _state["sgemm_where"]
+    if w:
+        return "the recurrent GEMM on npl's packed %s kernel (the others on %s)" % (
+            "AVX-512" if w == 16 else "AVX2", where)
+    return where
+
+
 def sequence_loops():
     """True when the float32 sequence passes of the common cells run their time loop in C
     (kernels built, NumPy's sgemm found, ``NPL_CPU_LOOPS`` not 0)."""
@@ -330,6 +368,17 @@ def enable_sequence_loops(on=True):
 # 14.8-15.5; C2 (slices of 32) 336 / 347 ms (GRU), 404 / 402 (LSTM); C3 (slices of 16) GRU 96 / 87,
 # LSTM 143 / 108.
 MIN_SLICE = 64
+# With the packed recurrent-GEMM kernel a slice re-reads the packed weights but copies nothing, and
+# narrow slices win: two threads against one slice, forward+backward, same machine: C2 (B=64,
+# slices of 32) GRU 264 / 368 ms, LSTM 336 / 473; C3 (B=32, slices of 16) GRU 79 / 109, LSTM
+# 101 / 138.
+MIN_SLICE_PACKED = 16
+
+
+def _min_slice():
+    """The narrowest batch slice a thread takes: MIN_SLICE_PACKED with the packed kernel, else
+    MIN_SLICE."""
+    return MIN_SLICE_PACKED if packed_gemm() else MIN_SLICE
 
 
 def _others_busy():
@@ -359,10 +408,10 @@ def set_threads(n=None):
 
 def loop_threads(B):
     """The threads a pass over a batch of B columns uses: :func:`threads`, at most one per
-    MIN_SLICE columns, and 1 while another thread of this process is busy (typically
+    :func:`_min_slice` columns, and 1 while another thread of this process is busy (typically
     OpenBLAS's own workers, which poll for about 0.1 s after a threaded NumPy product): npl's
     threads would share a core with it, which is slower than leaving the threads to the BLAS."""
-    n = min(threads(), B // MIN_SLICE)
+    n = min(threads(), B // _min_slice())
     if n <= 1 or _others_busy():
         return 1
     return n
@@ -421,12 +470,22 @@ def _operand(a, name):
                      % (name, a.strides))
 
 
+# The packed kernel serves products whose b has contiguous rows of at most this many columns
+# (per batch entry): there it beats the BLAS (the per-step shapes of the input projection), while
+# on wide ones (d inputs, N = T*B) the two measured the same (C2: 99-101 GFLOP/s).
+PACKED_MAX_N = 1024
+
+
 def matmul(a, b, out, beta=0.0):
-    """out = a @ b (+ beta * out) in float32, the output's larger side split over
-    :func:`loop_threads` threads, each calling NumPy's sgemm single-threaded (on one thread: one
-    sgemm call, with the BLAS's own threads).  a [M, K]; b [K, N] and
-    out [M, N], or b [n, K, N] and out [n, M, N] (a batch, one a for all).  Any operand may be a
-    transposed view; out needs contiguous rows.  Returns the number of threads used."""
+    """out = a @ b (+ beta * out) in float32.  a [M, K]; b [K, N] and out [M, N], or b [n, K, N]
+    and out [n, M, N] (a batch, one a for all).  Any operand may be a transposed view; out needs
+    contiguous rows.  Returns the number of threads used.
+
+    Where b has contiguous rows of at most PACKED_MAX_N columns, beta is 0 or 1 and the packed
+    kernel is on (:func:`packed_gemm`), a is packed once and every product runs on the packed
+    kernel, columns split over :func:`loop_threads` threads.  Otherwise the output's larger side is
+    split over those threads, each calling NumPy's sgemm single-threaded; on one thread this is
+    ``numpy.matmul`` (the BLAS with its own threads) where beta is 0."""
     for x, name in ((a, "a"), (b, "b"), (out, "out")):
         if not isinstance(x, np.ndarray) or x.ndim not in ((2,) if name == "a" else (2, 3)):
             raise ValueError("npl.kernels.cpu.matmul: %s must be a %s NumPy array, got %r"
@@ -464,7 +523,16 @@ def matmul(a, b, out, beta=0.0):
         else:
             out *= beta
         return 1
+    if not tb and beta in (0.0, 1.0) and N <= PACKED_MAX_N and packed_gemm():
+        sam, sak = (1, lda) if ta else (lda, 1)
+        r = library().npl_packed_matmul_f32(pa, sam, sak, M, K, pb, ldb, sB, N, beta, pc, ldc,
+                                            sC, batch, loop_threads(N))
+        if r > 0:
+            return r
     n = loop_threads(max(M, N))
+    if n == 1 and beta == 0:
+        np.matmul(a, b, out=out)
+        return 1
     with _OneBlasThread(n):
         return library().npl_sgemm_threads_f32(
             sgemm(), _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, M, N, K, 1.0,

@@ -1,0 +1,290 @@
+"""npl's packed recurrent-GEMM kernel (``npl_pack`` / ``packed_gemm`` in npl/kernels/cpu_kernels.c).
+
+1. ``npl_packed_matmul_f32`` against float64 products: row counts that are not multiples of the
+   6-row panel, column tails of every width around the 16-float vectors and 64-column tiles, K = 1,
+   beta 0 and 1, a transposed A, a batch with padded strides; what lies outside the output is never
+   written and beta = 0 never reads the output (NaN there).  Bit for bit the same on 1, 2 and 3
+   threads.
+2. The C loops with the packed kernel against the C loops with the BLAS's sgemm and the Python
+   loop (which the gradient and TensorFlow tests check), with sequence lengths, d inputs folded or
+   not, threaded or not.
+3. The other builds: the AVX2 kernel (the library compiled here with -march=haswell where the CPU
+   has AVX2 and FMA) through the same checks and the whole loops, and the baseline build, which has
+   no kernel and must leave every product to sgemm.
+4. The switch: ``enable_packed_gemm``, ``NPL_PACKED_GEMM`` and what ``status()`` says.
+"""
+import ctypes
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import npl
+from npl.kernels import cpu
+from test_cpu_loops import SEQ_FUNCTIONS, _close, _problem, _run
+
+pytestmark = pytest.mark.skipif(not cpu.sequence_loops(),
+                                reason="C sequence loops unavailable: %s" % cpu.status())
+needs_packed = pytest.mark.skipif(not cpu.packed_gemm(),
+                                  reason="the packed kernel is not built for this CPU")
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _build(tmp_dir, name, flags):
+    """The kernel library compiled with ``flags`` into tmp_dir, loaded with cpu.py's signatures."""
+    cc = cpu._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    path = os.path.join(str(tmp_dir), name)
+    cpu._compile(cc, cpu.SOURCE_PATH, path, flags)
+    lib = ctypes.CDLL(path)
+    for fn, argtypes in cpu._SIGNATURES.items():
+        f = getattr(lib, fn)
+        f.argtypes = argtypes
+        f.restype = ctypes.c_int64 if fn in cpu._RETURNS_INT else None
+    return lib
+
+
+@pytest.fixture(scope="module")
+def avx2_lib(tmp_path_factory):
+    if not {"avx2", "fma"} <= _cpu_flags():
+        pytest.skip("this CPU has no AVX2 with FMA")
+    lib = _build(tmp_path_factory.mktemp("avx2"), "k_avx2.so",
+                 cpu.FLAGS + ("-march=haswell", "-mtune=generic"))
+    assert lib.npl_packed_gemm_width() == 8
+    return lib
+
+
+@pytest.fixture(scope="module")
+def baseline_lib(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("base"), "k_base.so", cpu.FLAGS)
+
+
+@pytest.fixture
+def native_lib():
+    if not cpu.packed_gemm():
+        pytest.skip("the packed kernel is not built for this CPU")
+    return cpu.library()
+
+
+def _call(lib, a, x, out, beta, threads=1):
+    """npl_packed_matmul_f32 on NumPy arrays: a [M, K] (any strides), x [K, N] or [n, K, N] and
+    out [M, N] or [n, M, N] with contiguous rows."""
+    M, K = a.shape
+    batched = x.ndim == 3
+    n = x.shape[0] if batched else 1
+    N = x.shape[-1]
+    assert x.strides[-1] == 4 and out.strides[-1] == 4
+    return lib.npl_packed_matmul_f32(
+        a.ctypes.data, a.strides[0] // 4, a.strides[1] // 4, M, K,
+        x.ctypes.data, x.strides[-2] // 4, x.strides[0] // 4 if batched else 0, N, beta,
+        out.ctypes.data, out.strides[-2] // 4, out.strides[0] // 4 if batched else 0, n, threads)
+
+
+def _ref(a, x):
+    return np.matmul(a.astype(np.float64), x.astype(np.float64))
+
+
+def _check_products(lib, M, N, K, transposed, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((K, M) if transposed else (M, K)).astype(np.float32)
+    a = a.T if transposed else a
+    x = rng.standard_normal((K, N + 3)).astype(np.float32)[:, :N]       # row stride N + 3
+    big = np.full((M + 2, N + 5), np.nan, np.float32)                   # beta = 0: not read
+    out = big[1:M + 1, 2:N + 2]
+    assert _call(lib, a, x, out, 0.0) == 1
+    _close(out, _ref(a, x), "beta=0 (M, N, K) = %s" % ((M, N, K),), rtol=1e-5)
+    outside = np.ones(big.shape, bool)
+    outside[1:M + 1, 2:N + 2] = False
+    assert np.isnan(big[outside]).all()                                 # nothing else written
+    before = rng.standard_normal((M, N)).astype(np.float32)
+    out[...] = before
+    assert _call(lib, a, x, out, 1.0) == 1
+    _close(out, _ref(a, x) + before, "beta=1 (M, N, K) = %s" % ((M, N, K),), rtol=1e-5)
+    assert np.isnan(big[outside]).all()
+
+
+# M: under, at and over the 6-row panel; N: every tail around 16-float vectors and 64-column tiles
+PRODUCT_M = [1, 5, 6, 7, 25]
+PRODUCT_N = [1, 15, 16, 17, 48, 63, 64, 65, 129]
+PRODUCT_K = [1, 7, 130]
+
+
+@pytest.mark.parametrize("M", PRODUCT_M)
+@pytest.mark.parametrize("N", PRODUCT_N)
+@pytest.mark.parametrize("K", PRODUCT_K)
+def test_packed_products_equal_float64(native_lib, M, N, K):
+    _check_products(native_lib, M, N, K, transposed=(M + N + K) % 2 == 0, seed=M * 1000 + N * 10 + K)
+
+
+@pytest.mark.parametrize("M, N, K", [(M, N, K) for M in PRODUCT_M for N in (1, 17, 64, 129)
+                                     for K in (1, 130)])
+def test_avx2_products_equal_float64(avx2_lib, M, N, K):
+    _check_products(avx2_lib, M, N, K, transposed=(M + K) % 2 == 1, seed=M * 1000 + N * 10 + K)
+
+
+@pytest.mark.parametrize("which", ["native", "avx2"])
+def test_packed_batch_with_padded_strides_and_threads(request, which):
+    lib = request.getfixturevalue(which + "_lib")
+    rng = np.random.default_rng(3)
+    M, K, N, n = 29, 19, 100, 4
+    a = rng.standard_normal((M, K + 2)).astype(np.float32)[:, 1:K + 1]   # row stride K + 2
+    x = rng.standard_normal((n + 1, K + 1, N + 7)).astype(np.float32)[1:, :K, 3:N + 3]
+    want = _ref(a, x)
+    results = []
+    for threads in (1, 2, 3):
+        big = np.full((n, M + 1, N + 4), np.nan, np.float32)
+        out = big[:, :M, 1:N + 1]
+        used = _call(lib, a, x, out, 0.0, threads)
+        assert used == (1 if threads == 1 else -(-N // (-(-(-(-N // threads)) // 16) * 16)))
+        _close(out, want, "batch, %d threads" % threads, rtol=1e-5)
+        assert np.isnan(big[:, M]).all() and np.isnan(big[:, :, 0]).all()
+        assert np.isnan(big[:, :, N + 1:]).all()
+        results.append(out.copy())
+    # every output element is one k-ordered sum, whatever slice it falls in: bit for bit
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+
+
+def test_baseline_build_has_no_kernel(baseline_lib):
+    assert baseline_lib.npl_packed_gemm_width() == 0
+    a, x = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+    out = np.full((4, 5), 7.0, np.float32)
+    assert _call(baseline_lib, a, x, out, 0.0) == 0                     # nothing done
+    assert (out == 7.0).all()
+
+
+def test_switched_off_kernel_does_nothing(native_lib):
+    old = cpu.enable_packed_gemm(False)
+    try:
+        assert cpu.packed_gemm() == 0
+        a, x = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+        out = np.full((4, 5), 7.0, np.float32)
+        assert _call(native_lib, a, x, out, 0.0) == 0
+        assert (out == 7.0).all()
+        assert "packed" not in cpu.status()
+    finally:
+        cpu.enable_packed_gemm(old)
+    assert cpu.packed_gemm() in (8, 16) and "packed" in cpu.status()
+
+
+def test_enable_packed_gemm_validates():
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(TypeError, match=r"enable_packed_gemm\(on\): on must be True or False"):
+            cpu.enable_packed_gemm(bad)
+
+
+def test_env_switch_turns_the_kernel_off():
+    code = ("import npl.kernels.cpu as c, numpy as np; print(c.packed_gemm(), "
+            "'packed' in c.status())")
+    env = dict(os.environ, NPL_PACKED_GEMM="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=300).stdout.decode()
+    assert out.split()[-2:] == ["0", "False"], out
+
+
+# ----------------------------------------------------------------- 2. the loops
+# (B, T, I, H): d inputs folded (I <= H/4) and not; batch tails around 16 and 64 columns; batch 8
+LOOP_CASES = [(9, 6, 3, 16), (17, 5, 10, 8), (70, 4, 6, 30), (8, 3, 40, 13), (33, 7, 2, 9)]
+
+
+@pytest.fixture
+def seq_calls(monkeypatch):
+    counts = dict.fromkeys(SEQ_FUNCTIONS, 0)
+    for name in SEQ_FUNCTIONS:
+        def wrapped(*a, _f=getattr(cpu, name), _n=name, **k):
+            counts[_n] += 1
+            return _f(*a, **k)
+        monkeypatch.setattr(cpu, name, wrapped)
+    return counts
+
+
+def _three_ways(cell, args, lengths, threads, monkeypatch):
+    """(packed C loops, sgemm C loops, Python loop) results of one problem."""
+    monkeypatch.setitem(cpu._state, "threads", threads)
+    monkeypatch.setattr(cpu, "MIN_SLICE", 16)
+    monkeypatch.setattr(cpu, "MIN_SLICE_PACKED", 16)
+    monkeypatch.setattr(cpu, "_others_busy", lambda: False)
+    old_loops, old_packed = cpu.enable_sequence_loops(True), cpu.enable_packed_gemm(True)
+    try:
+        packed = _run(cell, *args, lengths=lengths)
+        cpu.enable_packed_gemm(False)
+        sgemm = _run(cell, *args, lengths=lengths)
+        cpu.enable_sequence_loops(False)
+        python_loop = _run(cell, *args, lengths=lengths)
+    finally:
+        cpu.enable_sequence_loops(old_loops)
+        cpu.enable_packed_gemm(old_packed)
+    return packed, sgemm, python_loop
+
+
+def _check_loops(cell, args, lengths, threads, monkeypatch, calls):
+    packed, sgemm, python_loop = _three_ways(cell, args, lengths, threads, monkeypatch)
+    assert calls["lstm_forward_seq"] + calls["gru_forward_seq"] >= 2     # C loops ran, twice
+    n_grads = len(cell.grads)
+    for k, (a, b, c) in enumerate(zip(packed, sgemm, python_loop)):
+        assert a.shape == b.shape == c.shape
+        grad = k >= len(packed) - n_grads
+        # with lengths a one-unit layer's bias gradient can cancel far below its terms: compare
+        # the parameter gradients at the scale of the cell's gradients (as test_cpu_threads does)
+        scale = (max(float(np.abs(g).max()) for g in python_loop[-n_grads:])
+                 if grad and lengths is not None else None)
+        _close(a, b, "array %d, packed vs sgemm" % k, rtol=2e-5, scale=scale)
+        _close(a, c, "array %d, packed vs the Python loop" % k, scale=scale)
+
+
+@needs_packed
+@pytest.mark.parametrize("kind", ["lstm", "lstm_cell", "gru", "stack"])
+@pytest.mark.parametrize("B, T, I, H", LOOP_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_loops_on_the_packed_kernel(monkeypatch, seq_calls, kind, B, T, I, H, threads,
+                                    with_lengths):
+    cell, args = _problem(kind, B, T, I, H, time_major=(B % 2 == 0), seed=B * 97 + T * 13 + H)
+    lengths = None
+    if with_lengths:                               # random, unsorted, zeros among them, one full
+        lengths = np.random.default_rng(B * T).integers(0, T + 1, size=B)
+        lengths[B // 3] = T
+    _check_loops(cell, args, lengths, threads, monkeypatch, seq_calls)
+
+
+@pytest.mark.parametrize("which", ["avx2", "baseline"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+def test_loops_on_the_other_builds(request, monkeypatch, seq_calls, which, kind):
+    """The whole loops with the AVX2 kernel and with no kernel (the baseline build) in place of
+    the native library."""
+    lib = request.getfixturevalue(which + "_lib")
+    monkeypatch.setitem(cpu._state, "lib", lib)
+    assert cpu.packed_gemm() == (8 if which == "avx2" else 0)
+    cell, args = _problem(kind, 33, 5, 4, 20, time_major=True, seed=5)
+    lengths = np.random.default_rng(1).integers(0, 6, size=33)
+    _check_loops(cell, args, lengths, 2, monkeypatch, seq_calls)
+    _check_loops(cell, args, None, 1, monkeypatch, seq_calls)
+
+
+@needs_packed
+def test_threaded_and_one_thread_packed_loops_agree_bit_for_bit(monkeypatch):
+    """Every output of the time loops is computed column by column in the same order however
+    the batch is sliced (the weight gradients, sums over all columns, are not compared)."""
+    cell, args = _problem("stack", 48, 6, 5, 24, time_major=True, seed=11)
+    monkeypatch.setattr(cpu, "MIN_SLICE_PACKED", 16)
+    monkeypatch.setattr(cpu, "_others_busy", lambda: False)
+    runs = []
+    for threads in (1, 3):
+        monkeypatch.setitem(cpu._state, "threads", threads)
+        runs.append(_run(cell, *args))
+    n_grads = len(cell.grads)
+    for k, (a, b) in enumerate(zip(runs[0][:-n_grads], runs[1][:-n_grads])):
+        np.testing.assert_array_equal(a, b, err_msg="array %d" % k)
