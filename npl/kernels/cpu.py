@@ -7,9 +7,11 @@ vectorised pass, and the LSTM and GRU forwards' work between their tanh calls in
 
 **Sequence loops.** For the common cells (tanh, no peepholes, clipping, projection or state
 dropout; sequence lengths or not) the whole time loop of a forward or backward pass runs
-in C as well (``lstm_forward_seq`` ... ``gru_backward_seq``): per step one call of the same
-``cblas_sgemm`` NumPy uses (found in the BLAS NumPy loaded, checked against ``numpy.matmul``, see
-:func:`sgemm`) and one pass of gate math, with no Python between steps.  Their forward uses a
+in C as well (``lstm_forward_seq`` ... ``gru_backward_seq``): per step one recurrent product and
+one pass of gate math, with no Python between steps.  The product runs on npl's packed-weight
+kernel where the compiler targets AVX-512 or AVX2 with FMA (the weights packed once per pass, see
+:func:`packed_gemm`), else it is one call of the same ``cblas_sgemm`` NumPy uses (found in the
+BLAS NumPy loaded, checked against ``numpy.matmul``, see :func:`sgemm`).  Their forward uses a
 rational tanh (within 4e-7 of tanh) instead of NumPy's, so they agree with the Python loop to
 float32 rounding, not bit for bit.  ``NPL_CPU_LOOPS=0`` or :func:`enable_sequence_loops` turns
 them off; they need x86-64 Linux (see ``_find_sgemm``).
@@ -362,7 +364,8 @@ def enable_sequence_loops(on=True):
 # ----------------------------------------------------------------- threads
 # The C loops split a batch into slices of at least this many columns (a multiple of 16 floats,
 # so that no two threads write one cache line); narrower batches leave the threads to the BLAS.
-# Each slice's sgemm packs the whole recurrent weight block again, so narrow slices lose: two
+# Where the steps call sgemm, each slice's sgemm packs the whole recurrent weight block again, so
+# narrow slices lose: two
 # threads, forward+backward, npl's threads against OpenBLAS's two-thread sgemm per step, same
 # machine: C1 (B=128, slices of 64) GRU 10.8-11.7 ms against 12.2-13.1, LSTM 13.3-13.8 against
 # 14.8-15.5; C2 (slices of 32) 336 / 347 ms (GRU), 404 / 402 (LSTM); C3 (slices of 16) GRU 96 / 87,

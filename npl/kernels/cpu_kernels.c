@@ -17,8 +17,9 @@
  * against 97 us per step).
  *
  * Sequence loops (the end of this file).  The whole time loop of a pass, with the recurrent GEMM
- * through NumPy's own sgemm and a rational tanh as fast as NumPy's, so no Python runs between
- * steps (C1 LSTM forward+backward 28.3 -> 26.0 ms, C4 1.47 -> 1.03 ms, one thread).
+ * on a packed-weight kernel (AVX-512 or AVX2; elsewhere NumPy's own sgemm) and a rational tanh as
+ * fast as NumPy's, so no Python runs between steps (C1 LSTM forward+backward 28.3 -> 26.0 ms, C4
+ * 1.47 -> 1.03 ms, one thread, with sgemm).
  *
  * Layout (npl's feature-major one): a step's gates are rows of B contiguous floats, gate block q
  * holds unit k in row q*H + k; row r of g starts at g + r*ldg (the backward's gradient slab has a
@@ -303,11 +304,12 @@ void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const floa
 /* ================================================================== whole-sequence loops
  * The sequence passes of npl/cells.py for the common case (tanh activations, no peepholes, cell
  * clip, projection or state dropout; with or without sequence lengths, where a column past its
- * length carries its state, as TensorFlow's dynamic_rnn does) with the time loop in C: per step one
- * call of the BLAS's sgemm for the recurrent product and one pass of gate math, no Python between
- * steps.  The sgemm is the one NumPy itself uses: npl/kernels/cpu.py finds cblas_sgemm in the
- * OpenBLAS that NumPy loaded and passes its address (`sgemm` below), after checking it on a small
- * product against numpy.matmul; where it finds none, the Python loop runs.  Same slabs, same
+ * length carries its state, as TensorFlow's dynamic_rnn does) with the time loop in C: per step
+ * the recurrent product (rgemm: the packed kernel below where it is built, else one call of the
+ * BLAS's sgemm) and one pass of gate math, no Python between steps.  The sgemm is the one NumPy
+ * itself uses: npl/kernels/cpu.py finds cblas_sgemm in the OpenBLAS that NumPy loaded and passes
+ * its address (`sgemm` below), after checking it on a small product against numpy.matmul; where
+ * it finds none, the Python loop runs.  Same slabs, same
  * layout and the same formulas as the Python loop (and as npl/gates.py, which tests compare
  * against); the forward's tanh is the rational one below instead of NumPy's, so the two paths
  * agree to a few float32 ulps, not bit for bit.
@@ -315,9 +317,9 @@ void npl_gru_reset_backward_f32(const float* RESTRICT g, int64_t ldg, const floa
  * Threads: the rows of a batch never meet in an RNN's time loop (each column b of every slab is
  * its own sequence; only the weight gradients sum over b, and they are computed after the loop),
  * so with nthreads > 1 each thread runs the whole loop on its own slice of batch columns, with
- * no synchronisation between steps, calling a single-threaded sgemm (cpu.py sets the BLAS to one
- * thread around the call).  Slices are multiples of 16 columns (64 bytes), so no two threads
- * write one cache line.  Inside the loops every row is `ld` floats apart (the whole batch) while
+ * no synchronisation between steps, on the packed weights (shared, read-only) or calling a
+ * single-threaded sgemm (cpu.py sets the BLAS to one thread around the call).  Slices are
+ * multiples of 16 columns (64 bytes), so no two threads write one cache line.  Inside the loops every row is `ld` floats apart (the whole batch) while
  * `B` is the slice's width.
  *
  * The integer arguments are passed as int64: on x86-64 (the only place cpu.py enables this) an
@@ -568,10 +570,10 @@ static void carry_state(float* RESTRICT dst, const float* RESTRICT src, int64_t 
 
 /* Steps t0 .. t1-1 of the LSTM forward on one batch slice.  G [T, 4H, ld]: the input projection
  * (bias included) of every step, overwritten with the gates; C [T+1, H, ld], Hs [T+1, H, ld]
- * with C[t0], Hs[t0] set; UT: the recurrent rows of the kernel transposed, [4H, H] with row
- * stride ldut (a copy: OpenBLAS runs this product 3-20 % quicker from an untransposed A;
- * measured on C1-C3's shapes).
- *     G[t] += U^T h_t        [4H, H] @ [H, B]   (sgemm, beta = 1: onto the projection)
+ * with C[t0], Hs[t0] set; UT: the recurrent rows of the kernel transposed, [4H, H] (a copy:
+ * OpenBLAS runs this product 3-20 % quicker from an untransposed A, measured on C1-C3's shapes;
+ * the packed kernel packs it either way).
+ *     G[t] += U^T h_t        [4H, H] @ [H, B]   (rgemm, beta = 1: onto the projection)
  *     gates, c_{t+1}, h_{t+1} from G[t], c_t
  * len (or NULL): the columns' sequence lengths, counted from step 0 of G. */
 static void lstm_forward_loop(const npl_weight* UT, float* G,
@@ -628,7 +630,7 @@ static void add_transposed(float* RESTRICT dh, int64_t ld, const float* RESTRICT
  * them; dh [H, ld] and dc [H, ld]: the final state's cotangents, overwritten with the initial
  * state's; dout [T, ld, H] (row stride ldo, the slice's first row; NULL: no output cotangent);
  * dG: the gradient slab, step t at dG + t * ldstep, rows lddg apart; dgc [4H, ld] scratch (a
- * step's gate gradients, computed there because the sgemm reads them 5-10 % quicker than from
+ * step's gate gradients, computed there because the GEMM reads them 5-10 % quicker than from
  * the slab, whose rows are T*B apart; then copied into the slab).
  *     dm = dh + dout[t];  gate math (lstm_backward_rational) -> dG[t], dc;  dh = U dG[t]
  * DZ (or NULL): fold d inputs into the step's GEMM.  Then U is the whole kernel, [I+H, 4H] (the
@@ -733,7 +735,7 @@ static void gru_forward_loop(const npl_weight* UgT, const npl_weight* UcT, float
  * scratch; the rest as for the LSTM.
  *     dh += dout[t];  u, c~ part (gru_backward_body) -> dG[t][H:], dprev = dh * u
  *     drh = Uc dG[t][2H:];  r part (gru_reset_backward_body) -> dG[t][:H], dprev += drh * r
- *     dh = dprev + Ug dG[t][:2H]   (sgemm, beta = 1)
+ *     dh = dprev + Ug dG[t][:2H]   (rgemm, beta = 1)
  * With DZ, Ug and Uc are the whole kernels ([I+H, 2H], [I+H, H]) and step t leaves
  * [dx_t; dh_{t-1}] in DZ + t (I+H) ld: the candidate GEMM gives [its part of dx_t; drh] in drh,
  * and the gates GEMM adds [its part; Ug dG[t][:2H]] onto [that part; dprev].
