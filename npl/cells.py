@@ -299,7 +299,7 @@ def _gate_grad_slab(G):
 SPLIT_KERNEL_GRAD_BYTES = 4 << 20
 
 
-def _kernel_grad(x, h, dG2, scale=None, reuse=None, mm=None):
+def _kernel_grad(x, h, dG2, scale=None, reuse=None, mm=None, loops=None):
     """sum_t [x_t; h_t] dG_t^T and sum_t dG_t: the kernel gradient [I+P, nG] and the bias gradient
     [nG] over all steps, x: [T, B, I] (any strides), h: [T, P, B] (times ``scale``, [T, P, B],
     when given: the GRU candidate's r * h), dG2: [nG, T*B].  Returns (grad, bias grad, operand);
@@ -310,10 +310,18 @@ def _kernel_grad(x, h, dG2, scale=None, reuse=None, mm=None):
     and large (>= SPLIT_KERNEL_GRAD_BYTES) its rows are used in place, [T*B, I]^T @ dG2^T, and the
     operand holds only h and the ones, [P+1, T*B]: the peak memory of the backward is lower by x's
     size (C2: 6.5 MB).  Otherwise the operand is [x; h; 1] stacked, [I+P+1, T*B], and one GEMM
-    (faster for narrow inputs: on C1, I = 28, the split GEMMs took 7.8 ms against 6.7)."""
+    (faster for narrow inputs: on C1, I = 28, the split GEMMs took 7.8 ms against 6.7).
+
+    ``loops`` (the C loops' module, when the pass ran them): the packed kernel computes the sum
+    step by step instead (:func:`npl.kernels.cpu.kernel_grad`: the gate-major slab read in
+    place, no operand stacked; operand returned None), where it is built."""
     xp = get_array_module(h)
     T, B, I = x.shape
     P = h.shape[1]
+    if loops is not None and reuse is None:
+        out = np.empty((I + P + 1, dG2.shape[0]), h.dtype)
+        if loops.kernel_grad(x, h, dG2, out, scale):
+            return out[:I + P], out[I + P], None
     split = x.flags.c_contiguous and x.nbytes >= SPLIT_KERNEL_GRAD_BYTES
     top = 0 if split else I                      # the h rows start here
     op = reuse
@@ -945,7 +953,7 @@ class LSTMCell(RNNCell):
             loops.lstm_backward_seq(U if DZ is None else self._params["kernel"], G, C, dout, dh, dc,
                                     dG2, _ws.empty(xp, (4 * H, B), dt), DZ, lengths=lens)
             return self._weight_grads(rec, dG, dG2, None, None, dc, dh, _folded_dx(DZ, I),
-                                      _threaded_gemm(loops, B))
+                                      _threaded_gemm(loops, B), loops)
         buf, tmp, carry = _ws.empty(xp, (P, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (P, B), dt)
         dout_fm = _masked_fm(dout, rec)
         DHP = _ws.empty(xp, (T, P, B), dt) if proj is not None else None
@@ -985,7 +993,7 @@ class LSTMCell(RNNCell):
             dh, buf = buf, dh
         return self._weight_grads(rec, dG, dG2, DHP, peep, dc, dh)
 
-    def _weight_grads(self, rec, dG, dG2, DHP, peep, dc, dh, dx=None, mm=None):
+    def _weight_grads(self, rec, dG, dG2, DHP, peep, dc, dh, dx=None, mm=None, loops=None):
         """The parameter gradients from the gate gradients of every step, one GEMM each, and the
         backward's return value (d inputs, computed here unless given, d initial state)."""
         fm, x = rec.fm, rec.x
@@ -999,7 +1007,7 @@ class LSTMCell(RNNCell):
         rec.d_gates_fm = dG
         # weight gradients: one GEMM each over all steps
         dG2 = _flat(dG) if dG2 is None else dG2              # [4H, T*B]
-        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2, mm=mm)                   # [I+P+1, T*B] @ [T*B, 4H]
+        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2, mm=mm, loops=loops)      # [I+P+1, T*B] @ [T*B, 4H]
         self._accumulate("kernel", gk)
         self._accumulate("bias", gb)
         if peep is not None:
@@ -1153,10 +1161,11 @@ class GRUCell(RNNCell):
                 dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
-        gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H], mm=mm)          # [x_t; h_{t-1}; 1] @ dG_r,u
+        gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H], mm=mm, loops=loops)  # [x_t; h_{t-1}; 1] @ dG_r,u
         self._accumulate("gates/kernel", gk)
         self._accumulate("gates/bias", gb)
-        ck, cb, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op, mm=mm)  # [x_t; r*h; 1]
+        ck, cb, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op, mm=mm,
+                                 loops=loops)                             # [x_t; r*h; 1]
         self._accumulate("candidate/kernel", ck)
         self._accumulate("candidate/bias", cb)
         if dx is None:

@@ -288,3 +288,73 @@ def test_threaded_and_one_thread_packed_loops_agree_bit_for_bit(monkeypatch):
     n_grads = len(cell.grads)
     for k, (a, b) in enumerate(zip(runs[0][:-n_grads], runs[1][:-n_grads])):
         np.testing.assert_array_equal(a, b, err_msg="array %d" % k)
+
+
+# ----------------------------------------------------------------- 5. the kernel gradient
+def _kgrad_ref(x, h, dG2, scale=None):
+    T, B, I = x.shape
+    hh = h if scale is None else h * scale
+    Z = np.concatenate([x.transpose(2, 0, 1).reshape(I, T * B).astype(np.float64),
+                        hh.transpose(1, 0, 2).reshape(h.shape[1], T * B).astype(np.float64),
+                        np.ones((1, T * B))])
+    return Z @ dG2.astype(np.float64).T                    # [I+P+1, T*B] @ [T*B, nG]
+
+
+@needs_packed
+@pytest.mark.parametrize("T, B, I, P, nG", [(1, 1, 1, 1, 3), (5, 17, 3, 8, 32), (3, 64, 28, 20, 80),
+                                            (7, 9, 1, 1, 4), (4, 33, 70, 65, 196)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["time_major", "batch_major", "slab_rows"])
+def test_kernel_grad_equals_float64(monkeypatch, T, B, I, P, nG, threads, layout):
+    """The per-step kernel-gradient sum against one float64 product: inputs time-major or a
+    batch-major view, the states and the reset-gate scale as strided views of larger slabs, and
+    the gate gradients a block of rows of a larger slab (the GRU's two kernels)."""
+    monkeypatch.setitem(cpu._state, "threads", threads)
+    monkeypatch.setattr(cpu, "MIN_SLICE_PACKED", 1)
+    monkeypatch.setattr(cpu, "_others_busy", lambda: False)
+    rng = np.random.default_rng(T * 1000 + B * 10 + I)
+    f = np.float32
+    if layout == "batch_major":
+        x = rng.standard_normal((B, T, I)).astype(f).transpose(1, 0, 2)
+    else:
+        x = rng.standard_normal((T, B, I)).astype(f)
+    h = rng.standard_normal((T + 1, P + 2, B)).astype(f)[1:, 1:P + 1]     # step / row strides
+    scale = rng.uniform(0, 1, (T, 3 * P, B)).astype(f)[:, :P]
+    slab = rng.standard_normal((nG + 5, T * B)).astype(f)
+    dG2 = slab[2:nG + 2] if layout == "slab_rows" else slab[:nG].copy()
+    for s in (None, scale):
+        out = np.full((I + P + 1, nG), np.nan, f)
+        used = cpu.kernel_grad(x, h, dG2, out, s)
+        assert used == min(threads, T)
+        _close(out, _kgrad_ref(x, h, dG2, s), "kernel grad, scale %s" % (s is not None), rtol=1e-5)
+
+
+@needs_packed
+def test_kernel_grad_declines_what_it_does_not_take():
+    f = np.float32
+    x, h = np.ones((2, 3, 4), f), np.ones((2, 5, 3), f)
+    dG2, out = np.ones((6, 6), f), np.empty((10, 6), f)
+    assert cpu.kernel_grad(x, h, dG2, out) > 0
+    assert cpu.kernel_grad(np.ones((2, 3, 8), f)[:, :, ::2], h, dG2, out) == 0   # strided features
+    assert cpu.kernel_grad(x.astype(np.float64), h, dG2, out) == 0
+    assert cpu.kernel_grad(x, h, dG2, np.empty((6, 10), f).T) == 0              # out not C-order
+    with pytest.raises(ValueError, match=r"shapes x \(2, 3, 4\), h \(2, 5, 3\), dG2 \(6, 7\)"):
+        cpu.kernel_grad(x, h, np.ones((6, 7), f), out)
+    with pytest.raises(ValueError, match=r"scale \(2, 5, 2\)"):
+        cpu.kernel_grad(x, h, dG2, out, np.ones((2, 5, 2), f))
+    old = cpu.enable_packed_gemm(False)
+    try:
+        assert cpu.kernel_grad(x, h, dG2, out) == 0
+    finally:
+        cpu.enable_packed_gemm(old)
+
+
+@needs_packed
+def test_kernel_grad_leaves_large_accumulators_to_the_blas(monkeypatch):
+    f = np.float32
+    x, h = np.ones((2, 3, 4), f), np.ones((2, 5, 3), f)
+    dG2, out = np.ones((6, 6), f), np.empty((10, 6), f)
+    monkeypatch.setattr(cpu, "KERNEL_GRAD_MAX_ACC_BYTES", 6 * 16 * 4)      # [6, 16] floats: fits
+    assert cpu.kernel_grad(x, h, dG2, out) > 0
+    monkeypatch.setattr(cpu, "KERNEL_GRAD_MAX_ACC_BYTES", 6 * 16 * 4 - 1)
+    assert cpu.kernel_grad(x, h, dG2, out) == 0

@@ -417,11 +417,17 @@ typedef struct {
 } npl_weight;
 
 #ifdef NPL_VL
+/* One MR x (nv VL) tile.  Row r of A is read at a + r*rs, its element k at k*ks further: packed
+ * panels (rs = 1, ks = MR; rows past M are the panel's zeros) or a plain row-major A (rs = lda,
+ * ks = 1; `clamp`: rows past `rows` read the last real row, and their sums are dropped). */
 static inline __attribute__((always_inline)) void
-packed_tile(const int nv, npl_mask last, int64_t K, const float* RESTRICT ap,
-            const float* RESTRICT x, int64_t ldx, float* RESTRICT c, int64_t ldc, int beta,
-            int rows)
+gemm_tile(const int nv, npl_mask last, int64_t K, const float* RESTRICT a, int64_t rs,
+          const int64_t ks, const int clamp, const float* RESTRICT x, int64_t ldx,
+          float* RESTRICT c, int64_t ldc, int beta, int rows)
 {
+    const float* ar[NPL_MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NPL_MR; r++) ar[r] = a + (clamp && r >= rows ? rows - 1 : r) * rs;
     npl_vec acc[NPL_MR][NPL_NV];
 #pragma GCC unroll 8
     for (int r = 0; r < NPL_MR; r++)
@@ -435,9 +441,9 @@ packed_tile(const int nv, npl_mask last, int64_t K, const float* RESTRICT ap,
                                 : NPL_LOAD(x + k * ldx + v * NPL_VL);
 #pragma GCC unroll 8
         for (int r = 0; r < NPL_MR; r++) {
-            const npl_vec a = NPL_BCAST(ap[k * NPL_MR + r]);
+            const npl_vec av = NPL_BCAST(ar[r][k * ks]);
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[r][v] = NPL_FMA(a, xv[v], acc[r][v]);
+            for (int v = 0; v < nv; v++) acc[r][v] = NPL_FMA(av, xv[v], acc[r][v]);
         }
     }
     const npl_mask full = NPL_MASK(NPL_VL);
@@ -452,31 +458,49 @@ packed_tile(const int nv, npl_mask last, int64_t K, const float* RESTRICT ap,
         }
 }
 
-/* C [M, N] (row stride ldc) = A X + beta C (beta 0 or 1), A packed by npl_pack_a. */
-static void packed_gemm(const float* RESTRICT Ap, int64_t M, int64_t N, int64_t K,
-                        const float* RESTRICT X, int64_t ldx, float beta, float* RESTRICT C,
-                        int64_t ldc)
+/* C [M, N] (row stride ldc) = A X + beta C (beta 0 or 1): A packed by npl_pack (lda = 0), or
+ * a plain row-major A with row stride lda (for an A used once, not worth packing). */
+static inline __attribute__((always_inline)) void
+tiles(const float* RESTRICT A, int64_t lda, int64_t M, int64_t N, int64_t K,
+      const float* RESTRICT X, int64_t ldx, float beta, float* RESTRICT C, int64_t ldc,
+      const int packed)
 {
     const int64_t W = NPL_NV * NPL_VL;
+    const int bt = beta != 0.0f;
     for (int64_t n0 = 0; n0 < N; n0 += W) {
         const int64_t cols = N - n0 < W ? N - n0 : W;
         const int nv = (int)((cols + NPL_VL - 1) / NPL_VL);
         const npl_mask last = NPL_MASK((int)(cols - (int64_t)(nv - 1) * NPL_VL));
         for (int64_t m0 = 0; m0 < M; m0 += NPL_MR) {
             const int rows = M - m0 < NPL_MR ? (int)(M - m0) : NPL_MR;
-            const float* ap = Ap + m0 * K;
+            const float* a = packed ? A + m0 * K : A + m0 * lda;
+            const int64_t rs = packed ? 1 : lda, ks = packed ? NPL_MR : 1;
             float* c = C + m0 * ldc + n0;
             const float* x = X + n0;
             switch (nv) {
 #if NPL_NV == 4
-            case 4: packed_tile(4, last, K, ap, x, ldx, c, ldc, beta != 0.0f, rows); break;
-            case 3: packed_tile(3, last, K, ap, x, ldx, c, ldc, beta != 0.0f, rows); break;
+            case 4: gemm_tile(4, last, K, a, rs, ks, !packed, x, ldx, c, ldc, bt, rows); break;
+            case 3: gemm_tile(3, last, K, a, rs, ks, !packed, x, ldx, c, ldc, bt, rows); break;
 #endif
-            case 2: packed_tile(2, last, K, ap, x, ldx, c, ldc, beta != 0.0f, rows); break;
-            default: packed_tile(1, last, K, ap, x, ldx, c, ldc, beta != 0.0f, rows); break;
+            case 2: gemm_tile(2, last, K, a, rs, ks, !packed, x, ldx, c, ldc, bt, rows); break;
+            default: gemm_tile(1, last, K, a, rs, ks, !packed, x, ldx, c, ldc, bt, rows); break;
             }
         }
     }
+}
+
+static void packed_gemm(const float* RESTRICT Ap, int64_t M, int64_t N, int64_t K,
+                        const float* RESTRICT X, int64_t ldx, float beta, float* RESTRICT C,
+                        int64_t ldc)
+{
+    tiles(Ap, 0, M, N, K, X, ldx, beta, C, ldc, 1);
+}
+
+static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t N, int64_t K,
+                        const float* RESTRICT X, int64_t ldx, float beta, float* RESTRICT C,
+                        int64_t ldc)
+{
+    tiles(A, lda, M, N, K, X, ldx, beta, C, ldc, 0);
 }
 #endif
 
@@ -1188,4 +1212,110 @@ int64_t npl_packed_matmul_f32(const float* A, int64_t sam, int64_t sak, int64_t 
     }
     free(Ap);
     return n;
+}
+
+/* ------------------------------------------------------------------ the kernel gradient
+ * out [I+P+1, nG] (row stride ldo) = sum_t Z_t^T dG_t^T, Z_t^T = [x_t | h_t (* s_t) | 1] [B, I+P+1]:
+ * the kernel gradient (rows :I+P) and the bias gradient (row I+P) of a layer from its gate
+ * gradients dG [nG, T*B] (rows lddg apart, step t in columns t*B ..), inputs x (element (t, b, i)
+ * at X[t*sxt + b*sxb + i]), states h (element (t, k, b) at Hs[t*sht + k*shk + b]; the state the
+ * step read) and, for the GRU's candidate, the reset gate s (the same, S, sst, ssk; NULL: none).
+ * As one GEMM this is [I+P+1, T*B] @ [T*B, nG] with its second operand transposed (the slab is
+ * gate-major), which OpenBLAS ran at 86-90 GFLOP/s on C1; here each step is the transposed
+ * product dG_t [nG, B] @ Z_t^T [B, I+P+1] on the register-blocked kernel (dG_t read in place),
+ * with Z_t^T built per step from x_t's rows and a transposed copy of h_t, accumulated in
+ * [nG, I+P+1] and transposed into out at the end.  Threads take contiguous ranges of steps, each
+ * its own accumulator, summed in thread order.  Returns the number of threads used, 0 where the
+ * kernel is not built or is switched off, -1 when memory ran out (out not written). */
+#ifndef NPL_KGRAD_K
+#define NPL_KGRAD_K 512
+#endif
+#ifdef NPL_VL
+typedef struct {
+    const float *dG, *X, *Hs, *S;
+    int64_t lddg, nG, sxt, sxb, I, sht, shk, sst, ssk, P, T, B, Mp, ldz, nparts;
+    float* acc;
+    int failed;
+} npl_kgrad;
+
+static void kgrad_task(void* arg, int64_t q)
+{
+    npl_kgrad* j = (npl_kgrad*)arg;
+    const int64_t t0 = q * j->T / j->nparts, t1 = (q + 1) * j->T / j->nparts;
+    float* acc = j->acc + q * j->nG * j->ldz;
+    const int64_t B = j->B, I = j->I, P = j->P, ldz = j->ldz;
+    if (t1 <= t0) {
+        memset(acc, 0, (size_t)(j->nG * ldz) * sizeof(float));
+        return;
+    }
+    const int64_t chunk = (NPL_KGRAD_K + B - 1) / B;     /* steps per product */
+    float* Z = (float*)malloc((size_t)(chunk * B * ldz) * sizeof(float));
+    if (!Z) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t t = t0; t < t1; t += chunk) {
+        const int64_t n = t1 - t < chunk ? t1 - t : chunk;
+        for (int64_t s = 0; s < n; s++) {
+            float* Zs = Z + s * B * ldz;                  /* step t + s: rows s*B .. */
+            for (int64_t b = 0; b < B; b++) {
+                float* row = Zs + b * ldz;
+                memcpy(row, j->X + (t + s) * j->sxt + b * j->sxb, (size_t)I * sizeof(float));
+                row[I + P] = 1.0f;
+            }
+            for (int64_t k = 0; k < P; k++) {
+                const float* RESTRICT hk = j->Hs + (t + s) * j->sht + k * j->shk;
+                float* RESTRICT z = Zs + I + k;
+                if (j->S) {
+                    const float* RESTRICT sk = j->S + (t + s) * j->sst + k * j->ssk;
+                    for (int64_t b = 0; b < B; b++) z[b * ldz] = hk[b] * sk[b];
+                } else {
+                    for (int64_t b = 0; b < B; b++) z[b * ldz] = hk[b];
+                }
+            }
+        }
+        /* acc [nG, Mp] (+)= dG[:, t*B .. (t+n)*B] [nG, n*B] @ Z^T [n*B, Mp] */
+        direct_gemm(j->dG + t * B, j->lddg, j->nG, j->Mp, n * B, Z, ldz, t > t0 ? 1.0f : 0.0f,
+                    acc, ldz);
+    }
+    free(Z);
+}
+#endif
+
+int64_t npl_kernel_grad_f32(const float* dG, int64_t lddg, int64_t nG, const float* X,
+                            int64_t sxt, int64_t sxb, int64_t I, const float* Hs, int64_t sht,
+                            int64_t shk, const float* S, int64_t sst, int64_t ssk, int64_t P,
+                            int64_t T, int64_t B, float* out, int64_t ldo, int64_t nthreads)
+{
+#ifdef NPL_VL
+    if (!npl_packed_gemm_enabled() || T <= 0 || B <= 0 || nG <= 0)
+        return 0;
+    const int64_t Mp = I + P + 1, ldz = (Mp + 15) / 16 * 16;
+    int64_t nparts = nthreads < 1 ? 1 : (nthreads > NPL_MAX_THREADS ? NPL_MAX_THREADS : nthreads);
+    if (nparts > T) nparts = T;
+    npl_kgrad j = {dG, X, Hs, S, lddg, nG, sxt, sxb, I, sht, shk, sst, ssk, P, T, B, Mp, ldz,
+                   nparts, NULL, 0};
+    j.acc = (float*)malloc((size_t)(nparts * nG * ldz) * sizeof(float));
+    if (!j.acc)
+        return -1;
+    const int64_t used = nparts > 1 ? npl_pool_run(kgrad_task, &j, nparts) : (kgrad_task(&j, 0), 1);
+    if (j.failed) {
+        free(j.acc);
+        return -1;
+    }
+    float* acc = j.acc;
+    for (int64_t q = 1; q < nparts; q++) {
+        const float* RESTRICT part = j.acc + q * nG * ldz;
+        for (int64_t i = 0; i < nG * ldz; i++) acc[i] += part[i];
+    }
+    for (int64_t m = 0; m < Mp; m++)
+        for (int64_t g = 0; g < nG; g++) out[m * ldo + g] = acc[g * ldz + m];
+    free(j.acc);
+    return used;
+#else
+    (void)dG; (void)lddg; (void)nG; (void)X; (void)sxt; (void)sxb; (void)I; (void)Hs; (void)sht;
+    (void)shk; (void)S; (void)sst; (void)ssk; (void)P; (void)T; (void)B; (void)out; (void)ldo;
+    (void)nthreads;
+    return 0;
+#endif
 }
