@@ -358,3 +358,30 @@ def test_kernel_grad_leaves_large_accumulators_to_the_blas(monkeypatch):
     assert cpu.kernel_grad(x, h, dG2, out) > 0
     monkeypatch.setattr(cpu, "KERNEL_GRAD_MAX_ACC_BYTES", 6 * 16 * 4 - 1)
     assert cpu.kernel_grad(x, h, dG2, out) == 0
+
+
+# ----------------------------------------------------------------- 6. the transposing copy
+@pytest.mark.parametrize("n, a, b", [(1, 1, 1), (3, 17, 5), (2, 16, 16), (4, 33, 130), (2, 128, 40)])
+def test_copy_transposed_equals_numpy(n, a, b):
+    rng = np.random.default_rng(n * 100 + a + b)
+    slab = rng.standard_normal((n + 1, b + 3, a + 2)).astype(np.float32)     # [n, b, a] storage
+    src = slab[1:, 1:b + 1, :a].transpose(0, 2, 1)                            # [n, a, b] view
+    big = np.full((n, a + 1, b + 4), np.nan, np.float32)
+    dst = big[:, :a, 2:b + 2]
+    assert cpu.copy_transposed(src, dst)
+    np.testing.assert_array_equal(dst, src)
+    assert np.isnan(big[:, a]).all() and np.isnan(big[:, :, :2]).all()
+    assert np.isnan(big[:, :, b + 2:]).all()                                  # nothing else written
+    bm = np.full((a, n, b), np.nan, np.float32).transpose(1, 0, 2)            # a batch-major output
+    assert cpu.copy_transposed(src, bm)
+    np.testing.assert_array_equal(bm, src)
+
+
+def test_copy_transposed_declines_what_it_does_not_take():
+    f = np.float32
+    src = np.ones((2, 4, 3), f).transpose(0, 2, 1)
+    assert not cpu.copy_transposed(src.astype(np.float64), np.empty((2, 3, 4)))
+    assert not cpu.copy_transposed(np.ones((2, 3, 4), f), np.empty((2, 3, 4), f))   # not transposed
+    assert not cpu.copy_transposed(src, np.empty((2, 4, 3), f).transpose(0, 2, 1))  # dst strided
+    assert not cpu.copy_transposed(src, np.empty((2, 3, 5), f))                     # shape
+    assert not cpu.copy_transposed(src, src.base.reshape(2, 3, 4))                  # overlapping

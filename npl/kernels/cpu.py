@@ -40,7 +40,7 @@ import numpy as np
 
 __all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
            "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul",
-           "packed_gemm", "enable_packed_gemm", "kernel_grad"]
+           "packed_gemm", "enable_packed_gemm", "kernel_grad", "copy_transposed"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
@@ -98,6 +98,7 @@ _SIGNATURES["npl_pool_others_runnable"] = ()
 _SIGNATURES["npl_packed_gemm_width"] = ()
 _SIGNATURES["npl_set_packed_gemm"] = (_I,)
 _SIGNATURES["npl_packed_matmul_f32"] = (_P, _I, _I, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
+_SIGNATURES["npl_transpose_f32"] = (_P, _I, _I, _P, _I, _I, _I, _I, _I)
 _SIGNATURES["npl_kernel_grad_f32"] = (_P, _I, _I, _P, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _I,
                                       _I, _P, _I, _I)
 # these return the number of batch slices (threads) they ran, or a count
@@ -555,6 +556,28 @@ _NO_TRANS, _TRANS = 111, 112
 # OpenBLAS GEMM: C1 LSTM 22.4 / 23.0 ms, GRU 18.2 / 19.0; C2 GRU 457 / 467; C3 LSTM 171 / 177, GRU
 # 128 / 135).
 KERNEL_GRAD_MAX_ACC_BYTES = 4 << 20
+
+
+def copy_transposed(src, dst):
+    """dst[...] = src for 3-D float32 NumPy arrays of one shape [n, a, b] where src is a
+    transposed view (its middle axis contiguous: src.strides[1] == 4) and dst has contiguous rows
+    (dst.strides[2] == 4): the feature-major slabs' [T, P, B] seen as [T, B, P], copied in cache
+    blocks (npl_transpose_f32).  Returns True, or False when it did nothing (no library, other
+    dtypes or layouts, overlapping memory): then the caller assigns."""
+    if (type(src) is not np.ndarray or type(dst) is not np.ndarray or src.dtype != np.float32
+            or dst.dtype != np.float32 or src.ndim != 3 or src.shape != dst.shape
+            or src.strides[1] != 4 or dst.strides[2] != 4 or src.size == 0
+            or any(s < 0 or s % 4 for s in src.strides + dst.strides)
+            or np.may_share_memory(src, dst)):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    n, a, b = src.shape
+    lib.npl_transpose_f32(src.__array_interface__["data"][0], src.strides[0] // 4,
+                          src.strides[2] // 4, dst.__array_interface__["data"][0],
+                          dst.strides[0] // 4, dst.strides[1] // 4, n, b, a)
+    return True
 
 
 def kernel_grad(x, h, dG2, out, scale=None):

@@ -1319,3 +1319,30 @@ int64_t npl_kernel_grad_f32(const float* dG, int64_t lddg, int64_t nG, const flo
     return 0;
 #endif
 }
+
+/* ------------------------------------------------------------------ a transposing copy
+ * dst[i, c, r] = src[i, r, c] for i < n, r < R, c < C: src's rows lds floats apart and its
+ * matrices ss apart, dst's rows ldd apart and its matrices sd apart (both with contiguous
+ * elements in a row).  In 16 x 16 blocks, so both sides are read and written a cache line at a
+ * time: the public outputs [T, B, P] from the feature-major state slab [T, P, B] (C1: 0.12 ms
+ * against 0.30 for NumPy's strided copy; C2 1.95 against 2.88). */
+void npl_transpose_f32(const float* RESTRICT src, int64_t ss, int64_t lds, float* RESTRICT dst,
+                       int64_t sd, int64_t ldd, int64_t n, int64_t R, int64_t C)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float* RESTRICT s = src + i * ss;
+        float* RESTRICT d = dst + i * sd;
+        for (int64_t r0 = 0; r0 < R; r0 += 16)
+            for (int64_t c0 = 0; c0 < C; c0 += 16) {
+                const int64_t r1 = r0 + 16 < R ? r0 + 16 : R, c1 = c0 + 16 < C ? c0 + 16 : C;
+                if (r1 - r0 == 16 && c1 - c0 == 16) {
+                    for (int64_t c = c0; c < c0 + 16; c++)
+#pragma GCC unroll 16
+                        for (int64_t r = r0; r < r0 + 16; r++) d[c * ldd + r] = s[r * lds + c];
+                } else {
+                    for (int64_t c = c0; c < c1; c++)
+                        for (int64_t r = r0; r < r1; r++) d[c * ldd + r] = s[r * lds + c];
+                }
+            }
+    }
+}
