@@ -23,7 +23,8 @@ import pytest
 
 import npl
 from npl.kernels import cpu
-from test_cpu_loops import SEQ_FUNCTIONS, _close, _problem, _run
+from test_cpu_loops import _close, _problem, _run
+from test_cpu_loops import calls   # noqa: F401 - the fixture that counts the C loops' calls
 
 pytestmark = pytest.mark.skipif(not cpu.sequence_loops(),
                                 reason="C sequence loops unavailable: %s" % cpu.status())
@@ -200,17 +201,6 @@ def test_env_switch_turns_the_kernel_off():
 LOOP_CASES = [(9, 6, 3, 16), (17, 5, 10, 8), (70, 4, 6, 30), (8, 3, 40, 13), (33, 7, 2, 9)]
 
 
-@pytest.fixture
-def seq_calls(monkeypatch):
-    counts = dict.fromkeys(SEQ_FUNCTIONS, 0)
-    for name in SEQ_FUNCTIONS:
-        def wrapped(*a, _f=getattr(cpu, name), _n=name, **k):
-            counts[_n] += 1
-            return _f(*a, **k)
-        monkeypatch.setattr(cpu, name, wrapped)
-    return counts
-
-
 def _three_ways(cell, args, lengths, threads, monkeypatch):
     """(packed C loops, sgemm C loops, Python loop) results of one problem."""
     monkeypatch.setitem(cpu._state, "threads", threads)
@@ -250,19 +240,19 @@ def _check_loops(cell, args, lengths, threads, monkeypatch, calls):
 @pytest.mark.parametrize("B, T, I, H", LOOP_CASES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_loops_on_the_packed_kernel(monkeypatch, seq_calls, kind, B, T, I, H, threads,
+def test_loops_on_the_packed_kernel(monkeypatch, calls, kind, B, T, I, H, threads,
                                     with_lengths):
     cell, args = _problem(kind, B, T, I, H, time_major=(B % 2 == 0), seed=B * 97 + T * 13 + H)
     lengths = None
     if with_lengths:                               # random, unsorted, zeros among them, one full
         lengths = np.random.default_rng(B * T).integers(0, T + 1, size=B)
         lengths[B // 3] = T
-    _check_loops(cell, args, lengths, threads, monkeypatch, seq_calls)
+    _check_loops(cell, args, lengths, threads, monkeypatch, calls)
 
 
 @pytest.mark.parametrize("which", ["avx2", "baseline"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
-def test_loops_on_the_other_builds(request, monkeypatch, seq_calls, which, kind):
+def test_loops_on_the_other_builds(request, monkeypatch, calls, which, kind):
     """The whole loops with the AVX2 kernel and with no kernel (the baseline build) in place of
     the native library."""
     lib = request.getfixturevalue(which + "_lib")
@@ -270,8 +260,8 @@ def test_loops_on_the_other_builds(request, monkeypatch, seq_calls, which, kind)
     assert cpu.packed_gemm() == (8 if which == "avx2" else 0)
     cell, args = _problem(kind, 33, 5, 4, 20, time_major=True, seed=5)
     lengths = np.random.default_rng(1).integers(0, 6, size=33)
-    _check_loops(cell, args, lengths, 2, monkeypatch, seq_calls)
-    _check_loops(cell, args, None, 1, monkeypatch, seq_calls)
+    _check_loops(cell, args, lengths, 2, monkeypatch, calls)
+    _check_loops(cell, args, None, 1, monkeypatch, calls)
 
 
 @needs_packed

@@ -345,8 +345,9 @@ def _recurrent_gemm():
     w = packed_gemm()
     where = _state["sgemm_where"]
     if w:
-        return "the recurrent GEMM on npl's packed %s kernel (the others on %s)" % (
-            "AVX-512" if w == 16 else "AVX2", where)
+        return ("the recurrent GEMMs, the input projection and the kernel gradient on npl's "
+                "packed %s kernel, the other GEMMs on %s" % ("AVX-512" if w == 16 else "AVX2",
+                                                             where))
     return where
 
 
