@@ -12,6 +12,11 @@
    has AVX2 and FMA) through the same checks and the whole loops, and the baseline build, which has
    no kernel and must leave every product to sgemm.
 4. The switch: ``enable_packed_gemm``, ``NPL_PACKED_GEMM`` and what ``status()`` says.
+5. The kernel gradient and the blocked transposing copy.
+6. Weights packed once for several calls (``pack_weight``, ``PackedWeight``): the layout against
+   one built here with NumPy, from contiguous, transposed and row-strided matrices; the products
+   on a packed A; the forward loops given one, bit for bit as given the matrix; a pass whose steps
+   run in several chunks packs each weight once and equals the sgemm and Python loops.
 """
 import ctypes
 import os
@@ -375,3 +380,206 @@ def test_copy_transposed_declines_what_it_does_not_take():
     assert not cpu.copy_transposed(src, np.empty((2, 4, 3), f).transpose(0, 2, 1))  # dst strided
     assert not cpu.copy_transposed(src, np.empty((2, 3, 5), f))                     # shape
     assert not cpu.copy_transposed(src, src.base.reshape(2, 3, 4))                  # overlapping
+
+
+# ----------------------------------------------------------------- 6. weights packed once
+def _layout(a):
+    """The packed kernel's layout built with NumPy: rows padded with zeros to whole panels of 6,
+    each panel stored k by k ([panel, k, row])."""
+    M, K = a.shape
+    panels = -(-M // 6)
+    padded = np.zeros((panels * 6, K), np.float32)
+    padded[:M] = a
+    return padded.reshape(panels, 6, K).transpose(0, 2, 1).ravel()
+
+
+@pytest.mark.parametrize("M, K", [(1, 1), (5, 3), (6, 7), (7, 130), (512, 128), (25, 29)])
+@pytest.mark.parametrize("form", ["contiguous", "transposed", "row_strided"])
+@pytest.mark.parametrize("which", ["native", "avx2"])
+def test_pack_weight_layout(request, monkeypatch, M, K, form, which):
+    monkeypatch.setitem(cpu._state, "lib", request.getfixturevalue(which + "_lib"))
+    rng = np.random.default_rng(M * 31 + K)
+    if form == "contiguous":
+        a = rng.standard_normal((M, K)).astype(np.float32)
+    elif form == "transposed":                          # U.T of a kernel's rows, read in place
+        a = rng.standard_normal((K, M)).astype(np.float32).T
+    else:
+        a = rng.standard_normal((M, K + 5)).astype(np.float32)[:, 2:K + 2]
+    n = cpu.packed_floats(M, K)
+    assert n == -(-M // 6) * 6 * K
+    out = np.full(n + 3, np.nan, np.float32)
+    w = cpu.pack_weight(a, out)
+    assert isinstance(w, cpu.PackedWeight) and w.shape == (M, K) and w.buffer is out
+    np.testing.assert_array_equal(out[:n], _layout(a))
+    assert np.isnan(out[n:]).all()                      # nothing written past the packed copy
+    np.testing.assert_array_equal(cpu.pack_weight(a).buffer, _layout(a))   # its own buffer
+
+
+def test_pack_weight_declines_without_the_kernel(native_lib, baseline_lib, monkeypatch):
+    a = np.ones((4, 3), np.float32)
+    old = cpu.enable_packed_gemm(False)
+    try:
+        assert cpu.packed_floats(4, 3) == 0 and cpu.pack_weight(a) is None
+    finally:
+        cpu.enable_packed_gemm(old)
+    monkeypatch.setitem(cpu._state, "lib", baseline_lib)
+    assert cpu.packed_floats(4, 3) == 0 and cpu.pack_weight(a) is None
+    out = np.full(24, 7.0, np.float32)
+    assert baseline_lib.npl_pack_f32(a.ctypes.data, 3, 1, 4, 3, out.ctypes.data, 24) == 0
+    assert (out == 7.0).all()
+
+
+def test_pack_weight_rejects_bad_input(native_lib):
+    a = np.ones((4, 3), np.float32)
+    for bad, match in ((a.astype(np.float64), "2-D float32"), (np.ones(3, np.float32), "2-D float32"),
+                       ([[1.0]], "2-D float32")):
+        with pytest.raises(ValueError, match=match):
+            cpu.pack_weight(bad)
+    n = cpu.packed_floats(4, 3)
+    for out in (np.empty(n - 1, np.float32), np.empty(n, np.float64), np.empty((1, n), np.float32),
+                np.empty(2 * n, np.float32)[::2]):
+        with pytest.raises(ValueError, match="at least %d elements" % n):
+            cpu.pack_weight(a, out)
+    assert native_lib.npl_pack_f32(a.ctypes.data, 3, 1, 4, 3, np.empty(n).ctypes.data, n - 1) == -1
+    assert native_lib.npl_pack_f32(a.ctypes.data, 3, 1, 0, 3, np.empty(n).ctypes.data, n) == -1
+
+
+@pytest.mark.parametrize("which", ["native", "avx2"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_products_on_a_packed_a(request, monkeypatch, which, threads):
+    monkeypatch.setitem(cpu._state, "lib", request.getfixturevalue(which + "_lib"))
+    monkeypatch.setitem(cpu._state, "threads", threads)
+    monkeypatch.setattr(cpu, "_others_busy", lambda: False)
+    rng = np.random.default_rng(threads)
+    M, K, N, n = 31, 29, 100, 3
+    a = rng.standard_normal((K, M)).astype(np.float32).T                 # a transposed view
+    w = cpu.pack_weight(a)
+    x = rng.standard_normal((n, K, N + 4)).astype(np.float32)[:, :, 2:N + 2]
+    want = _ref(a, x)
+    out = np.full((n, M, N), np.nan, np.float32)
+    cpu.matmul(w, x, out)
+    _close(out, want, "packed a, beta 0", rtol=1e-5)
+    plain = np.empty_like(out)
+    cpu.matmul(a, x, plain)                              # packed inside the call: the same sums
+    np.testing.assert_array_equal(out, plain)
+    before = rng.standard_normal((M, N)).astype(np.float32)
+    out2 = before.copy()
+    cpu.matmul(w, x[1], out2, beta=1.0)
+    _close(out2, _ref(a, x[1]) + before, "packed a, beta 1", rtol=1e-5)
+    for bad_b, beta in ((x[0].T.copy().T, 0.0), (x[0], 0.5)):         # columns contiguous; beta
+        with pytest.raises(ValueError, match="with a packed a"):
+            cpu.matmul(w, bad_b, np.empty((M, N), np.float32), beta=beta)
+    with pytest.raises(ValueError, match="do not match"):
+        cpu.matmul(w, x[0][:K - 1], np.empty((M, N), np.float32))
+
+
+def _forward_args(kind, T, H, B, seed):
+    rng = np.random.default_rng(seed)
+    nG = (4 if kind == "lstm" else 3) * H
+    G = rng.standard_normal((T, nG, B)).astype(np.float32)
+    h0 = (0.5 * rng.standard_normal((H, B))).astype(np.float32)
+    c0 = (0.5 * rng.standard_normal((H, B))).astype(np.float32)
+    U = (rng.standard_normal((H, nG)) / np.sqrt(H)).astype(np.float32)   # the kernel's rows
+    return G, h0, c0, U
+
+
+def _forward_loops(kind, U, weights, G, h0, c0, lengths, chunk):
+    """The C forward loops over all steps, ``chunk`` steps a call; ``weights(U^T)`` gives what
+    they take (a contiguous copy or a PackedWeight); returns the gates and states."""
+    T, _, B = G.shape
+    H = h0.shape[0]
+    G = G.copy()
+    Hs = np.empty((T + 1, H, B), np.float32)
+    Hs[0] = h0
+    if kind == "lstm":
+        C = np.empty((T + 1, H, B), np.float32)
+        C[0] = c0
+        UT = weights(U.T)
+        for t0 in range(0, T, chunk):
+            cpu.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + chunk, T), lengths=lengths)
+        return G, C, Hs
+    rh = np.empty((H, B), np.float32)
+    UgT, UcT = weights(U[:, :2 * H].T), weights(U[:, 2 * H:].T)
+    for t0 in range(0, T, chunk):
+        cpu.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + chunk, T), lengths=lengths)
+    return G, Hs
+
+
+@needs_packed
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("T, H, B, chunk", [(1, 5, 8, 1), (7, 13, 33, 3), (9, 32, 70, 9)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_forward_loops_take_a_packed_weight(monkeypatch, kind, T, H, B, chunk, threads,
+                                            with_lengths):
+    """Given the weight packed once, the loops compute what they compute packing it themselves
+    from the contiguous U^T, bit for bit; and that is within float32 rounding of the sgemm's."""
+    monkeypatch.setitem(cpu._state, "threads", threads)
+    monkeypatch.setattr(cpu, "MIN_SLICE_PACKED", 16)
+    monkeypatch.setattr(cpu, "_others_busy", lambda: False)
+    G, h0, c0, U = _forward_args(kind, T, H, B, seed=T * 7 + H + B)
+    lengths = None
+    if with_lengths:
+        lengths = np.random.default_rng(B).integers(0, T + 1, size=B).astype(np.float32)
+    packed = _forward_loops(kind, U, cpu.pack_weight, G, h0, c0, lengths, chunk)
+    copied = _forward_loops(kind, U, np.ascontiguousarray, G, h0, c0, lengths, chunk)
+    for a, b in zip(packed, copied):
+        np.testing.assert_array_equal(a, b)
+    old = cpu.enable_packed_gemm(False)
+    try:
+        on_sgemm = _forward_loops(kind, U, np.ascontiguousarray, G, h0, c0, lengths, chunk)
+    finally:
+        cpu.enable_packed_gemm(old)
+    for a, b in zip(packed, on_sgemm):
+        _close(a, b, "packed weight against sgemm", rtol=1e-5)
+
+
+@needs_packed
+def test_forward_loops_check_a_packed_weight():
+    G, h0, c0, U = _forward_args("lstm", 3, 4, 8, seed=0)
+    C = np.empty((4, 4, 8), np.float32)
+    Hs = np.empty((4, 4, 8), np.float32)
+    with pytest.raises(ValueError, match=r"UT has shape \(4, 16\), expected \(16, 4\)"):
+        cpu.lstm_forward_seq(cpu.pack_weight(U), G, C, Hs, 0, 3)
+    rh = np.empty((4, 8), np.float32)
+    Gg = np.empty((3, 12, 8), np.float32)
+    with pytest.raises(ValueError, match=r"UcT has shape \(8, 4\), expected \(4, 4\)"):
+        cpu.gru_forward_seq(cpu.pack_weight(U[:, :8].T), cpu.pack_weight(U[:, :8].T), Gg, Hs, rh,
+                            0, 3)
+    # the C entry point refuses a weight given in neither form (no matrix, no packed copy)
+    lib = cpu.library()
+    assert lib.npl_lstm_forward_seq_f32(cpu.sgemm(), None, 4, None, G.ctypes.data, C.ctypes.data,
+                                        Hs.ctypes.data, 0, 3, 4, 8, None, 1) == -1
+    with pytest.raises(ValueError, match="no recurrent weight"):
+        cpu._slices(-1, "lstm_forward_seq")
+
+
+@needs_packed
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_pass_packs_each_weight_once(monkeypatch, kind, threads):
+    """With the input projection one step at a time (PROJECTION_CHUNK_BYTES = 1), the loops run
+    once a step: each layer packs [W^T | b] and each U^T once, every call of the loops gets the
+    packed U^T and every projection the packed [W^T | b]; the results equal the loops on sgemm and
+    the Python loop.  (_problem's stack: GRU, LSTM, GRU.)"""
+    monkeypatch.setattr(npl.cells, "PROJECTION_CHUNK_BYTES", 1)
+    packs, loop_weights, packed_products = [], [], []
+    real_pack, real_mm = cpu.pack_weight, cpu.matmul
+    monkeypatch.setattr(cpu, "pack_weight",
+                        lambda a, out=None: (packs.append(a.shape), real_pack(a, out))[1])
+    monkeypatch.setattr(cpu, "matmul", lambda a, b, out, beta=0.0: (
+        packed_products.append(isinstance(a, cpu.PackedWeight)), real_mm(a, b, out, beta))[1])
+    for name, n_weights in (("lstm_forward_seq", 1), ("gru_forward_seq", 2)):
+        monkeypatch.setattr(cpu, name, lambda *a, _f=getattr(cpu, name), _n=n_weights, **k: (
+            loop_weights.append({type(w) for w in a[:_n]}), _f(*a, **k))[1])
+    T, B, I, H = 5, 20, 6, 12
+    cell, args = _problem(kind, B, T, I, H, time_major=True, seed=77)
+    packed, sgemm, python_loop = _three_ways(cell, args, None, threads, monkeypatch)
+    kinds = {"lstm": ["lstm"], "gru": ["gru"], "stack": ["gru", "lstm", "gru"]}[kind]
+    calls = len(kinds) * T                               # one call of the loops a step and layer
+    assert len(packs) == sum(2 if k == "lstm" else 3 for k in kinds)   # the packed run alone
+    assert loop_weights == [{cpu.PackedWeight}] * calls + [{np.ndarray}] * calls
+    assert sum(packed_products) == calls                 # each step's projection, packed [W^T | b]
+    for k, (a, b, c) in enumerate(zip(packed, sgemm, python_loop)):
+        _close(a, b, "array %d, packed vs sgemm" % k, rtol=2e-5)
+        _close(a, c, "array %d, packed vs the Python loop" % k)

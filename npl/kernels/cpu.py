@@ -10,7 +10,7 @@ dropout; sequence lengths or not) the whole time loop of a forward or backward p
 in C as well (``lstm_forward_seq`` ... ``gru_backward_seq``): per step one recurrent product and
 one pass of gate math, with no Python between steps.  The product runs on npl's packed-weight
 kernel where the compiler targets AVX-512 or AVX2 with FMA (the weights packed once per pass, see
-:func:`packed_gemm`), else it is one call of the same ``cblas_sgemm`` NumPy uses (found in the
+:func:`packed_gemm` and :func:`pack_weight`), else it is one call of the same ``cblas_sgemm`` NumPy uses (found in the
 BLAS NumPy loaded, checked against ``numpy.matmul``, see :func:`sgemm`).  Their forward uses a
 rational tanh (within 4e-7 of tanh) instead of NumPy's, so they agree with the Python loop to
 float32 rounding, not bit for bit.  ``NPL_CPU_LOOPS=0`` or :func:`enable_sequence_loops` turns
@@ -40,7 +40,8 @@ import numpy as np
 
 __all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
            "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul",
-           "packed_gemm", "enable_packed_gemm", "kernel_grad", "copy_transposed"]
+           "packed_gemm", "enable_packed_gemm", "kernel_grad", "copy_transposed", "PackedWeight",
+           "packed_floats", "pack_weight"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
@@ -85,10 +86,10 @@ _SIGNATURES = {
     "npl_gru_backward_f32": (_P, _I, _P, _P, _P, _I, _P, _I, _I),
     "npl_gru_reset_backward_f32": (_P, _I, _P, _P, _P, _P, _I, _I, _I),
     "npl_tanh_rational_f32": (_P, _P, _I),
-    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _I, _I, _I, _P, _I),
+    "npl_lstm_forward_seq_f32": (_P, _P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _P, _I),
     "npl_lstm_backward_seq_f32": (_P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I,
                                   _I, _I, _P, _I),
-    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _I, _I, _I, _P, _I),
+    "npl_gru_forward_seq_f32": (_P, _P, _I, _P, _P, _I, _P, _P, _P, _P, _I, _I, _I, _I, _P, _I),
     "npl_gru_backward_seq_f32": (_P, _P, _I, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P,
                                  _P, _I, _I, _I, _I, _P, _I),
     "npl_sgemm_threads_f32": (_P, _I, _I, _I, _I, _I, _F, _P, _I, _I, _P, _I, _I, _F, _P, _I, _I,
@@ -98,11 +99,15 @@ _SIGNATURES["npl_pool_others_runnable"] = ()
 _SIGNATURES["npl_packed_gemm_width"] = ()
 _SIGNATURES["npl_set_packed_gemm"] = (_I,)
 _SIGNATURES["npl_packed_matmul_f32"] = (_P, _I, _I, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
+_SIGNATURES["npl_prepacked_matmul_f32"] = (_P, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
+_SIGNATURES["npl_packed_floats"] = (_I, _I)
+_SIGNATURES["npl_pack_f32"] = (_P, _I, _I, _I, _I, _P, _I)
 _SIGNATURES["npl_transpose_f32"] = (_P, _I, _I, _P, _I, _I, _I, _I, _I)
 _SIGNATURES["npl_kernel_grad_f32"] = (_P, _I, _I, _P, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _I,
                                       _I, _P, _I, _I)
 # these return the number of batch slices (threads) they ran, or a count
 _RETURNS_INT = ("npl_pool_others_runnable", "npl_packed_gemm_width", "npl_packed_matmul_f32",
+                "npl_packed_floats", "npl_pack_f32", "npl_prepacked_matmul_f32",
                 "npl_kernel_grad_f32",
                 "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
                 "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
@@ -487,14 +492,17 @@ PACKED_MAX_N = 1024
 def matmul(a, b, out, beta=0.0):
     """out = a @ b (+ beta * out) in float32.  a [M, K]; b [K, N] and out [M, N], or b [n, K, N]
     and out [n, M, N] (a batch, one a for all).  Any operand may be a transposed view; out needs
-    contiguous rows.  Returns the number of threads used.
+    contiguous rows.  Returns the number of threads used.  ``a`` may be a :class:`PackedWeight`
+    (:func:`pack_weight`, for an a used by several calls): then b needs contiguous rows and beta
+    is 0 or 1, and every product runs on the packed kernel.
 
     Where b has contiguous rows of at most PACKED_MAX_N columns, beta is 0 or 1 and the packed
     kernel is on (:func:`packed_gemm`), a is packed once and every product runs on the packed
     kernel, columns split over :func:`loop_threads` threads.  Otherwise the output's larger side is
     split over those threads, each calling NumPy's sgemm single-threaded; on one thread this is
     ``numpy.matmul`` (the BLAS with its own threads) where beta is 0."""
-    for x, name in ((a, "a"), (b, "b"), (out, "out")):
+    packed = isinstance(a, PackedWeight)
+    for x, name in (() if packed else ((a, "a"),)) + ((b, "b"), (out, "out")):
         if not isinstance(x, np.ndarray) or x.ndim not in ((2,) if name == "a" else (2, 3)):
             raise ValueError("npl.kernels.cpu.matmul: %s must be a %s NumPy array, got %r"
                              % (name, "2-D" if name == "a" else "2-D or 3-D",
@@ -516,7 +524,6 @@ def matmul(a, b, out, beta=0.0):
         raise ValueError("npl.kernels.cpu.matmul: shapes %s @ %s -> %s do not match"
                          % (a.shape, b.shape, out.shape))
     N = b2.shape[1]
-    pa, ta, lda = _operand(a, "a")
     pb, tb, ldb = _operand(b2, "b")
     pc = _operand(out2, "out")[0]
     if out2.dtype != np.float32 or not (out2.strides[1] == 4 or N == 1):
@@ -525,6 +532,17 @@ def matmul(a, b, out, beta=0.0):
     ldc = out2.strides[0] // 4 if M > 1 else N
     if M == 0 or N == 0:
         return 0
+    if packed:
+        if tb or beta not in (0.0, 1.0):
+            raise ValueError("npl.kernels.cpu.matmul: with a packed a, b needs contiguous rows and "
+                             "beta must be 0 or 1, got b strides %s, beta %r" % (b2.strides, beta))
+        r = library().npl_prepacked_matmul_f32(_ptr(a.buffer), M, K, pb, ldb, sB, N, beta, pc, ldc,
+                                               sC, batch, loop_threads(N))
+        if r <= 0:
+            raise ValueError("npl.kernels.cpu.matmul: this library has no packed kernel to read a "
+                             "packed a")
+        return r
+    pa, ta, lda = _operand(a, "a")
     if K == 0:                                     # a @ b is zero; beta = 0 overwrites NaNs too
         if beta == 0:
             out[...] = 0
@@ -747,6 +765,71 @@ def _weights(U, name):
     return _ptr(U), _rows(U, name)
 
 
+class PackedWeight:
+    """A weight ``[M, K]`` in the packed kernel's layout (:func:`pack_weight`): panels of 6 rows,
+    ``buffer[(p*K + k)*6 + r] = A[6p + r, k]``, the rows past M zero.  The forward loops take one in
+    place of their recurrent weight, so that a pass whose steps run in several calls (a chunk of
+    steps at a time, after each chunk's input projection) packs it once."""
+
+    __slots__ = ("shape", "buffer")
+
+    def __init__(self, shape, buffer):
+        self.shape, self.buffer = tuple(shape), buffer
+
+    def __repr__(self):
+        return "PackedWeight(shape=%s)" % (self.shape,)
+
+
+def packed_floats(M, K):
+    """Floats of a packed [M, K] weight; 0 where the packed kernel is not built or is off."""
+    lib = library()
+    return 0 if lib is None else int(lib.npl_packed_floats(M, K))
+
+
+def pack_weight(a, out=None):
+    """``a`` [M, K] (float32, any strides: ``U.T`` is read in place) as a :class:`PackedWeight`,
+    or None where the packed kernel is not built or is switched off (the loops then take a matrix
+    with contiguous rows).  ``out``: a float32 buffer of at least :func:`packed_floats` elements to
+    pack into (npl passes its workspace), else one is allocated."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2:
+        raise ValueError("npl.kernels.cpu.pack_weight: a must be a 2-D float32 NumPy array, got %r"
+                         % (getattr(a, "dtype", type(a).__name__),))
+    M, K = a.shape
+    n = packed_floats(M, K)
+    if n == 0:
+        return None
+    if a.strides[0] % 4 or a.strides[1] % 4:
+        raise ValueError("npl.kernels.cpu.pack_weight: a's strides %s are not whole floats"
+                         % (a.strides,))
+    if out is None:
+        out = np.empty(n, np.float32)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1
+          or not out.flags.c_contiguous or out.size < n):
+        raise ValueError("npl.kernels.cpu.pack_weight: out must be a contiguous float32 vector of "
+                         "at least %d elements, got %r" % (n, getattr(out, "shape", out)))
+    r = library().npl_pack_f32(a.__array_interface__["data"][0], a.strides[0] // 4,
+                               a.strides[1] // 4, M, K, _ptr(out), out.size)
+    return PackedWeight((M, K), out) if r == 1 else None
+
+
+def _recurrent(U, shape, name):
+    """(pointer, row stride, packed pointer) of a forward loop's recurrent weight: a matrix with
+    contiguous rows, or a :class:`PackedWeight` of the same shape."""
+    if isinstance(U, PackedWeight):
+        if U.shape != shape:
+            raise ValueError("npl.kernels.cpu: %s has shape %s, expected %s" % (name, U.shape, shape))
+        return None, shape[1], _ptr(U.buffer)
+    _shape(U, shape, name)
+    return _ptr(U), _rows(U, name), None
+
+
+def _slices(n, what):
+    """The C loops' return value: the number of slices they ran; -1 is a refused call."""
+    if n < 0:
+        raise ValueError("npl.kernels.cpu.%s: the loop was given no recurrent weight" % what)
+    return n
+
+
 def _lengths(lengths, B):
     """Pointer to the sequence lengths: a C-contiguous float32 [B] (a column is past its end at
     step t when its length is <= t), or None."""
@@ -758,20 +841,20 @@ def _lengths(lengths, B):
 
 def lstm_forward_seq(UT, G, C, Hs, t0, t1, lengths=None):
     """Steps t0 .. t1-1 of the LSTM forward (see ``npl_lstm_forward_seq_f32``): UT [4H, H] the
-    recurrent kernel rows transposed (contiguous rows); G [T, 4H, B] holds the input projections
-    and gets the gates; C, Hs [T+1, H, B] get c and h.  ``lengths`` (float32 [B], counted from
-    step 0 of G): past its length a column carries c and h unchanged."""
+    recurrent kernel rows transposed (contiguous rows, or a :class:`PackedWeight`); G [T, 4H, B]
+    holds the input projections and gets the gates; C, Hs [T+1, H, B] get c and h.  ``lengths``
+    (float32 [B], counted from step 0 of G): past its length a column carries c and h
+    unchanged."""
     T, nG, B = G.shape
     H = nG // 4
-    _shape(UT, (nG, H), "UT")
+    u, ldu, up = _recurrent(UT, (nG, H), "UT")
     _shape(C, (T + 1, H, B), "C")
     _shape(Hs, (T + 1, H, B), "Hs")
-    u, ldu = _weights(UT, "UT")
     n = loop_threads(B)
     with _OneBlasThread(n):
-        return library().npl_lstm_forward_seq_f32(sgemm(), u, ldu, _dense(G, "G"), _dense(C, "C"),
-                                                  _dense(Hs, "Hs"), t0, t1, H, B,
-                                                  _lengths(lengths, B), n)
+        return _slices(library().npl_lstm_forward_seq_f32(
+            sgemm(), u, ldu, up, _dense(G, "G"), _dense(C, "C"), _dense(Hs, "Hs"), t0, t1, H, B,
+            _lengths(lengths, B), n), "lstm_forward_seq")
 
 
 def _dout(dout, T, B, H):
@@ -827,21 +910,19 @@ def lstm_backward_seq(U, G, C, dout, dh, dc, dG2, dgc, DZ=None, lengths=None):
 
 def gru_forward_seq(UgT, UcT, G, Hs, rh, t0, t1, lengths=None):
     """Steps t0 .. t1-1 of the GRU forward (see ``npl_gru_forward_seq_f32``); UgT [2H, H] and
-    UcT [H, H]: the recurrent kernel rows transposed (contiguous rows); ``lengths`` as for
-    :func:`lstm_forward_seq`."""
+    UcT [H, H]: the recurrent kernel rows transposed (contiguous rows, or each a
+    :class:`PackedWeight`); ``lengths`` as for :func:`lstm_forward_seq`."""
     T, nG, B = G.shape
     H = nG // 3
-    _shape(UgT, (2 * H, H), "UgT")
-    _shape(UcT, (H, H), "UcT")
+    ug, ldug, ugp = _recurrent(UgT, (2 * H, H), "UgT")
+    uc, lduc, ucp = _recurrent(UcT, (H, H), "UcT")
     _shape(Hs, (T + 1, H, B), "Hs")
     _shape(rh, (H, B), "rh")
-    ug, ldug = _weights(UgT, "UgT")
-    uc, lduc = _weights(UcT, "UcT")
     n = loop_threads(B)
     with _OneBlasThread(n):
-        return library().npl_gru_forward_seq_f32(sgemm(), ug, ldug, uc, lduc, _dense(G, "G"),
-                                                 _dense(Hs, "Hs"), _dense(rh, "rh"), t0, t1, H,
-                                                 B, _lengths(lengths, B), n)
+        return _slices(library().npl_gru_forward_seq_f32(
+            sgemm(), ug, ldug, ugp, uc, lduc, ucp, _dense(G, "G"), _dense(Hs, "Hs"),
+            _dense(rh, "rh"), t0, t1, H, B, _lengths(lengths, B), n), "gru_forward_seq")
 
 
 def gru_backward_seq(Ug, Uc, G, Hs, dout, dh, dprev, drh, dG2, dgc, DZ=None, lengths=None):

@@ -408,12 +408,14 @@ void npl_set_packed_gemm(int64_t on) { npl_packed_on = on != 0; }
 int64_t npl_packed_gemm_enabled(void) { return npl_packed_gemm_width() > 0 && npl_packed_on; }
 
 /* A recurrent weight as the loops see it: the matrix (row stride lda), and its packed copy or
- * NULL (then each step calls sgemm). */
+ * NULL (then each step calls sgemm).  `own`: the pass packed it (and frees it); otherwise the
+ * caller packed it once for several calls (npl_pack_f32) and a may be NULL. */
 typedef struct {
     npl_sgemm_fn sgemm;
     const float* a;
     int64_t lda;
     float* packed;
+    int own;
 } npl_weight;
 
 #ifdef NPL_VL
@@ -504,35 +506,76 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
 }
 #endif
 
-/* A [M, K] (element (m, k) at a[m * sam + k * sak]) packed into a new buffer, or NULL (kernel
- * not built or switched off, or no memory). */
+/* Floats of A [M, K] packed: whole panels of NPL_MR rows. */
+static int64_t npl_packed_len(int64_t M, int64_t K)
+{
+    return (M + NPL_MR - 1) / NPL_MR * NPL_MR * K;
+}
+
+/* A [M, K] (element (m, k) at a[m * sam + k * sak]) packed into Ap (npl_packed_len floats).  The
+ * loop runs over k outside the panel's rows, so a transposed A (sam = 1) is read MR floats at a
+ * time and the panel is written front to back. */
+static void npl_pack_into(const float* RESTRICT a, int64_t sam, int64_t sak, int64_t M, int64_t K,
+                          float* RESTRICT Ap)
+{
+    const int64_t panels = (M + NPL_MR - 1) / NPL_MR;
+    for (int64_t p = 0; p < panels; p++) {
+        const int rows = M - p * NPL_MR < NPL_MR ? (int)(M - p * NPL_MR) : NPL_MR;
+        const float* RESTRICT ap = a + p * NPL_MR * sam;
+        float* RESTRICT dst = Ap + p * K * NPL_MR;
+        for (int64_t k = 0; k < K; k++)
+            for (int r = 0; r < NPL_MR; r++)
+                dst[k * NPL_MR + r] = r < rows ? ap[r * sam + k * sak] : 0.0f;
+    }
+}
+
+/* A [M, K] packed into a new buffer, or NULL (kernel not built or switched off, or no memory). */
 static float* npl_pack(const float* a, int64_t sam, int64_t sak, int64_t M, int64_t K)
 {
 #ifdef NPL_VL
     if (!npl_packed_on || M <= 0 || K <= 0)
         return NULL;
-    const int64_t panels = (M + NPL_MR - 1) / NPL_MR;
     void* buf = NULL;
-    if (posix_memalign(&buf, 64, (size_t)(panels * NPL_MR * K) * sizeof(float)) != 0)
+    if (posix_memalign(&buf, 64, (size_t)npl_packed_len(M, K) * sizeof(float)) != 0)
         return NULL;
-    float* Ap = (float*)buf;
-    for (int64_t p = 0; p < panels; p++)
-        for (int r = 0; r < NPL_MR; r++) {
-            const int64_t m = p * NPL_MR + r;
-            for (int64_t k = 0; k < K; k++)
-                Ap[(p * K + k) * NPL_MR + r] = m < M ? a[m * sam + k * sak] : 0.0f;
-        }
-    return Ap;
+    npl_pack_into(a, sam, sak, M, K, (float*)buf);
+    return (float*)buf;
 #else
     (void)a; (void)sam; (void)sak; (void)M; (void)K;
     return NULL;
 #endif
 }
 
-/* Packs w->a [M, K] (w->packed; NULL where the steps will call sgemm). */
+/* The entry points for a weight packed once and used by several calls of the loops (the forward
+ * runs its steps a chunk of steps per call): the floats the packed copy of A [M, K] takes, 0
+ * where the kernel is not built or is switched off (then the loops take the plain matrix); and
+ * the packing into out (n floats), element (m, k) of A at a[m * sam + k * sak] (any strides: the
+ * loops' forward packs U^T straight from the kernel's rows).  Returns 1, 0 where the kernel is
+ * not built or switched off, -1 where out is too small or the shape is empty (out not written). */
+int64_t npl_packed_floats(int64_t M, int64_t K)
+{
+    return npl_packed_gemm_enabled() && M > 0 && K > 0 ? npl_packed_len(M, K) : 0;
+}
+
+int64_t npl_pack_f32(const float* a, int64_t sam, int64_t sak, int64_t M, int64_t K, float* out,
+                     int64_t n)
+{
+    if (!npl_packed_gemm_enabled())
+        return 0;
+    if (M <= 0 || K <= 0 || n < npl_packed_len(M, K))
+        return -1;
+    npl_pack_into(a, sam, sak, M, K, out);
+    return 1;
+}
+
+/* Packs w->a [M, K] (w->packed; NULL where the steps will call sgemm), unless the caller packed
+ * it already. */
 static void npl_pack_a(npl_weight* w, int64_t M, int64_t K)
 {
+    if (w->packed)
+        return;
     w->packed = npl_pack(w->a, w->lda, 1, M, K);
+    w->own = 1;
 }
 
 /* One step's product: C [M, N] = A X + beta C. */
@@ -594,9 +637,10 @@ static void carry_state(float* RESTRICT dst, const float* RESTRICT src, int64_t 
 
 /* Steps t0 .. t1-1 of the LSTM forward on one batch slice.  G [T, 4H, ld]: the input projection
  * (bias included) of every step, overwritten with the gates; C [T+1, H, ld], Hs [T+1, H, ld]
- * with C[t0], Hs[t0] set; UT: the recurrent rows of the kernel transposed, [4H, H] (a copy:
- * OpenBLAS runs this product 3-20 % quicker from an untransposed A, measured on C1-C3's shapes;
- * the packed kernel packs it either way).
+ * with C[t0], Hs[t0] set; UT: the recurrent rows of the kernel transposed, [4H, H]: packed by
+ * the caller once for all its calls (npl/cells.py packs U^T straight from the kernel's rows), or
+ * for the steps on sgemm a transposed copy (OpenBLAS runs this product 3-20 % quicker from an
+ * untransposed A, measured on C1-C3's shapes).
  *     G[t] += U^T h_t        [4H, H] @ [H, B]   (rgemm, beta = 1: onto the projection)
  *     gates, c_{t+1}, h_{t+1} from G[t], c_t
  * len (or NULL): the columns' sequence lengths, counted from step 0 of G. */
@@ -1028,11 +1072,14 @@ static int64_t slice_width(int64_t B, int64_t n) { return (((B + n - 1) / n) + 1
 
 /* Runs the pass on up to nthreads slices of the batch; returns the number run in parallel.  The
  * weights U1 [M1, K1] and U2 [M2, K2] (M2 = 0: none) are packed first, once for all slices and
- * steps (read-only from then on), and freed at the end. */
+ * steps (read-only from then on), and freed at the end; a weight the caller packed already is
+ * used as it is (and left to the caller). */
 static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, int64_t M2,
                         int64_t K2)
 {
     int64_t n = 1;
+    if ((!p->U1.a && !p->U1.packed) || (M2 > 0 && !p->U2.a && !p->U2.packed))
+        return -1;                                      /* neither the matrix nor a packed copy */
     npl_pack_a(&p->U1, M1, K1);
     if (M2 > 0)
         npl_pack_a(&p->U2, M2, K2);
@@ -1043,27 +1090,38 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
         npl_split s = {p, slice_width(p->B, nthreads)};
         n = npl_pool_run(slice_task, &s, (p->B + s.w - 1) / s.w);
     }
-    free(p->U1.packed);
-    free(p->U2.packed);
+    if (p->U1.own)
+        free(p->U1.packed);
+    if (p->U2.own)
+        free(p->U2.packed);
     return n;
 }
 
-static npl_weight npl_weight_of(npl_sgemm_fn sgemm, const float* a, int64_t lda)
+/* packed: NULL, or the weight packed by npl_pack_f32 (then a is not read and may be NULL). */
+static npl_weight npl_weight_of(npl_sgemm_fn sgemm, const float* a, int64_t lda,
+                                const float* packed)
 {
-    npl_weight w = {sgemm, a, lda, NULL};
+#ifndef NPL_VL
+    packed = NULL;                                      /* no kernel here to read it */
+#endif
+    npl_weight w = {sgemm, a, lda, (float*)packed, 0};
     return w;
 }
 
 /* The entry points (npl/kernels/cpu.py): arrays with rows of B floats (the whole batch), split
  * over nthreads; len: NULL, or each column's sequence length as a float [B] (a column is past
- * its end at step t when len <= t).  Each returns the number of slices it ran. */
-int64_t npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* UT, int64_t ldut, float* G,
+ * its end at step t when len <= t).  The forwards take their recurrent weights as the matrix
+ * (UT, ldut), or packed by npl_pack_f32 (UTp, not NULL: the caller packed it once for all its
+ * calls; UT is then not read).  Each returns the number of slices it ran, -1 where a weight has
+ * neither form. */
+int64_t npl_lstm_forward_seq_f32(npl_sgemm_fn sgemm, const float* UT, int64_t ldut,
+                                 const float* UTp, float* G,
                                  float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
                                  const float* len, int64_t nthreads)
 {
     npl_pass p = {0};
     p.len = len;
-    p.kind = NPL_LSTM_FWD; p.U1 = npl_weight_of(sgemm, UT, ldut); p.G = G; p.C = C; p.Hs = Hs;
+    p.kind = NPL_LSTM_FWD; p.U1 = npl_weight_of(sgemm, UT, ldut, UTp); p.G = G; p.C = C; p.Hs = Hs;
     p.t0 = t0; p.t1 = t1; p.H = H; p.B = B;
     return run_pass(&p, nthreads, 4 * H, H, 0, 0);
 }
@@ -1076,21 +1134,22 @@ int64_t npl_lstm_backward_seq_f32(npl_sgemm_fn sgemm, const float* U, int64_t ld
 {
     npl_pass p = {0};
     p.len = len;
-    p.kind = NPL_LSTM_BWD; p.U1 = npl_weight_of(sgemm, U, ldu); p.G = (float*)G;
+    p.kind = NPL_LSTM_BWD; p.U1 = npl_weight_of(sgemm, U, ldu, NULL); p.G = (float*)G;
     p.C = (float*)C; p.dout = dout; p.ldo = ldo; p.dh = dh; p.dc = dc; p.dG = dG;
     p.ldstep = ldstep; p.lddg = lddg; p.dgc = dgc; p.DZ = DZ; p.I = I; p.T = T; p.H = H; p.B = B;
     return run_pass(&p, nthreads, DZ ? I + H : H, 4 * H, 0, 0);
 }
 
 int64_t npl_gru_forward_seq_f32(npl_sgemm_fn sgemm, const float* UgT, int64_t ldugt,
-                                const float* UcT, int64_t lduct, float* G, float* Hs, float* rh,
+                                const float* UgTp, const float* UcT, int64_t lduct,
+                                const float* UcTp, float* G, float* Hs, float* rh,
                                 int64_t t0, int64_t t1, int64_t H, int64_t B, const float* len,
                                 int64_t nthreads)
 {
     npl_pass p = {0};
     p.len = len;
-    p.kind = NPL_GRU_FWD; p.U1 = npl_weight_of(sgemm, UgT, ldugt);
-    p.U2 = npl_weight_of(sgemm, UcT, lduct);
+    p.kind = NPL_GRU_FWD; p.U1 = npl_weight_of(sgemm, UgT, ldugt, UgTp);
+    p.U2 = npl_weight_of(sgemm, UcT, lduct, UcTp);
     p.G = G; p.Hs = Hs; p.rh = rh; p.t0 = t0; p.t1 = t1; p.H = H; p.B = B;
     return run_pass(&p, nthreads, 2 * H, H, H, H);
 }
@@ -1104,8 +1163,8 @@ int64_t npl_gru_backward_seq_f32(npl_sgemm_fn sgemm, const float* Ug, int64_t ld
 {
     npl_pass p = {0};
     p.len = len;
-    p.kind = NPL_GRU_BWD; p.U1 = npl_weight_of(sgemm, Ug, ldug);
-    p.U2 = npl_weight_of(sgemm, Uc, lduc);
+    p.kind = NPL_GRU_BWD; p.U1 = npl_weight_of(sgemm, Ug, ldug, NULL);
+    p.U2 = npl_weight_of(sgemm, Uc, lduc, NULL);
     p.G = (float*)G; p.Hs = (float*)Hs; p.dout = dout; p.ldo = ldo; p.dh = dh; p.dprev = dprev;
     p.drh = drh; p.dG = dG; p.ldstep = ldstep; p.lddg = lddg; p.dgc = dgc; p.DZ = DZ; p.I = I;
     p.T = T; p.H = H; p.B = B;
@@ -1192,15 +1251,11 @@ static void packed_task(void* arg, int64_t q)
 #endif
 }
 
-int64_t npl_packed_matmul_f32(const float* A, int64_t sam, int64_t sak, int64_t M, int64_t K,
-                              const float* X, int64_t ldx, int64_t sX, int64_t N, float beta,
-                              float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t nthreads)
+/* The product on a packed A (Ap: npl_pack's layout), columns split over up to nthreads threads. */
+static int64_t packed_matmul_run(const float* Ap, int64_t M, int64_t K, const float* X,
+                                 int64_t ldx, int64_t sX, int64_t N, float beta, float* C,
+                                 int64_t ldc, int64_t sC, int64_t batch, int64_t nthreads)
 {
-    if (!npl_packed_gemm_enabled())
-        return 0;
-    float* Ap = npl_pack(A, sam, sak, M, K);
-    if (!Ap)
-        return -1;
     npl_packed_job j = {Ap, X, C, M, K, N, ldx, sX, ldc, sC, batch, N, beta};
     int64_t n = 1;
     if (nthreads > NPL_MAX_THREADS) nthreads = NPL_MAX_THREADS;
@@ -1210,8 +1265,37 @@ int64_t npl_packed_matmul_f32(const float* A, int64_t sam, int64_t sak, int64_t 
         j.w = slice_width(N, nthreads);
         n = npl_pool_run(packed_task, &j, (N + j.w - 1) / j.w);
     }
+    return n;
+}
+
+int64_t npl_packed_matmul_f32(const float* A, int64_t sam, int64_t sak, int64_t M, int64_t K,
+                              const float* X, int64_t ldx, int64_t sX, int64_t N, float beta,
+                              float* C, int64_t ldc, int64_t sC, int64_t batch, int64_t nthreads)
+{
+    if (!npl_packed_gemm_enabled())
+        return 0;
+    float* Ap = npl_pack(A, sam, sak, M, K);
+    if (!Ap)
+        return -1;
+    const int64_t n = packed_matmul_run(Ap, M, K, X, ldx, sX, N, beta, C, ldc, sC, batch, nthreads);
     free(Ap);
     return n;
+}
+
+/* The same with A packed by the caller (npl_pack_f32), for an A used by several calls (the input
+ * projection of a forward that runs a chunk of steps per call).  0 where the kernel is not built
+ * (a packed A exists only where it is). */
+int64_t npl_prepacked_matmul_f32(const float* Ap, int64_t M, int64_t K, const float* X,
+                                 int64_t ldx, int64_t sX, int64_t N, float beta, float* C,
+                                 int64_t ldc, int64_t sC, int64_t batch, int64_t nthreads)
+{
+#ifdef NPL_VL
+    return packed_matmul_run(Ap, M, K, X, ldx, sX, N, beta, C, ldc, sC, batch, nthreads);
+#else
+    (void)Ap; (void)M; (void)K; (void)X; (void)ldx; (void)sX; (void)N; (void)beta; (void)C;
+    (void)ldc; (void)sC; (void)batch; (void)nthreads;
+    return 0;
+#endif
 }
 
 /* ------------------------------------------------------------------ the kernel gradient
