@@ -17,6 +17,8 @@
    one built here with NumPy, from contiguous, transposed and row-strided matrices; the products
    on a packed A; the forward loops given one, bit for bit as given the matrix; a pass whose steps
    run in several chunks packs each weight once and equals the sgemm and Python loops.
+7. The backward's streaming stores into the gradient slab (``npl_set_stream_min_bytes``): the
+   same bits as plain stores, for slices that start anywhere in a vector.
 """
 import ctypes
 import os
@@ -583,3 +585,34 @@ def test_chunked_pass_packs_each_weight_once(monkeypatch, kind, threads):
     for k, (a, b, c) in enumerate(zip(packed, sgemm, python_loop)):
         _close(a, b, "array %d, packed vs sgemm" % k, rtol=2e-5)
         _close(a, c, "array %d, packed vs the Python loop" % k)
+
+
+# ----------------------------------------------------------------- 7. streaming stores
+@pytest.mark.parametrize("which", ["native", "avx2"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+@pytest.mark.parametrize("B, threads", [(9, 1), (37, 2), (70, 2)])
+def test_streamed_gradient_slab_equals_plain_stores(request, monkeypatch, which, kind, B, threads):
+    """The gate gradients stored into the slab with streaming stores (threshold 0: always) and
+    with plain ones (threshold above any slab): the same gate gradients, d inputs and weight
+    gradients, bit for bit.  B = 37 and 70 put slice starts and row ends off the vector
+    boundaries (the scalar head and tail of each row)."""
+    lib = request.getfixturevalue(which + "_lib")
+    monkeypatch.setitem(cpu._state, "lib", lib)
+    monkeypatch.setitem(cpu._state, "threads", threads)
+    monkeypatch.setattr(cpu, "MIN_SLICE_PACKED", 16)
+    monkeypatch.setattr(cpu, "_others_busy", lambda: False)
+    cell, args = _problem(kind, B, 6, 5, 19, time_major=True, seed=B + threads)
+    lengths = np.random.default_rng(B).integers(0, 7, size=B)
+    runs = []
+    old = lib.npl_set_stream_min_bytes(0)
+    try:
+        for threshold in (0, 1 << 62):
+            lib.npl_set_stream_min_bytes(threshold)
+            for lens in (None, lengths):
+                runs.append(_run(cell, *args, lengths=lens))
+    finally:
+        lib.npl_set_stream_min_bytes(old)
+    assert old == 2 << 20                                # the default: slabs of 2 MB and more
+    for streamed, plain in ((runs[0], runs[2]), (runs[1], runs[3])):
+        for k, (a, b) in enumerate(zip(streamed, plain)):
+            np.testing.assert_array_equal(a, b, err_msg="array %d" % k)

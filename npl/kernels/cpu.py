@@ -100,6 +100,7 @@ _SIGNATURES["npl_packed_gemm_width"] = ()
 _SIGNATURES["npl_set_packed_gemm"] = (_I,)
 _SIGNATURES["npl_packed_matmul_f32"] = (_P, _I, _I, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
 _SIGNATURES["npl_prepacked_matmul_f32"] = (_P, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
+_SIGNATURES["npl_set_stream_min_bytes"] = (_I,)
 _SIGNATURES["npl_packed_floats"] = (_I, _I)
 _SIGNATURES["npl_pack_f32"] = (_P, _I, _I, _I, _I, _P, _I)
 _SIGNATURES["npl_transpose_f32"] = (_P, _I, _I, _P, _I, _I, _I, _I, _I)
@@ -108,6 +109,7 @@ _SIGNATURES["npl_kernel_grad_f32"] = (_P, _I, _I, _P, _I, _I, _I, _P, _I, _I, _P
 # these return the number of batch slices (threads) they ran, or a count
 _RETURNS_INT = ("npl_pool_others_runnable", "npl_packed_gemm_width", "npl_packed_matmul_f32",
                 "npl_packed_floats", "npl_pack_f32", "npl_prepacked_matmul_f32",
+                "npl_set_stream_min_bytes",
                 "npl_kernel_grad_f32",
                 "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
                 "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
