@@ -380,6 +380,13 @@ def _state_fm(a):
     return a.T
 
 
+def _ws_copy(a):
+    """A C-contiguous copy of ``a`` from the workspace (aligned for the C loops' batch slices)."""
+    out = _ws.empty(get_array_module(a), a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def _state_public(a):
     """[F, B] -> new contiguous [B, F] array (never a view into a trace)."""
     return a.T.copy()
@@ -750,7 +757,7 @@ class BasicRNNCell(RNNCell):
         I, dt = x.shape[2], A.dtype
         K = self._params["kernel"]
         W, U = K[:I], K[I:]
-        dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
+        dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _ws_copy(_state_fm(dh_final))
         buf, tmp, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
         dout_fm = _masked_fm(dout, rec)
         dG2, dG = _gate_grad_slab(A)
@@ -964,7 +971,7 @@ class LSTMCell(RNNCell):
         if dstate is None:
             dc, dh = _ws.zeros(xp, (H, B), dt), _ws.zeros(xp, (P, B), dt)
         else:
-            dc, dh = _state_fm(dstate.c).copy(), _state_fm(dstate.h).copy()
+            dc, dh = _ws_copy(_state_fm(dstate.c)), _ws_copy(_state_fm(dstate.h))
         dG2, dG = _gate_grad_slab(G)
         inv, peep, act = rec.inv_fm, self._peep(), self._activation
         lens = _loop_lengths(rec.mask) if B >= C_LOOPS_MIN_BATCH else False
@@ -1145,7 +1152,7 @@ class GRUCell(RNNCell):
         I = x.shape[2]
         H, dt = self._num_units, G.dtype
         Wx, Ug, Uc = self._weights(I)
-        dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _state_fm(dh_final).copy()
+        dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _ws_copy(_state_fm(dh_final))
         dG2, dG = _gate_grad_slab(G)
         inv, act = rec.inv_fm, self._activation
         lens = _loop_lengths(rec.mask) if B >= C_LOOPS_MIN_BATCH else False

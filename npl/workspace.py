@@ -78,14 +78,14 @@ class _Pool:
             # (a small array must not pin a large buffer that a later request needs)
             best = None
             for k in range(len(self.buffers)):
-                size = self.buffers[k].nbytes
+                size = self.buffers[k].nbytes - ALIGN
                 if nbytes <= size <= 2 * nbytes and \
                         (best is None or size < self.buffers[best].nbytes) and self._free(k):
                     best = k
             if best is not None:
                 self.hits += 1
                 self.buffers.append(self.buffers.pop(best))   # most recently used last
-                return self.buffers[-1][:nbytes]
+                return _aligned(self.buffers[-1], nbytes)
             self.misses += 1
             # Free buffers smaller than this request are given back before allocating, so that
             # memory the pass has stopped using is not held on top of the new buffer.  Larger ones
@@ -93,7 +93,7 @@ class _Pool:
             # GRU pass re-fault its 375 MB gate slabs every time).
             k = 0
             while k < len(self.buffers):
-                if self.buffers[k].nbytes < nbytes and self._free(k):
+                if self.buffers[k].nbytes - ALIGN < nbytes and self._free(k):
                     self.nbytes -= self.buffers.pop(k).nbytes
                 else:
                     k += 1
@@ -105,9 +105,9 @@ class _Pool:
                     k += 1
             if self.nbytes + nbytes > self.limit:
                 return None
-            self.buffers.append(np.empty(nbytes, np.uint8))
-            self.nbytes += nbytes
-            return self.buffers[-1][:nbytes]
+            self.buffers.append(np.empty(nbytes + ALIGN, np.uint8))
+            self.nbytes += nbytes + ALIGN
+            return _aligned(self.buffers[-1], nbytes)
 
     def in_use(self):
         return sum(1 for k in range(len(self.buffers)) if not self._free(k))
@@ -120,6 +120,17 @@ class _Pool:
 
 _pool = _Pool(_limit_from_env())
 
+# Every array from empty() starts on a 64-byte boundary (a cache line, and an AVX-512 vector), so
+# that when the C loops split a batch over threads in slices of 16 floats no cache line holds
+# columns of two slices (NumPy's allocator aligns to 16 bytes only).
+ALIGN = 64
+
+
+def _aligned(buf, nbytes):
+    """nbytes of the uint8 buffer ``buf`` (nbytes + ALIGN long) from its first 64-byte boundary."""
+    start = -buf.ctypes.data % ALIGN
+    return buf[start:start + nbytes]
+
 
 def empty(xp, shape, dtype):
     """``xp.empty(shape, dtype)``, served from the pool when ``xp`` is NumPy and the array is
@@ -131,11 +142,9 @@ def empty(xp, shape, dtype):
     n = dtype.itemsize
     for s in shape:
         n *= s
-    if n < MIN_BYTES or _pool.limit == 0:
-        return np.empty(shape, dtype)
-    raw = _pool.take(n)
+    raw = _pool.take(n) if n >= MIN_BYTES and _pool.limit > 0 else None
     if raw is None:
-        return np.empty(shape, dtype)
+        raw = _aligned(np.empty(n + ALIGN, np.uint8), n)
     return raw.view(dtype).reshape(shape)
 
 

@@ -81,9 +81,24 @@ def test_small_request_does_not_pin_a_large_buffer_and_a_miss_releases_smaller_o
     del small
     bigger = ws.empty(np, (96 * 1024,), np.float32)           # 384 KiB: a miss; the free 256 KiB
     s = ws.stats()                                            # buffer is smaller and goes back
-    assert s["buffers"] == 2 and s["nbytes"] == (4 << 20) + bigger.nbytes
+    assert s["buffers"] == 2 and s["nbytes"] == (4 << 20) + bigger.nbytes + 2 * ws.ALIGN
     again = ws.empty(np, (900 * 1024,), np.float32)           # 3.5 MiB: served by the 4 MiB one
     assert again.__array_interface__["data"][0] == big_addr
+
+
+@pytest.mark.parametrize("shape, dtype", [((3,), np.float32), ((10, 7), np.float64),
+                                          ((64, 1024), np.float32), ((5, 40000), np.float32)])
+def test_arrays_start_on_a_cache_line(fresh_pool, shape, dtype):
+    """Small (allocator) and pooled requests alike: 64-byte aligned, so that batch slices of 16
+    floats never share a cache line; a reused buffer is aligned the same way."""
+    arrays = [ws.empty(np, shape, dtype) for _ in range(3)] + [ws.zeros(np, shape, dtype)]
+    for a in arrays:
+        assert a.__array_interface__["data"][0] % 64 == 0
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+    del arrays
+    again = ws.empty(np, shape, dtype)
+    assert again.__array_interface__["data"][0] % 64 == 0
+    assert ws.empty(np, (0, 5), dtype).shape == (0, 5)        # empty arrays have no address to align
 
 
 def test_clear_releases_only_free_buffers(fresh_pool):
@@ -92,7 +107,7 @@ def test_clear_releases_only_free_buffers(fresh_pool):
     del tmp
     ws.clear()
     s = ws.stats()
-    assert s["buffers"] == 1 and s["in_use"] == 1 and s["nbytes"] == keep.nbytes
+    assert s["buffers"] == 1 and s["in_use"] == 1 and s["nbytes"] == keep.nbytes + ws.ALIGN
 
 
 @pytest.mark.parametrize("value, exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError),
