@@ -25,6 +25,7 @@ Settings: ``NPL_WORKSPACE_BYTES`` (environment) or :func:`set_limit` bounds the 
 hold (default 1 GiB; 0 turns pooling off).  :func:`clear` gives all free buffers back to the
 allocator, :func:`stats` says what the pool holds.
 """
+import math
 import os
 import sys
 import threading
@@ -120,9 +121,10 @@ class _Pool:
 
 _pool = _Pool(_limit_from_env())
 
-# Every array from empty() starts on a 64-byte boundary (a cache line, and an AVX-512 vector), so
-# that when the C loops split a batch over threads in slices of 16 floats no cache line holds
-# columns of two slices (NumPy's allocator aligns to 16 bytes only).
+# Every array of MIN_BYTES and more from empty() starts on a 64-byte boundary (a cache line, and
+# an AVX-512 vector), so that the kernels' vector loads do not straddle cache lines and, when the
+# C loops split a batch over threads in slices of 16 floats, no cache line holds columns of two
+# slices (NumPy's allocator aligns to 16 bytes only).
 ALIGN = 64
 
 
@@ -138,11 +140,12 @@ def empty(xp, shape, dtype):
     if xp is not np:
         return xp.empty(shape, dtype)
     dtype = np.dtype(dtype)
-    shape = tuple(int(s) for s in (shape if isinstance(shape, tuple) else (shape,)))
-    n = dtype.itemsize
-    for s in shape:
-        n *= s
-    raw = _pool.take(n) if n >= MIN_BYTES and _pool.limit > 0 else None
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    n = dtype.itemsize * int(math.prod(shape))
+    if n < MIN_BYTES:                            # the allocator's: one-step sampling asks for
+        return np.empty(shape, dtype)            # several small arrays a step
+    shape = tuple(int(s) for s in shape)
+    raw = _pool.take(n) if _pool.limit > 0 else None
     if raw is None:
         raw = _aligned(np.empty(n + ALIGN, np.uint8), n)
     return raw.view(dtype).reshape(shape)

@@ -86,11 +86,12 @@ def test_small_request_does_not_pin_a_large_buffer_and_a_miss_releases_smaller_o
     assert again.__array_interface__["data"][0] == big_addr
 
 
-@pytest.mark.parametrize("shape, dtype", [((3,), np.float32), ((10, 7), np.float64),
-                                          ((64, 1024), np.float32), ((5, 40000), np.float32)])
+@pytest.mark.parametrize("shape, dtype", [((64, 1024), np.float32), ((5, 40000), np.float32),
+                                          ((8193,), np.float64)])
 def test_arrays_start_on_a_cache_line(fresh_pool, shape, dtype):
-    """Small (allocator) and pooled requests alike: 64-byte aligned, so that batch slices of 16
-    floats never share a cache line; a reused buffer is aligned the same way."""
+    """Pooled requests (MIN_BYTES and more): 64-byte aligned, so that batch slices of 16 floats
+    never share a cache line; a reused buffer is aligned the same way, and so is a request over
+    the pool's limit."""
     arrays = [ws.empty(np, shape, dtype) for _ in range(3)] + [ws.zeros(np, shape, dtype)]
     for a in arrays:
         assert a.__array_interface__["data"][0] % 64 == 0
@@ -98,7 +99,9 @@ def test_arrays_start_on_a_cache_line(fresh_pool, shape, dtype):
     del arrays
     again = ws.empty(np, shape, dtype)
     assert again.__array_interface__["data"][0] % 64 == 0
-    assert ws.empty(np, (0, 5), dtype).shape == (0, 5)        # empty arrays have no address to align
+    ws.set_limit(1 << 16)
+    over = ws.empty(np, (1 << 17,), np.float32)               # 512 KiB over the limit: allocated
+    assert over.__array_interface__["data"][0] % 64 == 0 and over.nbytes == 1 << 19
 
 
 def test_clear_releases_only_free_buffers(fresh_pool):
