@@ -209,12 +209,19 @@ def _packed(a):
     return cpu.pack_weight(a, _ws.empty(np, (n,), a.dtype)) if n else None
 
 
-def _loop_weight(U):
-    """U^T for the C forward loops, U [P, nG] (rows of a kernel): on the packed kernel packed once
-    for all the pass's calls of the loops, read from U in place (a transposed copy of C1's LSTM
-    weights took 154 us of its 8.3 ms forward, and each call packed it again); for steps on sgemm
-    a transposed copy, [nG, P], which OpenBLAS multiplies 3-20 % quicker than U^T in place."""
-    packed = _packed(U.T)
+# A forward that runs its steps in one call of the C loops packs a recurrent weight smaller than
+# this inside that call, from a transposed copy: for C4's tiny layers (14 KB) packing it first in
+# Python cost 3-4 % of the forward+backward in call overhead.
+PREPACK_MIN_BYTES = 64 * 1024
+
+
+def _loop_weight(U, calls):
+    """U^T for the C forward loops, U [P, nG] (rows of a kernel), which ``calls`` calls of the
+    loops use: on the packed kernel packed once for all of them, read from U in place (a
+    transposed copy of C1's LSTM weights took 154 us of its 8.3 ms forward, and each of its 4
+    calls packed it again); else a transposed copy, [nG, P], which the loops pack themselves or,
+    on sgemm, multiply 3-20 % quicker than U^T in place."""
+    packed = _packed(U.T) if calls > 1 or U.nbytes >= PREPACK_MIN_BYTES else None
     if packed is not None:
         return packed
     UT = _ws.empty(np, U.shape[::-1], U.dtype)
@@ -925,7 +932,7 @@ class LSTMCell(RNNCell):
             PM = fm["proj_clip_mask"] = _ws.empty(xp, (T, P, B), bool)
         rec = LayerRecord(self, x, mask, fm)
         if loops is not None:                                # the time loop in C, K steps a call
-            UT = _loop_weight(U)                      # U^T [4H, P], once for all chunks
+            UT = _loop_weight(U, -(-T // K))          # U^T [4H, P], once for all chunks
             for t0 in range(0, T, K):
                 project(t0)
                 loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T), lengths=lens)
@@ -1122,7 +1129,7 @@ class GRUCell(RNNCell):
         rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})
         rh = _ws.empty(xp, (H, B), dt)
         if loops is not None:                              # the time loop in C, K steps a call
-            UgT, UcT = _loop_weight(Ug), _loop_weight(Uc)   # [2H, H], [H, H]
+            UgT, UcT = _loop_weight(Ug, -(-T // K)), _loop_weight(Uc, -(-T // K))  # [2H, H], [H, H]
             for t0 in range(0, T, K):
                 project(t0)
                 loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T), lengths=lens)

@@ -616,3 +616,21 @@ def test_streamed_gradient_slab_equals_plain_stores(request, monkeypatch, which,
     for streamed, plain in ((runs[0], runs[2]), (runs[1], runs[3])):
         for k, (a, b) in enumerate(zip(streamed, plain)):
             np.testing.assert_array_equal(a, b, err_msg="array %d" % k)
+
+
+@needs_packed
+@pytest.mark.parametrize("prepack_min, expect", [(64 * 1024, np.ndarray), (0, cpu.PackedWeight)])
+def test_one_call_pass_packs_a_small_weight_inside_the_call(monkeypatch, prepack_min, expect):
+    """A forward whose steps run in one call of the loops hands a small U^T (below
+    PREPACK_MIN_BYTES) over as a contiguous copy, which the call packs; above it, packed first.
+    Both give the Python loop's results."""
+    monkeypatch.setattr(npl.cells, "PREPACK_MIN_BYTES", prepack_min)
+    seen = []
+    real = cpu.lstm_forward_seq
+    monkeypatch.setattr(cpu, "lstm_forward_seq",
+                        lambda UT, *a, **k: (seen.append(type(UT)), real(UT, *a, **k))[1])
+    cell, args = _problem("lstm", 20, 5, 6, 12, time_major=True, seed=3)
+    packed, _, python_loop = _three_ways(cell, args, None, 1, monkeypatch)
+    assert seen[0] is expect                             # the first run: the packed kernel on
+    for k, (a, c) in enumerate(zip(packed, python_loop)):
+        _close(a, c, "array %d against the Python loop" % k)
