@@ -388,7 +388,8 @@ def _state_fm(a):
 
 
 def _ws_copy(a):
-    """A C-contiguous copy of ``a`` from the workspace (aligned for the C loops' batch slices)."""
+    """A C-contiguous copy of ``a`` from the workspace (a pooled one, from 64 KB, is reused across
+    passes and starts on a cache line, like the slabs the C loops write beside it)."""
     out = _ws.empty(get_array_module(a), a.shape, a.dtype)
     out[...] = a
     return out
@@ -932,8 +933,9 @@ class LSTMCell(RNNCell):
             PM = fm["proj_clip_mask"] = _ws.empty(xp, (T, P, B), bool)
         rec = LayerRecord(self, x, mask, fm)
         if loops is not None:                                # the time loop in C, K steps a call
-            UT = _loop_weight(U, -(-T // K))          # U^T [4H, P], once for all chunks
-            for t0 in range(0, T, K):
+            chunks = range(0, T, K)
+            UT = _loop_weight(U, len(chunks))                # U^T [4H, P], once for all chunks
+            for t0 in chunks:
                 project(t0)
                 loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T), lengths=lens)
             return _outputs(rec), LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T])), rec
@@ -1129,8 +1131,9 @@ class GRUCell(RNNCell):
         rec = LayerRecord(self, x, mask, {"gates": G, "h": Hs})
         rh = _ws.empty(xp, (H, B), dt)
         if loops is not None:                              # the time loop in C, K steps a call
-            UgT, UcT = _loop_weight(Ug, -(-T // K)), _loop_weight(Uc, -(-T // K))  # [2H, H], [H, H]
-            for t0 in range(0, T, K):
+            chunks = range(0, T, K)
+            UgT, UcT = _loop_weight(Ug, len(chunks)), _loop_weight(Uc, len(chunks))  # [2H,H], [H,H]
+            for t0 in chunks:
                 project(t0)
                 loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T), lengths=lens)
             return _outputs(rec), _state_public(Hs[T]), rec

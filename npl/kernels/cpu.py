@@ -822,7 +822,7 @@ def _recurrent(U, shape, name):
             raise ValueError("npl.kernels.cpu: %s has shape %s, expected %s" % (name, U.shape, shape))
         return None, shape[1], _ptr(U.buffer)
     _shape(U, shape, name)
-    return _ptr(U), _rows(U, name), None
+    return _weights(U, name) + (None,)
 
 
 def _slices(n, what):
