@@ -1,11 +1,14 @@
 """The CUDA executor (npl/kernels) against the array executor (npl/gates.py).
 
-* Compile-only: where nvcc is present (CI machines have it even without a GPU) the kernel source
-  must compile without warnings, so a syntax error cannot land unseen.
+* Compile-only, no GPU needed: NVRTC, the compiler CuPy itself uses (tests/nvrtc.py; the pip
+  wheel is part of npl[test] on Linux, so CI runs this), compiles the source with npl's options
+  for several GPU generations: no warnings, every kernel present under its unmangled name, and
+  SASS without spills.  nvcc, where it is installed, must compile it without warnings too.
 * With CuPy and a CUDA device: each fused kernel equals the array code of npl.gates run on the same
   random inputs (float32 and float64), and whole sequence passes on CuPy (kernels on) equal the
   NumPy results (outputs, states, every gradient) for every cell, with sequence lengths.
 """
+import re
 import shutil
 import subprocess
 
@@ -18,6 +21,107 @@ from npl.kernels import cpu
 from helpers import randomize_params, random_state, random_like, flatten, rel_err
 
 
+import nvrtc as nvrtc_lib
+
+# GPU generations to compile for: Turing (T4), Ampere, Hopper (the H200 of gpu_check.sh),
+# Blackwell; those this NVRTC does not support are skipped. (NVRTC 12.9 warns that targets before
+# sm_75 are deprecated, and CUDA 13 drops them.)
+ARCHS = (75, 80, 90, 100)
+ENTRIES = sorted("npl_%s_%s" % (n, sfx) for n in kernels.NAMES for sfx in ("f32", "f64"))
+
+
+@pytest.fixture(scope="module")
+def nvrtc():
+    try:
+        return nvrtc_lib.load()
+    except nvrtc_lib.Unavailable as e:
+        pytest.skip(str(e))
+
+
+def _arch(nvrtc, arch):
+    if arch not in nvrtc.archs:
+        pytest.skip("NVRTC %d.%d does not target sm_%d" % (nvrtc.version + (arch,)))
+    return arch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kernel_source_compiles_to_ptx_with_nvrtc(nvrtc, arch):
+    """CuPy's path: NVRTC with npl.kernels.OPTIONS. Every kernel is an entry under the name
+    npl.kernels.get asks for (extern "C": unmangled), there are no others, and the log is empty
+    (NVRTC writes its warnings there)."""
+    arch = _arch(nvrtc, arch)
+    ok, log, ptx = nvrtc.compile(kernels.source(), kernels.OPTIONS + ("-arch=compute_%d" % arch,))
+    assert ok, log
+    assert log.strip() == "", log
+    entries = sorted(re.findall(r"\.entry\s+(\w+)\s*\(", ptx.decode()))
+    assert entries == ENTRIES
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kernel_source_assembles_without_spills(nvrtc, arch):
+    """Down to SASS (cubin, as CuPy builds for the device it runs on), with ptxas's resource report:
+    each kernel compiled for this architecture, with no stack frame and no register spills."""
+    arch = _arch(nvrtc, arch)
+    ok, log, cubin = nvrtc.compile(kernels.source(),
+                                   kernels.OPTIONS + ("-arch=sm_%d" % arch, "-Xptxas=-v"))
+    assert ok, log
+    assert cubin[:4] == b"\x7fELF"
+    assert "warning" not in log.lower(), log
+    compiled = sorted(re.findall(r"Compiling entry function '(\w+)' for 'sm_%d'" % arch, log))
+    assert compiled == ENTRIES, log
+    usage = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                       log)
+    assert len(usage) == len(ENTRIES), log
+    assert all(u == ("0", "0", "0") for u in usage), log
+
+
+def test_nvrtc_check_catches_errors_and_warnings(nvrtc):
+    """The compile check can fail: a syntax error fails the compile with the file and line in the
+    log, and a warning (an unused variable in a kernel) reaches the log the tests require empty."""
+    src = kernels.source()
+    broken = src.replace("extern \"C\" __global__ void npl_gru_backward_##SFX(",
+                         "extern \"C\" __global__ void npl_gru_backward_##SFX(int", 1)
+    assert broken != src
+    ok, log, out = nvrtc.compile(broken, kernels.OPTIONS + ("-arch=compute_80",))
+    assert not ok and out == b"" and "rnn_kernels.cu(" in log and "error" in log
+    warned = src + '\nextern "C" __global__ void npl_probe(float* x) { int unused; x[0] = 1.0f; }\n'
+    ok, log, _ = nvrtc.compile(warned, kernels.OPTIONS + ("-arch=compute_80",))
+    assert ok and "warning" in log and "unused" in log
+
+
+def test_kernel_names_match_the_launchers():
+    """npl.kernels.NAMES is what the wrappers launch, and get() refuses other names and dtypes."""
+    launched = []
+
+    class Recorder:
+        def __call__(self, grid, block, args):
+            pass
+
+    def fake_get(name, dtype):
+        launched.append(name)
+        return Recorder()
+
+    H, B = 3, 2
+    rng = np.random.default_rng(0)
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    old = kernels.get
+    kernels.get = fake_get
+    try:
+        kernels.lstm_forward(f(4 * H, B), f(H, B), f(H, B), f(H, B))
+        kernels.lstm_backward(f(4 * H, B), f(H, B), f(H, B), f(H, B), f(H, B), f(4 * H, B))
+        kernels.gru_gates_forward(f(3 * H, B), f(H, B), f(H, B))
+        kernels.gru_state_forward(f(3 * H, B), f(H, B), f(H, B))
+        kernels.gru_backward(f(3 * H, B), f(H, B), f(H, B), f(3 * H, B), f(H, B))
+        kernels.gru_reset_backward(f(3 * H, B), f(H, B), f(H, B), f(H, B), f(3 * H, B))
+    finally:
+        kernels.get = old
+    assert tuple(launched) == kernels.NAMES
+    with pytest.raises(ValueError, match="no kernel 'lstm_fwd'"):
+        kernels.get("lstm_fwd", np.float32)
+    with pytest.raises(TypeError, match="float32 or float64, got float16"):
+        kernels.get("lstm_forward", np.float16)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
 def test_kernel_source_compiles(tmp_path):
     out = tmp_path / "rnn_kernels.ptx"
@@ -25,10 +129,8 @@ def test_kernel_source_compiles(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     ptx = out.read_text()
-    for name in ("lstm_forward", "lstm_backward", "gru_gates_forward", "gru_state_forward",
-                 "gru_backward", "gru_reset_backward"):
-        for sfx in ("f32", "f64"):
-            assert ".entry npl_%s_%s" % (name, sfx) in ptx
+    for entry in ENTRIES:
+        assert ".entry %s" % entry in ptx
 
 
 def test_kernel_source_is_packaged():

@@ -19,11 +19,17 @@ import numpy as np
 
 from ..backend import get_array_module
 
-__all__ = ["SOURCE_PATH", "source", "enabled", "get", "lstm_forward", "lstm_backward",
+__all__ = ["SOURCE_PATH", "NAMES", "OPTIONS", "source", "enabled", "get", "lstm_forward",
+           "lstm_backward",
            "gru_gates_forward", "gru_state_forward", "gru_backward", "gru_reset_backward"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rnn_kernels.cu")
 enabled = True
+# The kernels in the source, each as npl_<name>_f32 and npl_<name>_f64, and the options CuPy's
+# compiler (NVRTC) is given besides the target architecture that CuPy adds.
+NAMES = ("lstm_forward", "lstm_backward", "gru_gates_forward", "gru_state_forward", "gru_backward",
+         "gru_reset_backward")
+OPTIONS = ("--std=c++14",)
 _THREADS = 256
 _modules = {}
 
@@ -38,13 +44,17 @@ def _module():
     mod = _modules.get("rnn")
     if mod is None:
         import cupy
-        mod = _modules["rnn"] = cupy.RawModule(code=source(), options=("--std=c++14",))
+        mod = _modules["rnn"] = cupy.RawModule(code=source(), options=OPTIONS)
     return mod
 
 
 def get(name, dtype):
     """The compiled kernel ``npl_<name>_f32`` / ``_f64`` for ``dtype`` (compiled once, cached)."""
-    sfx = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[np.dtype(dtype)]
+    if name not in NAMES:
+        raise ValueError("npl.kernels.get: no kernel %r; the kernels are %s" % (name, ", ".join(NAMES)))
+    sfx = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}.get(np.dtype(dtype))
+    if sfx is None:
+        raise TypeError("npl.kernels.get: dtype must be float32 or float64, got %s" % np.dtype(dtype))
     key = (name, sfx)
     k = _modules.get(key)
     if k is None:
