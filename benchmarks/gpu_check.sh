@@ -6,12 +6,16 @@
 #
 # Stages, each with its own time limit so that a slow one still leaves the others' results:
 #   1. versions: CuPy, the device, PyTorch, whether npl sees the GPU;
-#   2. the CUDA kernels against the NumPy gate math and whole sequence passes on CuPy against
-#      NumPy (tests/test_kernels.py; the host-emulation tests run too);
-#   3. the parity suite on the GPU (NPL_BACKEND=cupy): gradients against float64 finite
-#      differences, the API, layers, ops and the stored TensorFlow cases;
+#   2. the CUDA kernels against the NumPy gate math, whole sequence passes and npl.train.fit on
+#      CuPy against NumPy (tests/test_kernels.py), and every configuration of the gradient suite
+#      on the GPU against the NumPy run (tests/test_device_parity.py: every cell, dynamic_rnn in
+#      both layouts, static_rnn, the single step, bidirectional and stacked, all length cases,
+#      float32 and float64); the host-emulation tests run too;
+#   3. the stored TensorFlow cases replayed on the GPU (NPL_BACKEND=cupy tests/test_tf_stored.py);
 #   4. the GPU benchmark: npl on CuPy against PyTorch's cuDNN on C1-C3, C5 and C6.
-# OUT defaults to runs/gpu; STAGE_S (default 150) bounds stages 2-4 each.
+# OUT defaults to runs/gpu; STAGE_S (default 150) bounds stages 2-4 each; BENCH_ARGS (default
+# empty) is appended to the benchmark's command line. CI runs this script on the CuPy stand-in
+# (tests/test_fake_cupy.py), so it is known to run before a GPU's minutes are spent on it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
@@ -43,15 +47,16 @@ EOF
 
 echo "== 2. CUDA kernels and CuPy sequence passes" | tee "$OUT/gpu_kernels.log"
 timeout "$STAGE_S" "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_kernels.py \
-    tests/test_kernels_host.py 2>&1 | tee -a "$OUT/gpu_kernels.log" || status=1
+    tests/test_device_parity.py tests/test_kernels_host.py 2>&1 | tee -a "$OUT/gpu_kernels.log" \
+    || status=1
 
-echo "== 3. parity suite on CuPy (NPL_BACKEND=cupy)" | tee "$OUT/gpu_parity.log"
+echo "== 3. stored TensorFlow cases on CuPy (NPL_BACKEND=cupy)" | tee "$OUT/gpu_parity.log"
 NPL_BACKEND=cupy timeout "$STAGE_S" "$PY" -m pytest -q -ra -p no:cacheprovider \
-    tests/test_gradients.py tests/test_api.py tests/test_layers.py tests/test_ops.py \
     tests/test_tf_stored.py 2>&1 | tee -a "$OUT/gpu_parity.log" || status=1
 
 echo "== 4. GPU benchmark" | tee "$OUT/gpu_bench.log"
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
 timeout "$STAGE_S" "$PY" -m benchmarks.run --device cuda --frameworks npl,torch --no-plot \
-    --out-dir "$OUT" 2>&1 | tee -a "$OUT/gpu_bench.log" || status=1
+    --out-dir "$OUT" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/gpu_bench.log" || status=1
 
 exit $status

@@ -88,6 +88,11 @@ def format_header(meta):
     if meta.get("npl"):
         lines.append("npl %s from %s, source sha1 %s" % (meta["npl"].get("version"), meta["npl"].get("path"),
                                                          meta["npl"].get("source_sha1")))
+        if meta["npl"].get("gpu"):
+            lines.append("npl on %s, CuPy %s" % (meta["npl"]["gpu"], meta["npl"].get("cupy")))
+        if str(meta["npl"].get("cupy", "")).endswith("+fake"):
+            lines.append("WARNING: CuPy here is the test stand-in (tests/fake_cupy): npl's rows are CPU "
+                         "timings of the host emulation, not GPU figures; never report them")
     p = meta["protocol"]
     lines.append("timing: %d warm-up calls, then the median/min/max of %d runs (each run >= %.0f ms, "
                  "n calls averaged)" % (p["warmup"], p["repeats"], 1e3 * p["min_run_s"]))
@@ -110,8 +115,9 @@ def format_ceiling(ceiling, torch_gemm=None, why=None):
     if not ceiling:
         return "GEMM ceiling: not measured" + (" (%s)" % why if why else "")
     g = ceiling["gemm_2048"]
-    lines = ["GEMM ceiling (float32, numpy.matmul, best run; median in brackets): "
-             "2048x2048 @ 2048x2048: %.1f GFLOP/s (%.1f)" % (g["gflops"], g["gflops_median"])]
+    lines = ["GEMM ceiling (float32, %s, best run; median in brackets): "
+             "2048x2048 @ 2048x2048: %.1f GFLOP/s (%.1f)"
+             % (ceiling.get("ceiling_backend", "numpy.matmul"), g["gflops"], g["gflops_median"])]
     if torch_gemm:
         lines[0] += "; torch.mm 2048: %.1f (%.1f)" % (torch_gemm["gflops"], torch_gemm["gflops_median"])
     for key, r in ceiling.get("recurrent_gemm", {}).items():
@@ -222,10 +228,10 @@ def legend(device="cpu"):
            "peak MB = peak RSS growth during one call")
     return ("columns: median/min/max ms per batch (mode step: per %s); GFLOP/s = GEMM FLOPs / median "
             "(forward F = 2*B*T*(I+H)*G*H per layer, G=4 LSTM, G=3 GRU; forward+backward 3F); "
-            "%%2048 and %%recGEMM = GFLOP/s as a percentage of numpy's 2048x2048 GEMM and of the "
+            "%%2048 and %%recGEMM = GFLOP/s as a percentage of %s 2048x2048 GEMM and of the "
             "configuration's [B,H]@[H,4H] GEMM; %s; "
             "npl/fw = npl's median / this framework's median (> 1: npl is slower)."
-            % (MODE_LABELS["step"], mem))
+            % (MODE_LABELS["step"], "cuBLAS's (cupy.matmul)" if device == "cuda" else "numpy's", mem))
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -281,7 +281,10 @@ def run_ceiling(args, env):
     if out.get("skipped"):
         _log("ceiling not measured: %s" % out["skipped"])
         return None, out
-    return {"gemm_2048": out["gemm_2048"], "recurrent_gemm": out["recurrent_gemm"]}, out
+    ceiling = {"gemm_2048": out["gemm_2048"], "recurrent_gemm": out["recurrent_gemm"]}
+    if out.get("ceiling_backend"):
+        ceiling["ceiling_backend"] = out["ceiling_backend"]
+    return ceiling, out
 
 
 def _meta(args, ceiling_out, mode):

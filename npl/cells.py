@@ -19,7 +19,7 @@ import collections
 import numpy as np
 
 from . import activations as _act
-from .backend import default_xp, get_array_module
+from .backend import _is_cupy, default_xp, get_array_module
 from ._checks import float_array, check_dtype, check_shape, resolve_dtype
 from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
@@ -614,12 +614,16 @@ class RNNCell(Parameterized):
                 raise TypeError("%s has dtype %s but the cell was created with dtype=%s"
                                 % (name, x.dtype, self._dtype))
             self.build(int(width), x.dtype)
-            return
-        if width != self._input_size:
+        elif width != self._input_size:
             raise ValueError("%s must have feature width %d (the cell was built for it), got "
                              "shape %s" % (name, self._input_size, tuple(x.shape)))
         check_dtype(x, self._dtype, name)
-        get_array_module(x, *self._params.values())
+        if self._params and _is_cupy(x) != _is_cupy(next(iter(self._params.values()))):
+            raise TypeError("%s is a %s array but %s's parameters are %s arrays (new parameters "
+                            "live on the backend in force: npl.use / NPL_BACKEND); move one to the "
+                            "other's device with npl.to_device or cell.to_device"
+                            % (name, "cupy" if _is_cupy(x) else "numpy", type(self).__name__,
+                               "numpy" if _is_cupy(x) else "cupy"))
 
     # ---------------------------------------------------------------- one step
     def __call__(self, inputs, state, return_trace=False):

@@ -467,10 +467,15 @@ class Sequential(Layer):
 
     def build(self, input_size=None, dtype=None):
         """Build every layer for inputs of last dimension ``input_size``."""
-        dtype = resolve_dtype(dtype) or self._dtype or np.dtype(np.float32)
+        asked = resolve_dtype(dtype) or self._dtype
+        dtype = asked or np.dtype(np.float32)
         width = input_size
         for l in self.layers:
             if isinstance(l, Embedding):
+                if asked is not None and l.dtype != asked:
+                    raise ValueError("Sequential: dtype=%s, but layers[0] (an Embedding) was created "
+                                     "with dtype %s; pass dtype=%s to the Embedding as well"
+                                     % (np.dtype(asked).name, l.dtype.name, np.dtype(asked).name))
                 width = l.output_width()
                 dtype = l.dtype
                 continue

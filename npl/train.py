@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from .array_ops import IndexedSlices, _scatter_add
-from .backend import get_array_module
+from .backend import _is_cupy, default_xp, get_array_module
 
 __all__ = ["Optimizer", "GradientDescentOptimizer", "MomentumOptimizer", "RMSPropOptimizer",
            "AdamOptimizer", "global_norm", "clip_by_global_norm", "fit", "History",
@@ -609,6 +609,25 @@ def _batches_stateful(x, y, num_steps):
         yield x[:, s:s + num_steps], y[:, s:s + num_steps]
 
 
+def _batch_mover(model, x, y):
+    """fit's batches -> the model's device: identity, or a host-to-GPU copy of each batch."""
+    if _is_cupy(x) != _is_cupy(y):
+        raise TypeError("x and y must be on one device, got x %s and y %s"
+                        % ("cupy" if _is_cupy(x) else "numpy", "cupy" if _is_cupy(y) else "numpy"))
+    params = [_values(v) for v in getattr(model, "params", {}).values()]
+    params = [v for v in params if hasattr(v, "shape")]
+    xp = get_array_module(*params) if params else default_xp()
+    if xp is np:
+        if _is_cupy(x):
+            raise TypeError("x and y are cupy arrays but the model's parameters are numpy arrays; "
+                            "move the model to the GPU (layer.to_device('cupy')) or the data to "
+                            "the host (npl.to_numpy)")
+        return lambda a: a
+    if _is_cupy(x):
+        return lambda a: a
+    return xp.asarray
+
+
 def _as_eval_dict(v):
     if isinstance(v, dict):
         return {str(k): float(val) for k, val in v.items()}
@@ -635,6 +654,10 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
       streams (see :func:`make_streams`) cut along axis 1 into windows of ``num_steps``, in order;
       the final state of each window is the initial state of the next (gradients stop at the window
       edge), and the state restarts from zeros at each epoch.  Shuffling is not allowed.
+
+    Device: the batches go where the model's parameters are (the backend in force for a model
+    with none yet). NumPy ``x`` and ``y`` for a model on CuPy stay on the host and each batch is
+    copied to the GPU as it is used; CuPy data for a NumPy model is a TypeError.
 
     Each step: ``zero_grad``, forward, loss, backward, optional ``clip_by_global_norm(clip_norm)``,
     ``optimizer.apply_gradients``.  A NaN / infinite loss (or gradient norm) raises
@@ -676,6 +699,7 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
         if x.shape[0] == 0:
             raise ValueError("x has no examples")
         n_batches = -(-x.shape[0] // batch_size)
+    to_model = _batch_mover(model, x, y)
     shuffle = (not stateful) if shuffle is None else bool(shuffle)
     rng = np.random.default_rng(seed) if shuffle else None
     file = sys.stderr if file is None else file
@@ -692,6 +716,7 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
         state, losses = None, []
         batches = _batches_stateful(x, y, num_steps) if stateful else _batches_plain(x, y, batch_size, rng)
         for xb, yb in batches:
+            xb, yb = to_model(xb), to_model(yb)
             model.zero_grad()
             if stateful:
                 out, tr = model.forward(xb, initial_state=state)

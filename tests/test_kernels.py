@@ -249,3 +249,64 @@ def test_sequence_on_cupy_matches_numpy(k, dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-10
     for a, b in zip(*res):
         assert rel_err(a, b) <= tol
+
+
+def _fit_models(stateful):
+    L = npl.layers
+    if stateful:                                  # a character model: ids in, logits out
+        return L.Sequential([L.Embedding(6, 4, dtype=np.float64, seed=0),
+                             L.RNN(npl.rnn.GRUCell(8, seed=1)), L.Dense(6, seed=2)], dtype=np.float64)
+    return L.Sequential([L.RNN(npl.rnn.LSTMCell(5, use_peepholes=True, seed=0)), L.Dense(1, seed=1)],
+                        input_size=2, dtype=np.float64)
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_fit_on_cupy_takes_host_data_and_matches_numpy(stateful):
+    """npl.train.fit with a model on the GPU and NumPy data: each batch goes to the GPU, the model
+    stays there, and losses, gradient norms and the trained weights equal the NumPy run's."""
+    _cupy()
+    from npl import train
+    rng = np.random.default_rng(7)
+    if stateful:
+        x, y = train.make_streams(rng.integers(0, 6, 120), 3)
+        kw = dict(loss="sparse_softmax_cross_entropy", stateful=True, num_steps=8, epochs=2)
+    else:
+        x, y = rng.standard_normal((20, 6, 2)), rng.standard_normal((20, 6, 1))
+        kw = dict(loss="mse", batch_size=8, epochs=2, seed=3)
+    res = {}
+    before = npl.backend_name()
+    for backend in ("numpy", "cupy"):
+        npl.use(backend)
+        try:
+            model = _fit_models(stateful)
+            loss = kw.pop("loss")
+            h = train.fit(model, loss, train.AdamOptimizer(0.01), x, y, clip_norm=1.0,
+                          progress=False, **kw)
+            kw["loss"] = loss
+            on_gpu = [npl.backend._is_cupy(v) for v in model.params.values()]
+            assert all(on_gpu) if backend == "cupy" else not any(on_gpu)
+            res[backend] = (h.loss, h.grad_norm, npl.to_numpy(model.params))
+        finally:
+            npl.use(before)
+    (l0, g0, p0), (l1, g1, p1) = res["numpy"], res["cupy"]
+    assert len(l0) == len(l1) > 2
+    assert np.allclose(l1, l0, rtol=1e-9, atol=0) and np.allclose(g1, g0, rtol=1e-9, atol=0)
+    for k in p0:
+        assert rel_err(p1[k], p0[k]) <= 1e-9, k
+
+
+def test_fit_refuses_gpu_data_for_a_host_model():
+    cp = _cupy()
+    from npl import train
+    before = npl.backend_name()
+    npl.use("numpy")
+    try:
+        model = _fit_models(False)                # built at construction, on the host
+    finally:
+        npl.use(before)
+    x = cp.asarray(np.zeros((4, 3, 2)))
+    y = cp.asarray(np.zeros((4, 3, 1)))
+    with pytest.raises(TypeError, match="x and y are cupy arrays but the model's parameters are numpy"):
+        train.fit(model, "mse", train.AdamOptimizer(0.01), x, y, progress=False)
+    with pytest.raises(TypeError, match="x and y must be on one device"):
+        train.fit(model, "mse", train.AdamOptimizer(0.01), x, np.zeros((4, 3, 1)), progress=False)

@@ -465,3 +465,16 @@ def test_dropout_wrapper_errors():
     w.replay = True
     with pytest.raises(ValueError, match=r"masks\['input'\] must have shape \(4, 1, 3\)"):
         npl.nn.dynamic_rnn(w, np.zeros((1, 4, 3), np.float32))
+
+
+def test_sequential_dtype_must_agree_with_its_embedding():
+    """A Sequential's dtype is never silently dropped: an Embedding built with another dtype is a
+    ValueError naming both; the same dtype on both builds every layer in it."""
+    with pytest.raises(ValueError, match=r"dtype=float64, but layers\[0\] \(an Embedding\) was created "
+                                         r"with dtype float32"):
+        L.Sequential([L.Embedding(6, 4), L.RNN(npl.rnn.GRUCell(3)), L.Dense(2)], dtype=np.float64)
+    m = L.Sequential([L.Embedding(6, 4, dtype=np.float64), L.RNN(npl.rnn.GRUCell(3)), L.Dense(2)],
+                     dtype=np.float64)
+    assert {v.dtype for v in m.params.values()} == {np.dtype(np.float64)}
+    m32 = L.Sequential([L.Embedding(6, 4), L.RNN(npl.rnn.GRUCell(3)), L.Dense(2)])
+    assert {v.dtype for v in m32.params.values()} == {np.dtype(np.float32)}

@@ -391,9 +391,14 @@ def _weights(a, slot):
 
 # ============================================================================ npl replay
 def run_npl(spec, a):
-    """Run one case through npl; returns {'ref/...': array} with the same keys as TF's."""
+    """Run one case through npl; returns {'ref/...': array} with the same keys as TF's (NumPy).
+
+    The case's arrays (host NumPy) go to the backend in force first (to the GPU under
+    NPL_BACKEND=cupy), as a user would move them; the RNNs' sequence lengths stay on the host (npl
+    takes them from either)."""
+    a = {k: v if k == "sequence_length" else npl.to_device(v) for k, v in a.items()}
     if spec["op"] in ARRAY_OPS:
-        return _NPL_ARRAY_OPS[spec["op"]](spec, a)
+        return {k: npl.to_numpy(v) for k, v in _NPL_ARRAY_OPS[spec["op"]](spec, a).items()}
     dt = np.dtype(spec["dtype"])
     B, op = spec["batch"], spec["op"]
     cells = {}
