@@ -153,6 +153,7 @@ class CIFGLSTMCell(RNNCell):
 
 
 def main():
+    npl.use("numpy")              # host arrays throughout: the checks below are written in NumPy
     rng = np.random.default_rng(0)
     cell = CIFGLSTMCell(4, seed=0, dtype=np.float64)
     x = rng.standard_normal((3, 6, 2))                                    # [batch, time, depth]

@@ -190,8 +190,10 @@ def build_model(name, hidden=None, seed=0):
 
 
 def predict(model, x, batch_size=1000):
-    """Logits [N, 10] in batches."""
-    return np.concatenate([model.forward(x[s:s + batch_size])[0] for s in range(0, len(x), batch_size)])
+    """Logits [N, 10] in batches, each batch on the backend in force (the GPU under
+    NPL_BACKEND=cupy), the logits back on the host."""
+    return np.concatenate([npl.to_numpy(model.forward(npl.to_device(x[s:s + batch_size]))[0])
+                           for s in range(0, len(x), batch_size)])
 
 
 def accuracy(model, x, y):

@@ -59,14 +59,15 @@ class CharRNN:
 
     def __init__(self, vocab_size, embed_size=64, hidden=256, layers=1, seed=0, dtype=np.float32):
         rng = np.random.default_rng(seed)
-        self.embedding = rng.uniform(-0.1, 0.1, (vocab_size, embed_size)).astype(dtype)
+        xp = npl.backend.default_xp()             # numpy, or cupy under NPL_BACKEND=cupy
+        self.embedding = xp.asarray(rng.uniform(-0.1, 0.1, (vocab_size, embed_size)).astype(dtype))
         cells = [npl.rnn.BasicLSTMCell(hidden, seed=seed + 1 + k) for k in range(layers)]
         self.cell = cells[0] if layers == 1 else npl.rnn.MultiRNNCell(cells)
         self.cell.build(embed_size, dtype)
-        self.softmax_w = glorot_uniform((hidden, vocab_size), rng, dtype)
-        self.softmax_b = np.zeros(vocab_size, dtype)
-        self._d_softmax_w = np.zeros_like(self.softmax_w)
-        self._d_softmax_b = np.zeros_like(self.softmax_b)
+        self.softmax_w = xp.asarray(glorot_uniform((hidden, vocab_size), rng, dtype))
+        self.softmax_b = xp.zeros(vocab_size, dtype)
+        self._d_softmax_w = xp.zeros_like(self.softmax_w)
+        self._d_softmax_b = xp.zeros_like(self.softmax_b)
         self._d_embedding = None
 
     @property
@@ -145,7 +146,7 @@ class Sampler:
         text, ch = list(prime), prime[-1]
         for _ in range(length):
             logits, state = self.step(ch, state)
-            z = logits.astype(np.float64) / temperature
+            z = npl.to_numpy(logits).astype(np.float64) / temperature
             p = np.exp(z - z.max())
             ch = self.vocab.itos[rng.choice(len(p), p=p / p.sum())]
             text.append(ch)
@@ -155,7 +156,8 @@ class Sampler:
 def sequence_loss(targets, logits):
     """``legacy_seq2seq.sequence_loss`` with unit weights, in the ``loss(labels, output)`` form
     :func:`npl.train.fit` expects: the mean cross entropy per character and its gradient."""
-    return npl.losses.sequence_loss(logits, targets, np.ones(targets.shape, logits.dtype),
+    xp = npl.get_array_module(logits)
+    return npl.losses.sequence_loss(logits, targets, xp.ones(targets.shape, logits.dtype),
                                     time_major=False)
 
 

@@ -104,12 +104,13 @@ def make_streams(n_streams, windows_per_stream, n_test_windows):
 
 
 def predict_stateful(model, x):
-    """Run the model over [B, L, 1] window by window, carrying the state (no traces kept)."""
+    """Run the model over [B, L, 1] window by window, carrying the state (no traces kept); each
+    window on the backend in force (the GPU under NPL_BACKEND=cupy), the predictions on the host."""
     state, out = None, []
     for s in range(0, x.shape[1], NUM_STEPS):
-        y_hat, tr = model.forward(x[:, s:s + NUM_STEPS], initial_state=state)
+        y_hat, tr = model.forward(npl.to_device(x[:, s:s + NUM_STEPS]), initial_state=state)
         state = tr.final_state
-        out.append(y_hat)
+        out.append(npl.to_numpy(y_hat))
     return np.concatenate(out, axis=1)
 
 
@@ -194,7 +195,7 @@ def main(argv=None):
     y_hat = predict_stateful(model, x_test)
     mse_stateful = float(np.mean((y_hat - y_test)[:, w:] ** 2))
     windows = x_test[:, w:].reshape(-1, NUM_STEPS, 1)           # the same windows, no state carried
-    y_hat_reset = model.forward(windows)[0].reshape(1, -1, 1)
+    y_hat_reset = npl.to_numpy(model.forward(npl.to_device(windows))[0]).reshape(1, -1, 1)
     mse_reset = float(np.mean((y_hat_reset - y_test[:, w:]) ** 2))
     loss = history.loss
     results = {"test_mse": mse_stateful, "test_mse_no_carry": mse_reset,

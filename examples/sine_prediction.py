@@ -31,6 +31,7 @@ at the end and plotted to ``OUT/sine_prediction.png``).
 
 Run:  python examples/sine_prediction.py            (10-20 s on a 2-core CPU)
       python examples/sine_prediction.py --quick    (a few seconds, a rough fit)
+      NPL_BACKEND=cupy python examples/sine_prediction.py    (on a GPU, with CuPy installed)
 """
 import argparse
 import os
@@ -106,15 +107,16 @@ class UnrolledRegressor(LastOutputRegressor):
                            d_output = None          # earlier outputs do not reach the loss
     """
 
-    def zero_state(self, batch_size, dtype):
-        """The MultiRNNCell's zero state, built explicitly: one LSTMStateTuple(c, h) per layer."""
-        return tuple(LSTMStateTuple(c=np.zeros((batch_size, layer.num_units), dtype),
-                                    h=np.zeros((batch_size, layer.output_size), dtype))
+    def zero_state(self, batch_size, dtype, xp=np):
+        """The MultiRNNCell's zero state, built explicitly: one LSTMStateTuple(c, h) per layer
+        (``xp``: numpy, or cupy when the model runs on the GPU)."""
+        return tuple(LSTMStateTuple(c=xp.zeros((batch_size, layer.num_units), dtype),
+                                    h=xp.zeros((batch_size, layer.output_size), dtype))
                      for layer in self.cell.cells)
 
     def forward(self, x):
         batch, steps, _ = x.shape
-        state = self.zero_state(batch, x.dtype)
+        state = self.zero_state(batch, x.dtype, npl.get_array_module(x))
         step_traces = []
         for t in range(steps):
             output, state, step = self.cell(x[:, t, :], state, return_trace=True)   # [B, 1]
@@ -131,8 +133,10 @@ class UnrolledRegressor(LastOutputRegressor):
 
 # ------------------------------------------------------------------------------- helpers
 def predict(model, x, batch_size=1000):
-    """Predictions [N, 1] in batches (no trace is kept beyond each batch)."""
-    return np.concatenate([model.forward(x[s:s + batch_size])[0] for s in range(0, len(x), batch_size)])
+    """Predictions [N, 1] in batches (no trace is kept beyond each batch).  Each batch goes to the
+    backend in force (the GPU under NPL_BACKEND=cupy) and its predictions come back to NumPy."""
+    return np.concatenate([npl.to_numpy(model.forward(npl.to_device(x[s:s + batch_size]))[0])
+                           for s in range(0, len(x), batch_size)])
 
 
 def mse(model, x, y):
@@ -142,10 +146,10 @@ def mse(model, x, y):
 def gradients(model, x, y):
     """One batch's gradients of the mean squared error (copies), from a fresh ``zero_grad``."""
     model.zero_grad()
-    y_hat, trace = model.forward(x)
-    _, d_y_hat = npl.losses.mean_squared_error(y, y_hat)
+    y_hat, trace = model.forward(npl.to_device(x))
+    _, d_y_hat = npl.losses.mean_squared_error(npl.to_device(y), y_hat)
     trace.backward(d_y_hat)
-    return {k: g.copy() for k, g in model.grads.items()}
+    return {k: npl.to_numpy(g) for k, g in model.grads.items()}
 
 
 def train_model(name, cell, data, epochs, args):

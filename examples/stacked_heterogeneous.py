@@ -219,6 +219,7 @@ def parse_args(argv):
 def main(argv=None):
     """Compare static_rnn and dynamic_rnn, then train; returns a dict of results."""
     args = parse_args(argv)
+    npl.use("numpy")              # a CPU comparison: it times the host and measures its memory
     npl.set_random_seed(args.seed)
     x, y = npl.data.load_mnist(args.data_dir, kind="train")
     x_test, y_test = npl.data.load_mnist(args.data_dir, kind="test")

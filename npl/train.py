@@ -778,8 +778,9 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
     """Mean loss of ``model`` on ``(x, y)`` without training (dropout off for a Sequential).
 
     Batches (``batch_size``, default all of x) or, with ``stateful``, windows of ``num_steps`` with
-    the state carried, as in :func:`fit`; the mean weights each batch by its number of examples
-    (windows by their length).  Returns a float, handy inside ``eval_fn``::
+    the state carried, as in :func:`fit`, each on the model's device as in :func:`fit`; the mean
+    weights each batch by its number of examples (windows by their length).  Returns a float,
+    handy inside ``eval_fn``::
 
         fit(..., eval_fn=lambda m: {"val_loss": evaluate(m, "mse", x_val, y_val)})
     """
@@ -787,6 +788,7 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
     from .layers import Sequential
     loss_fn = _losses.get(loss)
     kw = {"training": False} if isinstance(model, Sequential) else {}
+    to_model = _batch_mover(model, x, y)
     total, count, state = 0.0, 0, None
     if stateful:
         if num_steps is None:
@@ -798,6 +800,7 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
             _positive_int(batch_size, "batch_size")
         batches = _batches_plain(x, y, batch_size or max(int(x.shape[0]), 1), None)
     for xb, yb in batches:
+        xb, yb = to_model(xb), to_model(yb)
         if stateful:
             out, tr = model.forward(xb, initial_state=state, **kw)
             state, n = tr.final_state, xb.shape[1]

@@ -39,7 +39,8 @@ BIDI_PAIRS = [("lstm_all", "gru"), ("basic_lstm_flat", "rnn_relu"), ("multi", "l
 
 @pytest.fixture(scope="module")
 def cp():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda]")
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda] "
+                                  "(tests/test_fake_cupy.py runs them on the CuPy stand-in)")
     if not npl.backend.cupy_available():
         pytest.skip("CuPy is installed but no CUDA device is present")
     return cupy

@@ -15,6 +15,7 @@ What it cannot find: CuPy functions npl calls that CuPy lacks, device numerics, 
    NPL_BACKEND=cupy, none skipped, every CUDA kernel launched, and the benchmark's cuda path.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -145,3 +146,33 @@ def test_gpu_check_script_passes_on_the_stand_in(gxx, tmp_path):
     assert d["device"] == "cuda" and d["frameworks"]["npl"]["load"]["backend"] == "cupy"
     rows = {(x["cell"], x["mode"]) for x in d["results"] if x["framework"] == "npl" and x["median_ms"] > 0}
     assert rows == {("lstm", "fwd"), ("lstm", "fwdbwd"), ("gru", "fwd"), ("gru", "fwdbwd")}
+
+
+EXAMPLES = {   # example, its quick arguments, the metric its summary prints
+    "sine_prediction": (["--quick"], r"\(b\) two-layer 30\+1: ([0-9.e+-]+)"),
+    "mnist_rnn": (["--quick", "--model", "lstm2"], r"test accuracy ([0-9.]+)%"),
+    "sin_to_cos_stateful": (["--quick"], r"test MSE ([0-9.e+-]+) with the state carried"),
+    "shakespeare_char": (["--quick"], r"validation loss ([0-9.]+)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_training_examples_run_on_the_gpu_backend(gxx, tmp_path, name):
+    """The training examples under NPL_BACKEND=cupy (parameters on the "GPU", host data moved a
+    batch at a time by npl.train.fit, predictions brought back): they run, launch the CUDA
+    kernels, and report the metric of the NumPy run (within 2 %: float32 on two code paths)."""
+    import re
+    args, pattern = EXAMPLES[name]
+    cmd = [os.path.join(ROOT, "examples", name + ".py")] + args + ["--no-progress"]
+    log = tmp_path / "launches.json"
+    values = {}
+    for backend in ("numpy", "cupy"):
+        r = _run(cmd + ["--out", str(tmp_path / backend)],
+                 {"NPL_BACKEND": backend, "NPL_FAKE_CUPY_LAUNCHES": str(log)}, timeout=600)
+        assert r.returncode == 0, (backend, (r.stdout + r.stderr)[-4000:])
+        m = re.search(pattern, r.stdout)
+        assert m, (backend, r.stdout[-2000:])
+        values[backend] = float(m.group(1))
+        assert log.exists() == (backend == "cupy"), backend     # kernels launched on "cupy" only
+    assert math.isfinite(values["numpy"])
+    assert abs(values["cupy"] - values["numpy"]) <= 0.02 * abs(values["numpy"]), values

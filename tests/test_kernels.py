@@ -151,7 +151,8 @@ def cpu_kernels_off():
 
 
 def _cupy():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda]")
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda] "
+                                  "(tests/test_fake_cupy.py runs them on the CuPy stand-in)")
     if not npl.backend.cupy_available():
         pytest.skip("CuPy is installed but no CUDA device is present")
     return cupy
