@@ -6,9 +6,12 @@ CuPy refuses (an implicit copy to NumPy, mixing with NumPy arrays, ``.ctypes``, 
 array into one) and its ``RawModule`` runs npl's CUDA source by host emulation
 (``tests/cuda_host.py``).  So a CuPy run of npl that converts to NumPy behind the user's back, mixes
 devices, takes a CPU-only path or launches a kernel wrongly fails here, before a GPU ever sees it.
-What it cannot find: CuPy functions npl calls that CuPy lacks, device numerics, speed.
+A function, method or keyword that CuPy 14.2 lacks is refused too (the names and signatures of
+real CuPy are in tests/fake_cupy/cupy_api.json, written by make_api.py).  What it cannot find:
+device numerics, races, speed, and behaviour of CuPy functions that differs from NumPy's.
 
-1. The stand-in itself refuses what CuPy refuses (it is not a plain NumPy alias).
+1. The stand-in itself refuses what CuPy refuses (it is not a plain NumPy alias), including
+   names, methods and keywords that CuPy 14.2 lacks (tests/fake_cupy/cupy_api.json).
 2. A planted host conversion inside npl's gate math is caught.
 3. benchmarks/gpu_check.sh, the one command a lent GPU runs, passes on it: the GPU tests
    (tests/test_kernels.py, tests/test_device_parity.py) and the stored TensorFlow cases under
@@ -83,6 +86,14 @@ s = d.sum()
 assert type(s) is cupy.ndarray and s.shape == () and float(s) == 15.0   # 0-d device arrays
 assert type(d.get()) is np.ndarray and np.array_equal(d.get(), np.arange(6.0).reshape(2, 3))
 assert type(np.tanh(d)) is cupy.ndarray and type(d[:, 1:]) is cupy.ndarray
+# only what CuPy 14 has: names, methods, NumPy functions dispatched to it, keywords, positionals
+refuses(lambda: cupy.insert, AttributeError); refuses(lambda: cupy.errstate, AttributeError)
+refuses(lambda: d.resize, AttributeError)
+refuses(lambda: np.insert(d, 0, 1.0))
+refuses(lambda: cupy.zeros_like(d, fill=1.0))
+refuses(lambda: cupy.concatenate([d, d], 0, None, np.float64))
+refuses(lambda: cupy.tanh(d, where=True))
+assert cupy.concatenate([d, d], axis=0, dtype=np.float32).dtype == np.float32
 print("ok")
 ''')
     assert out.strip() == "ok"

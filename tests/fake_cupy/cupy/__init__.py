@@ -14,6 +14,10 @@ simulate a GPU; it enforces the rules that make code that runs on NumPy fail on 
   used for fill"); a NumPy array indexed by a device array raises;
 * reductions return 0-d device arrays, not NumPy scalars;
 * ufuncs take only ``out``, ``dtype`` and ``casting``;
+* only names real CuPy has exist: ``cupy.<name>``, ``cupy.ndarray.<name>`` and NumPy functions
+  dispatched to CuPy (``np.stack(device_arrays)``) are checked against ``cupy_api.json`` (written
+  from CuPy 14.2.0 by ``make_api.py``), and so are the keywords and the number of positional
+  arguments of each ``cupy.*`` function;
 * ``cupy.RawModule`` compiles ``rnn_kernels.cu`` by host emulation (``tests/cuda_host.py``, needs
   g++): launches run every thread on the CPU, with the argument checks CuPy itself does not make.
 
@@ -32,6 +36,41 @@ __version__ = "0.0.0+fake"
 fake = True
 
 _HOST_OK = {"asarray", "array", "asanyarray", "ascontiguousarray", "asfortranarray"}
+
+
+def _load_api():
+    import json
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cupy_api.json")
+    with open(path) as f:
+        api = json.load(f)
+    api["names"] = set(api["functions"]) | set(api["ufuncs"]) | set(api["other"])
+    api["ndarray"] = set(api["ndarray"])
+    return api
+
+
+API = _load_api()
+
+
+def _no_such(what):
+    raise AttributeError("fake CuPy: CuPy %s has no %s" % (API["cupy_version"], what))
+
+
+def _check_call(name, args, kwargs):
+    """The call's keywords and positional count against real CuPy's signature of ``name``."""
+    params = API["functions"].get(name)
+    if params is None:
+        return
+    named = [p for p in params if p not in ("*", "**")]
+    if "**" not in params:
+        bad = sorted(set(kwargs) - set(named))
+        if bad:
+            raise TypeError("fake CuPy: cupy.%s() got unexpected keyword(s) %s (CuPy %s takes %s)"
+                            % (name, bad, API["cupy_version"], ", ".join(params)))
+    if "*" not in params:
+        positional = params.index("*") if "*" in params else len(named)
+        if len(args) > positional:
+            raise TypeError("fake CuPy: cupy.%s() takes at most %d positional arguments, got %d"
+                            % (name, positional, len(args)))
 _UFUNC_KW = {"out", "dtype", "casting"}
 
 
@@ -139,6 +178,10 @@ class ndarray:
 
     def __array_function__(self, func, types_, args, kwargs):
         where = "numpy.%s" % func.__name__
+        if func.__name__ not in API["functions"]:
+            raise TypeError("no implementation found for 'numpy.%s' on cupy.ndarray (fake CuPy: "
+                            "CuPy %s has no cupy.%s)" % (func.__name__, API["cupy_version"], func.__name__))
+        _check_call(func.__name__, args, kwargs)
         args = _unwrap_deep(args, where)
         kwargs = {k: _unwrap_deep(v, where) for k, v in kwargs.items()}
         return _wrap(func(*args, **kwargs))
@@ -173,10 +216,9 @@ class ndarray:
         self._a[...] = arr
 
     def __getattr__(self, name):                  # methods: reshape, astype, sum, ...
-        if name.startswith("_") or name in ("ctypes", "tofile", "dump", "dumps", "getfield",
-                                            "setfield", "tobytes", "itemset", "byteswap",
-                                            "newbyteorder"):
-            raise AttributeError("'cupy.ndarray' object has no attribute %r" % name)
+        if name.startswith("_") or name not in API["ndarray"] or name in (
+                "ctypes", "tofile", "dump", "dumps", "tobytes", "byteswap"):
+            raise AttributeError("'cupy.ndarray' object has no attribute %r (fake CuPy)" % name)
         attr = getattr(self._a, name)
         if not callable(attr):
             return _wrap(attr)
@@ -342,6 +384,7 @@ def _function(name, f):
     where = "cupy.%s" % name
 
     def fn(*args, **kwargs):
+        _check_call(name.split(".")[-1] if not name.startswith("random.") else "", args, kwargs)
         out = kwargs.get("out")
         args = tuple(_unwrap(a, where, host_ok) for a in args)
         kwargs = {k: (_unwrap(v, where, host_ok) if k != "out" else _out(v, where))
@@ -386,7 +429,7 @@ _DTYPES = {n: getattr(_np, n) for n in (
     "float32", "float64", "complex64", "complex128", "intp", "uintp", "dtype", "newaxis", "pi", "e",
     "inf", "nan", "finfo", "iinfo", "result_type", "can_cast", "promote_types", "issubdtype",
     "integer", "floating", "number", "generic", "ndim", "shape", "isscalar")}
-globals().update(_DTYPES)
+globals().update({k: v for k, v in _DTYPES.items() if k in API["names"]})
 bool = _np.bool_  # noqa: A001  (cupy.bool_ / cupy.bool)
 _cache = {}
 
@@ -396,6 +439,8 @@ def __getattr__(name):
         return _cache[name]
     if name.startswith("_"):
         raise AttributeError(name)
+    if name not in API["names"]:
+        _no_such("cupy.%s" % name)
     f = getattr(_np, name, None)
     if f is None or isinstance(f, types.ModuleType):
         raise AttributeError("module 'cupy' (fake) has no attribute %r" % name)
