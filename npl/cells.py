@@ -618,7 +618,12 @@ class RNNCell(Parameterized):
             raise ValueError("%s must have feature width %d (the cell was built for it), got "
                              "shape %s" % (name, self._input_size, tuple(x.shape)))
         check_dtype(x, self._dtype, name)
-        if self._params and _is_cupy(x) != _is_cupy(next(iter(self._params.values()))):
+        self._check_device(x, name)
+
+    def _check_device(self, x, name):
+        """TypeError when ``x`` is not on the device of the parameters, naming both."""
+        params = list(self._params.values())
+        if params and any(_is_cupy(p) != _is_cupy(x) for p in params):
             raise TypeError("%s is a %s array but %s's parameters are %s arrays (new parameters "
                             "live on the backend in force: npl.use / NPL_BACKEND); move one to the "
                             "other's device with npl.to_device or cell.to_device"
@@ -1349,7 +1354,7 @@ class MultiRNNCell(RNNCell):
         self._check_chain(int(x.shape[-1]), x.dtype, "the width of %s" % name)
         if not self.built:
             self.build(int(x.shape[-1]), x.dtype)
-        get_array_module(x, *self._params.values())
+        self._check_device(x, name)
 
     def _zero_state(self, batch_size, dtype, xp):
         return tuple(c._zero_state(batch_size, dtype, xp) for c in self._cells)

@@ -311,3 +311,32 @@ def test_fit_refuses_gpu_data_for_a_host_model():
         train.fit(model, "mse", train.AdamOptimizer(0.01), x, y, progress=False)
     with pytest.raises(TypeError, match="x and y must be on one device"):
         train.fit(model, "mse", train.AdamOptimizer(0.01), x, np.zeros((4, 3, 1)), progress=False)
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_host_inputs_to_a_gpu_cell_are_refused_by_name(multi):
+    """Inputs on the host for a cell whose parameters are on the GPU (built before, or built by
+    this very call under NPL_BACKEND=cupy): a TypeError naming the argument and both devices,
+    from dynamic_rnn and from a single step, never an error deep inside CuPy."""
+    _cupy()
+    R = npl.rnn
+
+    def make():
+        return R.MultiRNNCell([R.LSTMCell(3), R.GRUCell(2)]) if multi else R.GRUCell(3)
+    x = np.zeros((2, 4, 5), np.float32)
+    msg = r"inputs is a numpy array but (MultiRNNCell|GRUCell)'s parameters are cupy arrays"
+    built = make().build(5, np.float32).to_device("cupy")
+    with pytest.raises(TypeError, match=msg):
+        npl.nn.dynamic_rnn(built, x, dtype=np.float32)
+    with pytest.raises(TypeError, match=msg):
+        built(x[:, 0], built.zero_state(2, np.float32))
+    before = npl.backend_name()
+    npl.use("cupy")
+    try:
+        with pytest.raises(TypeError, match=msg):
+            npl.nn.dynamic_rnn(make(), x, dtype=np.float32)       # unbuilt: built on the GPU
+    finally:
+        npl.use(before)
+    dev = make().build(5, np.float32).to_device("numpy")          # and the other way round
+    with pytest.raises(TypeError, match=r"inputs is a cupy array but .* parameters are numpy"):
+        npl.nn.dynamic_rnn(dev, npl.to_device(x, "cupy"), dtype=np.float32)
