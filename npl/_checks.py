@@ -27,6 +27,20 @@ def as_array(x, name, xp=None):
     raise TypeError("%s must be a numpy or cupy array, got %s" % (name, type(x).__name__))
 
 
+def check_same_device(x, name, arrays, what, plural=True):
+    """TypeError when ``x`` and ``arrays`` are not all on one device, naming both sides.
+
+    ``what`` names the arrays: "GRUCell's parameters" (``plural``) or "params" (one array)."""
+    arrays = [a for a in arrays if a is not None]
+    if not arrays or all(_is_cupy(a) == _is_cupy(x) for a in arrays):
+        return
+    mine, other = ("cupy", "numpy") if _is_cupy(x) else ("numpy", "cupy")
+    theirs = ("are %s arrays" % other) if plural else ("is a %s array" % other)
+    raise TypeError("%s is a %s array but %s %s; move one to the other's device with "
+                    "npl.to_device / npl.to_numpy (or .to_device on a cell or layer; new parameters "
+                    "live on the backend in force: npl.use / NPL_BACKEND)" % (name, mine, what, theirs))
+
+
 def float_array(x, name, ndim=None):
     a = as_array(x, name)
     if a.dtype not in FLOAT_DTYPES:

@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .backend import get_array_module, _is_cupy
-from ._checks import as_array, float_array, check_shape, check_dtype
+from ._checks import as_array, float_array, check_same_device, check_shape, check_dtype
 
 __all__ = ["sequence_mask", "boolean_mask", "reverse_sequence", "embedding_lookup", "IndexedSlices",
            "BackwardTwiceError"]
@@ -92,6 +92,7 @@ def boolean_mask(tensor, mask, axis=None, return_trace=False):
     """
     t = as_array(tensor, "tensor")
     m = as_array(mask, "mask")
+    check_same_device(m, "mask", [t], "tensor", plural=False)
     xp = get_array_module(t, m)
     if m.dtype != np.bool_:
         raise TypeError("mask must be a bool array, got dtype %s" % m.dtype)
@@ -216,6 +217,7 @@ def embedding_lookup(params, ids, return_trace=False):
         params = params[0]
     p = float_array(params, "params", ndim=2)
     i = _int_array(ids, "ids")
+    check_same_device(i, "ids", [p], "params", plural=False)
     xp = get_array_module(p, i)
     V = p.shape[0]
     if i.size:

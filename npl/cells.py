@@ -19,8 +19,8 @@ import collections
 import numpy as np
 
 from . import activations as _act
-from .backend import _is_cupy, default_xp, get_array_module
-from ._checks import float_array, check_dtype, check_shape, resolve_dtype
+from .backend import default_xp, get_array_module
+from ._checks import float_array, check_dtype, check_same_device, check_shape, resolve_dtype
 from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
@@ -622,13 +622,7 @@ class RNNCell(Parameterized):
 
     def _check_device(self, x, name):
         """TypeError when ``x`` is not on the device of the parameters, naming both."""
-        params = list(self._params.values())
-        if params and any(_is_cupy(p) != _is_cupy(x) for p in params):
-            raise TypeError("%s is a %s array but %s's parameters are %s arrays (new parameters "
-                            "live on the backend in force: npl.use / NPL_BACKEND); move one to the "
-                            "other's device with npl.to_device or cell.to_device"
-                            % (name, "cupy" if _is_cupy(x) else "numpy", type(self).__name__,
-                               "numpy" if _is_cupy(x) else "cupy"))
+        check_same_device(x, name, list(self._params.values()), "%s's parameters" % type(self).__name__)
 
     # ---------------------------------------------------------------- one step
     def __call__(self, inputs, state, return_trace=False):

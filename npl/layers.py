@@ -26,7 +26,7 @@ from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
 from .backend import default_xp, get_array_module, to_device
 from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform
 from .rnn_ops import dynamic_rnn
-from ._checks import float_array, check_dtype, check_shape, resolve_dtype
+from ._checks import float_array, check_dtype, check_same_device, check_shape, resolve_dtype
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
 
@@ -107,7 +107,8 @@ def _check_input(layer, x, width, name="inputs"):
         raise ValueError("%s must have last dimension %d (layer %r was built for it), got shape %s"
                          % (name, width, layer.name, tuple(x.shape)))
     check_dtype(x, layer.dtype, name)
-    get_array_module(x, *layer._params.values())
+    check_same_device(x, name, list(layer._params.values()),
+                      "the parameters of layer %r" % layer.name)
 
 
 # ============================================================================ Dense

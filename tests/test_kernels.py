@@ -340,3 +340,25 @@ def test_host_inputs_to_a_gpu_cell_are_refused_by_name(multi):
     dev = make().build(5, np.float32).to_device("numpy")          # and the other way round
     with pytest.raises(TypeError, match=r"inputs is a cupy array but .* parameters are numpy"):
         npl.nn.dynamic_rnn(dev, npl.to_device(x, "cupy"), dtype=np.float32)
+
+
+def test_host_arrays_for_gpu_layers_and_ops_are_refused_by_name():
+    """The same rule for layers (Dense, Embedding) and the array ops that take two arrays."""
+    cp = _cupy()
+    L = npl.layers
+    before = npl.backend_name()
+    npl.use("cupy")
+    try:
+        dense = L.Sequential([L.Dense(2)], input_size=4)
+        emb = L.Embedding(5, 3)
+    finally:
+        npl.use(before)
+    with pytest.raises(TypeError, match=r"inputs is a numpy array but the parameters of layer "
+                                         r"'dense' are cupy arrays"):
+        dense(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="ids is a numpy array but params is a cupy array"):
+        emb.forward(np.zeros((2, 3), np.int64))
+    with pytest.raises(TypeError, match="mask is a numpy array but tensor is a cupy array"):
+        npl.boolean_mask(cp.asarray(np.zeros(3)), np.array([True, False, True]))
+    with pytest.raises(TypeError, match="ids is a cupy array but params is a numpy array"):
+        npl.nn.embedding_lookup(np.zeros((5, 3)), cp.asarray(np.array([0, 1])))
