@@ -31,6 +31,12 @@ def check_same_device(x, name, arrays, what, plural=True):
     """TypeError when ``x`` and ``arrays`` are not all on one device, naming both sides.
 
     ``what`` names the arrays: "GRUCell's parameters" (``plural``) or "params" (one array)."""
+    if type(x) is np.ndarray:                     # the per-step common case: all NumPy
+        for a in arrays:
+            if a is not None and type(a) is not np.ndarray:
+                break
+        else:
+            return
     arrays = [a for a in arrays if a is not None]
     if not arrays or all(_is_cupy(a) == _is_cupy(x) for a in arrays):
         return

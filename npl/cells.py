@@ -622,7 +622,7 @@ class RNNCell(Parameterized):
 
     def _check_device(self, x, name):
         """TypeError when ``x`` is not on the device of the parameters, naming both."""
-        check_same_device(x, name, list(self._params.values()), "%s's parameters" % type(self).__name__)
+        check_same_device(x, name, self._params.values(), "%s's parameters" % type(self).__name__)
 
     # ---------------------------------------------------------------- one step
     def __call__(self, inputs, state, return_trace=False):

@@ -107,7 +107,7 @@ def _check_input(layer, x, width, name="inputs"):
         raise ValueError("%s must have last dimension %d (layer %r was built for it), got shape %s"
                          % (name, width, layer.name, tuple(x.shape)))
     check_dtype(x, layer.dtype, name)
-    check_same_device(x, name, list(layer._params.values()),
+    check_same_device(x, name, layer._params.values(),
                       "the parameters of layer %r" % layer.name)
 
 
