@@ -28,6 +28,7 @@ import numpy as np
 
 from .array_ops import IndexedSlices, _scatter_add
 from .backend import _is_cupy, default_xp, get_array_module
+from ._checks import check_same_device
 
 __all__ = ["Optimizer", "GradientDescentOptimizer", "MomentumOptimizer", "RMSPropOptimizer",
            "AdamOptimizer", "global_norm", "clip_by_global_norm", "fit", "History",
@@ -611,21 +612,14 @@ def _batches_stateful(x, y, num_steps):
 
 def _batch_mover(model, x, y):
     """fit's batches -> the model's device: identity, or a host-to-GPU copy of each batch."""
-    if _is_cupy(x) != _is_cupy(y):
-        raise TypeError("x and y must be on one device, got x %s and y %s"
-                        % ("cupy" if _is_cupy(x) else "numpy", "cupy" if _is_cupy(y) else "numpy"))
+    check_same_device(y, "y", [x], "x", plural=False)
     params = [_values(v) for v in getattr(model, "params", {}).values()]
     params = [v for v in params if hasattr(v, "shape")]
+    if _is_cupy(x):                               # GPU data: only for a model on the GPU
+        check_same_device(x, "x", params, "the model's parameters")
+        return lambda a: a
     xp = get_array_module(*params) if params else default_xp()
-    if xp is np:
-        if _is_cupy(x):
-            raise TypeError("x and y are cupy arrays but the model's parameters are numpy arrays; "
-                            "move the model to the GPU (layer.to_device('cupy')) or the data to "
-                            "the host (npl.to_numpy)")
-        return lambda a: a
-    if _is_cupy(x):
-        return lambda a: a
-    return xp.asarray
+    return (lambda a: a) if xp is np else xp.asarray
 
 
 def _as_eval_dict(v):

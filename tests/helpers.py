@@ -31,6 +31,22 @@ def unflatten(like, leaves):
     return build(like)
 
 
+def seeded_rng(*parts):
+    """A generator seeded from a test's parameters, stable across runs (no hash randomisation)."""
+    seed = [sum(ord(ch) * (k + 1) for k, ch in enumerate(str(p))) for p in parts]
+    return np.random.default_rng(seed)
+
+
+def require_cupy():
+    """The cupy module for the GPU tests, or a skip saying why (CI runs them on the CuPy stand-in
+    instead: tests/test_fake_cupy.py)."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda] "
+                                              "(tests/test_fake_cupy.py runs them on the CuPy stand-in)")
+    if not npl.backend.cupy_available():
+        pytest.skip("CuPy is installed but no CUDA device is present")
+    return cupy
+
+
 def random_like(s, rng, scale=1.0):
     return unflatten(s, [(rng.standard_normal(a.shape) * scale).astype(a.dtype) for a in flatten(s)])
 

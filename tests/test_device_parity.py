@@ -20,7 +20,7 @@ import npl
 from npl import kernels as _kernels
 from npl.backend import _is_cupy
 from helpers import (CELL_KINDS, flatten, make_cell, numpy_backend, random_like,  # noqa: F401
-                     random_state, rel_err)
+                     random_state, rel_err, require_cupy, seeded_rng as _rng)
 
 I = 3
 LENGTHS = {                                      # name: (batch, time, sequence_length)
@@ -39,16 +39,7 @@ BIDI_PAIRS = [("lstm_all", "gru"), ("basic_lstm_flat", "rnn_relu"), ("multi", "l
 
 @pytest.fixture(scope="module")
 def cp():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda] "
-                                  "(tests/test_fake_cupy.py runs them on the CuPy stand-in)")
-    if not npl.backend.cupy_available():
-        pytest.skip("CuPy is installed but no CUDA device is present")
-    return cupy
-
-
-def _rng(*parts):
-    seed = [sum(ord(ch) * (k + 1) for k, ch in enumerate(str(p))) for p in parts]
-    return np.random.default_rng(seed)
+    return require_cupy()
 
 
 def _lengths(L):

@@ -20,7 +20,7 @@ import pytest
 import npl
 from helpers import (CELL_KINDS, cell_spec, check_grads, flatten, linear_loss, make_cell,  # noqa: F401
                      numpy_backend, random_like, random_state, rel_err, state_rows, unroll_steps,
-                     randomize_params, assert_close, numeric_grads)
+                     randomize_params, assert_close, numeric_grads, seeded_rng as _rng)
 
 TOL = 1e-6
 I = 3            # input width of every case (B <= 3, T <= 4, I <= 3, H <= 3 keep FD cheap)
@@ -36,12 +36,6 @@ LENGTHS = {
     "T1": (2, 1, None),
     "T1_len": (2, 1, [1, 0]),
 }
-
-
-def _rng(*parts):
-    """A generator seeded from the test's parameters, stable across runs (no hash randomisation)."""
-    seed = [sum(ord(ch) * (k + 1) for k, ch in enumerate(str(p))) for p in parts]
-    return np.random.default_rng(seed)
 
 
 def _lengths(L):

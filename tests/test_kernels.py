@@ -18,7 +18,7 @@ import pytest
 import npl
 from npl import kernels, gates, activations
 from npl.kernels import cpu
-from helpers import randomize_params, random_state, random_like, flatten, rel_err
+from helpers import randomize_params, random_state, random_like, flatten, rel_err, require_cupy
 
 
 import nvrtc as nvrtc_lib
@@ -150,19 +150,13 @@ def cpu_kernels_off():
     cpu.enable(old)
 
 
-def _cupy():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the GPU tests need npl[cuda] "
-                                  "(tests/test_fake_cupy.py runs them on the CuPy stand-in)")
-    if not npl.backend.cupy_available():
-        pytest.skip("CuPy is installed but no CUDA device is present")
-    return cupy
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("peep", [False, True])
 @pytest.mark.parametrize("clip", [None, 0.7])
 def test_lstm_kernels_match_array_code(cpu_kernels_off, dtype, peep, clip):
-    cp = _cupy()
+    cp = require_cupy()
     rng = np.random.default_rng(0)
     H, B = 5, 7
     r = lambda *s: rng.standard_normal(s).astype(dtype)
@@ -192,7 +186,7 @@ def test_lstm_kernels_match_array_code(cpu_kernels_off, dtype, peep, clip):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gru_kernels_match_array_code(cpu_kernels_off, dtype):
-    cp = _cupy()
+    cp = require_cupy()
     rng = np.random.default_rng(1)
     H, B = 6, 3
     r = lambda *s: rng.standard_normal(s).astype(dtype)
@@ -226,7 +220,7 @@ def _cells():
 @pytest.mark.parametrize("k", range(5))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sequence_on_cupy_matches_numpy(k, dtype):
-    _cupy()
+    require_cupy()
     rng = np.random.default_rng(k)
     cell = _cells()[k]
     B, T, I = 3, 5, 2
@@ -265,25 +259,23 @@ def _fit_models(stateful):
 def test_fit_on_cupy_takes_host_data_and_matches_numpy(stateful):
     """npl.train.fit with a model on the GPU and NumPy data: each batch goes to the GPU, the model
     stays there, and losses, gradient norms and the trained weights equal the NumPy run's."""
-    _cupy()
+    require_cupy()
     from npl import train
     rng = np.random.default_rng(7)
     if stateful:
         x, y = train.make_streams(rng.integers(0, 6, 120), 3)
-        kw = dict(loss="sparse_softmax_cross_entropy", stateful=True, num_steps=8, epochs=2)
+        loss, kw = "sparse_softmax_cross_entropy", dict(stateful=True, num_steps=8, epochs=2)
     else:
         x, y = rng.standard_normal((20, 6, 2)), rng.standard_normal((20, 6, 1))
-        kw = dict(loss="mse", batch_size=8, epochs=2, seed=3)
+        loss, kw = "mse", dict(batch_size=8, epochs=2, seed=3)
     res = {}
     before = npl.backend_name()
     for backend in ("numpy", "cupy"):
         npl.use(backend)
         try:
             model = _fit_models(stateful)
-            loss = kw.pop("loss")
             h = train.fit(model, loss, train.AdamOptimizer(0.01), x, y, clip_norm=1.0,
                           progress=False, **kw)
-            kw["loss"] = loss
             on_gpu = [npl.backend._is_cupy(v) for v in model.params.values()]
             assert all(on_gpu) if backend == "cupy" else not any(on_gpu)
             res[backend] = (h.loss, h.grad_norm, npl.to_numpy(model.params))
@@ -297,7 +289,7 @@ def test_fit_on_cupy_takes_host_data_and_matches_numpy(stateful):
 
 
 def test_fit_refuses_gpu_data_for_a_host_model():
-    cp = _cupy()
+    cp = require_cupy()
     from npl import train
     before = npl.backend_name()
     npl.use("numpy")
@@ -307,9 +299,9 @@ def test_fit_refuses_gpu_data_for_a_host_model():
         npl.use(before)
     x = cp.asarray(np.zeros((4, 3, 2)))
     y = cp.asarray(np.zeros((4, 3, 1)))
-    with pytest.raises(TypeError, match="x and y are cupy arrays but the model's parameters are numpy"):
+    with pytest.raises(TypeError, match="x is a cupy array but the model's parameters are numpy arrays"):
         train.fit(model, "mse", train.AdamOptimizer(0.01), x, y, progress=False)
-    with pytest.raises(TypeError, match="x and y must be on one device"):
+    with pytest.raises(TypeError, match="y is a numpy array but x is a cupy array"):
         train.fit(model, "mse", train.AdamOptimizer(0.01), x, np.zeros((4, 3, 1)), progress=False)
 
 
@@ -318,7 +310,7 @@ def test_host_inputs_to_a_gpu_cell_are_refused_by_name(multi):
     """Inputs on the host for a cell whose parameters are on the GPU (built before, or built by
     this very call under NPL_BACKEND=cupy): a TypeError naming the argument and both devices,
     from dynamic_rnn and from a single step, never an error deep inside CuPy."""
-    _cupy()
+    require_cupy()
     R = npl.rnn
 
     def make():
@@ -344,7 +336,7 @@ def test_host_inputs_to_a_gpu_cell_are_refused_by_name(multi):
 
 def test_host_arrays_for_gpu_layers_and_ops_are_refused_by_name():
     """The same rule for layers (Dense, Embedding) and the array ops that take two arrays."""
-    cp = _cupy()
+    cp = require_cupy()
     L = npl.layers
     before = npl.backend_name()
     npl.use("cupy")

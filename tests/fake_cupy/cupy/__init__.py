@@ -235,8 +235,7 @@ class ndarray:
         return len(self._a)
 
     def __iter__(self):
-        return (ndarray(_np.asarray(v)) if not isinstance(v, _np.ndarray) else ndarray(v)
-                for v in self._a)
+        return (_wrap(v) for v in self._a)          # rows, or 0-d arrays of a 1-d array
 
     def __bool__(self):
         return _builtins.bool(self._a)
@@ -256,7 +255,7 @@ class ndarray:
         return int(self._a)
 
     def __repr__(self):
-        return repr(self._a).replace("array(", "array(", 1)
+        return repr(self._a)
 
     def __str__(self):
         return str(self._a)
@@ -377,14 +376,16 @@ def _as_tuple(x):
     return x if type(x) is tuple else (x,)
 
 
-def _function(name, f):
+def _function(name, f, check=True):
     """cupy.<name>: numpy.<name> on the device arrays' data; NumPy array arguments are refused
-    except by the host-to-device copies (asarray, array, ...)."""
+    except by the host-to-device copies (asarray, array, ...); ``check``: the call against CuPy's
+    signature of ``name``."""
     host_ok = name in _HOST_OK
     where = "cupy.%s" % name
 
     def fn(*args, **kwargs):
-        _check_call(name.split(".")[-1] if not name.startswith("random.") else "", args, kwargs)
+        if check:
+            _check_call(name, args, kwargs)
         out = kwargs.get("out")
         args = tuple(_unwrap(a, where, host_ok) for a in args)
         kwargs = {k: (_unwrap(v, where, host_ok) if k != "out" else _out(v, where))
@@ -589,7 +590,9 @@ class RawModule:
 class _Random(types.ModuleType):
     def __getattr__(self, name):
         f = getattr(_np.random, name)
-        return _function("random." + name, f) if callable(f) and not isinstance(f, type) else f
+        if callable(f) and not isinstance(f, type):
+            return _function("random." + name, f, check=False)
+        return f
 
 
 random = _Random("cupy.random")
