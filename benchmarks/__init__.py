@@ -5,6 +5,7 @@ One command runs it from the repository root::
     python -m benchmarks.run            # the full table (several minutes on 2 cores)
     python -m benchmarks.run --quick    # C1 and C4, few repeats (under a minute)
     python -m benchmarks.run --sweep-T  # time and memory against sequence length
+    python -m benchmarks.run --sweep B  # ... against the batch (--sweep H: hidden units)
     python -m benchmarks.run --long     # T=10000 runs, no recursion, linear cost
 
 Modules: :mod:`benchmarks.spec` (configurations, FLOP counts, validation),

@@ -6,7 +6,7 @@ from benchmarks.spec import (FRAMEWORKS, FRAMEWORK_LABELS, MODE_LABELS, forward_
                              mode_flops)
 
 __all__ = ["summarise", "attach_ratios", "format_table", "format_ceiling", "format_header",
-           "format_sampling", "format_summary", "markdown_summary", "legend", "describe_configs", "fit_line", "sweep_fits", "format_sweep",
+           "format_sampling", "format_summary", "markdown_summary", "legend", "describe_configs", "fit_line", "power_exponent", "sweep_fits", "format_sweep",
            "plot_table", "plot_sweep", "MB"]
 
 MB = 1024.0 * 1024.0
@@ -251,48 +251,89 @@ def fit_line(xs, ys):
     return {"intercept": a, "slope": b, "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0}
 
 
-def sweep_fits(rows):
-    """Per (framework, cell, mode): line fits of ms against T and of bytes against T."""
+def power_exponent(xs, ys):
+    """k of y ~ x^k: the least-squares slope of log y against log x (None unless every y > 0)."""
+    if len(xs) < 2 or any(y is None or y <= 0 for y in ys):
+        return None
+    f = fit_line([math.log(x) for x in xs], [math.log(y) for y in ys])
+    return None if f is None else f["slope"]
+
+
+# the unit one step of each swept dimension adds (for the fits' slopes)
+SWEEP_UNITS = {"T": "step", "B": "sample", "H": "unit"}
+
+
+def _x(row, dim):
+    return row["H"][0] if dim == "H" else row[dim]
+
+
+def sweep_fits(rows, dim="T"):
+    """Per (framework, cell, mode), against the swept dimension ``dim`` (T, B or H): line fits of
+    ms, of peak bytes and of trace bytes; ms against the GEMM FLOPs; and the growth exponent
+    (log-log slope) of time and of peak memory over the larger half of the values, where fixed
+    costs no longer dominate."""
     fits = {}
     keys = sorted({(r["framework"], r["cell"], r["mode"]) for r in rows})
     for key in keys:
-        rs = sorted((r for r in rows if (r["framework"], r["cell"], r["mode"]) == key), key=lambda r: r["T"])
-        T = [r["T"] for r in rs]
-        f = {"T": T, "ms": fit_line(T, [r["median_ms"] for r in rs])}
+        rs = sorted((r for r in rows if (r["framework"], r["cell"], r["mode"]) == key), key=lambda r: _x(r, dim))
+        xs = [_x(r, dim) for r in rs]
+        ms = [r["median_ms"] for r in rs]
+        top = max(2, (len(xs) + 1) // 2)
+        f = {"dim": dim, dim: xs, "ms": fit_line(xs, ms),
+             "ms_vs_flops": fit_line([r["flops"] for r in rs], ms),
+             "growth_from": xs[-top] if len(xs) >= 2 else None,
+             "ms_exponent": power_exponent(xs[-top:], ms[-top:])}
         mem = [r.get("peak_rss_growth_bytes") for r in rs]
         if all(m is not None for m in mem):
-            f["peak_bytes"] = fit_line(T, mem)
+            f["peak_bytes"] = fit_line(xs, mem)
+            f["peak_exponent"] = power_exponent(xs[-top:], mem[-top:])
         tb = [r.get("trace_nbytes") for r in rs]
         if all(v is not None for v in tb):
-            f["trace_nbytes"] = fit_line(T, tb)
+            f["trace_nbytes"] = fit_line(xs, tb)
         fits["%s/%s/%s" % key] = f
     return fits
 
 
-def format_sweep(rows, fits):
-    head = "%-10s %-4s %-6s %6s %10s %10s %9s %9s %9s" % ("framework", "cell", "mode", "T", "median ms",
-                                                          "ms/step", "peak MB", "trace MB", "npl/fw")
+def format_sweep(rows, fits, dim="T"):
+    unit = SWEEP_UNITS[dim]
+    per = "ms/%s" % unit if dim != "H" else "GFLOP/s"
+    head = "%-10s %-4s %-6s %6s %10s %10s %9s %9s %9s" % ("framework", "cell", "mode", dim, "median ms",
+                                                          per, "peak MB", "trace MB", "npl/fw")
     out = [head, "-" * len(head)]
-    for r in sorted(rows, key=lambda r: (r["cell"], r["mode"], r["T"], FRAMEWORKS.index(r["framework"]))):
+    for r in sorted(rows, key=lambda r: (r["cell"], r["mode"], _x(r, dim), FRAMEWORKS.index(r["framework"]))):
         peak, tb = r.get("peak_rss_growth_bytes"), r.get("trace_nbytes")
         out.append("%-10s %-4s %-6s %6d %10.3f %10.4f %s %s %s" % (
-            FRAMEWORK_LABELS[r["framework"]], r["cell"], r["mode"], r["T"], r["median_ms"],
-            r["median_ms"] / r["T"], _fmt(None if peak is None else peak / MB, ".1f", 9),
+            FRAMEWORK_LABELS[r["framework"]], r["cell"], r["mode"], _x(r, dim), r["median_ms"],
+            r["gflops"] if dim == "H" else r["median_ms"] / _x(r, dim),
+            _fmt(None if peak is None else peak / MB, ".1f", 9),
             _fmt(None if tb is None else tb / MB, ".2f", 9),
             _fmt(None if r["framework"] == "npl" else r.get("npl_over"), ".2f", 9)))
     out.append("")
-    out.append("line fits against T (least squares):")
+    out.append("line fits against %s (least squares)%s; growth exponents k of y ~ %s^k (log-log slope) "
+               "over the larger half of the values:" % (
+                   dim, ", and of time against the GEMM FLOPs F (which grow as (I+H)*H)" if dim == "H" else "", dim))
     for key, f in fits.items():
-        if f.get("ms"):
-            s = "  %-22s time = %.4f ms/step * T + %.3f ms (R^2 %.4f)" % (
-                key, f["ms"]["slope"], f["ms"]["intercept"], f["ms"]["r2"])
-            if f.get("peak_bytes"):
-                s += "; peak = %.1f KB/step * T + %.2f MB (R^2 %.3f)" % (
-                    f["peak_bytes"]["slope"] / 1024, f["peak_bytes"]["intercept"] / MB, f["peak_bytes"]["r2"])
-            if f.get("trace_nbytes"):
-                s += "; trace = %.1f KB/step * T + %.1f KB" % (
-                    f["trace_nbytes"]["slope"] / 1024, f["trace_nbytes"]["intercept"] / 1024)
-            out.append(s)
+        if not f.get("ms"):
+            continue
+        if dim == "H":
+            g = f.get("ms_vs_flops")
+            s = "  %-22s time = %.3f ms/GFLOP * F + %.3f ms (R^2 %.4f)" % (
+                key, g["slope"] * 1e9, g["intercept"], g["r2"]) if g else "  %-22s" % key
+        else:
+            s = "  %-22s time = %.4f ms/%s * %s + %.3f ms (R^2 %.4f)" % (
+                key, f["ms"]["slope"], unit, dim, f["ms"]["intercept"], f["ms"]["r2"])
+        if f.get("ms_exponent") is not None:
+            s += ", k = %.2f from %s = %d" % (f["ms_exponent"], dim, f["growth_from"])
+        if f.get("peak_bytes"):
+            s += "; peak = %.1f KB/%s * %s + %.2f MB (R^2 %.3f)" % (
+                f["peak_bytes"]["slope"] / 1024, unit, dim, f["peak_bytes"]["intercept"] / MB, f["peak_bytes"]["r2"])
+            if f.get("peak_exponent") is not None:
+                s += ", k = %.2f" % f["peak_exponent"]
+        if f.get("trace_nbytes"):
+            s += "; trace = %.1f KB/%s * %s + %.1f KB (R^2 %.4f)" % (
+                f["trace_nbytes"]["slope"] / 1024, unit, dim, f["trace_nbytes"]["intercept"] / 1024,
+                f["trace_nbytes"]["r2"])
+        out.append(s)
     return "\n".join(out)
 
 
@@ -336,35 +377,40 @@ def plot_table(rows, configs, path):
     plt.close(fig)
 
 
-def plot_sweep(rows, fits, path):
-    """Time and memory against T, with the fitted lines."""
+SWEEP_AXIS_LABELS = {"T": "T (steps)", "B": "B (batch)", "H": "H (hidden units)"}
+
+
+def plot_sweep(rows, fits, path, dim="T"):
+    """Time and memory against the swept dimension, with the fitted lines (time against T or B;
+    against the FLOPs for H, drawn at each H)."""
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for key, f in fits.items():
         fw, cell, mode = key.split("/")
         rs = sorted((r for r in rows if (r["framework"], r["cell"], r["mode"]) == (fw, cell, mode)),
-                    key=lambda r: r["T"])
-        T = [r["T"] for r in rs]
+                    key=lambda r: _x(r, dim))
+        xs = [_x(r, dim) for r in rs]
         label = "%s %s %s" % (FRAMEWORK_LABELS[fw], cell, mode)
-        line = a1.plot(T, [r["median_ms"] for r in rs], "o", label=label)[0]
-        if f.get("ms"):   # the fitted line, where it is positive (the axes are logarithmic)
-            fit = [(t, f["ms"]["intercept"] + f["ms"]["slope"] * t) for t in T]
-            fit = [(t, y) for t, y in fit if y > 0]
-            a1.plot([t for t, _ in fit], [y for _, y in fit], "-", color=line.get_color())
+        line = a1.plot(xs, [r["median_ms"] for r in rs], "o", label=label)[0]
+        g = f.get("ms_vs_flops") if dim == "H" else f.get("ms")
+        if g:   # the fitted line, where it is positive (the axes are logarithmic)
+            fit = [(x, g["intercept"] + g["slope"] * (r["flops"] if dim == "H" else x)) for x, r in zip(xs, rs)]
+            fit = [(x, y) for x, y in fit if y > 0]
+            a1.plot([x for x, _ in fit], [y for _, y in fit], "-", color=line.get_color())
         mem = [r.get("peak_rss_growth_bytes") for r in rs]
         if all(m is not None for m in mem):
-            a2.plot(T, [m / MB for m in mem], "o-", color=line.get_color(), label=label + " peak RSS")
+            a2.plot(xs, [m / MB for m in mem], "o-", color=line.get_color(), label=label + " peak RSS")
         tb = [r.get("trace_nbytes") for r in rs]
         if all(v is not None for v in tb):
-            a2.plot(T, [v / MB for v in tb], "s--", color=line.get_color(), label=label + " trace.nbytes")
+            a2.plot(xs, [v / MB for v in tb], "s--", color=line.get_color(), label=label + " trace.nbytes")
     for ax, yl in ((a1, "ms per batch"), (a2, "MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("T (steps)")
+        ax.set_xlabel(SWEEP_AXIS_LABELS[dim])
         ax.set_ylabel(yl)
         ax.legend(fontsize=7)
-    a1.set_title("time against T (lines: least-squares fit)")
-    a2.set_title("peak RSS growth and trace size against T")
+    a1.set_title("time against %s (lines: least-squares fit%s)" % (dim, " against the FLOPs" if dim == "H" else ""))
+    a2.set_title("peak RSS growth and trace size against %s" % dim)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

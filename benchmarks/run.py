@@ -6,9 +6,10 @@ GEMM GFLOP/s, its fraction of the machine's GEMM ceiling, peak RSS growth and np
 each peer's.  Each framework runs in its own subprocess (:mod:`benchmarks.worker`) with the same
 thread count.  Writes a JSON file with every raw timing and a PNG chart.
 
-``--quick``: C1 and C4, 3 short runs each (under a minute).  ``--sweep-T``: T from 10 to 2000
-for one configuration (npl and PyTorch), time, peak memory and trace size against T with line
-fits.  ``--long``: npl at T=10000 on a small model (no recursion, linear cost in T).
+``--quick``: C1 and C4, 3 short runs each (under a minute).  ``--sweep T`` (or ``--sweep-T``):
+T from 10 to 2000 for one configuration (npl and PyTorch), time, peak memory and trace size
+against T with line fits; ``--sweep B`` and ``--sweep H`` do the same for the batch and the
+hidden units.  ``--long``: npl at T=10000 on a small model (no recursion, linear cost in T).
 Run ``python -m benchmarks.run --help`` for every option.
 """
 import argparse
@@ -27,16 +28,20 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
 
 from benchmarks import report  # noqa: E402
 from benchmarks.measure import thread_env, OPENBLAS_VARS  # noqa: E402
-from benchmarks.spec import (CONFIGS, DEFAULT_CONFIGS, DEFAULT_FRAMEWORKS, DEFAULT_SWEEP_T,  # noqa: E402
+from benchmarks.spec import (CONFIGS, DEFAULT_CONFIGS, DEFAULT_FRAMEWORKS, DEFAULT_SWEEP,  # noqa: E402
                              FRAMEWORK_LABELS, PROTOCOLS, parse_device, SWEEP_FRAMEWORKS, Protocol, parse_cells, parse_configs,
                              parse_custom, parse_frameworks, parse_int_list, parse_modes,
-                             parse_positive_int, sweep_configs)
+                             parse_positive_int, parse_sweep_dim, sweep_configs, sweep_value)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIGS = "C1,C4"
 QUICK_FRAMEWORKS = "npl,torch"   # TensorFlow's import and graph building would double --quick's time
 FLOP_FORMULA = ("forward F = sum over layers of 2*B*T*(I+H)*G*H (G=4 LSTM, G=3 GRU); backward 2F; "
                 "forward+backward 3F; sampling: F with B=1 over its T single steps")
+
+
+def _span(values):
+    return "%d..%d" % (min(values), max(values))
 
 
 def _nonneg_int(text, name):
@@ -54,8 +59,12 @@ def build_parser():
         prog="python -m benchmarks.run",
         description="Benchmark npl's LSTM/GRU against TensorFlow (TF1 graph and Keras) and PyTorch.")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--sweep-T", action="store_true",
-                      help="sweep T (default 10..2000) for one configuration, npl and PyTorch")
+    what.add_argument("--sweep", metavar="DIM",
+                      help="sweep one dimension of one configuration (--config), npl and PyTorch: "
+                           "T (steps, default %s), B (batch, default %s) or H (hidden units of a "
+                           "one-layer configuration, default %s); time, peak memory and trace size "
+                           "against it, with fits" % tuple(_span(DEFAULT_SWEEP[d]) for d in "TBH"))
+    what.add_argument("--sweep-T", action="store_true", help="the same as --sweep T")
     what.add_argument("--long", action="store_true",
                       help="check that npl runs T=10000 on a small model (no recursion, linear cost)")
     p.add_argument("--quick", action="store_true",
@@ -72,22 +81,22 @@ def build_parser():
     p.add_argument("--cells", default="lstm,gru", help="lstm,gru (default both)")
     p.add_argument("--modes", default="fwd,fwdbwd", help="fwd,fwdbwd (default both)")
     p.add_argument("--frameworks", help="comma-separated subset of %s (default: all; --quick: %s; "
-                   "--sweep-T: %s)" % (",".join(DEFAULT_FRAMEWORKS), QUICK_FRAMEWORKS, ",".join(SWEEP_FRAMEWORKS)))
+                   "--sweep: %s)" % (",".join(DEFAULT_FRAMEWORKS), QUICK_FRAMEWORKS, ",".join(SWEEP_FRAMEWORKS)))
     p.add_argument("--threads", default=str(os.cpu_count() or 1),
                    help="threads for every framework (default: the core count, %s)" % os.cpu_count())
-    p.add_argument("--repeats", help="timed runs per case (default 7; --quick 3; --sweep-T 3)")
+    p.add_argument("--repeats", help="timed runs per case (default 7; --quick 3; --sweep 3)")
     p.add_argument("--warmup", help="untimed calls before timing (default 2; --quick 1)")
     p.add_argument("--min-run-ms", help="each timed run lasts at least this long, averaging n calls "
                    "(default 50; --quick 5)")
-    p.add_argument("--config", default="C1", help="--sweep-T: the configuration to sweep (default C1)")
-    p.add_argument("--T-values", dest="t_values",
-                   help="--sweep-T: comma-separated T values (default %s)" % ",".join(map(str, DEFAULT_SWEEP_T)))
+    p.add_argument("--config", default="C1", help="--sweep: the configuration to sweep (default C1)")
+    p.add_argument("--values", help="--sweep: comma-separated values of the swept dimension")
+    p.add_argument("--T-values", dest="t_values", help="--sweep-T: comma-separated T values (as --values)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
     p.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "runs", "bench"),
                    help="where bench*.json and bench*.png go (default runs/bench)")
-    p.add_argument("--json", help="the JSON path (default OUT_DIR/bench[-sweep|-long].json)")
-    p.add_argument("--png", help="the chart path (default OUT_DIR/bench[-sweep].png)")
+    p.add_argument("--json", help="the JSON path (default OUT_DIR/bench[-sweep|-sweep-B|-sweep-H|-long].json)")
+    p.add_argument("--png", help="the chart path (default OUT_DIR/bench[-sweep|-sweep-B|-sweep-H].png)")
     p.add_argument("--unset-openblas-coretype", action="store_true",
                    help="remove OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE from the workers' environment "
                    "(benchmark numpy's native OpenBLAS kernel; the kernel in use is recorded either way)")
@@ -106,18 +115,29 @@ def parse_args(argv):
     a = parser.parse_args(argv)
     try:
         a.device = parse_device(a.device)
-        if a.device == "cuda" and (a.sweep_T or a.long):
-            raise ValueError("--device cuda runs the table only (not --sweep-T or --long)")
+        a.sweep = "T" if a.sweep_T else (None if a.sweep is None else parse_sweep_dim(a.sweep))
+        flag = "--sweep-T" if a.sweep_T else "--sweep %s" % a.sweep
+        if a.device == "cuda" and (a.sweep or a.long):
+            raise ValueError("--device cuda runs the table only (not --sweep, --sweep-T or --long)")
+        if (a.values or a.t_values) and not a.sweep:
+            raise ValueError("%s goes with --sweep (or --sweep-T)" % ("--values" if a.values else "--T-values"))
+        if a.values and a.t_values:
+            raise ValueError("give the values once: --values or --T-values, not both")
+        if a.t_values and a.sweep != "T":
+            raise ValueError("--T-values goes with --sweep-T; with %s use --values" % flag)
         custom = {}
         for k, text in enumerate(a.custom, 1):
             c = parse_custom(text, "X%d" % k)
             custom[c.name] = c
-        if a.sweep_T:
+        if a.sweep:
             base = parse_configs(a.config, custom)
             if len(base) != 1:
-                raise ValueError("--config must name one configuration for --sweep-T, got %r" % a.config)
-            tv = parse_int_list(a.t_values, "--T-values") if a.t_values else list(DEFAULT_SWEEP_T)
-            a.config_list = sweep_configs(base[0], tv)
+                raise ValueError("--config must name one configuration for %s, got %r" % (flag, a.config))
+            if a.values or a.t_values:
+                values = parse_int_list(a.values or a.t_values, "--values" if a.values else "--T-values")
+            else:
+                values = list(DEFAULT_SWEEP[a.sweep])
+            a.config_list = sweep_configs(base[0], values, a.sweep)
             a.base_config = base[0]
         elif a.configs:
             a.config_list = parse_configs(a.configs, custom)
@@ -126,16 +146,16 @@ def parse_args(argv):
             a.config_list = parse_configs(names) + list(custom.values())
         a.cell_list = parse_cells(a.cells)
         a.mode_list = parse_modes(a.modes)
-        if a.sweep_T:
+        if a.sweep:
             a.fw_list = parse_frameworks(a.frameworks or ",".join(SWEEP_FRAMEWORKS), SWEEP_FRAMEWORKS,
-                                         "--frameworks (with --sweep-T)")
+                                         "--frameworks (with %s)" % flag)
         elif a.long:
             a.fw_list = ["npl"]
         else:
             default = QUICK_FRAMEWORKS if a.quick else ",".join(DEFAULT_FRAMEWORKS)
             a.fw_list = parse_frameworks(a.frameworks or default)
         a.threads = parse_positive_int(a.threads, "--threads")
-        key = "sweep" if a.sweep_T else ("quick" if a.quick else "full")
+        key = "sweep" if a.sweep else ("quick" if a.quick else "full")
         base = PROTOCOLS[key]
         a.protocol = Protocol(
             warmup=base.warmup if a.warmup is None else _nonneg_int(a.warmup, "--warmup"),
@@ -143,8 +163,8 @@ def parse_args(argv):
             min_run_s=base.min_run_s if a.min_run_ms is None else _nonneg_int(a.min_run_ms, "--min-run-ms") / 1e3)
         a.worker_timeout = parse_positive_int(a.worker_timeout, "--worker-timeout")
         a.rounds = parse_positive_int(a.rounds, "--rounds")
-        if a.rounds > 1 and (a.sweep_T or a.long):
-            raise ValueError("--rounds applies to the table only (not --sweep-T or --long)")
+        if a.rounds > 1 and (a.sweep or a.long):
+            raise ValueError("--rounds applies to the table only (not --sweep, --sweep-T or --long)")
     except ValueError as e:
         parser.error(str(e))
     return a
@@ -394,22 +414,26 @@ def main_table(args, env):
 
 def main_sweep(args, env):
     args.ceiling = None
+    dim = args.sweep
     rows, status = run_frameworks(args, env, ceiling_too=False)
-    fits = report.sweep_fits(rows)
+    fits = report.sweep_fits(rows, dim)
     meta = _meta(args, {"facts": next((s.get("facts") for s in status.values() if s.get("facts")), {}),
-                        "blas": (status.get("npl") or {}).get("blas")}, "sweep-T")
+                        "blas": (status.get("npl") or {}).get("blas")}, "sweep-" + dim)
     meta["npl"] = (status.get("npl") or {}).get("load")
     print(report.format_header(meta))
     c = args.base_config
-    print("sweep of T for %s (B=%d I=%d H=%s)" % (c.name, c.B, c.I, c.H_label))
-    print(report.format_sweep(rows, fits))
+    fixed = ", ".join("%s=%s" % (k, c.H_label if k == "H" else getattr(c, k))
+                      for k in ("B", "T", "I", "H") if k != dim)
+    print("sweep of %s for %s (%s)" % (dim, c.name, fixed))
+    print(report.format_sweep(rows, fits, dim))
     for n in _notes(status):
         print(n)
-    jpath, ppath = _paths(args, "-sweep")
+    jpath, ppath = _paths(args, "-sweep" if dim == "T" else "-sweep-" + dim)
     if ppath and rows:
-        err = _plot(report.plot_sweep, rows, fits, ppath)
+        err = _plot(report.plot_sweep, rows, fits, ppath, dim)
         print(err or "chart: %s" % ppath)
-    _write_json(jpath, dict(meta, base_config=c.as_dict(), frameworks=status, results=rows, fits=fits))
+    _write_json(jpath, dict(meta, sweep=dim, values=[sweep_value(k, dim) for k in args.config_list],
+                            base_config=c.as_dict(), frameworks=status, results=rows, fits=fits))
     print("json: %s" % jpath)
     return 1 if any(s["status"] in ("error", "partial") for s in status.values()) or not rows else 0
 
@@ -462,7 +486,7 @@ def main(argv=None):
     env = worker_env(args)
     if args.long:
         return main_long(args, env)
-    if args.sweep_T:
+    if args.sweep:
         return main_sweep(args, env)
     return main_table(args, env)
 

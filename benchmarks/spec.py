@@ -20,7 +20,7 @@ __all__ = ["Config", "CONFIGS", "DEFAULT_CONFIGS", "DEVICES", "parse_device", "C
            "DEFAULT_FRAMEWORKS", "SWEEP_FRAMEWORKS", "GATES", "Protocol", "PROTOCOLS",
            "forward_flops", "mode_flops", "parse_configs", "parse_custom", "parse_frameworks",
            "parse_cells", "parse_modes", "parse_positive_int", "parse_int_list", "sweep_configs",
-           "DEFAULT_SWEEP_T"]
+           "DEFAULT_SWEEP_T", "SWEEP_DIMS", "DEFAULT_SWEEP", "parse_sweep_dim", "sweep_value"]
 
 
 class Config(collections.namedtuple("Config", "name B T I H description sample")):
@@ -84,6 +84,11 @@ FRAMEWORK_LABELS = {"npl": "npl", "tf1": "TF1 graph", "keras": "Keras", "keras-r
 DEFAULT_FRAMEWORKS = ("npl", "tf1", "keras", "keras-ra", "torch")
 SWEEP_FRAMEWORKS = ("npl", "torch")
 DEFAULT_SWEEP_T = (10, 20, 50, 100, 200, 500, 1000, 2000)
+# --sweep DIM: the dimension swept (steps T, batch B, hidden units H of a one-layer configuration)
+# and its default values
+SWEEP_DIMS = ("T", "B", "H")
+DEFAULT_SWEEP = {"T": DEFAULT_SWEEP_T, "B": (1, 4, 16, 32, 64, 128, 256, 512),
+                 "H": (16, 32, 64, 128, 256, 512, 1024)}
 
 
 class Protocol(collections.namedtuple("Protocol", "warmup repeats min_run_s")):
@@ -200,8 +205,28 @@ def parse_custom(text, name):
     return Config(name, B, T, I, H, "custom %s" % text.strip(), False)
 
 
-def sweep_configs(base, t_values):
-    """The configuration ``base`` with T replaced by each value (names like 'C1@T=100')."""
+def parse_sweep_dim(text):
+    """'T', 'B' or 'H' (case-insensitive) -> the dimension's name, or ValueError naming --sweep."""
+    d = str(text).strip().upper()
+    if d not in SWEEP_DIMS:
+        raise ValueError("--sweep must be one of %s (steps, batch, hidden units), got %r"
+                         % (", ".join(SWEEP_DIMS), text))
+    return d
+
+
+def sweep_value(config, dim):
+    """The value of the swept dimension in ``config`` (H: the width of its one layer)."""
+    return config.H[0] if dim == "H" else getattr(config, dim)
+
+
+def sweep_configs(base, values, dim="T"):
+    """The configuration ``base`` with ``dim`` (T, B or H) replaced by each value (names like
+    'C1@T=100', 'C1@B=64', 'C1@H=512')."""
+    flag = "--sweep-T" if dim == "T" else "--sweep %s" % dim
     if base.sample:
-        raise ValueError("--sweep-T needs a sequence configuration, got %s (the sampling case)" % base.name)
-    return [base._replace(name="%s@T=%d" % (base.name, t), T=t) for t in t_values]
+        raise ValueError("%s needs a sequence configuration, got %s (the sampling case)" % (flag, base.name))
+    if dim == "H" and len(base.H) != 1:
+        raise ValueError("--sweep H needs a one-layer configuration, got %s (H=%s, %d layers)"
+                         % (base.name, base.H_label, len(base.H)))
+    new = {"T": lambda v: {"T": v}, "B": lambda v: {"B": v}, "H": lambda v: {"H": (v,)}}[dim]
+    return [base._replace(name="%s@%s=%d" % (base.name, dim, v), **new(v)) for v in values]

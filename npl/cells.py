@@ -172,13 +172,30 @@ def _threaded_gemm(loops, B):
     return loops.matmul if loops.packed_gemm() or loops.loop_threads(B) > 1 else None
 
 
-# The C time loops run from this batch size up.  Below it the Python loop is quicker: NumPy's
-# matmul turns a one-column product into a GEMV, while the loops' sgemm packs the whole recurrent
-# weight block every step (measured, LSTM H=256, one step: batch 1 88 us in C against 71 us in
-# Python, batch 2 89 / 86, batch 8 205 / 212, batch 16 258 / 274), and the packed kernel fills
-# only B of its 16-column vectors (LSTM H=256, T=50, forward: batch 1 6.5 ms in C against 1.6 in
-# Python, batch 4 7.9 / 7.0, batch 8 6.5 / 8.8).
+# On the BLAS's sgemm the C time loops run from this batch size up.  Below it the Python loop is
+# quicker: NumPy's matmul turns a one-column product into a GEMV, while the loops' sgemm packs the
+# whole recurrent weight block every step (measured, LSTM H=256, one step: batch 1 88 us in C
+# against 71 us in Python, batch 2 89 / 86, batch 8 205 / 212, batch 16 258 / 274).  The packed
+# kernel's register tile fills only B of its 16-column vectors too (LSTM H=256, T=50, forward:
+# batch 1 6.5 ms in C against 1.6 in Python), but its narrow form (vectors along the weight's
+# rows, npl.kernels.cpu.narrow_max) does not: with it the loops take every batch from 1 (C1's
+# shapes, one thread: LSTM forward+backward at batch 1 0.86 ms in C against 1.95 in Python, at
+# batch 4 1.73 against 2.96; GRU 0.70 against 1.68 and 1.08 against 1.74).
 C_LOOPS_MIN_BATCH = 8
+
+
+def _loops_min_batch():
+    """The smallest batch the C loops take: 1 where the narrow kernel runs the slices narrower
+    than C_LOOPS_MIN_BATCH, else C_LOOPS_MIN_BATCH."""
+    from .kernels import cpu
+    narrow = cpu.narrow_max() >= C_LOOPS_MIN_BATCH - 1 and cpu.packed_gemm()
+    return 1 if narrow else C_LOOPS_MIN_BATCH
+
+
+def _loops_may_take(a, batch):
+    """Whether the C loops could run a pass on ``a`` (float32 NumPy data) with this batch: the
+    cheap checks first, so other data never builds the C library."""
+    return type(a) is np.ndarray and a.dtype == np.float32 and batch >= _loops_min_batch()
 
 # In the C backward loops, d inputs are folded into each step's recurrent GEMM (the whole kernel
 # times the step's gate gradients gives [dx_t; dh_{t-1}]) when the input is at most this fraction
@@ -190,11 +207,10 @@ FOLD_D_INPUTS_MAX_RATIO = 0.25
 
 def _c_loops(x, act, plain, batch):
     """The C sequence-loop module (:mod:`npl.kernels.cpu`) when this pass can use it: float32
-    NumPy data, tanh activations, a batch of at least C_LOOPS_MIN_BATCH, and ``plain`` (no
+    NumPy data, tanh activations, a batch of at least :func:`_loops_min_batch`, and ``plain`` (no
     peepholes, clipping, projection, state dropout or per-step recording, and any
     sequence_length mask in the form :func:`_loop_lengths` gives: what the C loops implement)."""
-    if (not plain or batch < C_LOOPS_MIN_BATCH or type(x) is not np.ndarray
-            or x.dtype != np.float32 or act is not _act.tanh):
+    if not plain or act is not _act.tanh or not _loops_may_take(x, batch):
         return None
     from .kernels import cpu
     return cpu if cpu.sequence_loops() else None
@@ -915,7 +931,7 @@ class LSTMCell(RNNCell):
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
         peep, act = self._peep(), self._activation
-        lens = _loop_lengths(mask) if B >= C_LOOPS_MIN_BATCH else False
+        lens = _loop_lengths(mask) if _loops_may_take(x, B) else False
         loops = _c_loops(x, act, peep is None and self._cell_clip is None and self._proj_clip is None
                          and "projection/kernel" not in self._params and lens is not False
                          and state_mask is None, B)
@@ -986,7 +1002,7 @@ class LSTMCell(RNNCell):
             dc, dh = _ws_copy(_state_fm(dstate.c)), _ws_copy(_state_fm(dstate.h))
         dG2, dG = _gate_grad_slab(G)
         inv, peep, act = rec.inv_fm, self._peep(), self._activation
-        lens = _loop_lengths(rec.mask) if B >= C_LOOPS_MIN_BATCH else False
+        lens = _loop_lengths(rec.mask) if _loops_may_take(G, B) else False
         loops = _c_loops(G, act, peep is None and CM is None and PM is None and proj is None
                          and lens is not False and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
@@ -1123,7 +1139,7 @@ class GRUCell(RNNCell):
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
         p = self._params
-        lens = _loop_lengths(mask) if B >= C_LOOPS_MIN_BATCH else False
+        lens = _loop_lengths(mask) if _loops_may_take(x, B) else False
         loops = _c_loops(x, self._activation, lens is not False and state_mask is None, B)
         prescaled = loops is None and xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)  # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled)
@@ -1168,7 +1184,7 @@ class GRUCell(RNNCell):
         dh = _ws.zeros(xp, (H, B), dt) if dh_final is None else _ws_copy(_state_fm(dh_final))
         dG2, dG = _gate_grad_slab(G)
         inv, act = rec.inv_fm, self._activation
-        lens = _loop_lengths(rec.mask) if B >= C_LOOPS_MIN_BATCH else False
+        lens = _loop_lengths(rec.mask) if _loops_may_take(G, B) else False
         loops = _c_loops(G, act, lens is not False and rec.state_mask_fm is None
                          and not rec.record_state_grads and dG2 is not None, B)
         mm = _threaded_gemm(loops, B)

@@ -521,6 +521,59 @@ def test_trace_nbytes_grows_linearly_in_T(kind):
     assert short == full_3
 
 
+def _trace_floats_closed_form(cls, kw, T, B, H):
+    """What the README says a trace keeps per layer, counted independently of the code: the
+    activated gates of every step, plus c (LSTM) and the output h of every step and the initial
+    state; an LSTM with cell_clip (proj_clip) also keeps a one-byte clip mask per unit (projected
+    unit) and step.  Returns (floats, extra bytes)."""
+    P = kw.get("num_proj") or H
+    if cls in ("BasicLSTMCell", "LSTMCell"):
+        masks = (H if kw.get("cell_clip") else 0) + (P if kw.get("proj_clip") else 0)
+        return T * B * (4 * H + H + P) + B * (H + P), T * B * masks
+    if cls == "GRUCell":
+        return T * B * (3 * H + H) + B * H, 0
+    return T * B * (H + H) + B * H, 0          # BasicRNNCell: one gate block and h
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", [k for k in CELL_KINDS if k != "multi"])
+def test_trace_nbytes_is_the_closed_form_in_T_B_and_H(kind, dtype):
+    """trace.nbytes equals the documented formula over random T, B, H and input widths (so the
+    trace's memory is linear in T, in B and in H), and with sequence_length T is max(length)."""
+    rng = _rng(kind, dtype, "closed")
+    for _ in range(3):
+        T, B, H, I = (int(v) for v in rng.integers(1, 12, size=4))
+        cls, kw = cell_spec(kind, 1.0, H, proj=int(rng.integers(1, 6)))
+        cell = getattr(npl.rnn, cls)(**kw)
+        x = rng.standard_normal((B, T, I)).astype(dtype)
+        floats, extra = _trace_floats_closed_form(cls, kw, T, B, H)
+        _, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=dtype, return_trace=True)
+        assert tr.nbytes == floats * np.dtype(dtype).itemsize + extra, (T, B, H, I)
+        # with lengths: T is the longest; a one-byte step mask [T, B] where some row is shorter;
+        # nothing at all when every length is zero
+        for L in (rng.integers(0, T + 1, size=B), np.full(B, T // 2)):
+            Tm = int(L.max())
+            floats, extra = _trace_floats_closed_form(cls, kw, Tm, B, H)
+            want = floats * np.dtype(dtype).itemsize + extra + (Tm * B if (L < Tm).any() else 0)
+            _, _, tr = npl.nn.dynamic_rnn(cell, x, L, dtype=dtype, return_trace=True)
+            assert tr.nbytes == (want if Tm else 0), (T, B, H, I, L)
+
+
+def test_stacked_trace_nbytes_is_the_sum_of_the_layers_closed_forms():
+    rng = _rng("closed", "stack")
+    T, B, I = 7, 5, 4
+    layers = [("LSTMCell", dict(num_units=6, num_proj=3, cell_clip=0.5)), ("GRUCell", dict(num_units=4)),
+              ("BasicRNNCell", dict(num_units=2))]
+    cell = npl.rnn.MultiRNNCell([getattr(npl.rnn, c)(**kw) for c, kw in layers])
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    _, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=np.float32, return_trace=True)
+    want = 0
+    for c, kw in layers:
+        floats, extra = _trace_floats_closed_form(c, kw, T, B, kw["num_units"])
+        want += 4 * floats + extra
+    assert tr.nbytes == want
+
+
 # ----------------------------------------------------------------------------- step loop
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", CELL_KINDS)

@@ -144,6 +144,67 @@ def test_sweep_T_fits_and_trace_bytes(tmp_path):
     assert fit["trace_nbytes"]["r2"] == pytest.approx(1.0)   # the trace grows exactly linearly in T
 
 
+def _closed_form_trace_bytes(cell, B, T, H):
+    """float32 bytes an npl trace keeps for the benchmark's one-layer cells (README's formula):
+    LSTM T*B*(4H+H+H) + B*2H floats, GRU T*B*(3H+H) + B*H."""
+    floats = T * B * 6 * H + 2 * B * H if cell == "lstm" else T * B * 4 * H + B * H
+    return 4 * floats
+
+
+@pytest.mark.parametrize("dim, values", [("B", [1, 3, 8]), ("H", [4, 8, 16])])
+def test_sweep_B_and_H_fits_and_trace_bytes(tmp_path, dim, values):
+    """--sweep B / --sweep H: one row per value, each trace exactly the closed form, and fits."""
+    proc = _run(["--sweep", dim, "--custom", "3,4,5,6", "--config", "X1", "--values",
+                 ",".join(map(str, values)), "--modes", "fwdbwd", "--frameworks", "npl",
+                 "--repeats", "1", "--min-run-ms", "0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep of %s for X1" % dim in proc.stdout
+    assert "line fits against %s" % dim in proc.stdout
+    doc = json.load(open(tmp_path / ("bench-sweep-%s.json" % dim)))
+    assert (tmp_path / ("bench-sweep-%s.png" % dim)).exists()
+    assert doc["sweep"] == dim and doc["values"] == values and doc["mode"] == "sweep-" + dim
+    for cell in ("lstm", "gru"):
+        rows = sorted((r for r in doc["results"] if r["cell"] == cell), key=lambda r: r[dim] if dim == "B" else r["H"])
+        assert [r[dim] if dim == "B" else r["H"][0] for r in rows] == values
+        for r in rows:
+            assert r["trace_nbytes"] == _closed_form_trace_bytes(cell, r["B"], r["T"], r["H"][0])
+            assert (r["T"], r["I"]) == (4, 5) and (dim == "B" or r["B"] == 3) and (dim == "H" or r["H"] == [6])
+        fit = doc["fits"]["npl/%s/fwdbwd" % cell]
+        assert fit["dim"] == dim and fit[dim] == values
+        assert fit["trace_nbytes"]["r2"] == pytest.approx(1.0)   # linear in B and in H
+        assert math.isfinite(fit["ms_vs_flops"]["slope"]) and math.isfinite(fit["ms_exponent"])
+        assert fit["growth_from"] == values[1]   # the larger half of three values: the last two
+
+
+def test_sweep_exponent_and_fits_on_a_closed_form():
+    rows = [{"framework": "npl", "cell": "lstm", "mode": "fwdbwd", "B": 4, "T": 3, "I": 2, "H": [h],
+             "median_ms": 0.5 + 0.002 * h * h, "flops": 1000 * h * h, "peak_rss_growth_bytes": 100 * h,
+             "trace_nbytes": 64 * h + 8} for h in (16, 32, 64, 128, 256)]
+    f = report.sweep_fits(rows, "H")["npl/lstm/fwdbwd"]
+    assert f["H"] == [16, 32, 64, 128, 256] and f["growth_from"] == 64
+    assert f["ms_vs_flops"]["slope"] == pytest.approx(0.002 / 1000) and f["ms_vs_flops"]["r2"] == pytest.approx(1)
+    # over H = 64..256 the fixed 0.5 ms shrinks: the exponent lies just under 2
+    want = math.log((0.5 + 0.002 * 256 ** 2) / (0.5 + 0.002 * 64 ** 2)) / math.log(4)
+    assert 1.9 < f["ms_exponent"] < 2.0 and f["ms_exponent"] == pytest.approx(want, rel=0.01)
+    assert f["peak_exponent"] == pytest.approx(1.0)
+    assert f["trace_nbytes"]["slope"] == pytest.approx(64) and f["trace_nbytes"]["intercept"] == pytest.approx(8)
+    assert report.power_exponent([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+    assert report.power_exponent([1, 2], [0, 1]) is None   # a zero has no logarithm
+    text = report.format_sweep([dict(r, gflops=1.0, npl_over=None) for r in rows],
+                               report.sweep_fits(rows, "H"), "H")
+    assert "ms/GFLOP * F" in text and "k = 1.9" in text
+
+
+def test_sweep_configs_replace_one_dimension():
+    c1 = spec.CONFIGS["C1"]
+    assert [(c.name, c.B) for c in spec.sweep_configs(c1, [1, 7], "B")] == [("C1@B=1", 1), ("C1@B=7", 7)]
+    hs = spec.sweep_configs(c1, [64], "H")
+    assert hs[0].H == (64,) and (hs[0].B, hs[0].T, hs[0].I) == (c1.B, c1.T, c1.I)
+    assert [c.T for c in spec.sweep_configs(c1, [5, 9])] == [5, 9]        # T by default
+    with pytest.raises(ValueError, match="one-layer"):
+        spec.sweep_configs(spec.CONFIGS["C4"], [8], "H")
+
+
 def test_long_check_runs_T_10000_without_recursion(tmp_path):
     proc = _run(["--long", "--cells", "gru", "--repeats", "1"], tmp_path)
     doc = json.load(open(tmp_path / "bench-long.json"))
@@ -224,6 +285,17 @@ def test_flop_formula_on_the_issue_configurations():
     (["--sweep-T", "--T-values", "10,0"], ["--T-values", "got 0"]),
     (["--device", "tpu"], ["--device", "cpu, cuda", "'tpu'"]),
     (["--device", "cuda", "--sweep-T"], ["--device cuda", "--sweep-T"]),
+    (["--sweep", "X"], ["--sweep", "T, B, H", "'X'"]),
+    (["--sweep", "H", "--config", "C4"], ["--sweep H", "one-layer", "C4", "30+1"]),
+    (["--sweep", "b", "--config", "C5"], ["--sweep B", "C5", "sampling"]),
+    (["--sweep", "B", "--T-values", "1,2"], ["--T-values", "--sweep B", "--values"]),
+    (["--sweep", "B", "--values", "0,4"], ["--values", "got 0"]),
+    (["--sweep", "H", "--frameworks", "tf1"], ["--sweep H", "'tf1'", "npl, torch"]),
+    (["--sweep-T", "--values", "5", "--T-values", "5"], ["--values or --T-values"]),
+    (["--values", "1,2"], ["--values", "goes with --sweep"]),
+    (["--T-values", "1,2"], ["--T-values", "goes with --sweep"]),
+    (["--sweep", "B", "--long"], ["--long", "not allowed with", "--sweep"]),
+    (["--sweep", "B", "--rounds", "2"], ["--rounds", "table only"]),
 ])
 def test_nonsense_is_refused_with_a_clear_message(argv, words, capsys):
     with pytest.raises(SystemExit) as e:

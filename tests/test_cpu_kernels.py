@@ -115,8 +115,10 @@ def _cells():
 
 @pytest.mark.parametrize("kind", list(_cells()))
 def test_sequence_backward_with_kernels_equals_array_code(kind):
-    """Whole fwd+bwd passes (unsorted lengths, one of them 0, random state) agree with the kernels
-    on and off: outputs bit for bit (the forward is the array code), gradients to float32."""
+    """Whole fwd+bwd passes (unsorted lengths, one of them 0, random state) of the Python loop
+    agree with the pointwise kernels on and off: outputs bit for bit (the forward is the array
+    code), gradients to float32.  (The C time loops, which would take this batch too, are
+    compared with the Python loop in test_cpu_loops.py.)"""
     rng = np.random.default_rng(5)
     cell = _cells()[kind]()
     cell.build(6, np.float32)
@@ -125,7 +127,7 @@ def test_sequence_backward_with_kernels_equals_array_code(kind):
     L = np.array([9, 0, 4, 7, 1])
     res = {}
     for on in (False, True):
-        old = cpu.enable(on)
+        old, old_loops = cpu.enable(on), cpu.enable_sequence_loops(False)
         try:
             cell.zero_grad()
             out, _, tr = npl.nn.dynamic_rnn(cell, x, L, return_trace=True)
@@ -134,6 +136,7 @@ def test_sequence_backward_with_kernels_equals_array_code(kind):
             res[on] = (out, dx, {k: v.copy() for k, v in cell.grads.items()})
         finally:
             cpu.enable(old)
+            cpu.enable_sequence_loops(old_loops)
     np.testing.assert_array_equal(res[True][0], res[False][0])
     _close(res[True][1], res[False][1], "d_inputs", 1e-5)
     for k in res[False][2]:

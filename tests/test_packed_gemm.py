@@ -634,3 +634,113 @@ def test_one_call_pass_packs_a_small_weight_inside_the_call(monkeypatch, prepack
     assert seen[0] is expect                             # the first run: the packed kernel on
     for k, (a, c) in enumerate(zip(packed, python_loop)):
         _close(a, c, "array %d against the Python loop" % k)
+
+
+# ----------------------------------------------------------------- 8. the narrow form
+# A slice of at most npl_narrow_max columns multiplies on A^T with vectors along A's rows; the
+# same k-ordered fused multiply-adds as the register tile, so the two must agree bit for bit.
+NARROW_M = [1, 5, 6, 17, 64, 65, 70]
+NARROW_N = [1, 2, 5, 6, 7, 12, 13, 15, 16]
+
+
+def _narrow(lib, n):
+    return int(lib.npl_set_narrow_max(n))
+
+
+@pytest.mark.parametrize("which", ["native", "avx2"])
+def test_narrow_products_equal_the_tile_bit_for_bit(request, which):
+    lib = request.getfixturevalue(which + "_lib")
+    VL = int(lib.npl_packed_gemm_width())
+    default = _narrow(lib, -1)
+    assert default == VL                               # narrower than one vector: the narrow form
+    rng = np.random.default_rng(VL)
+    try:
+        for M in NARROW_M:
+            for K in (1, 7, 130):
+                for N in [n for n in NARROW_N if n <= VL]:
+                    for transposed in (False, True):
+                        a = rng.standard_normal((K, M) if transposed else (M, K)).astype(np.float32)
+                        a = a.T if transposed else a
+                        x = rng.standard_normal((3, K, N + 2)).astype(np.float32)[:, :, :N]
+                        c0 = rng.standard_normal((3, M, N)).astype(np.float32)
+                        outs = []
+                        for n in (VL, 0):                 # narrow form, then the tile
+                            _narrow(lib, n)
+                            for beta in (0.0, 1.0):
+                                big = np.full((3, M + 2, N + 3), np.nan, np.float32)
+                                out = big[:, 1:M + 1, 1:N + 1]
+                                if beta:
+                                    out[...] = c0
+                                assert _call(lib, a, x, out, beta) == 1
+                                inside = np.zeros(big.shape, bool)
+                                inside[:, 1:M + 1, 1:N + 1] = True
+                                assert np.isnan(big[~inside]).all()     # nothing else written
+                                outs.append(out.copy())
+                        np.testing.assert_array_equal(outs[0], outs[2], err_msg=str((M, K, N)))
+                        np.testing.assert_array_equal(outs[1], outs[3], err_msg=str((M, K, N)))
+                        _close(outs[0], _ref(a, x), "narrow beta=0 %s" % ((M, K, N),), rtol=1e-5)
+                        _close(outs[1], _ref(a, x) + c0, "narrow beta=1 %s" % ((M, K, N),), rtol=1e-5)
+    finally:
+        _narrow(lib, default)
+
+
+@needs_packed
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+@pytest.mark.parametrize("B, T, I, H", [(1, 5, 3, 16), (2, 7, 40, 13), (5, 4, 6, 70), (7, 6, 1, 24),
+                                        (8, 3, 5, 9), (13, 5, 2, 33), (16, 4, 7, 20)])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_loops_on_the_narrow_form_equal_the_tile_and_the_python_loop(monkeypatch, calls, kind, B, T,
+                                                                    I, H, with_lengths):
+    """Small batches run in the C loops on the narrow form: bit for bit as on the register tile
+    (forced below C_LOOPS_MIN_BATCH for the comparison), and as the Python loop to rounding."""
+    cell, args = _problem(kind, B, T, I, H, time_major=(B % 2 == 1), seed=B * 31 + T * 7 + H)
+    lengths = None
+    if with_lengths:
+        lengths = np.random.default_rng(B + T).integers(0, T + 1, size=B)
+        lengths[0] = T
+    lib = cpu.library()
+    assert npl.cells._loops_min_batch() == 1
+    narrow = _run(cell, *args, lengths=lengths)
+    ran = sum(calls.values())
+    assert ran > 0                                         # the C loops took the batch
+    old = _narrow(lib, 0)
+    monkeypatch.setitem(cpu._state, "narrow", 0)
+    try:
+        assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH
+        monkeypatch.setattr(npl.cells, "C_LOOPS_MIN_BATCH", 1)   # the loops on the tile
+        tile = _run(cell, *args, lengths=lengths)
+        assert sum(calls.values()) > ran
+        old_loops = cpu.enable_sequence_loops(False)
+        try:
+            python_loop = _run(cell, *args, lengths=lengths)
+        finally:
+            cpu.enable_sequence_loops(old_loops)
+    finally:
+        _narrow(lib, old)
+    for k, (a, b, c) in enumerate(zip(narrow, tile, python_loop)):
+        np.testing.assert_array_equal(a, b, err_msg="array %d, narrow vs tile" % k)
+        n_grads = len(cell.grads)
+        scale = (max(float(np.abs(g).max()) for g in python_loop[-n_grads:])
+                 if k >= len(narrow) - n_grads and lengths is not None else None)
+        _close(a, c, "array %d, narrow vs the Python loop" % k, scale=scale)
+
+
+def test_set_narrow_max_validates_and_steers_the_loops(monkeypatch):
+    for bad in (-1, 2.0, True, "8"):
+        with pytest.raises(ValueError, match="set_narrow_max"):
+            cpu.set_narrow_max(bad)
+    if not cpu.packed_gemm():
+        assert cpu.narrow_max() == 0 or npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH
+        return
+    old = cpu.set_narrow_max(0)
+    try:
+        assert cpu.narrow_max() == 0
+        assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH   # Python loop below 8
+        cpu.set_narrow_max(old)
+        assert cpu.narrow_max() == old == cpu.packed_gemm()
+        assert npl.cells._loops_min_batch() == 1
+        cpu.enable_packed_gemm(False)                      # the sgemm loops: from 8 again
+        assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH
+    finally:
+        cpu.enable_packed_gemm(True)
+        cpu.set_narrow_max(old)

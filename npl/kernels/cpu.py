@@ -41,7 +41,7 @@ import numpy as np
 __all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
            "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul",
            "packed_gemm", "enable_packed_gemm", "kernel_grad", "copy_transposed", "PackedWeight",
-           "packed_floats", "pack_weight"]
+           "packed_floats", "pack_weight", "narrow_max", "set_narrow_max"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
@@ -71,7 +71,7 @@ _state = {"lib": None, "why": None, "tried": False,
           "loops": os.environ.get("NPL_CPU_LOOPS", "1").strip() not in _OFF,
           "sgemm": None, "sgemm_why": None, "sgemm_tried": False,
           "blas_threads": None, "threads": _env_threads(),
-          "packed": os.environ.get("NPL_PACKED_GEMM", "1").strip() not in _OFF}
+          "packed": os.environ.get("NPL_PACKED_GEMM", "1").strip() not in _OFF, "narrow": 0}
 _lock = threading.Lock()
 
 _F = ctypes.c_float
@@ -101,6 +101,7 @@ _SIGNATURES["npl_set_packed_gemm"] = (_I,)
 _SIGNATURES["npl_packed_matmul_f32"] = (_P, _I, _I, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
 _SIGNATURES["npl_prepacked_matmul_f32"] = (_P, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
 _SIGNATURES["npl_set_stream_min_bytes"] = (_I,)
+_SIGNATURES["npl_set_narrow_max"] = (_I,)
 _SIGNATURES["npl_packed_floats"] = (_I, _I)
 _SIGNATURES["npl_pack_f32"] = (_P, _I, _I, _I, _I, _P, _I)
 _SIGNATURES["npl_transpose_f32"] = (_P, _I, _I, _P, _I, _I, _I, _I, _I)
@@ -109,7 +110,7 @@ _SIGNATURES["npl_kernel_grad_f32"] = (_P, _I, _I, _P, _I, _I, _I, _P, _I, _I, _P
 # these return the number of batch slices (threads) they ran, or a count
 _RETURNS_INT = ("npl_pool_others_runnable", "npl_packed_gemm_width", "npl_packed_matmul_f32",
                 "npl_packed_floats", "npl_pack_f32", "npl_prepacked_matmul_f32",
-                "npl_set_stream_min_bytes",
+                "npl_set_stream_min_bytes", "npl_set_narrow_max",
                 "npl_kernel_grad_f32",
                 "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
                 "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
@@ -195,6 +196,7 @@ def _build():
                     f.argtypes = argtypes
                     f.restype = ctypes.c_int64 if fn in _RETURNS_INT else None
                 lib.npl_set_packed_gemm(1 if _state["packed"] else 0)
+                _state["narrow"] = int(lib.npl_set_narrow_max(-1))
                 return lib, None
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
                 errors.append(str(e))
@@ -345,6 +347,25 @@ def enable_packed_gemm(on=True):
     lib = library()
     if lib is not None:
         lib.npl_set_packed_gemm(1 if on else 0)
+    return old
+
+
+def narrow_max():
+    """The widest batch slice (columns) whose products run on the packed kernel's narrow form:
+    vectors along the weight's rows, on its transpose, instead of along the batch, where a slice
+    of B < 16 columns fills only B lanes (0 where the packed kernel is not built)."""
+    return 0 if library() is None else _state["narrow"]
+
+
+def set_narrow_max(n):
+    """Set :func:`narrow_max` (0: never use the narrow form; for tests and measurements).  Both
+    forms give identical bits.  Returns the previous value."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError("set_narrow_max(n): n must be an integer >= 0, got %r" % (n,))
+    old = narrow_max()
+    lib = library()
+    if lib is not None:
+        _state["narrow"] = int(lib.npl_set_narrow_max(n))
     return old
 
 

@@ -372,6 +372,7 @@ typedef __mmask16 npl_mask;
 #define NPL_LOAD(p) _mm512_loadu_ps(p)
 #define NPL_MLOAD(m, p) _mm512_maskz_loadu_ps((m), (p))
 #define NPL_MSTORE(p, m, x) _mm512_mask_storeu_ps((p), (m), (x))
+#define NPL_STORE(p, x) _mm512_storeu_ps((p), (x))
 #define NPL_BCAST(s) _mm512_set1_ps(s)
 #define NPL_STREAM(p, x) _mm512_stream_ps((p), (x))
 #define NPL_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
@@ -387,6 +388,7 @@ typedef __m256i npl_mask;
 #define NPL_LOAD(p) _mm256_loadu_ps(p)
 #define NPL_MLOAD(m, p) _mm256_maskload_ps((p), (m))
 #define NPL_MSTORE(p, m, x) _mm256_maskstore_ps((p), (m), (x))
+#define NPL_STORE(p, x) _mm256_storeu_ps((p), (x))
 #define NPL_BCAST(s) _mm256_set1_ps(s)
 #define NPL_STREAM(p, x) _mm256_stream_ps((p), (x))
 #define NPL_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
@@ -418,6 +420,8 @@ typedef struct {
     int64_t lda;
     float* packed;
     int own;
+    float* at;          /* A^T [K, M] (row stride M) for narrow slices (npl_narrow_a), or NULL */
+    int64_t atld;
 } npl_weight;
 
 #ifdef NPL_VL
@@ -506,7 +510,132 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
 {
     tiles(A, lda, M, N, K, X, ldx, beta, C, ldc, 0);
 }
+
+/* ------------------------------------------------------------------ narrow products
+ * The tile above puts the batch columns in its vector lanes, so a slice of N < VL columns fills
+ * N of them (batch 1: one lane in 16).  For slices of at most npl_narrow_max columns the product
+ * runs on A^T [K, M] instead (At, rows atld floats apart), vectors along M and the columns
+ * broadcast, in blocks of NV vectors x NPL_NARROW_COLS columns:
+ *     for k:  a_v = At[k, m0 + v*VL : ...]          (NV vector loads; the last one masked)
+ *             acc[v][b] += a_v * X[k, b]            (NARROW_COLS broadcasts, NV*NARROW_COLS FMAs)
+ * then C[m0 + v*VL + i, b] = acc[v][b][i] (+ C).  Every C element is the same k-ordered chain of
+ * fused multiply-adds from zero as in gemm_tile, so the two kernels give identical bits and the
+ * slice width never changes a result.  A^T is made once per pass (from the packed panels or
+ * the matrix); on this machine it made the batch-1 and batch-4 passes of C1's shapes run in C
+ * quicker than the Python loop, where the tile had been slower. */
+#define NPL_NARROW_COLS 6
+static int64_t npl_narrow_max = NPL_VL;
+
+static inline __attribute__((always_inline)) void
+narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
+            const float* RESTRICT at, int64_t atld, const float* RESTRICT x, int64_t ldx,
+            float* RESTRICT c, int64_t ldc, int beta)
+{
+    npl_vec acc[NPL_NV][NPL_NARROW_COLS];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++)
+#pragma GCC unroll 6
+        for (int b = 0; b < nb; b++) acc[v][b] = NPL_ZERO();
+    for (int64_t k = 0; k < K; k++) {
+        npl_vec av[NPL_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            av[v] = v == nv - 1 ? NPL_MLOAD(last, at + k * atld + v * NPL_VL)
+                                : NPL_LOAD(at + k * atld + v * NPL_VL);
+#pragma GCC unroll 6
+        for (int b = 0; b < nb; b++) {
+            const npl_vec xb = NPL_BCAST(x[k * ldx + b]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[v][b] = NPL_FMA(xb, av[v], acc[v][b]);
+        }
+    }
+    float tmp[NPL_VL] __attribute__((aligned(64)));
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) {
+        const int n = rows - v * NPL_VL < NPL_VL ? rows - v * NPL_VL : NPL_VL;
+#pragma GCC unroll 6
+        for (int b = 0; b < nb; b++) {
+            NPL_STORE(tmp, acc[v][b]);
+            float* RESTRICT cp = c + (int64_t)v * NPL_VL * ldc + b;
+            if (beta)
+                for (int i = 0; i < n; i++) cp[i * ldc] = tmp[i] + cp[i * ldc];
+            else
+                for (int i = 0; i < n; i++) cp[i * ldc] = tmp[i];
+        }
+    }
+}
+
+#define NPL_NARROW_NB(NV)                                                                    \
+    switch (nb) {                                                                            \
+    case 1: narrow_tile(NV, 1, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
+    case 2: narrow_tile(NV, 2, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
+    case 3: narrow_tile(NV, 3, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
+    case 4: narrow_tile(NV, 4, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
+    case 5: narrow_tile(NV, 5, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
+    default: narrow_tile(NV, 6, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;         \
+    }
+
+/* C [M, N] (row stride ldc) = A X + beta C (beta 0 or 1), from At = A^T [K, M'] (M <= M': a
+ * prefix of A's rows; row stride atld), for narrow N. */
+static void narrow_gemm(const float* RESTRICT At, int64_t atld, int64_t M, int64_t N, int64_t K,
+                        const float* RESTRICT X, int64_t ldx, float beta, float* RESTRICT C,
+                        int64_t ldc)
+{
+    const int64_t W = NPL_NV * NPL_VL;
+    const int bt = beta != 0.0f;
+    for (int64_t m0 = 0; m0 < M; m0 += W) {
+        const int rows = (int)(M - m0 < W ? M - m0 : W);
+        const int nv = (rows + NPL_VL - 1) / NPL_VL;
+        const npl_mask last = NPL_MASK(rows - (nv - 1) * NPL_VL);
+        const float* at = At + m0;
+        for (int64_t b0 = 0; b0 < N; b0 += NPL_NARROW_COLS) {
+            const int nb = (int)(N - b0 < NPL_NARROW_COLS ? N - b0 : NPL_NARROW_COLS);
+            const float* x = X + b0;
+            float* c = C + m0 * ldc + b0;
+            switch (nv) {
+#if NPL_NV == 4
+            case 4: NPL_NARROW_NB(4) break;
+            case 3: NPL_NARROW_NB(3) break;
 #endif
+            case 2: NPL_NARROW_NB(2) break;
+            default: NPL_NARROW_NB(1) break;
+            }
+        }
+    }
+}
+
+/* A^T [K, M] (row stride M, 64-byte aligned) from A's packed panels, or NULL (no memory). */
+static float* npl_unpack_t(const float* RESTRICT Ap, int64_t M, int64_t K)
+{
+    void* buf = NULL;
+    if (posix_memalign(&buf, 64, (size_t)(M * K) * sizeof(float)) != 0)
+        return NULL;
+    float* RESTRICT at = (float*)buf;
+    for (int64_t p = 0; p * NPL_MR < M; p++) {
+        const int rows = M - p * NPL_MR < NPL_MR ? (int)(M - p * NPL_MR) : NPL_MR;
+        const float* RESTRICT src = Ap + p * K * NPL_MR;
+        for (int64_t k = 0; k < K; k++)
+            for (int r = 0; r < rows; r++) at[k * M + p * NPL_MR + r] = src[k * NPL_MR + r];
+    }
+    return at;
+}
+#endif
+
+void npl_transpose_f32(const float* RESTRICT src, int64_t ss, int64_t lds, float* RESTRICT dst,
+                       int64_t sd, int64_t ldd, int64_t n, int64_t R, int64_t C);
+
+/* The widest slice that runs on the narrow kernel (0: never); returns the value in force. */
+int64_t npl_set_narrow_max(int64_t n)
+{
+#ifdef NPL_VL
+    if (n >= 0)
+        npl_narrow_max = n;
+    return npl_narrow_max;
+#else
+    (void)n;
+    return 0;
+#endif
+}
 
 /* Floats of A [M, K] packed: whole panels of NPL_MR rows. */
 static int64_t npl_packed_len(int64_t M, int64_t K)
@@ -570,6 +699,22 @@ int64_t npl_pack_f32(const float* a, int64_t sam, int64_t sak, int64_t M, int64_
     return 1;
 }
 
+/* w->at = A^T [K, M] for a pass of narrow slices (narrow_gemm), from the packed panels or the
+ * matrix; left NULL where there is no memory (the steps then run on the packed or plain A). */
+#ifdef NPL_VL
+static void npl_narrow_a(npl_weight* w, int64_t M, int64_t K)
+{
+    void* buf = NULL;
+    w->atld = M;
+    if (w->packed) {
+        w->at = npl_unpack_t(w->packed, M, K);
+    } else if (w->a && posix_memalign(&buf, 64, (size_t)(M * K) * sizeof(float)) == 0) {
+        npl_transpose_f32(w->a, 0, w->lda, (float*)buf, 0, M, 1, M, K);
+        w->at = (float*)buf;
+    }
+}
+#endif
+
 /* Packs w->a [M, K] (w->packed; NULL where the steps will call sgemm), unless the caller packed
  * it already. */
 static void npl_pack_a(npl_weight* w, int64_t M, int64_t K)
@@ -585,6 +730,10 @@ static void rgemm(const npl_weight* w, int64_t M, int64_t N, int64_t K, const fl
                   int64_t ldx, float beta, float* C, int64_t ldc)
 {
 #ifdef NPL_VL
+    if (w->at) {
+        narrow_gemm(w->at, w->atld, M, N, K, X, ldx, beta, C, ldc);
+        return;
+    }
     if (w->packed) {
         packed_gemm(w->packed, M, N, K, X, ldx, beta, C, ldc);
         return;
@@ -1125,8 +1274,16 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
     int64_t n = 1;
     if ((!p->U1.a && !p->U1.packed) || (M2 > 0 && !p->U2.a && !p->U2.packed))
         return -1;                                      /* neither the matrix nor a packed copy */
-    npl_pack_a(&p->U1, M1, K1);
-    if (M2 > 0)
+#ifdef NPL_VL
+    if (npl_packed_gemm_enabled() && p->B <= npl_narrow_max && p->B < 32) {   /* one slice */
+        npl_narrow_a(&p->U1, M1, K1);
+        if (M2 > 0)
+            npl_narrow_a(&p->U2, M2, K2);
+    }
+#endif
+    if (!p->U1.at)
+        npl_pack_a(&p->U1, M1, K1);
+    if (M2 > 0 && !p->U2.at)
         npl_pack_a(&p->U2, M2, K2);
     if (nthreads > NPL_MAX_THREADS) nthreads = NPL_MAX_THREADS;
     if (nthreads <= 1 || p->B < 32) {
@@ -1139,6 +1296,8 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
         free(p->U1.packed);
     if (p->U2.own)
         free(p->U2.packed);
+    free(p->U1.at);
+    free(p->U2.at);
     return n;
 }
 
@@ -1149,7 +1308,7 @@ static npl_weight npl_weight_of(npl_sgemm_fn sgemm, const float* a, int64_t lda,
 #ifndef NPL_VL
     packed = NULL;                                      /* no kernel here to read it */
 #endif
-    npl_weight w = {sgemm, a, lda, (float*)packed, 0};
+    npl_weight w = {sgemm, a, lda, (float*)packed, 0, NULL, 0};
     return w;
 }
 
@@ -1303,6 +1462,17 @@ static int64_t packed_matmul_run(const float* Ap, int64_t M, int64_t K, const fl
 {
     npl_packed_job j = {Ap, X, C, M, K, N, ldx, sX, ldc, sC, batch, N, beta};
     int64_t n = 1;
+#ifdef NPL_VL
+    if (N <= npl_narrow_max && N < 32) {                /* narrow: on A^T, one thread */
+        float* at = npl_unpack_t(Ap, M, K);
+        if (at) {
+            for (int64_t b = 0; b < batch; b++)
+                narrow_gemm(at, M, M, N, K, X + b * sX, ldx, beta, C + b * sC, ldc);
+            free(at);
+            return 1;
+        }
+    }
+#endif
     if (nthreads > NPL_MAX_THREADS) nthreads = NPL_MAX_THREADS;
     if (nthreads <= 1 || N < 32) {
         packed_task(&j, 0);
