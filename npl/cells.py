@@ -178,18 +178,18 @@ def _threaded_gemm(loops, B):
 # against 71 us in Python, batch 2 89 / 86, batch 8 205 / 212, batch 16 258 / 274).  The packed
 # kernel's register tile fills only B of its 16-column vectors too (LSTM H=256, T=50, forward:
 # batch 1 6.5 ms in C against 1.6 in Python), but its narrow form (vectors along the weight's
-# rows, npl.kernels.cpu.narrow_max) does not: with it the loops take every batch from 1 (C1's
-# shapes, one thread: LSTM forward+backward at batch 1 0.86 ms in C against 1.95 in Python, at
-# batch 4 1.73 against 2.96; GRU 0.70 against 1.68 and 1.08 against 1.74).
+# rows, npl.kernels.cpu.narrow_max) does not, and the slices wider than it fill enough lanes (7
+# of 8 with AVX2 at batch 7): with it the loops take every batch from 1.  (C1's shapes, one
+# thread, in one run: LSTM forward+backward at batch 1 0.86 ms in C against 1.95 in Python, at
+# batch 4 1.73 against 2.96; GRU 0.70 against 1.68 and 1.08 against 1.74.)
 C_LOOPS_MIN_BATCH = 8
 
 
 def _loops_min_batch():
-    """The smallest batch the C loops take: 1 where the narrow kernel runs the slices narrower
-    than C_LOOPS_MIN_BATCH, else C_LOOPS_MIN_BATCH."""
+    """The smallest batch the C loops take: 1 where the packed kernel's narrow form is on (it runs
+    the slices of up to ``npl.kernels.cpu.narrow_max()`` columns), else C_LOOPS_MIN_BATCH."""
     from .kernels import cpu
-    narrow = cpu.narrow_max() >= C_LOOPS_MIN_BATCH - 1 and cpu.packed_gemm()
-    return 1 if narrow else C_LOOPS_MIN_BATCH
+    return 1 if cpu.narrow_max() and cpu.packed_gemm() else C_LOOPS_MIN_BATCH
 
 
 def _loops_may_take(a, batch):

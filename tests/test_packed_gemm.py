@@ -652,7 +652,7 @@ def test_narrow_products_equal_the_tile_bit_for_bit(request, which):
     lib = request.getfixturevalue(which + "_lib")
     VL = int(lib.npl_packed_gemm_width())
     default = _narrow(lib, -1)
-    assert default == VL                               # narrower than one vector: the narrow form
+    assert default == 3 * VL // 4                      # up to 3/4 of a vector: the narrow form
     rng = np.random.default_rng(VL)
     try:
         for M in NARROW_M:
@@ -737,7 +737,7 @@ def test_set_narrow_max_validates_and_steers_the_loops(monkeypatch):
         assert cpu.narrow_max() == 0
         assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH   # Python loop below 8
         cpu.set_narrow_max(old)
-        assert cpu.narrow_max() == old == cpu.packed_gemm()
+        assert cpu.narrow_max() == old == 3 * cpu.packed_gemm() // 4
         assert npl.cells._loops_min_batch() == 1
         cpu.enable_packed_gemm(False)                      # the sgemm loops: from 8 again
         assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH

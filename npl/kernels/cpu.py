@@ -353,7 +353,9 @@ def enable_packed_gemm(on=True):
 def narrow_max():
     """The widest batch slice (columns) whose products run on the packed kernel's narrow form:
     vectors along the weight's rows, on its transpose, instead of along the batch, where a slice
-    of B < 16 columns fills only B lanes (0 where the packed kernel is not built)."""
+    of B columns fills only B of a vector's lanes.  3/4 of the vector width by default (12 with
+    AVX-512, 6 with AVX2), 0 where the packed kernel is not built.  With it the C loops take
+    every batch from 1 (else from ``npl.cells.C_LOOPS_MIN_BATCH``)."""
     return 0 if library() is None else _state["narrow"]
 
 
