@@ -172,30 +172,44 @@ def _threaded_gemm(loops, B):
     return loops.matmul if loops.packed_gemm() or loops.loop_threads(B) > 1 else None
 
 
-# On the BLAS's sgemm the C time loops run from this batch size up.  Below it the Python loop is
-# quicker: NumPy's matmul turns a one-column product into a GEMV, while the loops' sgemm packs the
+# The C time loops run from this batch size up.  Below it the Python loop is quicker on the BLAS's
+# sgemm: NumPy's matmul turns a one-column product into a GEMV, while the loops' sgemm packs the
 # whole recurrent weight block every step (measured, LSTM H=256, one step: batch 1 88 us in C
-# against 71 us in Python, batch 2 89 / 86, batch 8 205 / 212, batch 16 258 / 274).  The packed
-# kernel's register tile fills only B of its 16-column vectors too (LSTM H=256, T=50, forward:
-# batch 1 6.5 ms in C against 1.6 in Python), but its narrow form (vectors along the weight's
-# rows, npl.kernels.cpu.narrow_max) does not, and the slices wider than it fill enough lanes (7
-# of 8 with AVX2 at batch 7): with it the loops take every batch from 1.  (C1's shapes, one
-# thread, in one run: LSTM forward+backward at batch 1 0.86 ms in C against 1.95 in Python, at
-# batch 4 1.73 against 2.96; GRU 0.70 against 1.68 and 1.08 against 1.74.)
+# against 71 us in Python, batch 2 89 / 86, batch 8 205 / 212, batch 16 258 / 274); and the packed
+# kernel's register tile fills only B of its 16-column vectors (LSTM H=256, T=50, forward:
+# batch 1 6.5 ms in C against 1.6 in Python).
 C_LOOPS_MIN_BATCH = 8
+# Batch 1 runs in the C loops all the same, from this many steps, on the packed kernel's narrow
+# form (vectors along the weight's rows, npl.kernels.cpu.narrow_max) with the gate math along the
+# units: measured (one thread, I = 65, µs, Python loop / C loops) LSTM H=256 forward T=1 83 / 178,
+# T=8 344 / 306, T=32 1062 / 752, forward+backward T=16 1494 / 1555, T=32 2830 / 2434; H=64
+# forward T=8 149 / 87, T=32 477 / 126.  Batches 2-7 stay in Python: their gate math in C runs
+# along a few columns (LSTM B=4, H=128, T=32 forward: 834 us in Python against 1070 in C).
+NARROW_LOOPS_MIN_STEPS = 8
 
 
-def _loops_min_batch():
-    """The smallest batch the C loops take: 1 where the packed kernel's narrow form is on (it runs
-    the slices of up to ``npl.kernels.cpu.narrow_max()`` columns), else C_LOOPS_MIN_BATCH."""
+def _narrow_on():
+    """Whether the packed kernel's narrow form is on (npl.kernels.cpu.narrow_max() > 0)."""
     from .kernels import cpu
-    return 1 if cpu.narrow_max() and cpu.packed_gemm() else C_LOOPS_MIN_BATCH
+    return bool(cpu.narrow_max() and cpu.packed_gemm())
+
+
+def _narrow_batch(batch):
+    """Whether the C loops run a pass of this batch on the narrow form."""
+    from .kernels import cpu
+    return batch < 32 and batch <= cpu.narrow_max() and bool(cpu.packed_gemm())
 
 
 def _loops_may_take(a, batch):
-    """Whether the C loops could run a pass on ``a`` (float32 NumPy data) with this batch: the
-    cheap checks first, so other data never builds the C library."""
-    return type(a) is np.ndarray and a.dtype == np.float32 and batch >= _loops_min_batch()
+    """Whether the C loops could run a pass on ``a`` ([T, ...] float32 NumPy data) with this
+    batch: from C_LOOPS_MIN_BATCH, or batch 1 with NARROW_LOOPS_MIN_STEPS steps or more on the
+    narrow form.  The cheap checks first, so that other data never builds the C library."""
+    if type(a) is not np.ndarray or a.dtype != np.float32:
+        return False
+    if batch >= C_LOOPS_MIN_BATCH:
+        return True
+    return batch == 1 and a.shape[0] >= NARROW_LOOPS_MIN_STEPS and _narrow_on()
+
 
 # In the C backward loops, d inputs are folded into each step's recurrent GEMM (the whole kernel
 # times the step's gate gradients gives [dx_t; dh_{t-1}]) when the input is at most this fraction
@@ -207,7 +221,7 @@ FOLD_D_INPUTS_MAX_RATIO = 0.25
 
 def _c_loops(x, act, plain, batch):
     """The C sequence-loop module (:mod:`npl.kernels.cpu`) when this pass can use it: float32
-    NumPy data, tanh activations, a batch of at least :func:`_loops_min_batch`, and ``plain`` (no
+    NumPy data, tanh activations, a batch :func:`_loops_may_take`, and ``plain`` (no
     peepholes, clipping, projection, state dropout or per-step recording, and any
     sequence_length mask in the form :func:`_loop_lengths` gives: what the C loops implement)."""
     if not plain or act is not _act.tanh or not _loops_may_take(x, batch):
@@ -231,12 +245,15 @@ def _packed(a):
 PREPACK_MIN_BYTES = 64 * 1024
 
 
-def _loop_weight(U, calls):
+def _loop_weight(U, calls, narrow=False):
     """U^T for the C forward loops, U [P, nG] (rows of a kernel), which ``calls`` calls of the
     loops use: on the packed kernel packed once for all of them, read from U in place (a
     transposed copy of C1's LSTM weights took 154 us of its 8.3 ms forward, and each of its 4
     calls packed it again); else a transposed copy, [nG, P], which the loops pack themselves or,
-    on sgemm, multiply 3-20 % quicker than U^T in place."""
+    on sgemm, multiply 3-20 % quicker than U^T in place.  ``narrow`` (a batch the narrow form
+    takes, :func:`_narrow_batch`): U^T as a view of U, whose rows the loops copy as they are."""
+    if narrow:                          # the loops copy U's rows as A^T for the narrow form
+        return U.T
     packed = _packed(U.T) if calls > 1 or U.nbytes >= PREPACK_MIN_BYTES else None
     if packed is not None:
         return packed
@@ -953,7 +970,7 @@ class LSTMCell(RNNCell):
         rec = LayerRecord(self, x, mask, fm)
         if loops is not None:                                # the time loop in C, K steps a call
             chunks = range(0, T, K)
-            UT = _loop_weight(U, len(chunks))                # U^T [4H, P], once for all chunks
+            UT = _loop_weight(U, len(chunks), _narrow_batch(B))   # U^T [4H, P], once for all chunks
             for t0 in chunks:
                 project(t0)
                 loops.lstm_forward_seq(UT, G, C, Hs, t0, min(t0 + K, T), lengths=lens)
@@ -1151,7 +1168,8 @@ class GRUCell(RNNCell):
         rh = _ws.empty(xp, (H, B), dt)
         if loops is not None:                              # the time loop in C, K steps a call
             chunks = range(0, T, K)
-            UgT, UcT = _loop_weight(Ug, len(chunks)), _loop_weight(Uc, len(chunks))  # [2H,H], [H,H]
+            nb = _narrow_batch(B)
+            UgT, UcT = _loop_weight(Ug, len(chunks), nb), _loop_weight(Uc, len(chunks), nb)  # [2H,H], [H,H]
             for t0 in chunks:
                 project(t0)
                 loops.gru_forward_seq(UgT, UcT, G, Hs, rh, t0, min(t0 + K, T), lengths=lens)

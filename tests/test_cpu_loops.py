@@ -108,7 +108,7 @@ def _run(cell, x, state, d_out, d_state, time_major, lengths=None):
 @pytest.mark.parametrize("kind", ["lstm", "lstm_cell", "gru", "stack"])
 @pytest.mark.parametrize("B, T, I, H", [(8, 1, 3, 4), (9, 9, 6, 24), (11, 30, 1, 16), (8, 4, 6, 1),
                                         (64, 12, 20, 40), (1, 3, 5, 6), (1, 20, 7, 37),
-                                        (3, 6, 2, 70), (7, 1, 9, 5)])
+                                        (1, 8, 2, 70), (3, 9, 2, 70), (1, 30, 1, 1)])
 @pytest.mark.parametrize("time_major", [True, False])
 def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     cell, args = _problem(kind, B, T, I, H, time_major,
@@ -116,9 +116,11 @@ def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     old = cpu.enable_sequence_loops(True)
     try:
         with_loops = _run(cell, *args)
-        # the C loops did run (from batch 1 with the packed kernel's narrow form, else from
-        # C_LOOPS_MIN_BATCH: below it the Python loop is quicker than sgemm's)
-        assert (sum(calls.values()) > 0) == (B >= npl.cells._loops_min_batch())
+        # the C loops did run (from C_LOOPS_MIN_BATCH, and batch 1 from NARROW_LOOPS_MIN_STEPS
+        # steps on the narrow form; elsewhere the Python loop is quicker)
+        takes = B >= npl.cells.C_LOOPS_MIN_BATCH or (
+            B == 1 and T >= npl.cells.NARROW_LOOPS_MIN_STEPS and npl.cells._narrow_on())
+        assert (sum(calls.values()) > 0) == takes
         cpu.enable_sequence_loops(False)
         n = sum(calls.values())
         python_loop = _run(cell, *args)

@@ -686,28 +686,29 @@ def test_narrow_products_equal_the_tile_bit_for_bit(request, which):
 
 @needs_packed
 @pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
-@pytest.mark.parametrize("B, T, I, H", [(1, 5, 3, 16), (2, 7, 40, 13), (5, 4, 6, 70), (7, 6, 1, 24),
-                                        (8, 3, 5, 9), (13, 5, 2, 33), (16, 4, 7, 20)])
+@pytest.mark.parametrize("B, T, I, H", [(1, 9, 3, 16), (1, 5, 40, 13), (2, 7, 40, 13), (5, 4, 6, 70),
+                                        (7, 6, 1, 24), (8, 3, 5, 9), (13, 5, 2, 33), (16, 4, 7, 20)])
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_loops_on_the_narrow_form_equal_the_tile_and_the_python_loop(monkeypatch, calls, kind, B, T,
                                                                     I, H, with_lengths):
-    """Small batches run in the C loops on the narrow form: bit for bit as on the register tile
-    (forced below C_LOOPS_MIN_BATCH for the comparison), and as the Python loop to rounding."""
+    """Narrow batches in the C loops (every batch let in, C_LOOPS_MIN_BATCH = 1): bit for bit
+    as on the register tile (narrow form off), and as the Python loop to rounding; batch 1 with
+    its gate math along the units."""
     cell, args = _problem(kind, B, T, I, H, time_major=(B % 2 == 1), seed=B * 31 + T * 7 + H)
     lengths = None
     if with_lengths:
         lengths = np.random.default_rng(B + T).integers(0, T + 1, size=B)
         lengths[0] = T
     lib = cpu.library()
-    assert npl.cells._loops_min_batch() == 1
+    monkeypatch.setattr(npl.cells, "C_LOOPS_MIN_BATCH", 1)
+    assert npl.cells._narrow_batch(B) == (B <= cpu.narrow_max())
     narrow = _run(cell, *args, lengths=lengths)
     ran = sum(calls.values())
     assert ran > 0                                         # the C loops took the batch
     old = _narrow(lib, 0)
     monkeypatch.setitem(cpu._state, "narrow", 0)
     try:
-        assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH
-        monkeypatch.setattr(npl.cells, "C_LOOPS_MIN_BATCH", 1)   # the loops on the tile
+        assert not npl.cells._narrow_batch(B)
         tile = _run(cell, *args, lengths=lengths)
         assert sum(calls.values()) > ran
         old_loops = cpu.enable_sequence_loops(False)
@@ -729,18 +730,46 @@ def test_set_narrow_max_validates_and_steers_the_loops(monkeypatch):
     for bad in (-1, 2.0, True, "8"):
         with pytest.raises(ValueError, match="set_narrow_max"):
             cpu.set_narrow_max(bad)
+    x1 = np.zeros((npl.cells.NARROW_LOOPS_MIN_STEPS, 1, 3), np.float32)
     if not cpu.packed_gemm():
-        assert cpu.narrow_max() == 0 or npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH
+        assert not npl.cells._loops_may_take(x1, 1)
         return
     old = cpu.set_narrow_max(0)
     try:
         assert cpu.narrow_max() == 0
-        assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH   # Python loop below 8
+        assert not npl.cells._loops_may_take(x1, 1)        # batch 1: the Python loop
         cpu.set_narrow_max(old)
         assert cpu.narrow_max() == old == 3 * cpu.packed_gemm() // 4
-        assert npl.cells._loops_min_batch() == 1
-        cpu.enable_packed_gemm(False)                      # the sgemm loops: from 8 again
-        assert npl.cells._loops_min_batch() == npl.cells.C_LOOPS_MIN_BATCH
+        assert npl.cells._loops_may_take(x1, 1)            # batch 1 from 8 steps in C
+        assert not npl.cells._loops_may_take(x1[:-1], 1)
+        assert not npl.cells._loops_may_take(np.zeros((50, 4, 3), np.float32), 4)
+        assert not npl.cells._loops_may_take(x1.astype(np.float64), 1)
+        cpu.enable_packed_gemm(False)                      # the sgemm loops: from batch 8
+        assert not npl.cells._loops_may_take(x1, 1)
+        assert npl.cells._loops_may_take(np.zeros((2, 8, 3), np.float32), 8)
     finally:
         cpu.enable_packed_gemm(True)
         cpu.set_narrow_max(old)
+
+
+@needs_packed
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("B", [1, 5, 20, 40])
+def test_forward_weight_given_transposed_in_place(monkeypatch, calls, kind, B):
+    """The forward hands the loops U^T as a view of the kernel's rows (a negative row stride) for
+    narrow batches; a pass that then runs on the tile (narrow form off, or a wide batch) makes A
+    from it: the same bits as given a packed or contiguous U^T."""
+    cell, args = _problem(kind, B, 9, 4, 21, time_major=True, seed=B + 17)
+    monkeypatch.setattr(npl.cells, "C_LOOPS_MIN_BATCH", 1)
+    lib = cpu.library()
+    old = _narrow(lib, 0)
+    monkeypatch.setitem(cpu._state, "narrow", 0)
+    try:
+        plain = _run(cell, *args)                                    # packed U^T, the tile
+        monkeypatch.setattr(npl.cells, "_narrow_batch", lambda b: True)   # U^T as a view
+        viewed = _run(cell, *args)
+    finally:
+        _narrow(lib, old)
+    assert sum(calls.values()) >= 4
+    for k, (a, b) in enumerate(zip(plain, viewed)):
+        np.testing.assert_array_equal(a, b, err_msg="array %d" % k)

@@ -839,12 +839,17 @@ def pack_weight(a, out=None):
 
 def _recurrent(U, shape, name):
     """(pointer, row stride, packed pointer) of a forward loop's recurrent weight: a matrix with
-    contiguous rows, or a :class:`PackedWeight` of the same shape."""
+    contiguous rows, a :class:`PackedWeight` of the same shape, or the transpose of a matrix with
+    contiguous rows (a view: the kernel's recurrent rows read in place), given to the C loops as
+    a negative row stride."""
     if isinstance(U, PackedWeight):
         if U.shape != shape:
             raise ValueError("npl.kernels.cpu: %s has shape %s, expected %s" % (name, U.shape, shape))
         return None, shape[1], _ptr(U.buffer)
     _shape(U, shape, name)
+    if (U.ndim == 2 and U.dtype == np.float32 and U.strides[0] == 4 and U.strides[1] % 4 == 0
+            and U.strides[1] > 0 and U.shape[0] > 1):
+        return U.__array_interface__["data"][0], -(U.strides[1] // 4), None
     return _weights(U, name) + (None,)
 
 

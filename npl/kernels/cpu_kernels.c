@@ -420,8 +420,11 @@ typedef struct {
     int64_t lda;
     float* packed;
     int own;
-    float* at;          /* A^T [K, M] (row stride M) for narrow slices (npl_narrow_a), or NULL */
+    float* at;          /* A^T [K, M] for narrow slices (npl_narrow_a; row stride atld), or NULL */
     int64_t atld;
+    const float* ta;    /* or A given as A^T [K, M] in place (row stride tald): a forward's U */
+    int64_t tald;
+    float* abuf;        /* A made from ta for a pass that is not narrow (freed after it) */
 } npl_weight;
 
 #ifdef NPL_VL
@@ -515,17 +518,25 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
  * The tile above puts the batch columns in its vector lanes, so a slice of N < VL columns fills
  * N of them (batch 1: one lane in 16).  For slices of at most npl_narrow_max columns the product
  * runs on A^T [K, M] instead (At, rows atld floats apart), vectors along M and the columns
- * broadcast, in blocks of NV vectors x NPL_NARROW_COLS columns:
- *     for k:  a_v = At[k, m0 + v*VL : ...]          (NV vector loads; the last one masked)
- *             acc[v][b] += a_v * X[k, b]            (NARROW_COLS broadcasts, NV*NARROW_COLS FMAs)
+ * broadcast, in blocks of nv vectors x nb columns of accumulators:
+ *     for k:  a_v = At[k, m0 + v*VL : ...]          (nv vector loads; the last one masked)
+ *             acc[v][b] += a_v * X[k, b]            (nb broadcasts, nv*nb FMAs)
  * then C[m0 + v*VL + i, b] = acc[v][b][i] (+ C).  Every C element is the same k-ordered chain of
  * fused multiply-adds from zero as in gemm_tile, so the two kernels give identical bits and the
- * slice width never changes a result.  A^T is made once per pass (from the packed panels or
+ * slice width never changes a result.  Each accumulator is a chain of dependent FMAs, so a block
+ * needs enough of them to cover the FMA latency: up to 2 columns a block is NPL_NARROW_NV_WIDE
+ * vectors tall (8 with AVX-512: 4 vectors of one column left a C5-sized product latency-bound),
+ * up to NPL_NARROW_COLS columns NPL_NV.  A^T is made once per pass (from the packed panels or
  * the matrix).  Up to 3/4 of a vector's columns by default: on Zen 4 (AVX-512, one thread,
  * T = 28, I = 28, H = 512) the LSTM forward+backward took 11.1 / 21.2 / 23.5 / 29.7 / 32.3 ms at
  * batch 1 / 6 / 8 / 10 / 12 on it against 22.9 / 29.8 / 28.3 / 30.6 / 33.3 on the tile, and at
  * batch 16 39.6 against 33.6. */
 #define NPL_NARROW_COLS 6
+#if NPL_NV == 4
+#define NPL_NARROW_NV_WIDE 8
+#else
+#define NPL_NARROW_NV_WIDE 4
+#endif
 static int64_t npl_narrow_max = 3 * NPL_VL / 4;
 
 static inline __attribute__((always_inline)) void
@@ -533,26 +544,23 @@ narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
             const float* RESTRICT at, int64_t atld, const float* RESTRICT x, int64_t ldx,
             float* RESTRICT c, int64_t ldc, int beta)
 {
-    npl_vec acc[NPL_NV][NPL_NARROW_COLS];
-#pragma GCC unroll 4
+    npl_vec acc[NPL_NARROW_NV_WIDE][NPL_NARROW_COLS];
+#pragma GCC unroll 8
     for (int v = 0; v < nv; v++)
 #pragma GCC unroll 6
         for (int b = 0; b < nb; b++) acc[v][b] = NPL_ZERO();
     for (int64_t k = 0; k < K; k++) {
-        npl_vec av[NPL_NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++)
-            av[v] = v == nv - 1 ? NPL_MLOAD(last, at + k * atld + v * NPL_VL)
-                                : NPL_LOAD(at + k * atld + v * NPL_VL);
+        const float* RESTRICT ak = at + k * atld;
+        const float* RESTRICT xk = x + k * ldx;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++) {
+            const npl_vec av = v == nv - 1 ? NPL_MLOAD(last, ak + v * NPL_VL) : NPL_LOAD(ak + v * NPL_VL);
 #pragma GCC unroll 6
-        for (int b = 0; b < nb; b++) {
-            const npl_vec xb = NPL_BCAST(x[k * ldx + b]);
-#pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[v][b] = NPL_FMA(xb, av[v], acc[v][b]);
+            for (int b = 0; b < nb; b++) acc[v][b] = NPL_FMA(NPL_BCAST(xk[b]), av, acc[v][b]);
         }
     }
     float tmp[NPL_VL] __attribute__((aligned(64)));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < nv; v++) {
         const int n = rows - v * NPL_VL < NPL_VL ? rows - v * NPL_VL : NPL_VL;
 #pragma GCC unroll 6
@@ -567,15 +575,49 @@ narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
     }
 }
 
-#define NPL_NARROW_NB(NV)                                                                    \
-    switch (nb) {                                                                            \
-    case 1: narrow_tile(NV, 1, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
-    case 2: narrow_tile(NV, 2, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
-    case 3: narrow_tile(NV, 3, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
-    case 4: narrow_tile(NV, 4, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
-    case 5: narrow_tile(NV, 5, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;          \
-    default: narrow_tile(NV, 6, last, rows, K, at, atld, x, ldx, c, ldc, bt); break;         \
+#define NPL_NARROW_CALL(NV, NB) narrow_tile(NV, NB, last, rows, K, at, atld, x, ldx, c, ldc, bt)
+
+/* One block of nb <= 2 columns and nv <= NPL_NARROW_NV_WIDE vectors, or of nb <= 6 columns and
+ * nv <= NPL_NV vectors, with constant shapes (the accumulators stay in registers). */
+static void narrow_block(int nv, int nb, npl_mask last, int rows, int64_t K,
+                         const float* RESTRICT at, int64_t atld, const float* RESTRICT x,
+                         int64_t ldx, float* RESTRICT c, int64_t ldc, int bt)
+{
+    if (nb <= 2) {
+#define NPL_NB12(NV) if (nb == 1) NPL_NARROW_CALL(NV, 1); else NPL_NARROW_CALL(NV, 2); break;
+        switch (nv) {
+#if NPL_NARROW_NV_WIDE == 8
+        case 8: NPL_NB12(8)
+        case 7: NPL_NB12(7)
+        case 6: NPL_NB12(6)
+        case 5: NPL_NB12(5)
+#endif
+        case 4: NPL_NB12(4)
+        case 3: NPL_NB12(3)
+        case 2: NPL_NB12(2)
+        default: NPL_NB12(1)
+        }
+#undef NPL_NB12
+        return;
     }
+#define NPL_NB36(NV)                                                                          \
+    switch (nb) {                                                                            \
+    case 3: NPL_NARROW_CALL(NV, 3); break;                                                   \
+    case 4: NPL_NARROW_CALL(NV, 4); break;                                                   \
+    case 5: NPL_NARROW_CALL(NV, 5); break;                                                   \
+    default: NPL_NARROW_CALL(NV, 6); break;                                                  \
+    }                                                                                        \
+    break;
+    switch (nv) {
+#if NPL_NV == 4
+    case 4: NPL_NB36(4)
+    case 3: NPL_NB36(3)
+#endif
+    case 2: NPL_NB36(2)
+    default: NPL_NB36(1)
+    }
+#undef NPL_NB36
+}
 
 /* C [M, N] (row stride ldc) = A X + beta C (beta 0 or 1), from At = A^T [K, M'] (M <= M': a
  * prefix of A's rows; row stride atld), for narrow N. */
@@ -583,41 +625,38 @@ static void narrow_gemm(const float* RESTRICT At, int64_t atld, int64_t M, int64
                         const float* RESTRICT X, int64_t ldx, float beta, float* RESTRICT C,
                         int64_t ldc)
 {
-    const int64_t W = NPL_NV * NPL_VL;
     const int bt = beta != 0.0f;
-    for (int64_t m0 = 0; m0 < M; m0 += W) {
-        const int rows = (int)(M - m0 < W ? M - m0 : W);
-        const int nv = (rows + NPL_VL - 1) / NPL_VL;
-        const npl_mask last = NPL_MASK(rows - (nv - 1) * NPL_VL);
-        const float* at = At + m0;
-        for (int64_t b0 = 0; b0 < N; b0 += NPL_NARROW_COLS) {
-            const int nb = (int)(N - b0 < NPL_NARROW_COLS ? N - b0 : NPL_NARROW_COLS);
-            const float* x = X + b0;
-            float* c = C + m0 * ldc + b0;
-            switch (nv) {
-#if NPL_NV == 4
-            case 4: NPL_NARROW_NB(4) break;
-            case 3: NPL_NARROW_NB(3) break;
-#endif
-            case 2: NPL_NARROW_NB(2) break;
-            default: NPL_NARROW_NB(1) break;
-            }
+    for (int64_t b0 = 0; b0 < N; b0 += NPL_NARROW_COLS) {
+        const int nb = (int)(N - b0 < NPL_NARROW_COLS ? N - b0 : NPL_NARROW_COLS);
+        const int64_t W = (nb <= 2 ? NPL_NARROW_NV_WIDE : NPL_NV) * NPL_VL;
+        for (int64_t m0 = 0; m0 < M; m0 += W) {
+            const int rows = (int)(M - m0 < W ? M - m0 : W);
+            const int nv = (rows + NPL_VL - 1) / NPL_VL;
+            narrow_block(nv, nb, NPL_MASK(rows - (nv - 1) * NPL_VL), rows, K, At + m0, atld,
+                         X + b0, ldx, C + m0 * ldc + b0, ldc, bt);
         }
     }
 }
 
-/* A^T [K, M] (row stride M, 64-byte aligned) from A's packed panels, or NULL (no memory). */
+/* The row stride of A^T for M rows of A: whole cache lines plus one, so that the K loop, which
+ * reads a block of each row of A^T, does not meet the same L1 sets row after row (with a stride
+ * of 1024 floats, H = 256's LSTM, the narrow product took 24 us a step against 6 us padded). */
+static int64_t npl_narrow_ld(int64_t M) { return (M + 15) / 16 * 16 + 16; }
+
+/* A^T [K, M] (row stride npl_narrow_ld(M), 64-byte aligned) from A's packed panels, or NULL (no
+ * memory). */
 static float* npl_unpack_t(const float* RESTRICT Ap, int64_t M, int64_t K)
 {
     void* buf = NULL;
-    if (posix_memalign(&buf, 64, (size_t)(M * K) * sizeof(float)) != 0)
+    const int64_t ld = npl_narrow_ld(M);
+    if (posix_memalign(&buf, 64, (size_t)(ld * K) * sizeof(float)) != 0)
         return NULL;
     float* RESTRICT at = (float*)buf;
     for (int64_t p = 0; p * NPL_MR < M; p++) {
         const int rows = M - p * NPL_MR < NPL_MR ? (int)(M - p * NPL_MR) : NPL_MR;
         const float* RESTRICT src = Ap + p * K * NPL_MR;
         for (int64_t k = 0; k < K; k++)
-            for (int r = 0; r < rows; r++) at[k * M + p * NPL_MR + r] = src[k * NPL_MR + r];
+            for (int r = 0; r < rows; r++) at[k * ld + p * NPL_MR + r] = src[k * NPL_MR + r];
     }
     return at;
 }
@@ -707,15 +746,36 @@ int64_t npl_pack_f32(const float* a, int64_t sam, int64_t sak, int64_t M, int64_
 static void npl_narrow_a(npl_weight* w, int64_t M, int64_t K)
 {
     void* buf = NULL;
-    w->atld = M;
+    w->atld = npl_narrow_ld(M);
     if (w->packed) {
         w->at = npl_unpack_t(w->packed, M, K);
-    } else if (w->a && posix_memalign(&buf, 64, (size_t)(M * K) * sizeof(float)) == 0) {
-        npl_transpose_f32(w->a, 0, w->lda, (float*)buf, 0, M, 1, M, K);
-        w->at = (float*)buf;
+    } else if ((w->a || w->ta)
+               && posix_memalign(&buf, 64, (size_t)(w->atld * K) * sizeof(float)) == 0) {
+        float* at = (float*)buf;
+        if (w->ta)                                      /* rows of A^T: a padded copy */
+            for (int64_t k = 0; k < K; k++)
+                memcpy(at + k * w->atld, w->ta + k * w->tald, (size_t)M * sizeof(float));
+        else
+            npl_transpose_f32(w->a, 0, w->lda, at, 0, w->atld, 1, M, K);
+        w->at = at;
     }
 }
 #endif
+
+/* A weight given as A^T (ta) for a pass that runs on the tile or on sgemm: A [M, K] made from it
+ * (w->a, w->abuf).  Returns 0, or -1 where there is no memory. */
+static int npl_a_from_t(npl_weight* w, int64_t M, int64_t K)
+{
+    void* buf = NULL;
+    if (!w->ta || w->a || w->packed)
+        return 0;
+    if (posix_memalign(&buf, 64, (size_t)(M * K) * sizeof(float)) != 0)
+        return -1;
+    npl_transpose_f32(w->ta, 0, w->tald, (float*)buf, 0, K, 1, K, M);
+    w->a = w->abuf = (float*)buf;
+    w->lda = K;
+    return 0;
+}
 
 /* Packs w->a [M, K] (w->packed; NULL where the steps will call sgemm), unless the caller packed
  * it already. */
@@ -797,16 +857,22 @@ static void carry_state(float* RESTRICT dst, const float* RESTRICT src, int64_t 
  *     G[t] += U^T h_t        [4H, H] @ [H, B]   (rgemm, beta = 1: onto the projection)
  *     gates, c_{t+1}, h_{t+1} from G[t], c_t
  * len (or NULL): the columns' sequence lengths, counted from step 0 of G. */
+/* A batch of one (B = ld = 1): the gate math's [rows, 1] arrays seen as [1, rows] (element (k, 0)
+ * at k either way), so that its inner loop runs along the units and vectorises: (H, B, ld) ->
+ * (1, H, H).  Not with sequence lengths, whose test reads len[b]. */
+#define NPL_ONE(B, ld) ((B) == 1 && (ld) == 1)
+
 static void lstm_forward_loop(const npl_weight* UT, float* G,
                               float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
                               int64_t ld, const float* len)
 {
+    const int one = NPL_ONE(B, ld);
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 4 * H * ld;
         const float* h = Hs + t * H * ld;
         rgemm(UT, 4 * H, B, H, h, ld, 1.0f, g, ld);
-        lstm_forward_gates(g, C + t * H * ld, C + (t + 1) * H * ld, Hs + (t + 1) * H * ld, H, B,
-                           ld);
+        lstm_forward_gates(g, C + t * H * ld, C + (t + 1) * H * ld, Hs + (t + 1) * H * ld,
+                           one ? 1 : H, one ? H : B, one ? H : ld);
         if (len) {
             carry_state(C + (t + 1) * H * ld, C + t * H * ld, H, B, ld, len, (float)t);
             carry_state(Hs + (t + 1) * H * ld, h, H, B, ld, len, (float)t);
@@ -910,13 +976,14 @@ static void lstm_backward_loop(const npl_weight* U, const float* G,
 {
     const int64_t Z = (I + H) * ld;                     /* one step of DZ */
     const int stream = (int64_t)(4 * H * T * ld * sizeof(float)) >= npl_stream_min_bytes;
+    const int one = NPL_ONE(B, ld) && !len;
     for (int64_t t = T - 1; t >= 0; t--) {
         const float tf = (float)t;
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;   /* dL/dh_t so far */
         if (dout)
             add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B, len, tf);
         lstm_backward_rational(G + t * 4 * H * ld, C + t * H * ld, C + (t + 1) * H * ld, dcur, dc,
-                               dgc, H, B, ld, len, tf);
+                               dgc, one ? 1 : H, one ? H : B, one ? H : ld, len, tf);
         float* target = DZ ? DZ + t * Z : dh;
         const int64_t rows = DZ ? I + H : H;
         float beta = 0.0f;
@@ -980,14 +1047,16 @@ static void gru_forward_loop(const npl_weight* UgT, const npl_weight* UcT, float
                              int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t ld,
                              const float* len)
 {
+    const int one = NPL_ONE(B, ld);
+    const int64_t gH = one ? 1 : H, gB = one ? H : B, gld = one ? H : ld;
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 3 * H * ld;
         const float* h = Hs + t * H * ld;
         float* hn = Hs + (t + 1) * H * ld;
         rgemm(UgT, 2 * H, B, H, h, ld, 1.0f, g, ld);
-        gru_forward_gates(g, h, rh, H, B, ld);
+        gru_forward_gates(g, h, rh, gH, gB, gld);
         rgemm(UcT, H, B, H, rh, ld, 1.0f, g + 2 * H * ld, ld);
-        gru_forward_state(g, h, hn, H, B, ld);
+        gru_forward_state(g, h, hn, gH, gB, gld);
         if (len)
             carry_state(hn, h, H, B, ld, len, (float)t);
     }
@@ -1011,6 +1080,8 @@ static void gru_backward_loop(const npl_weight* Ug, const npl_weight* Uc, const 
 {
     const int64_t Z = (I + H) * ld;
     const int stream = (int64_t)(3 * H * T * ld * sizeof(float)) >= npl_stream_min_bytes;
+    const int one = NPL_ONE(B, ld);
+    const int64_t gH = one ? 1 : H, gB = one ? H : B, gld = one ? H : ld;
     for (int64_t t = T - 1; t >= 0; t--) {
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;
         if (dout)
@@ -1020,11 +1091,11 @@ static void gru_backward_loop(const npl_weight* Ug, const npl_weight* Uc, const 
         if (len)
             gru_backward_body(g, ld, h, dcur, dgc, ld, dprev, H, B, ld, len, (float)t);
         else
-            gru_backward_body(g, ld, h, dcur, dgc, ld, dprev, H, B, ld, 0, 0.0f);
+            gru_backward_body(g, gld, h, dcur, dgc, gld, dprev, gH, gB, gld, 0, 0.0f);
         const int64_t rows = DZ ? I + H : H;
         rgemm(Uc, rows, B, H, dgc + 2 * H * ld, ld, 0.0f, drh, ld);
         const float* d_rh = DZ ? drh + I * ld : drh;
-        gru_reset_backward_body(g, ld, h, d_rh, dprev, dgc, ld, H, B, ld);
+        gru_reset_backward_body(g, gld, h, d_rh, dprev, dgc, gld, gH, gB, gld);
         if (DZ) {
             float* z = DZ + t * Z;
             copy_rows(z, ld, drh, ld, I, B);
@@ -1274,7 +1345,7 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
                         int64_t K2)
 {
     int64_t n = 1;
-    if ((!p->U1.a && !p->U1.packed) || (M2 > 0 && !p->U2.a && !p->U2.packed))
+    if ((!p->U1.a && !p->U1.packed && !p->U1.ta) || (M2 > 0 && !p->U2.a && !p->U2.packed && !p->U2.ta))
         return -1;                                      /* neither the matrix nor a packed copy */
 #ifdef NPL_VL
     if (npl_packed_gemm_enabled() && p->B <= npl_narrow_max && p->B < 32) {   /* one slice */
@@ -1283,6 +1354,13 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
             npl_narrow_a(&p->U2, M2, K2);
     }
 #endif
+    if (!p->U1.at && npl_a_from_t(&p->U1, M1, K1) < 0)
+        return -1;
+    if (M2 > 0 && !p->U2.at && npl_a_from_t(&p->U2, M2, K2) < 0) {
+        free(p->U1.at);
+        free(p->U1.abuf);
+        return -1;
+    }
     if (!p->U1.at)
         npl_pack_a(&p->U1, M1, K1);
     if (M2 > 0 && !p->U2.at)
@@ -1300,17 +1378,25 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
         free(p->U2.packed);
     free(p->U1.at);
     free(p->U2.at);
+    free(p->U1.abuf);
+    free(p->U2.abuf);
     return n;
 }
 
-/* packed: NULL, or the weight packed by npl_pack_f32 (then a is not read and may be NULL). */
+/* packed: NULL, or the weight packed by npl_pack_f32 (then a is not read and may be NULL).
+ * lda < 0: a is A^T [K, M] with row stride -lda (a forward's recurrent rows read in place). */
 static npl_weight npl_weight_of(npl_sgemm_fn sgemm, const float* a, int64_t lda,
                                 const float* packed)
 {
 #ifndef NPL_VL
     packed = NULL;                                      /* no kernel here to read it */
 #endif
-    npl_weight w = {sgemm, a, lda, (float*)packed, 0, NULL, 0};
+    npl_weight w = {sgemm, a, lda, (float*)packed, 0, NULL, 0, NULL, 0, NULL};
+    if (lda < 0) {
+        w.a = NULL;
+        w.ta = a;
+        w.tald = -lda;
+    }
     return w;
 }
 
@@ -1469,7 +1555,7 @@ static int64_t packed_matmul_run(const float* Ap, int64_t M, int64_t K, const fl
         float* at = npl_unpack_t(Ap, M, K);
         if (at) {
             for (int64_t b = 0; b < batch; b++)
-                narrow_gemm(at, M, M, N, K, X + b * sX, ldx, beta, C + b * sC, ldc);
+                narrow_gemm(at, npl_narrow_ld(M), M, N, K, X + b * sX, ldx, beta, C + b * sC, ldc);
             free(at);
             return 1;
         }
