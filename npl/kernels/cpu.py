@@ -354,8 +354,9 @@ def narrow_max():
     """The widest batch slice (columns) whose products run on the packed kernel's narrow form:
     vectors along the weight's rows, on its transpose, instead of along the batch, where a slice
     of B columns fills only B of a vector's lanes.  3/4 of the vector width by default (12 with
-    AVX-512, 6 with AVX2), 0 where the packed kernel is not built.  With it the C loops take
-    every batch from 1 (else from ``npl.cells.C_LOOPS_MIN_BATCH``)."""
+    AVX-512, 6 with AVX2), 0 where the packed kernel is not built.  With it the C loops also take
+    batch 1 from ``npl.cells.NARROW_LOOPS_MIN_STEPS`` steps (other batches from
+    ``npl.cells.C_LOOPS_MIN_BATCH``)."""
     return 0 if library() is None else _state["narrow"]
 
 
@@ -376,8 +377,8 @@ def _recurrent_gemm():
     where = _state["sgemm_where"]
     if w:
         return ("the recurrent GEMMs, the input projection and the kernel gradient on npl's "
-                "packed %s kernel, the other GEMMs on %s" % ("AVX-512" if w == 16 else "AVX2",
-                                                             where))
+                "packed %s kernel (batch slices of up to %d columns on its narrow form), the "
+                "other GEMMs on %s" % ("AVX-512" if w == 16 else "AVX2", narrow_max(), where))
     return where
 
 
