@@ -119,7 +119,7 @@ def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
         # the C loops did run (from C_LOOPS_MIN_BATCH, and batch 1 from NARROW_LOOPS_MIN_STEPS
         # steps on the narrow form; elsewhere the Python loop is quicker)
         takes = B >= npl.cells.C_LOOPS_MIN_BATCH or (
-            B == 1 and T >= npl.cells.NARROW_LOOPS_MIN_STEPS and npl.cells._narrow_on())
+            B == 1 and T >= npl.cells.NARROW_LOOPS_MIN_STEPS and npl.cells._narrow_batch(1))
         assert (sum(calls.values()) > 0) == takes
         cpu.enable_sequence_loops(False)
         n = sum(calls.values())

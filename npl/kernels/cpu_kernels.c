@@ -539,6 +539,9 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
 #endif
 static int64_t npl_narrow_max = 3 * NPL_VL / 4;
 
+/* Whether a slice or product of N columns runs on the narrow form (one thread). */
+static int npl_narrow_cols(int64_t N) { return N <= npl_narrow_max && N < 32; }
+
 static inline __attribute__((always_inline)) void
 narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
             const float* RESTRICT at, int64_t atld, const float* RESTRICT x, int64_t ldx,
@@ -1348,7 +1351,7 @@ static int64_t run_pass(npl_pass* p, int64_t nthreads, int64_t M1, int64_t K1, i
     if ((!p->U1.a && !p->U1.packed && !p->U1.ta) || (M2 > 0 && !p->U2.a && !p->U2.packed && !p->U2.ta))
         return -1;                                      /* neither the matrix nor a packed copy */
 #ifdef NPL_VL
-    if (npl_packed_gemm_enabled() && p->B <= npl_narrow_max && p->B < 32) {   /* one slice */
+    if (npl_packed_gemm_enabled() && npl_narrow_cols(p->B)) {           /* one slice */
         npl_narrow_a(&p->U1, M1, K1);
         if (M2 > 0)
             npl_narrow_a(&p->U2, M2, K2);
@@ -1543,6 +1546,37 @@ static void packed_task(void* arg, int64_t q)
 #endif
 }
 
+#ifdef NPL_VL
+/* The batch of products on At (A^T, rows npl_narrow_ld(M) apart), which it frees; 0 (nothing
+ * done) where At is NULL, for want of memory. */
+static int narrow_matmul_run(float* At, int64_t M, int64_t K, const float* X, int64_t ldx,
+                             int64_t sX, int64_t N, float beta, float* C, int64_t ldc, int64_t sC,
+                             int64_t batch)
+{
+    if (!At)
+        return 0;
+    for (int64_t b = 0; b < batch; b++)
+        narrow_gemm(At, npl_narrow_ld(M), M, N, K, X + b * sX, ldx, beta, C + b * sC, ldc);
+    free(At);
+    return 1;
+}
+
+/* A^T [K, M] (rows npl_narrow_ld(M) apart) of A with element (m, k) at a[m * sam + k * sak], or
+ * NULL (no memory): a product used once goes to the narrow form without packing A first. */
+static float* npl_transpose_a(const float* RESTRICT a, int64_t sam, int64_t sak, int64_t M,
+                              int64_t K)
+{
+    void* buf = NULL;
+    const int64_t ld = npl_narrow_ld(M);
+    if (posix_memalign(&buf, 64, (size_t)(ld * K) * sizeof(float)) != 0)
+        return NULL;
+    float* RESTRICT at = (float*)buf;
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t m = 0; m < M; m++) at[k * ld + m] = a[m * sam + k * sak];
+    return at;
+}
+#endif
+
 /* The product on a packed A (Ap: npl_pack's layout), columns split over up to nthreads threads. */
 static int64_t packed_matmul_run(const float* Ap, int64_t M, int64_t K, const float* X,
                                  int64_t ldx, int64_t sX, int64_t N, float beta, float* C,
@@ -1551,15 +1585,9 @@ static int64_t packed_matmul_run(const float* Ap, int64_t M, int64_t K, const fl
     npl_packed_job j = {Ap, X, C, M, K, N, ldx, sX, ldc, sC, batch, N, beta};
     int64_t n = 1;
 #ifdef NPL_VL
-    if (N <= npl_narrow_max && N < 32) {                /* narrow: on A^T, one thread */
-        float* at = npl_unpack_t(Ap, M, K);
-        if (at) {
-            for (int64_t b = 0; b < batch; b++)
-                narrow_gemm(at, npl_narrow_ld(M), M, N, K, X + b * sX, ldx, beta, C + b * sC, ldc);
-            free(at);
-            return 1;
-        }
-    }
+    if (npl_narrow_cols(N) && narrow_matmul_run(npl_unpack_t(Ap, M, K), M, K, X, ldx, sX, N, beta,
+                                                C, ldc, sC, batch))
+        return 1;
 #endif
     if (nthreads > NPL_MAX_THREADS) nthreads = NPL_MAX_THREADS;
     if (nthreads <= 1 || N < 32) {
@@ -1577,6 +1605,11 @@ int64_t npl_packed_matmul_f32(const float* A, int64_t sam, int64_t sak, int64_t 
 {
     if (!npl_packed_gemm_enabled())
         return 0;
+#ifdef NPL_VL
+    if (npl_narrow_cols(N) && narrow_matmul_run(npl_transpose_a(A, sam, sak, M, K), M, K, X, ldx,
+                                                sX, N, beta, C, ldc, sC, batch))
+        return 1;
+#endif
     float* Ap = npl_pack(A, sam, sak, M, K);
     if (!Ap)
         return -1;
