@@ -179,13 +179,16 @@ def _threaded_gemm(loops, B):
 # kernel's register tile fills only B of its 16-column vectors (LSTM H=256, T=50, forward:
 # batch 1 6.5 ms in C against 1.6 in Python).
 C_LOOPS_MIN_BATCH = 8
-# Batch 1 runs in the C loops all the same, from this many steps, on the packed kernel's narrow
-# form (vectors along the weight's rows, npl.kernels.cpu.narrow_max) with the gate math along the
-# units: measured (one thread, I = 65, µs, Python loop / C loops) LSTM H=256 forward T=1 83 / 178,
-# T=8 344 / 306, T=32 1062 / 752, forward+backward T=16 1494 / 1555, T=32 2830 / 2434; H=64
-# forward T=8 149 / 87, T=32 477 / 126.  Batches 2-7 stay in Python: their gate math in C runs
-# along a few columns (LSTM T=28, I=28, H=128, forward: batch 4 0.65 ms in Python against 0.88
-# in C, batch 7 1.01 against 1.55).
+# Smaller batches run in the C loops all the same, from this many steps, on the packed kernel's
+# narrow form (vectors along the weight's rows, npl.kernels.cpu.narrow_max) with the gate math
+# along units and columns together.  Measured for batch 1 (one thread, I = 65, µs, Python loop /
+# C loops): LSTM H=256 forward T=1 83 / 178, T=8 344 / 306, T=32 1062 / 752; H=64 forward T=8
+# 149 / 87, T=32 477 / 126.  Batches 2-7 (one thread, I = 28, forward+backward, ms, Python / C):
+# T=8, H=128 LSTM batch 2 0.486 / 0.388, batch 4 0.611 / 0.443, batch 7 0.877 / 0.590, GRU
+# batch 4 0.541 / 0.352; H=256 LSTM batch 2 1.089 / 1.017, batch 4 2.362 / 1.320, GRU batch 4
+# 0.988 / 0.934; but T=4, H=256 batch 2 0.686 / 0.845.  (Until the narrow kernel's accumulators
+# stopped spilling to the stack, batches 2-7 were slower in C: T=28, H=128, forward, batch 4
+# 0.65 ms in Python against 0.88.)
 NARROW_LOOPS_MIN_STEPS = 8
 
 
@@ -197,13 +200,13 @@ def _narrow_batch(batch):
 
 def _loops_may_take(a, batch):
     """Whether the C loops could run a pass on ``a`` ([T, ...] float32 NumPy data) with this
-    batch: from C_LOOPS_MIN_BATCH, or batch 1 with NARROW_LOOPS_MIN_STEPS steps or more on the
-    narrow form.  The cheap checks first, so that other data never builds the C library."""
+    batch: from C_LOOPS_MIN_BATCH, or a smaller batch with NARROW_LOOPS_MIN_STEPS steps or more
+    on the narrow form.  The cheap checks first, so that other data never builds the C library."""
     if type(a) is not np.ndarray or a.dtype != np.float32:
         return False
     if batch >= C_LOOPS_MIN_BATCH:
         return True
-    return batch == 1 and a.shape[0] >= NARROW_LOOPS_MIN_STEPS and _narrow_batch(1)
+    return batch >= 1 and a.shape[0] >= NARROW_LOOPS_MIN_STEPS and _narrow_batch(batch)
 
 
 # In the C backward loops, d inputs are folded into each step's recurrent GEMM (the whole kernel

@@ -108,7 +108,9 @@ def _run(cell, x, state, d_out, d_state, time_major, lengths=None):
 @pytest.mark.parametrize("kind", ["lstm", "lstm_cell", "gru", "stack"])
 @pytest.mark.parametrize("B, T, I, H", [(8, 1, 3, 4), (9, 9, 6, 24), (11, 30, 1, 16), (8, 4, 6, 1),
                                         (64, 12, 20, 40), (1, 3, 5, 6), (1, 20, 7, 37),
-                                        (1, 8, 2, 70), (3, 9, 2, 70), (1, 30, 1, 1)])
+                                        (1, 8, 2, 70), (3, 9, 2, 70), (1, 30, 1, 1),
+                                        (2, 8, 3, 16), (5, 12, 4, 33), (7, 10, 9, 20),
+                                        (4, 7, 3, 12)])
 @pytest.mark.parametrize("time_major", [True, False])
 def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     cell, args = _problem(kind, B, T, I, H, time_major,
@@ -116,10 +118,10 @@ def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     old = cpu.enable_sequence_loops(True)
     try:
         with_loops = _run(cell, *args)
-        # the C loops did run (from C_LOOPS_MIN_BATCH, and batch 1 from NARROW_LOOPS_MIN_STEPS
-        # steps on the narrow form; elsewhere the Python loop is quicker)
+        # the C loops did run (from C_LOOPS_MIN_BATCH, and smaller batches from
+        # NARROW_LOOPS_MIN_STEPS steps on the narrow form; elsewhere the Python loop is quicker)
         takes = B >= npl.cells.C_LOOPS_MIN_BATCH or (
-            B == 1 and T >= npl.cells.NARROW_LOOPS_MIN_STEPS and npl.cells._narrow_batch(1))
+            T >= npl.cells.NARROW_LOOPS_MIN_STEPS and npl.cells._narrow_batch(B))
         assert (sum(calls.values()) > 0) == takes
         cpu.enable_sequence_loops(False)
         n = sum(calls.values())
@@ -185,7 +187,9 @@ LENGTH_CASES = [(9, 7, 3, 16, [7, 0, 3, 7, 1, 5, 2, 6, 4]),
                 (12, 5, 10, 8, [0, 5, 5, 2, 1, 3, 4, 0, 5, 2, 3, 1]),
                 (8, 1, 4, 6, [1, 0, 1, 1, 0, 0, 1, 1]),
                 (10, 6, 5, 12, [0] * 10),
-                (16, 9, 2, 20, [9] * 16)]
+                (16, 9, 2, 20, [9] * 16),
+                (4, 9, 3, 10, [9, 0, 4, 7]),
+                (3, 8, 2, 24, [2, 8, 5])]
 
 
 @pytest.mark.parametrize("kind", ["lstm", "lstm_cell", "gru", "stack"])

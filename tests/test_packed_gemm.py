@@ -639,8 +639,8 @@ def test_one_call_pass_packs_a_small_weight_inside_the_call(monkeypatch, prepack
 # ----------------------------------------------------------------- 8. the narrow form
 # A slice of at most npl_narrow_max columns multiplies on A^T with vectors along A's rows; the
 # same k-ordered fused multiply-adds as the register tile, so the two must agree bit for bit.
-NARROW_M = [1, 5, 6, 17, 64, 65, 70]
-NARROW_N = [1, 2, 5, 6, 7, 12, 13, 15, 16]
+NARROW_M = [1, 5, 6, 17, 64, 65, 70, 129]
+NARROW_N = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16]
 
 
 def _narrow(lib, n):
@@ -742,7 +742,13 @@ def test_set_narrow_max_validates_and_steers_the_loops(monkeypatch):
         assert cpu.narrow_max() == old == 3 * cpu.packed_gemm() // 4
         assert npl.cells._loops_may_take(x1, 1)            # batch 1 from 8 steps in C
         assert not npl.cells._loops_may_take(x1[:-1], 1)
-        assert not npl.cells._loops_may_take(np.zeros((50, 4, 3), np.float32), 4)
+        x4 = np.zeros((npl.cells.NARROW_LOOPS_MIN_STEPS, 4, 3), np.float32)
+        assert npl.cells._loops_may_take(x4, 4)            # and batches 2-7 too
+        assert not npl.cells._loops_may_take(x4[:-1], 4)
+        assert not npl.cells._loops_may_take(np.zeros((50, 0, 3), np.float32), 0)
+        cpu.set_narrow_max(3)
+        assert not npl.cells._loops_may_take(x4, 4)        # wider than the narrow form
+        cpu.set_narrow_max(old)
         assert not npl.cells._loops_may_take(x1.astype(np.float64), 1)
         cpu.enable_packed_gemm(False)                      # the sgemm loops: from batch 8
         assert not npl.cells._loops_may_take(x1, 1)

@@ -531,12 +531,18 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
  * T = 28, I = 28, H = 512) the LSTM forward+backward took 11.1 / 21.2 / 23.5 / 29.7 / 32.3 ms at
  * batch 1 / 6 / 8 / 10 / 12 on it against 22.9 / 29.8 / 28.3 / 30.6 / 33.3 on the tile, and at
  * batch 16 39.6 against 33.6. */
-#define NPL_NARROW_COLS 6
 #if NPL_NV == 4
+#define NPL_NARROW_COLS 6
 #define NPL_NARROW_NV_WIDE 8
-#else
+#else                                   /* AVX2: 16 registers; 2 x 6 accumulators spilled */
+#define NPL_NARROW_COLS 4
 #define NPL_NARROW_NV_WIDE 4
 #endif
+/* The accumulators of the biggest block (gcc keeps an array of them in registers only while it is
+ * small: sized [NPL_NARROW_NV_WIDE][NPL_NARROW_COLS], 48 vectors, every block spilled them to the
+ * stack and ran at 35 GFLOP/s). */
+#define NPL_NARROW_ACC (NPL_NARROW_NV_WIDE * 2 > NPL_NV * NPL_NARROW_COLS ? NPL_NARROW_NV_WIDE * 2 \
+                                                                      : NPL_NV * NPL_NARROW_COLS)
 static int64_t npl_narrow_max = 3 * NPL_VL / 4;
 
 /* Whether a slice or product of N columns runs on the narrow form (one thread). */
@@ -547,11 +553,11 @@ narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
             const float* RESTRICT at, int64_t atld, const float* RESTRICT x, int64_t ldx,
             float* RESTRICT c, int64_t ldc, int beta)
 {
-    npl_vec acc[NPL_NARROW_NV_WIDE][NPL_NARROW_COLS];
+    npl_vec acc[NPL_NARROW_ACC];         /* acc[v * nb + b]: no larger than the biggest block */
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++)
 #pragma GCC unroll 6
-        for (int b = 0; b < nb; b++) acc[v][b] = NPL_ZERO();
+        for (int b = 0; b < nb; b++) acc[v * nb + b] = NPL_ZERO();
     for (int64_t k = 0; k < K; k++) {
         const float* RESTRICT ak = at + k * atld;
         const float* RESTRICT xk = x + k * ldx;
@@ -559,21 +565,24 @@ narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
         for (int v = 0; v < nv; v++) {
             const npl_vec av = v == nv - 1 ? NPL_MLOAD(last, ak + v * NPL_VL) : NPL_LOAD(ak + v * NPL_VL);
 #pragma GCC unroll 6
-            for (int b = 0; b < nb; b++) acc[v][b] = NPL_FMA(NPL_BCAST(xk[b]), av, acc[v][b]);
+            for (int b = 0; b < nb; b++) acc[v * nb + b] = NPL_FMA(NPL_BCAST(xk[b]), av, acc[v * nb + b]);
         }
     }
-    float tmp[NPL_VL] __attribute__((aligned(64)));
-#pragma GCC unroll 8
+    /* All accumulators to memory first, in a loop with no inner loop (so that it unrolls and
+     * acc is only ever indexed by constants: with the scatter below in the same loop, gcc kept
+     * acc in memory, spilling it in the k loop, and every block ran at 35 GFLOP/s). */
+    float tmp[NPL_NARROW_ACC * NPL_VL] __attribute__((aligned(64)));
+#pragma GCC unroll 24
+    for (int q = 0; q < nv * nb; q++) NPL_STORE(tmp + q * NPL_VL, acc[q]);
     for (int v = 0; v < nv; v++) {
         const int n = rows - v * NPL_VL < NPL_VL ? rows - v * NPL_VL : NPL_VL;
-#pragma GCC unroll 6
         for (int b = 0; b < nb; b++) {
-            NPL_STORE(tmp, acc[v][b]);
+            const float* RESTRICT t = tmp + (v * nb + b) * NPL_VL;
             float* RESTRICT cp = c + (int64_t)v * NPL_VL * ldc + b;
             if (beta)
-                for (int i = 0; i < n; i++) cp[i * ldc] = tmp[i] + cp[i * ldc];
+                for (int i = 0; i < n; i++) cp[i * ldc] = t[i] + cp[i * ldc];
             else
-                for (int i = 0; i < n; i++) cp[i * ldc] = tmp[i];
+                for (int i = 0; i < n; i++) cp[i * ldc] = t[i];
         }
     }
 }
@@ -606,11 +615,15 @@ static void narrow_block(int nv, int nb, npl_mask last, int rows, int64_t K,
 #define NPL_NB36(NV)                                                                          \
     switch (nb) {                                                                            \
     case 3: NPL_NARROW_CALL(NV, 3); break;                                                   \
-    case 4: NPL_NARROW_CALL(NV, 4); break;                                                   \
-    case 5: NPL_NARROW_CALL(NV, 5); break;                                                   \
-    default: NPL_NARROW_CALL(NV, 6); break;                                                  \
+    NPL_NB56(NV)                                                                             \
+    default: NPL_NARROW_CALL(NV, 4); break;                                                  \
     }                                                                                        \
     break;
+#if NPL_NARROW_COLS == 6
+#define NPL_NB56(NV) case 5: NPL_NARROW_CALL(NV, 5); break; case 6: NPL_NARROW_CALL(NV, 6); break;
+#else
+#define NPL_NB56(NV)
+#endif
     switch (nv) {
 #if NPL_NV == 4
     case 4: NPL_NB36(4)
@@ -620,6 +633,7 @@ static void narrow_block(int nv, int nb, npl_mask last, int rows, int64_t K,
     default: NPL_NB36(1)
     }
 #undef NPL_NB36
+#undef NPL_NB56
 }
 
 /* C [M, N] (row stride ldc) = A X + beta C (beta 0 or 1), from At = A^T [K, M'] (M <= M': a
@@ -860,22 +874,24 @@ static void carry_state(float* RESTRICT dst, const float* RESTRICT src, int64_t 
  *     G[t] += U^T h_t        [4H, H] @ [H, B]   (rgemm, beta = 1: onto the projection)
  *     gates, c_{t+1}, h_{t+1} from G[t], c_t
  * len (or NULL): the columns' sequence lengths, counted from step 0 of G. */
-/* A batch of one (B = ld = 1): the gate math's [rows, 1] arrays seen as [1, rows] (element (k, 0)
- * at k either way), so that its inner loop runs along the units and vectorises: (H, B, ld) ->
- * (1, H, H).  Not with sequence lengths, whose test reads len[b]. */
-#define NPL_ONE(B, ld) ((B) == 1 && (ld) == 1)
+/* A slice that is the whole batch (B = ld: one slice, as every batch under 32 runs): the gate
+ * math's [rows, B] arrays, rows B apart, seen as one row of rows*B (element (k, b) at k*B + b
+ * either way), so that its inner loop runs along units and columns together and vectorises
+ * however few the columns: (H, B, ld) -> (1, H*B, H*B).  Not with sequence lengths, whose test
+ * reads len[b]. */
+#define NPL_FLAT(B, ld) ((B) == (ld))
 
 static void lstm_forward_loop(const npl_weight* UT, float* G,
                               float* C, float* Hs, int64_t t0, int64_t t1, int64_t H, int64_t B,
                               int64_t ld, const float* len)
 {
-    const int one = NPL_ONE(B, ld);
+    const int flat = NPL_FLAT(B, ld);
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 4 * H * ld;
         const float* h = Hs + t * H * ld;
         rgemm(UT, 4 * H, B, H, h, ld, 1.0f, g, ld);
         lstm_forward_gates(g, C + t * H * ld, C + (t + 1) * H * ld, Hs + (t + 1) * H * ld,
-                           one ? 1 : H, one ? H : B, one ? H : ld);
+                           flat ? 1 : H, flat ? H * B : B, flat ? H * B : ld);
         if (len) {
             carry_state(C + (t + 1) * H * ld, C + t * H * ld, H, B, ld, len, (float)t);
             carry_state(Hs + (t + 1) * H * ld, h, H, B, ld, len, (float)t);
@@ -979,14 +995,14 @@ static void lstm_backward_loop(const npl_weight* U, const float* G,
 {
     const int64_t Z = (I + H) * ld;                     /* one step of DZ */
     const int stream = (int64_t)(4 * H * T * ld * sizeof(float)) >= npl_stream_min_bytes;
-    const int one = NPL_ONE(B, ld) && !len;
+    const int flat = NPL_FLAT(B, ld) && !len;
     for (int64_t t = T - 1; t >= 0; t--) {
         const float tf = (float)t;
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;   /* dL/dh_t so far */
         if (dout)
             add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B, len, tf);
         lstm_backward_rational(G + t * 4 * H * ld, C + t * H * ld, C + (t + 1) * H * ld, dcur, dc,
-                               dgc, one ? 1 : H, one ? H : B, one ? H : ld, len, tf);
+                               dgc, flat ? 1 : H, flat ? H * B : B, flat ? H * B : ld, len, tf);
         float* target = DZ ? DZ + t * Z : dh;
         const int64_t rows = DZ ? I + H : H;
         float beta = 0.0f;
@@ -1050,8 +1066,8 @@ static void gru_forward_loop(const npl_weight* UgT, const npl_weight* UcT, float
                              int64_t t0, int64_t t1, int64_t H, int64_t B, int64_t ld,
                              const float* len)
 {
-    const int one = NPL_ONE(B, ld);
-    const int64_t gH = one ? 1 : H, gB = one ? H : B, gld = one ? H : ld;
+    const int flat = NPL_FLAT(B, ld);
+    const int64_t gH = flat ? 1 : H, gB = flat ? H * B : B, gld = flat ? H * B : ld;
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 3 * H * ld;
         const float* h = Hs + t * H * ld;
@@ -1083,8 +1099,8 @@ static void gru_backward_loop(const npl_weight* Ug, const npl_weight* Uc, const 
 {
     const int64_t Z = (I + H) * ld;
     const int stream = (int64_t)(3 * H * T * ld * sizeof(float)) >= npl_stream_min_bytes;
-    const int one = NPL_ONE(B, ld);
-    const int64_t gH = one ? 1 : H, gB = one ? H : B, gld = one ? H : ld;
+    const int flat = NPL_FLAT(B, ld);
+    const int64_t gH = flat ? 1 : H, gB = flat ? H * B : B, gld = flat ? H * B : ld;
     for (int64_t t = T - 1; t >= 0; t--) {
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;
         if (dout)
