@@ -193,9 +193,11 @@ NARROW_LOOPS_MIN_STEPS = 8
 
 
 def _narrow_batch(batch):
-    """Whether the C loops run a pass of this batch on the narrow form."""
+    """Whether the C loops run a pass of this batch on the narrow form: under 32 columns, and at
+    most :func:`npl.kernels.cpu.narrow_max` past whole vectors (as ``npl_narrow_cols``)."""
     from .kernels import cpu
-    return batch < 32 and batch <= cpu.narrow_max() and bool(cpu.packed_gemm())
+    w = cpu.packed_gemm()
+    return bool(w) and batch < 32 and 0 < batch % w <= cpu.narrow_max()
 
 
 def _loops_may_take(a, batch):

@@ -574,7 +574,7 @@ def test_chunked_pass_packs_each_weight_once(monkeypatch, kind, threads):
     for name, n_weights in (("lstm_forward_seq", 1), ("gru_forward_seq", 2)):
         monkeypatch.setattr(cpu, name, lambda *a, _f=getattr(cpu, name), _n=n_weights, **k: (
             loop_weights.append({type(w) for w in a[:_n]}), _f(*a, **k))[1])
-    T, B, I, H = 5, 20, 6, 12
+    T, B, I, H = 5, 30, 6, 12                            # 30: on the tile (not narrow)
     cell, args = _problem(kind, B, T, I, H, time_major=True, seed=77)
     packed, sgemm, python_loop = _three_ways(cell, args, None, threads, monkeypatch)
     kinds = {"lstm": ["lstm"], "gru": ["gru"], "stack": ["gru", "lstm", "gru"]}[kind]
@@ -629,7 +629,7 @@ def test_one_call_pass_packs_a_small_weight_inside_the_call(monkeypatch, prepack
     real = cpu.lstm_forward_seq
     monkeypatch.setattr(cpu, "lstm_forward_seq",
                         lambda UT, *a, **k: (seen.append(type(UT)), real(UT, *a, **k))[1])
-    cell, args = _problem("lstm", 20, 5, 6, 12, time_major=True, seed=3)
+    cell, args = _problem("lstm", 30, 5, 6, 12, time_major=True, seed=3)   # 30: not narrow
     packed, _, python_loop = _three_ways(cell, args, None, 1, monkeypatch)
     assert seen[0] is expect                             # the first run: the packed kernel on
     for k, (a, c) in enumerate(zip(packed, python_loop)):
@@ -637,10 +637,15 @@ def test_one_call_pass_packs_a_small_weight_inside_the_call(monkeypatch, prepack
 
 
 # ----------------------------------------------------------------- 8. the narrow form
-# A slice of at most npl_narrow_max columns multiplies on A^T with vectors along A's rows; the
-# same k-ordered fused multiply-adds as the register tile, so the two must agree bit for bit.
+# A slice of under 32 columns, at most npl_narrow_max past whole vectors, multiplies on A^T with
+# vectors along A's rows; the same k-ordered fused multiply-adds as the register tile, so the two
+# must agree bit for bit.
 NARROW_M = [1, 5, 6, 17, 64, 65, 70, 129]
-NARROW_N = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16]
+NARROW_N = [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 20, 24, 28, 29, 31]
+# The batches that take the narrow form by default: at most 3/4 of a vector past whole vectors,
+# under 32 columns (written out, not computed by the rule under test).
+NARROW_BY_DEFAULT = {16: set(range(1, 13)) | set(range(17, 29)),
+                     8: set(range(1, 7)) | set(range(9, 15)) | set(range(17, 23)) | set(range(25, 31))}
 
 
 def _narrow(lib, n):
@@ -657,14 +662,14 @@ def test_narrow_products_equal_the_tile_bit_for_bit(request, which):
     try:
         for M in NARROW_M:
             for K in (1, 7, 130):
-                for N in [n for n in NARROW_N if n <= VL]:
+                for N in NARROW_N:
                     for transposed in (False, True):
                         a = rng.standard_normal((K, M) if transposed else (M, K)).astype(np.float32)
                         a = a.T if transposed else a
                         x = rng.standard_normal((3, K, N + 2)).astype(np.float32)[:, :, :N]
                         c0 = rng.standard_normal((3, M, N)).astype(np.float32)
                         outs = []
-                        for n in (VL, 0):                 # narrow form, then the tile
+                        for n in (VL, 0):                 # narrow form (but at N % VL == 0), then the tile
                             _narrow(lib, n)
                             for beta in (0.0, 1.0):
                                 big = np.full((3, M + 2, N + 3), np.nan, np.float32)
@@ -687,7 +692,8 @@ def test_narrow_products_equal_the_tile_bit_for_bit(request, which):
 @needs_packed
 @pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
 @pytest.mark.parametrize("B, T, I, H", [(1, 9, 3, 16), (1, 5, 40, 13), (2, 7, 40, 13), (5, 4, 6, 70),
-                                        (7, 6, 1, 24), (8, 3, 5, 9), (13, 5, 2, 33), (16, 4, 7, 20)])
+                                        (7, 6, 1, 24), (8, 3, 5, 9), (13, 5, 2, 33), (16, 4, 7, 20),
+                                        (20, 5, 3, 17), (27, 3, 6, 40)])
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_loops_on_the_narrow_form_equal_the_tile_and_the_python_loop(monkeypatch, calls, kind, B, T,
                                                                     I, H, with_lengths):
@@ -701,7 +707,7 @@ def test_loops_on_the_narrow_form_equal_the_tile_and_the_python_loop(monkeypatch
         lengths[0] = T
     lib = cpu.library()
     monkeypatch.setattr(npl.cells, "C_LOOPS_MIN_BATCH", 1)
-    assert npl.cells._narrow_batch(B) == (B <= cpu.narrow_max())
+    assert npl.cells._narrow_batch(B) == (B in NARROW_BY_DEFAULT[cpu.packed_gemm()])
     narrow = _run(cell, *args, lengths=lengths)
     ran = sum(calls.values())
     assert ran > 0                                         # the C loops took the batch
@@ -740,6 +746,8 @@ def test_set_narrow_max_validates_and_steers_the_loops(monkeypatch):
         assert not npl.cells._loops_may_take(x1, 1)        # batch 1: the Python loop
         cpu.set_narrow_max(old)
         assert cpu.narrow_max() == old == 3 * cpu.packed_gemm() // 4
+        assert [b for b in range(40) if npl.cells._narrow_batch(b)] == sorted(
+            NARROW_BY_DEFAULT[cpu.packed_gemm()])
         assert npl.cells._loops_may_take(x1, 1)            # batch 1 from 8 steps in C
         assert not npl.cells._loops_may_take(x1[:-1], 1)
         x4 = np.zeros((npl.cells.NARROW_LOOPS_MIN_STEPS, 4, 3), np.float32)

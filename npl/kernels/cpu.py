@@ -351,12 +351,13 @@ def enable_packed_gemm(on=True):
 
 
 def narrow_max():
-    """The widest batch slice (columns) whose products run on the packed kernel's narrow form:
-    vectors along the weight's rows, on its transpose, instead of along the batch, where a slice
-    of B columns fills only B of a vector's lanes.  3/4 of the vector width by default (12 with
-    AVX-512, 6 with AVX2), 0 where the packed kernel is not built.  With it the C loops also take
-    batch 1 from ``npl.cells.NARROW_LOOPS_MIN_STEPS`` steps (other batches from
-    ``npl.cells.C_LOOPS_MIN_BATCH``)."""
+    """How many columns past a whole number of vectors let a product (or a batch slice) of fewer
+    than 32 columns run on the packed kernel's narrow form: vectors along the weight's rows, on
+    its transpose, instead of along the batch, where B columns fill only B of a vector's lanes
+    (the last vector's ``B % width``).  3/4 of the vector width by default (12 with AVX-512: 1-12
+    and 17-28 columns; 6 with AVX2), 0 where the packed kernel is not built.  With it the C loops
+    also take batches under ``npl.cells.C_LOOPS_MIN_BATCH`` from
+    ``npl.cells.NARROW_LOOPS_MIN_STEPS`` steps."""
     return 0 if library() is None else _state["narrow"]
 
 
@@ -377,8 +378,9 @@ def _recurrent_gemm():
     where = _state["sgemm_where"]
     if w:
         return ("the recurrent GEMMs, the input projection and the kernel gradient on npl's "
-                "packed %s kernel (batch slices of up to %d columns on its narrow form), the "
-                "other GEMMs on %s" % ("AVX-512" if w == 16 else "AVX2", narrow_max(), where))
+                "packed %s kernel (batch slices under 32 columns with up to %d past whole "
+                "vectors on its narrow form), the other GEMMs on %s"
+                % ("AVX-512" if w == 16 else "AVX2", narrow_max(), where))
     return where
 
 

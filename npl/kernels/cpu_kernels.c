@@ -527,10 +527,15 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
  * needs enough of them to cover the FMA latency: up to 2 columns a block is NPL_NARROW_NV_WIDE
  * vectors tall (8 with AVX-512: 4 vectors of one column left a C5-sized product latency-bound),
  * up to NPL_NARROW_COLS columns NPL_NV.  A^T is made once per pass (from the packed panels or
- * the matrix).  Up to 3/4 of a vector's columns by default: on Zen 4 (AVX-512, one thread,
- * T = 28, I = 28, H = 512) the LSTM forward+backward took 11.1 / 21.2 / 23.5 / 29.7 / 32.3 ms at
- * batch 1 / 6 / 8 / 10 / 12 on it against 22.9 / 29.8 / 28.3 / 30.6 / 33.3 on the tile, and at
- * batch 16 39.6 against 33.6. */
+ * the matrix).  The narrow form runs at about the same rate whatever N (one Zen 4 core, the
+ * [512, 128] and [1024, 256] step products: 80-107 GFLOP/s for 2-32 columns), the tile at the
+ * fraction of its last vector's lanes filled (115 GFLOP/s at 16 columns, 77 at 12, 26 at 4, 66
+ * at 20).  So a product takes the narrow form when the columns past its whole vectors are at
+ * most npl_narrow_max, 3/4 of a vector by default (N = 1-12 and 17-28 with AVX-512; AVX2: 1-6,
+ * 9-14, 17-22, 25-30), under 32 columns (wider batches are sliced in multiples of 16 for the
+ * threads).  Measured in the loops (one thread, LSTM forward+backward, T = 20, I = 128, H = 256,
+ * ms, narrow / tile): batch 14 10.10 / 10.22, batch 16 (all tile) 10.2, batch 20 13.31 / 16.51,
+ * batch 24 15.57 / 16.74, batch 28 18.02 / 17.64. */
 #if NPL_NV == 4
 #define NPL_NARROW_COLS 6
 #define NPL_NARROW_NV_WIDE 8
@@ -538,15 +543,18 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
 #define NPL_NARROW_COLS 4
 #define NPL_NARROW_NV_WIDE 4
 #endif
-/* The accumulators of the biggest block (gcc keeps an array of them in registers only while it is
- * small: sized [NPL_NARROW_NV_WIDE][NPL_NARROW_COLS], 48 vectors, every block spilled them to the
- * stack and ran at 35 GFLOP/s). */
+/* The accumulators of the biggest block, acc[v * nb + b] in narrow_tile (gcc keeps them in
+ * registers only where every index is a constant after unrolling; see narrow_tile's stores). */
 #define NPL_NARROW_ACC (NPL_NARROW_NV_WIDE * 2 > NPL_NV * NPL_NARROW_COLS ? NPL_NARROW_NV_WIDE * 2 \
                                                                       : NPL_NV * NPL_NARROW_COLS)
 static int64_t npl_narrow_max = 3 * NPL_VL / 4;
 
-/* Whether a slice or product of N columns runs on the narrow form (one thread). */
-static int npl_narrow_cols(int64_t N) { return N <= npl_narrow_max && N < 32; }
+/* Whether a slice or product of N columns runs on the narrow form (one thread): fewer than 32,
+ * and at most npl_narrow_max past whole vectors (npl/cells.py:_narrow_batch says the same). */
+static int npl_narrow_cols(int64_t N)
+{
+    return N < 32 && N % NPL_VL != 0 && N % NPL_VL <= npl_narrow_max;
+}
 
 static inline __attribute__((always_inline)) void
 narrow_tile(const int nv, const int nb, npl_mask last, int rows, int64_t K,
