@@ -216,11 +216,10 @@ NARROW_LOOPS_MIN_STEPS = 8
 
 
 def _narrow_batch(batch):
-    """Whether the C loops run a pass of this batch on the narrow form: under 32 columns, and at
-    most :func:`npl.kernels.cpu.narrow_max` past whole vectors (as ``npl_narrow_cols``)."""
+    """Whether the C loops run a pass of this batch on the narrow form
+    (:func:`npl.kernels.cpu.narrow_batch`)."""
     from .kernels import cpu
-    w = cpu.packed_gemm()
-    return bool(w) and batch < 32 and 0 < batch % w <= cpu.narrow_max()
+    return cpu.narrow_batch(batch)
 
 
 def _loops_may_take(a, batch):

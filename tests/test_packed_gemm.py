@@ -649,7 +649,11 @@ NARROW_BY_DEFAULT = {16: set(range(1, 13)) | set(range(17, 29)),
 
 
 def _narrow(lib, n):
-    return int(lib.npl_set_narrow_max(n))
+    """Sets the library's narrow maximum (n >= 0) and returns the previous one (n = -1: only
+    reads it); npl_set_narrow_max itself returns the value in force after the call."""
+    old = int(lib.npl_set_narrow_max(-1))
+    lib.npl_set_narrow_max(n)
+    return old
 
 
 @pytest.mark.parametrize("which", ["native", "avx2"])

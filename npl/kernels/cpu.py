@@ -41,7 +41,7 @@ import numpy as np
 __all__ = ["SOURCE_PATH", "available", "status", "enable", "library", "FLAGS", "sgemm",
            "sequence_loops", "enable_sequence_loops", "threads", "set_threads", "matmul",
            "packed_gemm", "enable_packed_gemm", "kernel_grad", "copy_transposed", "PackedWeight",
-           "packed_floats", "pack_weight", "narrow_max", "set_narrow_max"]
+           "packed_floats", "pack_weight", "narrow_max", "set_narrow_max", "narrow_batch"]
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
 # -ffp-contract=off: no fused multiply-adds, so the forward's combine step rounds exactly as the
@@ -102,6 +102,7 @@ _SIGNATURES["npl_packed_matmul_f32"] = (_P, _I, _I, _I, _I, _P, _I, _I, _I, _F, 
 _SIGNATURES["npl_prepacked_matmul_f32"] = (_P, _I, _I, _P, _I, _I, _I, _F, _P, _I, _I, _I, _I)
 _SIGNATURES["npl_set_stream_min_bytes"] = (_I,)
 _SIGNATURES["npl_set_narrow_max"] = (_I,)
+_SIGNATURES["npl_narrow_batch"] = (_I,)
 _SIGNATURES["npl_packed_floats"] = (_I, _I)
 _SIGNATURES["npl_pack_f32"] = (_P, _I, _I, _I, _I, _P, _I)
 _SIGNATURES["npl_transpose_f32"] = (_P, _I, _I, _P, _I, _I, _I, _I, _I)
@@ -110,7 +111,7 @@ _SIGNATURES["npl_kernel_grad_f32"] = (_P, _I, _I, _P, _I, _I, _I, _P, _I, _I, _P
 # these return the number of batch slices (threads) they ran, or a count
 _RETURNS_INT = ("npl_pool_others_runnable", "npl_packed_gemm_width", "npl_packed_matmul_f32",
                 "npl_packed_floats", "npl_pack_f32", "npl_prepacked_matmul_f32",
-                "npl_set_stream_min_bytes", "npl_set_narrow_max",
+                "npl_set_stream_min_bytes", "npl_set_narrow_max", "npl_narrow_batch",
                 "npl_kernel_grad_f32",
                 "npl_lstm_forward_seq_f32", "npl_lstm_backward_seq_f32", "npl_gru_forward_seq_f32",
                 "npl_gru_backward_seq_f32", "npl_sgemm_threads_f32")
@@ -371,6 +372,14 @@ def set_narrow_max(n):
     if lib is not None:
         _state["narrow"] = int(lib.npl_set_narrow_max(n))
     return old
+
+
+def narrow_batch(B):
+    """Whether the C loops run a pass of batch B (one slice) on the narrow form: the packed kernel
+    on, and B under 32 with at most :func:`narrow_max` columns past whole vectors (the library's
+    own rule, ``npl_narrow_batch``)."""
+    lib = library()
+    return lib is not None and _state["packed"] and bool(lib.npl_narrow_batch(int(B)))
 
 
 def _recurrent_gemm():

@@ -528,7 +528,7 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
  * vectors tall (8 with AVX-512: 4 vectors of one column left a C5-sized product latency-bound),
  * up to NPL_NARROW_COLS columns NPL_NV.  A^T is made once per pass (from the packed panels or
  * the matrix).  The narrow form runs at about the same rate whatever N (one Zen 4 core, the
- * [512, 128] and [1024, 256] step products: 80-107 GFLOP/s for 2-32 columns), the tile at the
+ * [512, 128] and [1024, 256] step products: 71-107 GFLOP/s for 2-32 columns), the tile at the
  * fraction of its last vector's lanes filled (115 GFLOP/s at 16 columns, 77 at 12, 26 at 4, 66
  * at 20).  So a product takes the narrow form when the columns past its whole vectors are at
  * most npl_narrow_max, 3/4 of a vector by default (N = 1-12 and 17-28 with AVX-512; AVX2: 1-6,
@@ -550,7 +550,7 @@ static void direct_gemm(const float* RESTRICT A, int64_t lda, int64_t M, int64_t
 static int64_t npl_narrow_max = 3 * NPL_VL / 4;
 
 /* Whether a slice or product of N columns runs on the narrow form (one thread): fewer than 32,
- * and at most npl_narrow_max past whole vectors (npl/cells.py:_narrow_batch says the same). */
+ * and at most npl_narrow_max past whole vectors (npl/cells.py asks npl_narrow_batch). */
 static int npl_narrow_cols(int64_t N)
 {
     return N < 32 && N % NPL_VL != 0 && N % NPL_VL <= npl_narrow_max;
@@ -689,6 +689,18 @@ static float* npl_unpack_t(const float* RESTRICT Ap, int64_t M, int64_t K)
 
 void npl_transpose_f32(const float* RESTRICT src, int64_t ss, int64_t lds, float* RESTRICT dst,
                        int64_t sd, int64_t ldd, int64_t n, int64_t R, int64_t C);
+
+/* Whether a pass of a batch of N columns (one slice) runs on the narrow form: the rule the C
+ * loops apply, for npl/cells.py to choose the weight's form by. */
+int64_t npl_narrow_batch(int64_t N)
+{
+#ifdef NPL_VL
+    return npl_packed_gemm_enabled() && npl_narrow_cols(N);
+#else
+    (void)N;
+    return 0;
+#endif
+}
 
 /* The widest slice that runs on the narrow kernel (0: never); returns the value in force. */
 int64_t npl_set_narrow_max(int64_t n)
@@ -894,12 +906,13 @@ static void lstm_forward_loop(const npl_weight* UT, float* G,
                               int64_t ld, const float* len)
 {
     const int flat = NPL_FLAT(B, ld);
+    const int64_t gH = flat ? 1 : H, gB = flat ? H * B : B, gld = flat ? H * B : ld;
     for (int64_t t = t0; t < t1; t++) {
         float* g = G + t * 4 * H * ld;
         const float* h = Hs + t * H * ld;
         rgemm(UT, 4 * H, B, H, h, ld, 1.0f, g, ld);
         lstm_forward_gates(g, C + t * H * ld, C + (t + 1) * H * ld, Hs + (t + 1) * H * ld,
-                           flat ? 1 : H, flat ? H * B : B, flat ? H * B : ld);
+                           gH, gB, gld);
         if (len) {
             carry_state(C + (t + 1) * H * ld, C + t * H * ld, H, B, ld, len, (float)t);
             carry_state(Hs + (t + 1) * H * ld, h, H, B, ld, len, (float)t);
@@ -1004,13 +1017,14 @@ static void lstm_backward_loop(const npl_weight* U, const float* G,
     const int64_t Z = (I + H) * ld;                     /* one step of DZ */
     const int stream = (int64_t)(4 * H * T * ld * sizeof(float)) >= npl_stream_min_bytes;
     const int flat = NPL_FLAT(B, ld) && !len;
+    const int64_t gH = flat ? 1 : H, gB = flat ? H * B : B, gld = flat ? H * B : ld;
     for (int64_t t = T - 1; t >= 0; t--) {
         const float tf = (float)t;
         float* dcur = (DZ && t < T - 1) ? DZ + (t + 1) * Z + I * ld : dh;   /* dL/dh_t so far */
         if (dout)
             add_transposed(dcur, ld, dout + t * ld * ldo, ldo, H, B, len, tf);
         lstm_backward_rational(G + t * 4 * H * ld, C + t * H * ld, C + (t + 1) * H * ld, dcur, dc,
-                               dgc, flat ? 1 : H, flat ? H * B : B, flat ? H * B : ld, len, tf);
+                               dgc, gH, gB, gld, len, tf);
         float* target = DZ ? DZ + t * Z : dh;
         const int64_t rows = DZ ? I + H : H;
         float beta = 0.0f;
