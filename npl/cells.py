@@ -116,6 +116,21 @@ PRESCALE_MIN_RATIO = 4
 
 # The input projection is computed this many bytes of gates at a time (see _projection).
 PROJECTION_CHUNK_BYTES = 2 << 20
+# A forward that keeps no trace holds the gates of this many bytes of steps at a time, and the
+# states of as many steps (see _projection's ``ring`` and LSTMCell._infer_seq): a chunk's gates
+# stay in cache between its projection and its steps.  Measured, one thread, forward, against
+# the pass that keeps every step's slabs (same process, alternating, medians): B=512, T=28,
+# I=28, H=128 LSTM 0.87-0.90 of its time with a 2 MB ring (1.03-1.06 with 8 MB), GRU 0.83-0.91.
+# With a projection weight [W^T | b] over INFERENCE_RING_WIDE_WEIGHT_BYTES (C2's, 1.6-2 MB) a
+# ring of a few steps lost 3-4 % (C2's GRU: 5 steps 1.03-1.10, 21 steps 0.95-1.00), so such a
+# ring holds at least INFERENCE_RING_WIDE_MIN_STEPS steps.
+INFERENCE_RING_BYTES = 2 << 20
+INFERENCE_RING_WIDE_WEIGHT_BYTES = 1 << 20
+INFERENCE_RING_WIDE_MIN_STEPS = 8
+# A stack's trace-less pass runs this many bytes of a layer's outputs (at least as many steps) at
+# a time through all its layers (MultiRNNCell._infer_seq).
+INFERENCE_STACK_BYTES = 8 << 20
+INFERENCE_STACK_MIN_STEPS = 64
 
 
 # A projection of at most this many columns (T*B) per row of [W^T | b] (I+1) is computed straight
@@ -126,10 +141,12 @@ PROJECTION_CHUNK_BYTES = 2 << 20
 DIRECT_PROJECTION_MAX_RATIO = 0.25
 
 
-def _projection(W, x, b, mm=None):
+def _projection(W, x, b, mm=None, ring=False):
     """The input projection G[t] = W^T x_t + b of every step, bias included, in a [T, nG, B] slab.
 
-    Returns ``(G, K, fill)``: ``fill(t0)`` computes steps t0 .. t0+K-1 with one GEMM into ``G``.
+    Returns ``(G, K, fill)``: ``fill(t0)`` computes steps t0 .. t0+K-1 with one GEMM into ``G``
+    and returns them (a [k, nG, B] view).  ``ring`` (a forward that keeps no trace): ``G`` holds
+    only K steps, INFERENCE_RING_BYTES of them, and each ``fill`` overwrites it.
     The sequence loop calls it every K steps, so a chunk is projected just before the recurrence
     reads it and is still in cache; K is chosen so that a chunk is about 2 MB (measured on the
     C1 benchmark: 3-7 % faster than projecting all steps first).  When one step's gates exceed
@@ -152,28 +169,69 @@ def _projection(W, x, b, mm=None):
             G[:, off:off + n] = xp.matmul(xt, w).reshape(T, B, n).transpose(0, 2, 1)  # [T*B, I] @ [I, n]
             off += n
         G += b[:, None]
-        return G, T, lambda t0: None
+        return G, T, lambda t0: G
     W = blocks[0] if len(blocks) == 1 else xp.concatenate(blocks, axis=1)
     if I == 1:                                  # one input feature (e.g. a sine wave): an outer
-        G = _ws.empty(xp, (T, nG, B), x.dtype)  # product [1, nG, 1] * [T, 1, B]; BLAS is slow at K=1
-        xp.multiply(W.T[None], x.transpose(0, 2, 1), out=G)
-        G += b[:, None]
-        return G, T, lambda t0: None
+        K = _ring_steps(T, B, I, nG, x.dtype) if ring else T   # product [1, nG, 1] * [T, 1, B];
+        G = _ws.empty(xp, (K, nG, B), x.dtype)                 # BLAS is slow at K=1
+
+        def outer(t0):
+            k = min(K, T - t0)
+            xp.multiply(W.T[None], x[t0:t0 + k].transpose(0, 2, 1), out=G[:k])
+            G[:k] += b[:, None]
+            return G[:k]
+        if K == T:
+            outer(0)
+            return G, T, lambda t0: G
+        return G, K, outer
     step_bytes = nG * B * x.dtype.itemsize
-    K = T if (xp is not np or step_bytes > 320 * 1024) else \
-        max(1, min(T, PROJECTION_CHUNK_BYTES // step_bytes))
-    x1 = _ws.empty(xp, (T, I + 1, B), x.dtype)
-    x1[:, :I] = x.transpose(0, 2, 1)
-    x1[:, I] = 1
+    if ring:
+        K = _ring_steps(T, B, I, nG, x.dtype)
+    else:
+        K = T if (xp is not np or step_bytes > 320 * 1024) else \
+            max(1, min(T, PROJECTION_CHUNK_BYTES // step_bytes))
     Wb = xp.concatenate([W.T, b[:, None]], axis=1)    # [nG, I+1]
     if mm is not None and K < T:                      # chunks on npl's kernel: pack [W^T | b] once
         Wb = _packed(Wb) or Wb
+    if ring:                                          # x_t and the gates of K steps at a time
+        x1 = _ws.empty(xp, (K, I + 1, B), x.dtype)
+        x1[:, I] = 1
+        G = _ws.empty(xp, (K, nG, B), x.dtype)
+
+        def fill(t0):
+            k = min(K, T - t0)
+            _copy(x1[:k, :I], x[t0:t0 + k].transpose(0, 2, 1))
+            return _matmul(Wb, x1[:k], G[:k], mm)     # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
+        return G, K, fill
+    x1 = _ws.empty(xp, (T, I + 1, B), x.dtype)
+    _copy(x1[:, :I], x.transpose(0, 2, 1))
+    x1[:, I] = 1
     G = _ws.empty(xp, (T, nG, B), x.dtype)
 
     def fill(t0):
         t1 = min(t0 + K, T)
-        _matmul(Wb, x1[t0:t1], G[t0:t1], mm)        # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
+        return _matmul(Wb, x1[t0:t1], G[t0:t1], mm)  # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
     return G, K, fill
+
+
+def _ring_steps(T, B, I, nG, dtype):
+    """The steps of a trace-less pass's ring (see INFERENCE_RING_BYTES)."""
+    itemsize = np.dtype(dtype).itemsize
+    K = INFERENCE_RING_BYTES // (nG * B * itemsize)
+    if nG * (I + 1) * itemsize > INFERENCE_RING_WIDE_WEIGHT_BYTES:
+        K = max(K, INFERENCE_RING_WIDE_MIN_STEPS)
+    return max(1, min(T, K))
+
+
+def _copy(dst, src):
+    """dst[...] = src; the cells' outputs and d inputs are transposed views of feature-major slabs,
+    which npl.kernels.cpu.copy_transposed copies in cache blocks (NumPy's strided copy took 0.30
+    of C1's 23 ms, the blocked one 0.12) where it takes them."""
+    if type(src) is np.ndarray and src.dtype == np.float32:
+        from .kernels import cpu
+        if cpu.copy_transposed(src, dst):
+            return
+    dst[...] = src
 
 
 def _matmul(a, b, out, mm=None):
@@ -697,6 +755,24 @@ class RNNCell(Parameterized):
             return output, new_state, StepTrace(self, rec, x)
         return output, new_state
 
+    def _infer_seq(self, x, state, mask, out):
+        """A forward that keeps no trace, written into ``out`` [T, B, P] with O(chunk) working
+        memory; returns the final state (internal form), or None where this cell has no such
+        pass for this input (then the caller runs :meth:`_forward_seq`).  Decided before anything
+        is written.  LSTMCell and GRUCell have one on the C loops."""
+        return None
+
+    def _infer_steps(self, x, mask):
+        """The steps :meth:`_infer_seq` holds at a time on inputs like ``x`` (its dtype, T and B;
+        the cell built), or 0 where it does not take them."""
+        return 0
+
+    def _infers(self, x, mask):
+        """Whether ``dynamic_rnn`` without a trace runs :meth:`_infer_seq`: where it takes the
+        inputs and holds fewer steps than the whole sequence (otherwise it holds what the pass
+        that keeps its slabs holds, and copies more)."""
+        return 0 < self._infer_steps(x, mask) < x.shape[0]
+
     def _accumulate(self, name, value):
         self._grads[name] += value
 
@@ -959,6 +1035,48 @@ class LSTMCell(RNNCell):
             b *= scale
         return K[:I], K[I:], b
 
+    def _loops(self, x, mask, state_mask=None):
+        """(the C loops' module or None, the lengths in their form): see :func:`_c_loops`."""
+        lens = _loop_lengths(mask) if _loops_may_take(x, x.shape[1]) else False
+        plain = (not self._use_peepholes and self._cell_clip is None and self._proj_clip is None
+                 and "projection/kernel" not in self._params and lens is not False
+                 and state_mask is None)
+        return _c_loops(x, self._activation, plain, x.shape[1]), lens
+
+    def _infer_steps(self, x, mask):
+        if self._loops(x, mask)[0] is None:
+            return 0
+        return _ring_steps(x.shape[0], x.shape[1], self.input_size, 4 * self._num_units, x.dtype)
+
+    def _infer_seq(self, x, state, mask, out):
+        """The forward of a sequence that keeps no trace, into ``out`` [T, B, P] (any strides with
+        contiguous rows); returns the final state, or None when the C loops do not take the pass
+        (then the caller runs :meth:`_forward_seq`).  Only K steps of gates, c and h are held at a
+        time (INFERENCE_RING_BYTES of gates): the slab's first slot holds the state a chunk
+        starts from, and its outputs are copied out after it."""
+        loops, lens = self._loops(x, mask)
+        if loops is None:
+            return None
+        T, B, I = x.shape
+        H, dt = self._num_units, x.dtype
+        W, U, b = self._effective_weights(I)
+        G, K, project = _projection(W, x, b, _threaded_gemm(loops, B), ring=True)
+        C = _ws.empty(np, (K + 1, H, B), dt)                 # slots 0 .. k of the chunk's steps
+        Hs = _ws.empty(np, (K + 1, H, B), dt)
+        C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
+        chunks = range(0, T, K)
+        UT = _loop_weight(U, len(chunks), _narrow_batch(B))   # U^T [4H, H], once for all chunks
+        k = 0
+        for t0 in chunks:
+            if k:                                            # the last chunk's final state
+                C[0], Hs[0] = C[k], Hs[k]
+            Gc = project(t0)                                 # [k, 4H, B]: steps t0 .. t0+k-1
+            k = Gc.shape[0]
+            loops.lstm_forward_seq(UT, Gc, C[:k + 1], Hs[:k + 1], 0, k,
+                                   lengths=None if lens is None else lens - t0)
+            _copy(out[t0:t0 + k], Hs[1:k + 1].transpose(0, 2, 1))
+        return LSTMStateTuple(_state_public(C[k]), _state_public(Hs[k]))
+
     def _peep(self):
         if not self._use_peepholes:
             return None
@@ -970,10 +1088,7 @@ class LSTMCell(RNNCell):
         T, B, I = x.shape
         H, P, dt = self._num_units, self.output_size, x.dtype
         peep, act = self._peep(), self._activation
-        lens = _loop_lengths(mask) if _loops_may_take(x, B) else False
-        loops = _c_loops(x, act, peep is None and self._cell_clip is None and self._proj_clip is None
-                         and "projection/kernel" not in self._params and lens is not False
-                         and state_mask is None, B)
+        loops, lens = self._loops(x, mask, state_mask)
         # NumPy: sigmoid gates prescaled by 1/2 so one tanh call covers all four gates (worth its
         # copy of the kernel when the steps outnumber the kernel's rows, not for one-step sampling)
         prescaled = (loops is None and xp is np and peep is None and act is _act.tanh
@@ -1174,13 +1289,51 @@ class GRUCell(RNNCell):
         Wx = (Kg[:I], Kc[:I]) if blocks else xp.concatenate([Kg[:I], Kc[:I]], axis=1)  # [I, 3H]
         return Wx, Kg[I:], Kc[I:]                                         # Ug [H, 2H], Uc [H, H]
 
+    def _loops(self, x, mask, state_mask=None):
+        """(the C loops' module or None, the lengths in their form): see :func:`_c_loops`."""
+        B = x.shape[1]
+        lens = _loop_lengths(mask) if _loops_may_take(x, B) else False
+        return _c_loops(x, self._activation, lens is not False and state_mask is None, B), lens
+
+    def _infer_steps(self, x, mask):
+        if self._loops(x, mask)[0] is None:
+            return 0
+        return _ring_steps(x.shape[0], x.shape[1], self.input_size, 3 * self._num_units, x.dtype)
+
+    def _infer_seq(self, x, h0, mask, out):
+        """The forward of a sequence that keeps no trace (see :meth:`LSTMCell._infer_seq`)."""
+        loops, lens = self._loops(x, mask)
+        if loops is None:
+            return None
+        B = x.shape[1]
+        T, _, I = x.shape
+        H, dt, p = self._num_units, x.dtype, self._params
+        Wx, Ug, Uc = self._weights(I, blocks=True)
+        b = np.concatenate([p["gates/bias"], p["candidate/bias"]])
+        G, K, project = _projection(Wx, x, b, _threaded_gemm(loops, B), ring=True)
+        Hs = _ws.empty(np, (K + 1, H, B), dt)                # slots 0 .. k of the chunk's steps
+        Hs[0] = _state_fm(h0)
+        rh = _ws.empty(np, (H, B), dt)
+        chunks = range(0, T, K)
+        nb = _narrow_batch(B)
+        UgT, UcT = _loop_weight(Ug, len(chunks), nb), _loop_weight(Uc, len(chunks), nb)
+        k = 0
+        for t0 in chunks:
+            if k:                                            # the last chunk's final state
+                Hs[0] = Hs[k]
+            Gc = project(t0)                                 # [k, 3H, B]: steps t0 .. t0+k-1
+            k = Gc.shape[0]
+            loops.gru_forward_seq(UgT, UcT, Gc, Hs[:k + 1], rh, 0, k,
+                                  lengths=None if lens is None else lens - t0)
+            _copy(out[t0:t0 + k], Hs[1:k + 1].transpose(0, 2, 1))
+        return _state_public(Hs[k])
+
     def _forward_seq(self, x, h0, mask, state_mask=None):
         xp = get_array_module(x)
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
         p = self._params
-        lens = _loop_lengths(mask) if _loops_may_take(x, B) else False
-        loops = _c_loops(x, self._activation, lens is not False and state_mask is None, B)
+        loops, lens = self._loops(x, mask, state_mask)
         prescaled = loops is None and xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)  # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled, blocks=True)
         b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
@@ -1432,6 +1585,35 @@ class MultiRNNCell(RNNCell):
             recs.append(r)
             finals.append(f)
         return x, tuple(finals), recs
+
+    def _infer_steps(self, x, mask):
+        steps = [c._infer_steps(x, mask) for c in self._cells]
+        return min(steps) if all(steps) else 0
+
+    def _infer_seq(self, x, state, mask, out):
+        """Every layer's trace-less pass (:meth:`RNNCell._infer_seq`), INFERENCE_STACK_BYTES of
+        steps at a time through the whole stack (at least INFERENCE_STACK_MIN_STEPS), so the
+        outputs between the layers are held for a chunk of steps only."""
+        if not self._infer_steps(x, mask):
+            return None
+        T, B, _ = x.shape
+        width = max(c.output_size for c in self._cells[:-1])
+        M = max(INFERENCE_STACK_MIN_STEPS, INFERENCE_STACK_BYTES // (B * width * x.dtype.itemsize))
+        M = min(M, T)
+        bufs = [_ws.empty(np, (M, B, width), x.dtype) for _ in range(min(2, len(self._cells) - 1))]
+        finals = list(state)
+        for t0 in range(0, T, M):
+            t1 = min(t0 + M, T)
+            xin, m = x[t0:t1], None if mask is None else mask[t0:t1]
+            for k, c in enumerate(self._cells):
+                last = k == len(self._cells) - 1
+                dst = out[t0:t1] if last else bufs[k % 2][:t1 - t0, :, :c.output_size]
+                f = c._infer_seq(xin, finals[k], m, dst)
+                if f is None:                  # a last chunk too short for the C loops
+                    o, f, _ = c._forward_seq(xin, finals[k], m)
+                    _copy(dst, o)
+                finals[k], xin = f, dst
+        return tuple(finals)
 
     def _backward_seq(self, recs, dout, dstate):
         d0 = [None] * len(self._cells)

@@ -776,6 +776,13 @@ class DropoutWrapper(RNNCell):
         self.masks = m
         return out, final, _DropoutRecord(rec, m["input"], m["output"])
 
+    def _infer_steps(self, x, mask):
+        return 0 if self.training else self._cell._infer_steps(x, mask)
+
+    def _infer_seq(self, x, state, mask, out):
+        """Evaluation (``training = False``) runs the wrapped cell's trace-less pass."""
+        return None if self.training else self._cell._infer_seq(x, state, mask, out)
+
     def _backward_seq(self, rec, dout, dstate):
         if dout is not None and rec.output_mask is not None:
             dout = dout * rec.output_mask

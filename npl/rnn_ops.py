@@ -15,7 +15,7 @@ import numpy as np
 
 from .array_ops import reverse_sequence, BackwardTwiceError
 from .backend import get_array_module
-from .cells import RNNCell, LSTMStateTuple, TraceBase, flat_records, _describe
+from .cells import RNNCell, LSTMStateTuple, TraceBase, flat_records, _describe, _copy as _assign
 from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array
 from . import workspace as _ws
 
@@ -132,17 +132,6 @@ class RNNTrace(TraceBase):
         return dx, cell._to_public(d0)
 
 
-def _assign(dst, src):
-    """dst[...] = src; the cells' outputs and d inputs are transposed views of feature-major slabs,
-    which npl.kernels.cpu.copy_transposed copies in cache blocks (NumPy's strided copy took 0.30
-    of C1's 23 ms, the blocked one 0.12) where it takes them."""
-    if type(src) is np.ndarray and src.dtype == np.float32:
-        from .kernels import cpu
-        if cpu.copy_transposed(src, dst):
-            return
-    dst[...] = src
-
-
 def rec_steps(rec):
     while isinstance(rec, list):
         rec = rec[0]
@@ -215,6 +204,10 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     out_tm = outputs if time_major else outputs.transpose(1, 0, 2)
     if Tl == 0:
         final = _copy_struct(state)
+    elif not return_trace and cell._infers(x_tm[:Tl], mask):
+        # no trace: the C loops hold a few steps of gates and states at a time (O(chunk) memory)
+        # and write the outputs straight into the result
+        final = cell._infer_seq(x_tm[:Tl], state, mask, out_tm[:Tl])
     elif return_trace or Tl <= INFERENCE_CHUNK or not cell._chunkable:
         out_run, final, rec = cell._forward_seq(x_tm[:Tl], state, mask)   # [Tl, B, P] view
         _assign(out_tm[:Tl], out_run)
@@ -378,15 +371,15 @@ def _bidirectional(cell_fw, cell_bw, inputs, sequence_length, initial_state_fw, 
     xp = get_array_module(x)
     T, B = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
     lengths = lengths_array(sequence_length, B, T, xp)
-    out_fw, st_fw, tr_fw = _dynamic_rnn(cell_fw, x, lengths, initial_state_fw, dtype, time_major,
-                                        True, n_cfw, n_in, n_sfw)
+    fw = _dynamic_rnn(cell_fw, x, lengths, initial_state_fw, dtype, time_major, return_trace,
+                      n_cfw, n_in, n_sfw)
     x_rev = _reverse_time(x, lengths, time_major)
-    out_bw_rev, st_bw, tr_bw = _dynamic_rnn(cell_bw, x_rev, lengths, initial_state_bw, dtype,
-                                            time_major, True, n_cbw, n_in, n_sbw)
-    out_bw = _reverse_time(out_bw_rev, lengths, time_major)
-    res = ((out_fw, out_bw), (st_fw, st_bw))
-    if return_trace:
-        return res + (BidirectionalTrace(tr_fw, tr_bw, lengths, time_major),)
+    bw = _dynamic_rnn(cell_bw, x_rev, lengths, initial_state_bw, dtype, time_major, return_trace,
+                      n_cbw, n_in, n_sbw)
+    out_bw = _reverse_time(bw[0], lengths, time_major)
+    res = ((fw[0], out_bw), (fw[1], bw[1]))
+    if return_trace:        # without one, neither direction keeps its slabs
+        return res + (BidirectionalTrace(fw[2], bw[2], lengths, time_major),)
     return res
 
 
@@ -491,13 +484,15 @@ def stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, inputs, initial_states_f
     for k in range(n):
         n_in = "inputs" if k == 0 else \
             "the inputs of layer %d (the concatenated outputs of layer %d)" % (k, k - 1)
-        (o_fw, o_bw), (s_fw, s_bw), tr = _bidirectional(
+        layer = _bidirectional(
             cells_fw[k], cells_bw[k], x, sequence_length,
             None if initial_states_fw is None else initial_states_fw[k],
             None if initial_states_bw is None else initial_states_bw[k],
-            dtype, time_major, True,
+            dtype, time_major, return_trace,
             ("cells_fw[%d]" % k, "cells_bw[%d]" % k, n_in,
              "initial_states_fw[%d]" % k, "initial_states_bw[%d]" % k))
+        (o_fw, o_bw), (s_fw, s_bw) = layer[:2]
+        tr = layer[2] if return_trace else None
         xp = get_array_module(o_fw)
         x = xp.concatenate([o_fw, o_bw], axis=2)
         states_fw.append(s_fw)

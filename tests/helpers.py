@@ -62,6 +62,44 @@ def randomize_params(cell, rng, scale=0.5):
                      for k, v in cell.params.items()})
 
 
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def tf_rnn_reference(kind, p, x, h0, c0=None, forget_bias=1.0, lengths=None):
+    """TensorFlow 1's BasicLSTMCell / GRUCell / BasicRNNCell under ``dynamic_rnn``, written out in
+    float64 one step at a time (not npl's code): ``p`` the cell's parameters (TF's names), ``x``
+    [T, B, I] time-major, ``lengths`` [B] or None (past a row's length its output is zero and its
+    state carried unchanged).  Returns (outputs [T, B, H], final h, final c or None)."""
+    x = np.asarray(x, np.float64)
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    h = np.asarray(h0, np.float64)
+    c = None if c0 is None else np.asarray(c0, np.float64)
+    T, B = x.shape[:2]
+    valid = np.ones((T, B, 1), bool) if lengths is None else \
+        (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
+    outs = []
+    for t in range(T):
+        xh = np.concatenate([x[t], h], axis=1)
+        c_new = c
+        if kind == "lstm":                                     # gates i, j, f, o
+            i, j, f, o = np.split(xh @ p["kernel"] + p["bias"], 4, axis=1)
+            c_new = _sigmoid(f + forget_bias) * c + _sigmoid(i) * np.tanh(j)
+            h_new = _sigmoid(o) * np.tanh(c_new)
+        elif kind == "gru":
+            r, u = np.split(_sigmoid(xh @ p["gates/kernel"] + p["gates/bias"]), 2, axis=1)
+            rxh = np.concatenate([x[t], r * h], axis=1)
+            cand = np.tanh(rxh @ p["candidate/kernel"] + p["candidate/bias"])
+            h_new = u * h + (1 - u) * cand
+        else:
+            h_new = np.tanh(xh @ p["kernel"] + p["bias"])
+        h = np.where(valid[t], h_new, h)
+        if c is not None:
+            c = np.where(valid[t], c_new, c)
+        outs.append(np.where(valid[t], h_new, 0.0))
+    return np.stack(outs), h, c
+
+
 def linear_loss(outputs, weights):
     return sum(float((np.asarray(o, np.float64) * w).sum()) for o, w in zip(flatten(outputs), flatten(weights)))
 

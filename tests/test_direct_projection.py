@@ -1,39 +1,14 @@
 """The input projection of few columns (``npl.cells.DIRECT_PROJECTION_MAX_RATIO``: batch-1
 sampling, short small-batch passes with wide inputs) is computed straight from the kernels'
 input rows, x @ W, instead of from a stacked copy [W^T | b].  Here it must give TensorFlow's
-formulas, written out in float64 below (not npl's code), with random weights, biases, forget
-bias and initial states, and the same results as the stacked projection (ratio 0)."""
+formulas, written out in float64 (``helpers.tf_rnn_reference``, not npl's code), with random
+weights, biases, forget bias and initial states, and the same results as the stacked projection
+(ratio 0)."""
 import numpy as np
 import pytest
 
 import npl
-from helpers import randomize_params
-
-
-def _sig(a):
-    return 1.0 / (1.0 + np.exp(-a))
-
-
-def _reference(kind, p, x, h0, c0, forget_bias):
-    """TensorFlow 1's cells, one step at a time, float64: outputs [T, B, H] and the final state."""
-    x = x.astype(np.float64)
-    h, c = h0.astype(np.float64), None if c0 is None else c0.astype(np.float64)
-    outs = []
-    for t in range(x.shape[0]):
-        xh = np.concatenate([x[t], h], axis=1)
-        if kind == "lstm":                                     # gates i, j, f, o
-            i, j, f, o = np.split(xh @ p["kernel"] + p["bias"], 4, axis=1)
-            c = _sig(f + forget_bias) * c + _sig(i) * np.tanh(j)
-            h = _sig(o) * np.tanh(c)
-        elif kind == "gru":
-            r, u = np.split(_sig(xh @ p["gates/kernel"] + p["gates/bias"]), 2, axis=1)
-            rxh = np.concatenate([x[t], r * h], axis=1)
-            cand = np.tanh(rxh @ p["candidate/kernel"] + p["candidate/bias"])
-            h = u * h + (1 - u) * cand
-        else:
-            h = np.tanh(xh @ p["kernel"] + p["bias"])
-        outs.append(h)
-    return np.stack(outs), h, c
+from helpers import randomize_params, tf_rnn_reference
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -54,7 +29,7 @@ def test_direct_projection_matches_the_formulas(monkeypatch, kind, dtype, B, T, 
     h0 = (rng.standard_normal((B, H)) * 0.5).astype(dtype)
     c0 = (rng.standard_normal((B, H)) * 0.5).astype(dtype) if kind == "lstm" else None
     state = npl.rnn.LSTMStateTuple(c0, h0) if kind == "lstm" else h0
-    ref_out, ref_h, ref_c = _reference(kind, p, x, h0, c0, fb)
+    ref_out, ref_h, ref_c = tf_rnn_reference(kind, p, x, h0, c0, fb)
 
     spied = []
     real = npl.cells._projection
