@@ -18,6 +18,8 @@ Every layer follows one protocol: ``forward(x, ...) -> (y, trace)``; ``trace.bac
 ``zero_grad()`` between steps); ``params`` / ``grads`` are dicts whose arrays are the live ones.
 A trace's backward runs once (:class:`npl.BackwardTwiceError` after that).
 """
+import contextlib
+
 import numpy as np
 
 from . import activations as _act
@@ -26,7 +28,8 @@ from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
 from .backend import default_xp, get_array_module, to_device
 from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform
 from .rnn_ops import dynamic_rnn
-from ._checks import float_array, check_dtype, check_same_device, check_shape, resolve_dtype
+from ._checks import float_array, check_dtype, check_same_device, check_shape, resolve_dtype, \
+    lengths_array
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
 
@@ -367,18 +370,31 @@ class RNN(Layer):
         outputs, final, tr = dynamic_rnn(self.cell, x, sequence_length=sequence_length,
                                          initial_state=initial_state, time_major=self.time_major,
                                          return_trace=True)
-        xp = get_array_module(outputs)
-        last = None
-        if self.output == "last":
-            T = tr.max_time
-            L = tr.sequence_length if tr.sequence_length is not None else np.full(tr.batch_size, T)
-            rows = np.nonzero(L > 0)[0]
-            last = (xp.asarray(rows), xp.asarray(L[rows] - 1))
-            y = xp.zeros((tr.batch_size, self.cell.output_size), outputs.dtype)
-            y[last[0]] = outputs[last[1], last[0]] if self.time_major else outputs[last[0], last[1]]
-        else:
-            y = outputs
+        y, last = self._select(outputs, tr.sequence_length)
         return y, RNNLayerTrace(self, tr, final, last, outputs.shape, y.shape)
+
+    def __call__(self, x, initial_state=None, sequence_length=None):
+        """The forward's output alone, from a pass that keeps no trace (``dynamic_rnn`` without
+        ``return_trace``: on the C loops its working memory is a few steps, not the sequence)."""
+        outputs, _ = dynamic_rnn(self.cell, x, sequence_length=sequence_length,
+                                 initial_state=initial_state, time_major=self.time_major)
+        if self.output != "last":
+            return outputs
+        T, B = outputs.shape[:2] if self.time_major else outputs.shape[1::-1]
+        return self._select(outputs, lengths_array(sequence_length, B, T, np))[0]
+
+    def _select(self, outputs, lengths):
+        """(y, the rows and steps it took or None): every step, or each row's last valid one."""
+        if self.output != "last":
+            return outputs, None
+        xp = get_array_module(outputs)
+        T, B = outputs.shape[:2] if self.time_major else outputs.shape[1::-1]
+        L = np.full(B, T) if lengths is None else lengths
+        rows = np.nonzero(L > 0)[0]
+        last = (xp.asarray(rows), xp.asarray(L[rows] - 1))
+        y = xp.zeros((B, self.cell.output_size), outputs.dtype)
+        y[last[0]] = outputs[last[1], last[0]] if self.time_major else outputs[last[0], last[1]]
+        return y, last
 
 
 class RNNLayerTrace(_OnceTrace):
@@ -424,7 +440,9 @@ class Sequential(Layer):
     ``trace.final_state`` is such a tuple (feed it back for stateful / truncated-BPTT training);
     ``sequence_length`` goes to every RNN layer; ``training`` (when not None) switches every
     :class:`DropoutWrapper` on or off for this call.  ``trace.backward(d_y, d_final_state=None)``
-    returns ``d_x`` (None when the first layer is an Embedding).
+    returns ``d_x`` (None when the first layer is an Embedding).  ``model(x, initial_state=None,
+    sequence_length=None, training=None)`` returns ``y`` alone, every layer run without a trace
+    (for evaluation and prediction: an RNN layer's working memory is then a few steps).
 
     ``params`` / ``grads``: one dict over all layers keyed ``<layer name>/<TF name>``; repeated
     layer names get TF's suffixes (``dense``, ``dense_1``, ...).  The model builds as soon as the
@@ -525,17 +543,30 @@ class Sequential(Layer):
     def dropout_wrappers(self):
         return [c for l in self.rnn_layers for c in _walk_cells(l.cell) if isinstance(c, DropoutWrapper)]
 
-    def forward(self, x, initial_state=None, sequence_length=None, training=None):
-        n = len(self.rnn_layers)
+    @staticmethod
+    def _check_initial_state(initial_state, n):
         if initial_state is not None and (not isinstance(initial_state, tuple) or len(initial_state) != n
                                           or hasattr(initial_state, "_fields")):
             raise TypeError("initial_state must be None or a tuple of %d states (one per RNN layer), "
                             "got %s" % (n, type(initial_state).__name__))
+
+    @contextlib.contextmanager
+    def _dropout(self, training):
+        """Every DropoutWrapper switched to ``training`` for the call (None: as they are)."""
         wrappers = self.dropout_wrappers() if training is not None else []
         saved = [w.training for w in wrappers]
         try:
             for w in wrappers:
                 w.training = bool(training)
+            yield
+        finally:
+            for w, s in zip(wrappers, saved):
+                w.training = s
+
+    def forward(self, x, initial_state=None, sequence_length=None, training=None):
+        n = len(self.rnn_layers)
+        self._check_initial_state(initial_state, n)
+        with self._dropout(training):
             traces, finals, y, k = [], [], x, 0
             for l in self.layers:
                 if isinstance(l, RNN):
@@ -546,10 +577,23 @@ class Sequential(Layer):
                 else:
                     y, tr = l.forward(y)
                 traces.append(tr)
-        finally:
-            for w, s in zip(wrappers, saved):
-                w.training = s
         return y, SequentialTrace(traces, tuple(finals))
+
+
+    def __call__(self, x, initial_state=None, sequence_length=None, training=None):
+        """The forward's output alone, every layer run without a trace (an :class:`RNN` layer as
+        its ``__call__``; ``training`` as in :meth:`forward`)."""
+        n = len(self.rnn_layers)
+        self._check_initial_state(initial_state, n)
+        with self._dropout(training):
+            y, k = x, 0
+            for l in self.layers:
+                if isinstance(l, RNN):
+                    y = l(y, None if initial_state is None else initial_state[k], sequence_length)
+                    k += 1
+                else:
+                    y = l(y)
+        return y
 
 
 class SequentialTrace(_OnceTrace):

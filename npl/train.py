@@ -779,7 +779,7 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
         fit(..., eval_fn=lambda m: {"val_loss": evaluate(m, "mse", x_val, y_val)})
     """
     from . import losses as _losses
-    from .layers import Sequential
+    from .layers import Layer, Sequential
     loss_fn = _losses.get(loss)
     kw = {"training": False} if isinstance(model, Sequential) else {}
     to_model = _batch_mover(model, x, y)
@@ -798,8 +798,8 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
         if stateful:
             out, tr = model.forward(xb, initial_state=state, **kw)
             state, n = tr.final_state, xb.shape[1]
-        else:
-            out, _ = model.forward(xb, **kw)
+        else:                         # npl's layers: a call keeps no trace
+            out = model(xb, **kw) if isinstance(model, Layer) else model.forward(xb, **kw)[0]
             n = xb.shape[0]
         total += float(loss_fn(yb, out)[0]) * n
         count += n

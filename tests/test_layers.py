@@ -223,6 +223,48 @@ def test_sequential_against_tensorflow(rng):
     assert max(errs.values()) < 1e-5, errs
 
 
+@pytest.mark.parametrize("output", ["sequences", "last"])
+def test_calls_keep_no_trace_and_match_tensorflow(rng, monkeypatch, output):
+    """``model(x)`` runs every RNN layer without a trace (the C loops' ring, several chunks here)
+    and gives TF1's logits: dynamic_rnn(LSTM) -> [last valid output] -> layers.dense."""
+    tf = pytest.importorskip("tensorflow")
+    import npl.cells
+    from npl.kernels import cpu
+    if not cpu.sequence_loops():
+        pytest.skip("the C sequence loops are not built here")
+    v1 = tf.compat.v1
+    B, T, I, H, V = 12, 30, 6, 16, 5
+    monkeypatch.setattr(npl.cells, "INFERENCE_RING_BYTES", 7 * 4 * H * B * 4)    # 7 steps
+    model = L.Sequential([L.RNN(npl.rnn.BasicLSTMCell(H, forget_bias=0.7), output=output),
+                          L.Dense(V, activation="tanh")], input_size=I, dtype=np.float32)
+    _randomize(model, rng)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[3] = 0
+    calls = []
+    real = npl.cells.LSTMCell._infer_seq
+    monkeypatch.setattr(npl.cells.LSTMCell, "_infer_seq",
+                        lambda self, *a: (calls.append(1), real(self, *a))[1])
+    y = model(x, sequence_length=lengths)
+    assert calls == [1]
+    y_fwd, _ = model.forward(x, sequence_length=lengths)
+    assert calls == [1]                                      # forward keeps its trace
+    np.testing.assert_allclose(y, y_fwd, rtol=1e-6, atol=1e-6)
+    g = tf.Graph()
+    with g.as_default():
+        cell = v1.nn.rnn_cell.BasicLSTMCell(H, forget_bias=0.7)
+        out, _ = v1.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=tf.float32)
+        if output == "last":                                 # zeros where a length is 0
+            idx = np.stack([np.arange(B), np.maximum(lengths - 1, 0)], axis=1)
+            out = tf.gather_nd(out, idx) * (lengths > 0)[:, None].astype(np.float32)
+        logits = v1.layers.dense(out, V, activation=tf.tanh)
+        with v1.Session(graph=g) as s:
+            for v in v1.global_variables():
+                v.load(model.params[v.op.name], s)
+            ty = s.run(logits)
+    np.testing.assert_allclose(y, ty, rtol=2e-5, atol=2e-5)
+
+
 def test_sequential_dense_chain_and_checks(rng):
     model = L.Sequential([L.Dense(4, "tanh"), L.Dense(3), L.Dense(2, name="out")], input_size=5,
                          dtype=np.float64)
