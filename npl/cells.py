@@ -1597,6 +1597,8 @@ class MultiRNNCell(RNNCell):
         if not self._infer_steps(x, mask):
             return None
         T, B, _ = x.shape
+        if len(self._cells) == 1:                # nothing between layers to hold
+            return (self._cells[0]._infer_seq(x, state[0], mask, out),)
         width = max(c.output_size for c in self._cells[:-1])
         M = max(INFERENCE_STACK_MIN_STEPS, INFERENCE_STACK_BYTES // (B * width * x.dtype.itemsize))
         M = min(M, T)

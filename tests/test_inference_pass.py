@@ -86,7 +86,7 @@ def test_matches_the_formulas(monkeypatch, kind, B, T, I, H, lengths, time_major
         np.testing.assert_allclose(final.c, ref_c, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("wrap", ["stack", "dropout_eval", "bidirectional"])
+@pytest.mark.parametrize("wrap", ["stack", "one_layer_stack", "dropout_eval", "bidirectional"])
 def test_stacks_wrappers_and_bidirectional(monkeypatch, wrap):
     rng = np.random.default_rng(11)
     B, T, I = 6, 45, 4
@@ -110,6 +110,10 @@ def test_stacks_wrappers_and_bidirectional(monkeypatch, wrap):
         ref_out, ref_h, _ = tf_rnn_reference("gru", _params64(b), ra_out, h0b, None, 1.0, L)
         assert len(calls) == 2 * 5      # 2 layers x 5 chunks of 10 steps (the last, of 5,
         #                                 too short for the C loops at batch 6: the plain pass)
+    elif wrap == "one_layer_stack":
+        out, (fa,) = npl.nn.dynamic_rnn(npl.rnn.MultiRNNCell([a]), x, L, (h0a,), time_major=True)
+        ref_out, fb = ra_out, None
+        assert len(calls) == 1
     elif wrap == "dropout_eval":
         cell = npl.rnn.DropoutWrapper(a, input_keep_prob=0.5, output_keep_prob=0.5, seed=1)
         cell.training = False
@@ -176,3 +180,41 @@ def test_working_memory_does_not_grow_with_T(monkeypatch, kind):
     monkeypatch.setattr(npl.rnn_ops, "INFERENCE_CHUNK", 10 ** 6)
     x = rng.standard_normal((1600, B, I)).astype(np.float32)
     assert _peak_bytes(cell, x) - 1600 * B * H * 4 > 10 * ring
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_stacks_agree_with_the_traced_pass(monkeypatch, seed):
+    """Random mixes (LSTM, GRU, an LSTMCell with peepholes that the C loops do not take, a
+    DropoutWrapper in evaluation), batches 1-39, T 1-119, lengths, both layouts and ring sizes
+    down to one step: the trace-less pass gives the traced pass's outputs and final states."""
+    rng = np.random.default_rng(1000 + seed)
+    B, T, I = int(rng.integers(1, 40)), int(rng.integers(1, 120)), int(rng.integers(1, 20))
+    cells = []
+    for kind in rng.choice(["lstm", "gru", "peephole", "dropout"], size=int(rng.integers(1, 4))):
+        H = int(rng.integers(1, 24))
+        if kind == "lstm":
+            cells.append(npl.rnn.BasicLSTMCell(H, forget_bias=float(rng.uniform(-0.5, 1.5))))
+        elif kind == "gru":
+            cells.append(npl.rnn.GRUCell(H))
+        elif kind == "peephole":
+            cells.append(npl.rnn.LSTMCell(H, use_peepholes=True))
+        else:
+            d = npl.rnn.DropoutWrapper(npl.rnn.GRUCell(H), output_keep_prob=0.5, seed=seed)
+            d.training = False
+            cells.append(d)
+    cell = cells[0] if len(cells) == 1 and seed % 2 else npl.rnn.MultiRNNCell(cells)
+    monkeypatch.setattr(npl.cells, "INFERENCE_RING_BYTES", int(rng.choice([4, 4096, 65536, 2 << 20])))
+    monkeypatch.setattr(npl.cells, "INFERENCE_STACK_BYTES", int(rng.choice([1, 8 << 20])))
+    monkeypatch.setattr(npl.cells, "INFERENCE_STACK_MIN_STEPS", int(rng.choice([3, 64])))
+    tm = bool(seed % 3)
+    x = rng.standard_normal((T, B, I) if tm else (B, T, I)).astype(np.float32)
+    L = rng.integers(0, T + 1, B) if seed % 4 < 2 else None
+    cell.build(I, np.float32)
+    for c in cells:
+        randomize_params(c, rng, scale=0.5)
+    o1, s1 = npl.nn.dynamic_rnn(cell, x, sequence_length=L, time_major=tm)
+    o2, s2, _ = npl.nn.dynamic_rnn(cell, x, sequence_length=L, time_major=tm, return_trace=True)
+    np.testing.assert_allclose(o1, o2, rtol=2e-6, atol=2e-6)
+    leaves = lambda s: [s] if isinstance(s, np.ndarray) else [a for v in s for a in leaves(v)]
+    for a, b in zip(leaves(s1), leaves(s2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)
