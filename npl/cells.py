@@ -171,46 +171,33 @@ def _projection(W, x, b, mm=None, ring=False):
         G += b[:, None]
         return G, T, lambda t0: G
     W = blocks[0] if len(blocks) == 1 else xp.concatenate(blocks, axis=1)
-    if I == 1:                                  # one input feature (e.g. a sine wave): an outer
-        K = _ring_steps(T, B, I, nG, x.dtype) if ring else T   # product [1, nG, 1] * [T, 1, B];
-        G = _ws.empty(xp, (K, nG, B), x.dtype)                 # BLAS is slow at K=1
-
-        def outer(t0):
-            k = min(K, T - t0)
-            xp.multiply(W.T[None], x[t0:t0 + k].transpose(0, 2, 1), out=G[:k])
-            G[:k] += b[:, None]
-            return G[:k]
-        if K == T:
-            outer(0)
-            return G, T, lambda t0: G
-        return G, K, outer
     step_bytes = nG * B * x.dtype.itemsize
     if ring:
         K = _ring_steps(T, B, I, nG, x.dtype)
+    elif I == 1 or xp is not np or step_bytes > 320 * 1024:
+        K = T
     else:
-        K = T if (xp is not np or step_bytes > 320 * 1024) else \
-            max(1, min(T, PROJECTION_CHUNK_BYTES // step_bytes))
+        K = max(1, min(T, PROJECTION_CHUNK_BYTES // step_bytes))
+    R = K if ring else T                        # the steps G holds
+    G = _ws.empty(xp, (R, nG, B), x.dtype)
+    if I == 1:                                  # one input feature (e.g. a sine wave): an outer
+        def fill(t0):                           # product [1, nG, 1] * [k, 1, B]; BLAS is slow at K=1
+            k, o = min(K, T - t0), 0 if ring else t0
+            g = G[o:o + k]
+            xp.multiply(W.T[None], x[t0:t0 + k].transpose(0, 2, 1), out=g)
+            g += b[:, None]
+            return g
+        return G, K, fill
     Wb = xp.concatenate([W.T, b[:, None]], axis=1)    # [nG, I+1]
     if mm is not None and K < T:                      # chunks on npl's kernel: pack [W^T | b] once
         Wb = _packed(Wb) or Wb
-    if ring:                                          # x_t and the gates of K steps at a time
-        x1 = _ws.empty(xp, (K, I + 1, B), x.dtype)
-        x1[:, I] = 1
-        G = _ws.empty(xp, (K, nG, B), x.dtype)
-
-        def fill(t0):
-            k = min(K, T - t0)
-            _copy(x1[:k, :I], x[t0:t0 + k].transpose(0, 2, 1))
-            return _matmul(Wb, x1[:k], G[:k], mm)     # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
-        return G, K, fill
-    x1 = _ws.empty(xp, (T, I + 1, B), x.dtype)
-    _copy(x1[:, :I], x.transpose(0, 2, 1))
+    x1 = _ws.empty(xp, (R, I + 1, B), x.dtype)        # [x_t; 1], feature-major
     x1[:, I] = 1
-    G = _ws.empty(xp, (T, nG, B), x.dtype)
 
     def fill(t0):
-        t1 = min(t0 + K, T)
-        return _matmul(Wb, x1[t0:t1], G[t0:t1], mm)  # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
+        k, o = min(K, T - t0), 0 if ring else t0
+        _copy(x1[o:o + k, :I], x[t0:t0 + k].transpose(0, 2, 1))
+        return _matmul(Wb, x1[o:o + k], G[o:o + k], mm)   # [nG, I+1] @ [k, I+1, B] -> [k, nG, B]
     return G, K, fill
 
 
@@ -221,6 +208,23 @@ def _ring_steps(T, B, I, nG, dtype):
     if nG * (I + 1) * itemsize > INFERENCE_RING_WIDE_WEIGHT_BYTES:
         K = max(K, INFERENCE_RING_WIDE_MIN_STEPS)
     return max(1, min(T, K))
+
+
+def _run_ring(T, K, project, slabs, run, out):
+    """The chunk loop of a trace-less pass: for each chunk of K steps (the last one shorter),
+    ``project(t0)`` fills the ring's gates [k, nG, B], ``run(G, k, t0)`` runs the steps from slot
+    0 of each state slab in ``slabs`` (the last one h) into slots 1 .. k, and the chunk's outputs
+    are copied into ``out``; the next chunk starts from slot k.  Returns the final slot, k."""
+    k = 0
+    for t0 in range(0, T, K):
+        if k:                                       # the last chunk's final state
+            for S in slabs:
+                S[0] = S[k]
+        G = project(t0)                             # steps t0 .. t0+k-1
+        k = G.shape[0]
+        run(G, k, t0)
+        _copy(out[t0:t0 + k], slabs[-1][1:k + 1].transpose(0, 2, 1))
+    return k
 
 
 def _copy(dst, src):
@@ -1064,17 +1068,9 @@ class LSTMCell(RNNCell):
         C = _ws.empty(np, (K + 1, H, B), dt)                 # slots 0 .. k of the chunk's steps
         Hs = _ws.empty(np, (K + 1, H, B), dt)
         C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
-        chunks = range(0, T, K)
-        UT = _loop_weight(U, len(chunks), _narrow_batch(B))   # U^T [4H, H], once for all chunks
-        k = 0
-        for t0 in chunks:
-            if k:                                            # the last chunk's final state
-                C[0], Hs[0] = C[k], Hs[k]
-            Gc = project(t0)                                 # [k, 4H, B]: steps t0 .. t0+k-1
-            k = Gc.shape[0]
-            loops.lstm_forward_seq(UT, Gc, C[:k + 1], Hs[:k + 1], 0, k,
-                                   lengths=None if lens is None else lens - t0)
-            _copy(out[t0:t0 + k], Hs[1:k + 1].transpose(0, 2, 1))
+        UT = _loop_weight(U, -(-T // K), _narrow_batch(B))   # U^T [4H, H], once for all chunks
+        k = _run_ring(T, K, project, (C, Hs), lambda Gc, k, t0: loops.lstm_forward_seq(
+            UT, Gc, C[:k + 1], Hs[:k + 1], 0, k, lengths=None if lens is None else lens - t0), out)
         return LSTMStateTuple(_state_public(C[k]), _state_public(Hs[k]))
 
     def _peep(self):
@@ -1305,8 +1301,7 @@ class GRUCell(RNNCell):
         loops, lens = self._loops(x, mask)
         if loops is None:
             return None
-        B = x.shape[1]
-        T, _, I = x.shape
+        T, B, I = x.shape
         H, dt, p = self._num_units, x.dtype, self._params
         Wx, Ug, Uc = self._weights(I, blocks=True)
         b = np.concatenate([p["gates/bias"], p["candidate/bias"]])
@@ -1314,18 +1309,10 @@ class GRUCell(RNNCell):
         Hs = _ws.empty(np, (K + 1, H, B), dt)                # slots 0 .. k of the chunk's steps
         Hs[0] = _state_fm(h0)
         rh = _ws.empty(np, (H, B), dt)
-        chunks = range(0, T, K)
-        nb = _narrow_batch(B)
-        UgT, UcT = _loop_weight(Ug, len(chunks), nb), _loop_weight(Uc, len(chunks), nb)
-        k = 0
-        for t0 in chunks:
-            if k:                                            # the last chunk's final state
-                Hs[0] = Hs[k]
-            Gc = project(t0)                                 # [k, 3H, B]: steps t0 .. t0+k-1
-            k = Gc.shape[0]
-            loops.gru_forward_seq(UgT, UcT, Gc, Hs[:k + 1], rh, 0, k,
-                                  lengths=None if lens is None else lens - t0)
-            _copy(out[t0:t0 + k], Hs[1:k + 1].transpose(0, 2, 1))
+        calls, nb = -(-T // K), _narrow_batch(B)
+        UgT, UcT = _loop_weight(Ug, calls, nb), _loop_weight(Uc, calls, nb)   # once for all chunks
+        k = _run_ring(T, K, project, (Hs,), lambda Gc, k, t0: loops.gru_forward_seq(
+            UgT, UcT, Gc, Hs[:k + 1], rh, 0, k, lengths=None if lens is None else lens - t0), out)
         return _state_public(Hs[k])
 
     def _forward_seq(self, x, h0, mask, state_mask=None):

@@ -378,18 +378,16 @@ class RNN(Layer):
         ``return_trace``: on the C loops its working memory is a few steps, not the sequence)."""
         outputs, _ = dynamic_rnn(self.cell, x, sequence_length=sequence_length,
                                  initial_state=initial_state, time_major=self.time_major)
-        if self.output != "last":
-            return outputs
-        T, B = outputs.shape[:2] if self.time_major else outputs.shape[1::-1]
-        return self._select(outputs, lengths_array(sequence_length, B, T, np))[0]
+        return self._select(outputs, sequence_length)[0]
 
-    def _select(self, outputs, lengths):
-        """(y, the rows and steps it took or None): every step, or each row's last valid one."""
+    def _select(self, outputs, sequence_length):
+        """(y, the rows and steps it took or None): every step, or each row's last valid one
+        (``sequence_length`` as dynamic_rnn took it)."""
         if self.output != "last":
             return outputs, None
         xp = get_array_module(outputs)
         T, B = outputs.shape[:2] if self.time_major else outputs.shape[1::-1]
-        L = np.full(B, T) if lengths is None else lengths
+        L = np.full(B, T) if sequence_length is None else lengths_array(sequence_length, B, T, np)
         rows = np.nonzero(L > 0)[0]
         last = (xp.asarray(rows), xp.asarray(L[rows] - 1))
         y = xp.zeros((B, self.cell.output_size), outputs.dtype)
