@@ -7,7 +7,7 @@ from .backend import use, backend_name, get_array_module, to_numpy, to_device, B
 from .random import set_random_seed  # noqa: F401
 from .array_ops import (sequence_mask, boolean_mask, reverse_sequence, embedding_lookup,  # noqa: F401
                         IndexedSlices, BackwardTwiceError)
-from .cells import LSTMStateTuple  # noqa: F401
+from .cells import LSTMStateTuple, StaleTraceError  # noqa: F401
 from . import activations, nn, rnn, data, convert  # noqa: F401
 from . import losses, layers, train, checkpoint  # noqa: F401
 from .train import clip_by_global_norm, global_norm  # noqa: F401
@@ -18,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = ["use", "backend_name", "get_array_module", "to_numpy", "to_device", "BackendError",
            "set_random_seed", "sequence_mask", "boolean_mask", "reverse_sequence",
-           "embedding_lookup", "IndexedSlices", "BackwardTwiceError", "LSTMStateTuple",
+           "embedding_lookup", "IndexedSlices", "BackwardTwiceError", "StaleTraceError", "LSTMStateTuple",
            "activations", "nn", "rnn", "data", "convert", "losses", "layers", "train", "checkpoint",
            "clip_by_global_norm", "global_norm", "gradcheck", "inspect", "workspace"]

@@ -56,6 +56,16 @@ def float_array(x, name, ndim=None):
     return a
 
 
+def check_fits(a, dtype, name):
+    """Refuse a float64 array whose finite values overflow the float32 it is to be stored in."""
+    if np.dtype(dtype).itemsize < a.dtype.itemsize:
+        xp = get_array_module(a)
+        big = float(xp.max(xp.abs(xp.where(xp.isfinite(a), a, 0)))) if a.size else 0.0
+        if big > float(np.finfo(dtype).max):
+            raise ValueError("%s has finite values up to %.3g, which overflow %s (its largest is %.3g)"
+                             % (name, big, np.dtype(dtype), float(np.finfo(dtype).max)))
+
+
 def check_dtype(a, dtype, name):
     if a.dtype != dtype:
         raise TypeError("%s has dtype %s but the computation is in %s (no silent casting; "

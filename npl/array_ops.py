@@ -30,11 +30,35 @@ class _OnceTrace:
         self._done = True
 
 
-def _int_array(a, name):
-    a = as_array(a, name)
+def _int_array(a, name, xp=None):
+    seq = isinstance(a, (list, tuple))
+    a = as_array(a, name, xp=xp)
+    if seq and a.size == 0 and a.dtype.kind == "f":   # [] is float64 to NumPy; TF takes it as
+        a = a.astype(np.int64)                         # an empty integer array
     if a.dtype.kind not in "iu":
         raise TypeError("%s must be an integer array, got dtype %s" % (name, a.dtype))
     return a
+
+
+def _check_index_range(indices, rows, what, rows_name):
+    """ValueError unless every index is in [0, rows) (NumPy would wrap -1 to the last row)."""
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= rows:
+            raise ValueError("%s must be in [0, %d) (%s), got min %d max %d" % (what, rows, rows_name, lo, hi))
+
+
+def _mask_dtype(dtype):
+    if dtype is None:                  # TF: dtype=None returns the bool mask uncast
+        return np.dtype(np.bool_)
+    try:
+        d = np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
+    except TypeError:
+        d = None
+    if d is None or d.kind not in "biuf":
+        raise TypeError("dtype must be a bool, integer or float dtype (e.g. bool, np.int32, np.float32), "
+                        "got %r" % (dtype,))
+    return d
 
 
 def sequence_mask(lengths, maxlen=None, dtype=bool):
@@ -45,6 +69,7 @@ def sequence_mask(lengths, maxlen=None, dtype=bool):
            [1, 1, 1, 0, 0],
            [1, 1, 0, 0, 0]])
     """
+    dtype = _mask_dtype(dtype)
     lengths = _int_array(lengths, "lengths")
     xp = get_array_module(lengths)
     if maxlen is None:
@@ -56,7 +81,7 @@ def sequence_mask(lengths, maxlen=None, dtype=bool):
     if maxlen < 0:
         raise ValueError("maxlen must be >= 0, got %d" % maxlen)
     m = xp.arange(maxlen) < lengths[..., None]
-    if np.dtype(dtype) == np.bool_:
+    if dtype == np.bool_:
         return m
     return m.astype(dtype)
 
@@ -138,14 +163,13 @@ def reverse_sequence(input, seq_lengths, seq_axis=None, batch_axis=None, seq_dim
     batch_axis %= x.ndim
     if seq_axis == batch_axis:
         raise ValueError("seq_axis and batch_axis must differ, both are %d" % seq_axis)
-    L = seq_lengths.get() if _is_cupy(seq_lengths) else np.asarray(seq_lengths)
-    if L.dtype.kind not in "iu":
-        raise TypeError("seq_lengths must be an integer array, got dtype %s" % L.dtype)
+    L = _int_array(seq_lengths.get() if _is_cupy(seq_lengths) else seq_lengths, "seq_lengths")
     T, B = x.shape[seq_axis], x.shape[batch_axis]
     if L.shape != (B,):
         raise ValueError("seq_lengths must have shape (%d,) (the batch dimension), got %s" % (B, L.shape))
     if L.size and (L.min() < 0 or L.max() > T):
         raise ValueError("seq_lengths must be in [0, %d], got min %d max %d" % (T, L.min(), L.max()))
+    L = L.astype(np.int64)            # uint64 - int would be float64 in NumPy: not an index
     t = np.arange(T)[:, None]
     idx = np.where(t < L[None, :], L[None, :] - 1 - t, t)          # [T, B] source time index
     shape = [1] * x.ndim
@@ -158,10 +182,37 @@ def reverse_sequence(input, seq_lengths, seq_axis=None, batch_axis=None, seq_dim
 
 class IndexedSlices:
     """A sparse row gradient, as TensorFlow's ``tf.IndexedSlices``: ``values[k]`` belongs to row
-    ``indices[k]`` of a dense array of shape ``dense_shape``; repeated indices add up."""
+    ``indices[k]`` of a dense array of shape ``dense_shape``; repeated indices add up.
+
+    ``values`` has shape ``(len(indices),) + dense_shape[1:]`` (or ``indices.shape +
+    dense_shape[1:]``); ``indices`` are integers (a Python list is accepted, ``[]`` included) in
+    ``[0, dense_shape[0])``.  Dtypes and shapes are checked here; the index range is checked by
+    :meth:`to_dense` and by the optimizers (a negative index would silently update the last row).
+    """
 
     def __init__(self, values, indices, dense_shape):
-        self.values, self.indices, self.dense_shape = values, indices, tuple(dense_shape)
+        values = as_array(values, "IndexedSlices values")
+        if isinstance(dense_shape, (str, bytes)) or not hasattr(dense_shape, "__iter__"):
+            raise TypeError("IndexedSlices dense_shape must be a sequence of integers, got %r" % (dense_shape,))
+        shape = tuple(dense_shape.tolist() if hasattr(dense_shape, "tolist") else dense_shape)
+        if not shape or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0 for d in shape):
+            raise ValueError("IndexedSlices dense_shape must be a non-empty sequence of non-negative "
+                             "integers, got %r" % (dense_shape,))
+        self.values, self.dense_shape = values, tuple(int(d) for d in shape)
+        self.indices = _int_array(indices, "IndexedSlices indices", xp=get_array_module(values))
+        self._check()
+
+    def _check(self, what="IndexedSlices"):
+        """Dtype and shape checks (not the index range: that needs the values of the indices)."""
+        idx, vals = self.indices, self.values
+        if not hasattr(idx, "dtype") or idx.dtype.kind not in "iu":
+            raise TypeError("%s: indices must be an integer array, got %s"
+                            % (what, getattr(idx, "dtype", type(idx).__name__)))
+        tail = tuple(self.dense_shape[1:])
+        if tuple(vals.shape) not in ((int(idx.size),) + tail, tuple(idx.shape) + tail):
+            raise ValueError("%s: %d indices need values of shape %s (one row of dense_shape %s per "
+                             "index), got %s" % (what, int(idx.size), (int(idx.size),) + tail,
+                                                 self.dense_shape, tuple(vals.shape)))
 
     @property
     def dtype(self):
@@ -172,13 +223,17 @@ class IndexedSlices:
         return self.dense_shape
 
     def to_dense(self):
+        self._check()
+        _check_index_range(self.indices, self.dense_shape[0], "IndexedSlices indices",
+                           "the rows of dense_shape %s" % (self.dense_shape,))
         xp = get_array_module(self.values)
         out = xp.zeros(self.dense_shape, self.values.dtype)
-        _scatter_add(out, self.indices, self.values)
+        idx = self.indices.reshape(-1)
+        _scatter_add(out, idx, self.values.reshape((idx.shape[0],) + self.dense_shape[1:]))
         return out
 
     def __repr__(self):
-        return "IndexedSlices(%d rows of %s)" % (len(self.indices), self.dense_shape)
+        return "IndexedSlices(%d rows of %s)" % (int(self.indices.size), self.dense_shape)
 
 
 def _scatter_add(out, idx, vals):
@@ -216,7 +271,7 @@ def embedding_lookup(params, ids, return_trace=False):
                              "concatenate them" % len(params))
         params = params[0]
     p = float_array(params, "params", ndim=2)
-    i = _int_array(ids, "ids")
+    i = _int_array(ids, "ids", xp=get_array_module(p) if isinstance(ids, (list, tuple)) else None)
     check_same_device(i, "ids", [p], "params", plural=False)
     xp = get_array_module(p, i)
     V = p.shape[0]

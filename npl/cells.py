@@ -20,7 +20,7 @@ import numpy as np
 
 from . import activations as _act
 from .backend import default_xp, get_array_module
-from ._checks import float_array, check_dtype, check_same_device, check_shape, resolve_dtype
+from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype
 from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
@@ -53,6 +53,11 @@ def glorot_uniform(shape, rng, dtype):
     return rng.uniform(-limit, limit, size=shape).astype(dtype)
 
 
+class StaleTraceError(RuntimeError):
+    """A trace's backward after its cell's weights were replaced (``set_params``, ``build``,
+    ``to_device``) since its forward: the saved gates belong to the old weights."""
+
+
 class LayerRecord:
     """What one layer's forward kept for its backward (and for learners to look at).
 
@@ -71,6 +76,7 @@ class LayerRecord:
 
     def __init__(self, cell, x, mask, fm):
         self.cell = cell
+        self.version = getattr(cell, "_version", 0)      # the weights this forward ran with
         self.x = x
         self.mask = mask
         self.inv_fm = None if mask is None else ~mask.transpose(0, 2, 1)   # [T, 1, B]
@@ -521,7 +527,14 @@ class Parameterized:
     """Named parameters and their accumulated gradients (shared by cells and layers).
 
     Subclasses keep ``_params`` and ``_grads``: dicts name -> array with TensorFlow's names
-    relative to the object.  The dicts handed out are new, the arrays in them the live ones."""
+    relative to the object.  The dicts handed out are new, the arrays in them the live ones.
+    ``_version`` counts the replacements of the weights (``set_params``, ``build``, ``to_device``),
+    so that a trace can tell that its forward ran with other weights."""
+
+    _version = 0
+
+    def _bump_version(self):
+        self._version = self._version + 1
 
     @property
     def params(self):
@@ -554,13 +567,17 @@ class RNNCell(Parameterized):
 
     _param_specs = ()  # filled per cell: name -> shape function
 
+    def _leaves(self):
+        """The cells that own parameters, through stacks and wrappers: ``[self]`` for a leaf."""
+        return [self]
+
     def __init__(self, num_units, activation=None, dtype=None, seed=None, input_size=None, name=None):
         if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) or num_units < 1:
             raise ValueError("num_units must be a positive integer, got %r" % (num_units,))
         self._num_units = int(num_units)
         self._activation = _act.get(activation)
         self._dtype = resolve_dtype(dtype)
-        self._seed = seed
+        self._seed = _random.check_seed(seed)
         self._params = {}
         self._grads = {}
         self._input_size = None
@@ -614,6 +631,7 @@ class RNNCell(Parameterized):
             self._params[name] = xp.asarray(self._init_value(name, shape, rng, dtype))
         self._grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
         self._on_build()
+        self._bump_version()
         return self
 
     def _on_build(self):
@@ -655,6 +673,7 @@ class RNNCell(Parameterized):
             if tuple(a.shape) != tuple(shapes[k]):
                 raise ValueError("%s: %r must have shape %s, got %s"
                                  % (name, k, tuple(shapes[k]), tuple(a.shape)))
+            check_fits(a, dtype, "%s: params[%r]" % (name, k))
             arrays[k] = a
         return input_size, dtype, arrays
 
@@ -667,6 +686,7 @@ class RNNCell(Parameterized):
             if get_array_module(a) is not xp:
                 a = xp.asarray(a) if xp is not np else a.get()
             self._params[k][...] = a.astype(self._dtype, copy=False)
+        self._bump_version()
 
     def _infer_input_size(self, values, name):
         shapes = self._shapes(1)
@@ -691,6 +711,7 @@ class RNNCell(Parameterized):
         self._params = {k: to_device(v, backend) for k, v in self._params.items()}
         self._grads = {k: to_device(v, backend) for k, v in self._grads.items()}
         self._on_build()
+        self._bump_version()
         return self
 
     def to_numpy(self):
@@ -954,12 +975,16 @@ class LSTMCell(RNNCell):
                                      or num_proj < 1):
             raise ValueError("num_proj must be None or a positive integer, got %r" % (num_proj,))
         for nm, v in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
-            if v is not None and (not np.isscalar(v) or not v > 0):
+            if v is not None and not _is_real(v):
+                raise TypeError("%s must be None or a positive real number, got %r" % (nm, v))
+            if v is not None and not v > 0:
                 raise ValueError("%s must be None or a positive number, got %r" % (nm, v))
         if proj_clip is not None and num_proj is None:
             raise ValueError("proj_clip needs num_proj")
-        if not np.isscalar(forget_bias) or isinstance(forget_bias, str):
-            raise TypeError("forget_bias must be a number, got %r" % (forget_bias,))
+        if not _is_real(forget_bias):
+            raise TypeError("forget_bias must be a real number, got %r" % (forget_bias,))
+        if not np.isfinite(forget_bias):
+            raise ValueError("forget_bias must be finite, got %r" % (forget_bias,))
         self._use_peepholes = bool(use_peepholes)
         self._cell_clip = None if cell_clip is None else float(cell_clip)
         self._num_proj = None if num_proj is None else int(num_proj)
@@ -1413,6 +1438,27 @@ class GRUCell(RNNCell):
 
 
 # ============================================================================ stacks
+def _is_real(v):
+    """A real number: a Python or NumPy int or float, not a bool, a string or a complex."""
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)))
+
+
+def _check_distinct(leaves_per_item, owner, what):
+    """Refuse a cell that appears twice among ``what`` (directly, or inside a wrapper or a nested
+    stack): its arrays would be listed under two names, and an optimizer step would apply its
+    gradient twice."""
+    seen = {}
+    for k, leaves in enumerate(leaves_per_item):
+        for leaf in leaves:
+            j = seen.setdefault(id(leaf), k)
+            if j != k or sum(l is leaf for l in leaves) > 1:
+                where = ("%s[%d] and %s[%d]" % (what, j, what, k)) if j != k else "%s[%d]" % (what, k)
+                raise ValueError("%s: the same cell object (%s) appears twice, in %s (directly or "
+                                 "inside a wrapper or stack); create one cell per layer (TF would "
+                                 "share their weights, which npl does not support)"
+                                 % (owner, type(leaf).__name__, where))
+
+
 class MultiRNNCell(RNNCell):
     """A stack of cells (any mix of the cells above); the output of cell k feeds cell k+1.
 
@@ -1428,9 +1474,7 @@ class MultiRNNCell(RNNCell):
         for k, c in enumerate(cells):
             if not isinstance(c, RNNCell):
                 raise TypeError("cells[%d] must be an npl RNN cell, got %s" % (k, type(c).__name__))
-        if len({id(c) for c in cells}) != len(cells):
-            raise ValueError("MultiRNNCell: the same cell object appears twice; create one cell per "
-                             "layer (TF would share their weights, which npl does not support)")
+        _check_distinct([c._leaves() for c in cells], "MultiRNNCell", "cells")
         if not state_is_tuple:
             raise ValueError("MultiRNNCell(state_is_tuple=False) is deprecated in TF and not supported")
         self._cells = list(cells)
@@ -1440,6 +1484,9 @@ class MultiRNNCell(RNNCell):
     @property
     def cells(self):
         return list(self._cells)
+
+    def _leaves(self):
+        return [leaf for c in self._cells for leaf in c._leaves()]
 
     @property
     def _chunkable(self):
@@ -1512,6 +1559,9 @@ class MultiRNNCell(RNNCell):
             raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
         per = [dict() for _ in self._cells]
         for k, v in values.items():
+            if not isinstance(k, str):
+                raise TypeError("set_params: parameter names must be strings 'cell_<k>/<name>', got %r"
+                                % (k,))
             head, _, rest = k.partition("/")
             idx = head[5:] if head.startswith("cell_") else ""
             if not idx.isdigit() or int(idx) >= len(self._cells) or not rest:

@@ -94,9 +94,11 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError("checkpoint %r does not exist" % path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("not an .npz archive (a single .npy array)")
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):                          # a plain .npy: an array, not a dict
+            raise ValueError("not an .npz archive but a single .npy array of shape %s"
+                             % (tuple(np.shape(z)),))
+        with z:
             out = {k: np.array(z[k]) for k in z.files}      # reads (and CRC-checks) every entry
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
         raise CheckpointError("checkpoint %r could not be read (corrupt or truncated file?): %s: %s"
@@ -142,8 +144,11 @@ def restore(path, params, optimizer=None, strict=True):
                         and not (optimizer is None and _is_optimizer_key(k, params)))
     bad_shape = sorted("%s: file %s, expected %s" % (k, values[k].shape, expected[k][0])
                        for k in expected if k in values and tuple(values[k].shape) != expected[k][0])
+    # Adam's powers: float32 as in TF1; checkpoints written before npl matched that hold them in
+    # the variables' dtype, and any float is read (load_state_dict casts them)
     bad_dtype = sorted("%s: file %s, expected %s" % (k, values[k].dtype, expected[k][1])
-                       for k in expected if k in values and values[k].dtype != expected[k][1])
+                       for k in expected if k in values and values[k].dtype != expected[k][1]
+                       and not (k in _ADAM_NON_SLOT and values[k].dtype.kind == "f"))
     lines = []
     _describe(lines, "missing from the file", missing)
     if strict:

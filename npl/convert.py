@@ -27,6 +27,7 @@ column blocks are the gates ``i, j, f, o`` (j = candidate) and ``bias [4H]``, an
   ``bias_hh`` holds ``forget_bias`` in its f block (so npl -> torch -> npl is exact).
   ``nn.RNN`` maps to ``BasicRNNCell``.  ``nn.GRU`` is a different function and is refused.
 """
+import importlib
 import re
 
 import numpy as np
@@ -63,6 +64,16 @@ _IFJO = (0, 2, 1, 3)
 
 
 # ============================================================================ shared helpers
+def _require(module, what, extra):
+    """Import an optional framework, or say which extra provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError("%s needs %s, which is not installed: pip install 'npl-rnn[%s]'. The "
+                          "converters to and from plain dicts of arrays work without it"
+                          % (what, module, extra)) from e
+
+
 def _np(a, name):
     """A NumPy float array from numpy / cupy / torch / TF values (no dtype change)."""
     if hasattr(a, "detach"):                      # torch.Tensor
@@ -70,6 +81,11 @@ def _np(a, name):
     elif hasattr(a, "numpy") and not isinstance(a, np.ndarray):   # tf.Tensor / tf.Variable
         a = a.numpy()
     a = to_numpy(a)
+    if not isinstance(a, np.ndarray):
+        if not isinstance(a, (list, tuple, float, int, np.generic)):
+            raise TypeError("%s must be an array (NumPy, CuPy, torch or TF), got %s"
+                            % (name, type(a).__name__))
+        a = np.asarray(a)
     if a.dtype.kind != "f":
         raise TypeError("%s must be a floating-point array, got dtype %s" % (name, a.dtype))
     return a
@@ -185,6 +201,25 @@ def to_tf_variables(cell, scope="rnn"):
 
 
 _SUBSCOPES = ("gates/", "candidate/", "projection/")
+# Every variable a TF1 RNN cell can own: one of them beside a cell's own set means a different cell
+# (peepholes, a projection) whose weights would load into this one as a different function.
+_CELL_PARAMS = ("kernel", "bias", "w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel",
+                "gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias")
+
+
+def _describe(cell):
+    if isinstance(cell, LSTMCell):
+        return "LSTMCell(use_peepholes=%s, num_proj=%s)" % (cell._use_peepholes, cell._num_proj)
+    return type(cell).__name__
+
+
+def _features(extra):
+    out = []
+    if any(p.startswith("w_") for p in extra):
+        out.append("peepholes (use_peepholes=True)")
+    if "projection/kernel" in extra:
+        out.append("a projection (num_proj)")
+    return " and ".join(out) or "other variables"
 
 
 def _groups(names, params):
@@ -214,6 +249,11 @@ def _leaf_candidates(cell, variables, names, scope):
         if prefix + "recurrent_kernel" in variables:
             rejected.append("%s (has a recurrent_kernel: Keras weights, use from_keras)" % prefix)
             continue
+        extra = [p for p in _CELL_PARAMS if p not in wanted and prefix + p in variables]
+        if extra:
+            rejected.append("%s (has %s, which %s does not: the checkpoint's cell has %s)"
+                            % (prefix, ", ".join(extra), _describe(cell), _features(extra)))
+            continue
         vals = {p: variables[nm] for p, nm in g.items()}
         problem = _shape_problem(cell, vals)
         if problem:
@@ -230,7 +270,8 @@ def from_tf_variables(variables, cell, scope=None):
     :func:`read_tf_checkpoint`.  The cell's variables are recognised by their names ending in
     ``<cell scope>/<param>`` (``.../lstm_cell/kernel``; for a MultiRNNCell
     ``.../cell_<k>/<cell scope>/<param>``) and by their shapes; other variables (optimizer slots,
-    dense layers, ``global_step``) are ignored.  ``scope`` (e.g. ``"rnn"``,
+    dense layers, ``global_step``) are ignored.  A set with weights the cell lacks (peepholes, a projection) is
+    refused, not loaded in part.  ``scope`` (e.g. ``"rnn"``,
     ``"bidirectional_rnn/bw"``) restricts the search to names under it, and is needed when the
     dict holds more than one matching set.
     """
@@ -284,7 +325,7 @@ def from_tf_variables(variables, cell, scope=None):
 def read_tf_checkpoint(path):
     """All variables of a TensorFlow checkpoint as {name: NumPy array} (``tf.train.load_checkpoint``;
     ``path`` is the checkpoint prefix or its folder).  Imports TensorFlow."""
-    import tensorflow as tf
+    tf = _require("tensorflow", "reading a TensorFlow checkpoint", "tf")
     reader = tf.train.load_checkpoint(path)
     names = reader.get_variable_to_shape_map()
     return {n: np.asarray(reader.get_tensor(n)) for n in names}
@@ -301,7 +342,7 @@ def save_tf_checkpoint(cell, path, scope="rnn"):
     """Write the cell's weights as a TF1 checkpoint under TF's variable names (see
     :func:`tf_variable_names`), readable by ``tf.compat.v1.train.Saver.restore``.  Returns the
     checkpoint prefix.  Imports TensorFlow."""
-    import tensorflow as tf
+    tf = _require("tensorflow", "writing a TensorFlow checkpoint", "tf")
     v1 = tf.compat.v1
     values = to_tf_variables(cell, scope)
     g = tf.Graph()
@@ -401,7 +442,7 @@ def to_keras(cell, layer=None):
 
 def _from_keras_leaf(entry, cell, reset_after, name):
     _keras_layer_check(entry if hasattr(entry, "get_weights") else None, cell, name)
-    W, U, b, _ = _keras_weights(entry, name)
+    W, U, b, layer = _keras_weights(entry, name)
     kind = _kind(cell)
     H = cell.num_units
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
@@ -409,6 +450,13 @@ def _from_keras_leaf(entry, cell, reset_after, name):
         _plain_lstm(cell, "Keras LSTM")
     if kind == "gru" and (reset_after or (b is not None and b.ndim == 2)):
         raise ValueError("%s: %s" % (name, GRU_RESET_AFTER_MESSAGE))
+    if kind == "gru" and b is None and layer is None and reset_after is None:
+        # Without the layer's config or its bias ([3H] or [2, 3H]) nothing shows which GRU the
+        # weights come from, and reset_after=True ones would load into a different function.
+        raise ValueError("%s: GRU weights without a bias do not show whether the Keras layer had "
+                         "reset_after=True (Keras 3's default, which npl's GRUCell cannot run) or "
+                         "False; pass the layer itself, or reset_after=False if you know it was False"
+                         % name)
     if W.ndim != 2 or W.shape[1] != gates * H:
         raise ValueError("%s: kernel must have shape [input_size, %d] for %s(num_units=%d), got %s"
                          % (name, gates * H, type(cell).__name__, H, W.shape))
@@ -437,7 +485,9 @@ def from_keras(weights, cell, reset_after=None):
     ``[kernel, recurrent_kernel, bias]`` (``layer.get_weights()``) or a dict with those names; for a
     MultiRNNCell or a list of cells, a list with one such entry per layer.  LSTM:
     ``bias_f = keras_bias_f - forget_bias`` (the cell's).  GRU weights with ``reset_after=True``
-    (given, read from the layer, or recognised by a bias of shape [2, 3H]) raise ValueError."""
+    (given, read from the layer, or recognised by a bias of shape [2, 3H]) raise ValueError, and so
+    do GRU weights without a bias given as a list or dict, unless ``reset_after=False`` says which
+    they are."""
     leaves = _layers(cell, "cell")
     if isinstance(cell, RNNCell) and not isinstance(cell, MultiRNNCell):
         entries = [weights]
@@ -515,7 +565,7 @@ def to_torch(cells, cells_bw=None, tensors=False):
         if bw is not None:
             sd.update(_to_torch_layer(bw[k], "_l%d_reverse" % k))
     if tensors:
-        import torch
+        torch = _require("torch", "to_torch(tensors=True)", "torch")
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
     return sd
 
@@ -541,14 +591,28 @@ def _from_torch_layer(sd, cell, suffix, prefix):
     if W_hh.shape != (G * H, P):
         raise ValueError("weight_hh%s must have shape %s, got %s" % (suffix, (G * H, P), W_hh.shape))
     W_hr = get("weight_hr")
+    if kind == "rnn":
+        _check_activation(cell, ("tanh", "relu"), "torch.nn.RNN")
     if kind == "lstm":
         _plain_lstm(cell, "torch.nn.LSTM", allow_proj=True)
+        _check_activation(cell, ("tanh",), "torch.nn.LSTM")
         if (W_hr is None) != (cell._num_proj is None):
             raise ValueError("weight_hr%s (torch proj_size) %s but the cell has num_proj=%s"
                              % (suffix, "is absent" if W_hr is None else "is present", cell._num_proj))
+    if (get("bias_ih") is None) != (get("bias_hh") is None):
+        raise ValueError("state_dict has %s%s but not %s%s; a torch module has both biases or "
+                         "neither (bias=False)" % ((prefix, "bias_ih" + suffix, prefix, "bias_hh" + suffix)
+                                                   if get("bias_hh") is None else
+                                                   (prefix, "bias_hh" + suffix, prefix, "bias_ih" + suffix)))
+
     def bias(n):                                                         # absent with bias=False
         v = get(n)
-        return np.zeros(G * H, W_ih.dtype) if v is None else _np(v, n + suffix).copy()
+        if v is None:
+            return np.zeros(G * H, W_ih.dtype)
+        v = _np(v, n + suffix)
+        if v.shape != (G * H,):
+            raise ValueError("%s%s must have shape %s, got %s" % (n, suffix, (G * H,), v.shape))
+        return v.copy()
 
     b_ih, b_hh = bias("bias_ih"), bias("bias_hh")
     if kind == "lstm":

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import tempfile
 import urllib.error
@@ -246,7 +247,7 @@ def read_idx(path, expected_magic=None):
         raise CorruptFileError("%s: truncated IDX header (%d bytes, need %d)" % (path, len(raw), header))
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dt = _IDX_DTYPES[code]
-    count = int(np.prod(dims))
+    count = math.prod(dims)                             # Python ints: a bogus header cannot wrap
     if len(raw) - header != count * dt.itemsize:
         raise CorruptFileError("%s: the IDX header says shape %s (%d data bytes) but the file holds "
                                "%d: truncated or corrupt" % (path, dims, count * dt.itemsize,
@@ -505,6 +506,16 @@ def _positive(v, name):
         raise ValueError("%s must be a positive integer, got %r" % (name, v))
 
 
+def _finite(v, name, minimum=None, open_interval=False):
+    """A finite real number (not a bool or a string), above ``minimum`` when given."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError("%s must be a real number, got %r" % (name, v))
+    if not np.isfinite(v) or (minimum is not None and (v <= minimum if open_interval else v < minimum)):
+        raise ValueError("%s must be a finite number%s, got %r"
+                         % (name, "" if minimum is None else " %s %r" % (">" if open_interval else ">=",
+                                                                          minimum), v))
+
+
 def lm_num_batches(num_ids, batch_size, num_steps):
     """Number of windows :func:`lm_batches` yields: ``(num_ids // batch_size - 1) // num_steps``."""
     return max((num_ids // batch_size - 1) // num_steps, 0)
@@ -586,6 +597,8 @@ def sine_windows(n, window=10, dt=0.1, noise=0.0, random_offset=False, n_test=0,
     """
     _positive(n, "n")
     _positive(window, "window")
+    _finite(dt, "dt", 0.0, open_interval=True)
+    _finite(noise, "noise", 0.0)
     if n_test < 0:
         raise ValueError("n_test must be >= 0, got %r" % (n_test,))
     rng = _series_rng(seed)
@@ -616,6 +629,7 @@ def sin_to_cos(n, num_steps=20, dt=0.1, random_start=True, n_test=0, seed=None, 
     """
     _positive(n, "n")
     _positive(num_steps, "num_steps")
+    _finite(dt, "dt", 0.0, open_interval=True)
     if n_test < 0:
         raise ValueError("n_test must be >= 0, got %r" % (n_test,))
     rng = _series_rng(seed)

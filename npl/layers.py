@@ -26,9 +26,10 @@ from . import activations as _act
 from . import random as _random
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
 from .backend import default_xp, get_array_module, to_device
-from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform
+from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, _is_real, \
+    StaleTraceError
 from .rnn_ops import dynamic_rnn
-from ._checks import float_array, check_dtype, check_same_device, check_shape, resolve_dtype, \
+from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     lengths_array
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
@@ -44,7 +45,7 @@ class Layer(Parameterized):
             raise ValueError("name must be a non-empty string without '/', got %r" % (name,))
         self.name = name or self._default_name
         self._dtype = resolve_dtype(dtype)
-        self._seed = seed
+        self._seed = _random.check_seed(seed)
         self._params = {}
         self._grads = {}
 
@@ -68,6 +69,7 @@ class Layer(Parameterized):
         live = self.params
         for k, v in values.items():
             _assign(live[k], v)
+        self._bump_version()
         return self
 
     def output_width(self, input_width):
@@ -92,9 +94,11 @@ def _validate_values(live, values, strict, what):
         raise ValueError("set_params: missing parameters %s for %s (strict=False sets only some)"
                          % (missing, what))
     for k, v in values.items():
-        if tuple(np.shape(v)) != tuple(live[k].shape):
+        a = float_array(v, "set_params: params[%r]" % k)
+        if tuple(a.shape) != tuple(live[k].shape):
             raise ValueError("set_params: %r must have shape %s, got %s"
-                             % (k, tuple(live[k].shape), tuple(np.shape(v))))
+                             % (k, tuple(live[k].shape), tuple(a.shape)))
+        check_fits(a, live[k].dtype, "set_params: params[%r]" % k)
 
 
 def _assign(dst, value):
@@ -145,6 +149,7 @@ class Dense(Layer):
         if self.use_bias:
             self._params["bias"] = xp.zeros((self.units,), dtype)
         self._grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
+        self._bump_version()
         return self
 
     @property
@@ -181,17 +186,26 @@ class DenseTrace(_OnceTrace):
 
     def __init__(self, layer, x2, y, in_shape):
         self.layer, self._x2, self._y, self._in_shape = layer, x2, y, tuple(in_shape)
+        self._version = layer._version
+
+    def _check(self, d_output, name="d_output"):
+        d = float_array(d_output, name)
+        check_shape(d, self._y.shape, name)
+        check_dtype(d, self._y.dtype, name)
+        return d
 
     def backward(self, d_output):
         """Return ``d_inputs`` (shape of the inputs); accumulates ``kernel`` / ``bias`` gradients.
 
             d_pre = d_y * act'(y);  d_kernel += x^T @ d_pre;  d_bias += sum(d_pre);  d_x = d_pre @ kernel^T
         """
+        self._ensure_fresh()
+        if self._version != self.layer._version:
+            raise StaleTraceError("the weights of Dense %r were replaced (set_params or build) after "
+                                  "this trace's forward; run the forward again" % self.layer.name)
+        d = self._check(d_output)
         self._consume()
         layer = self.layer
-        d = float_array(d_output, "d_output")
-        check_shape(d, self._y.shape, "d_output")
-        check_dtype(d, self._y.dtype, "d_output")
         xp = get_array_module(d)
         D = d.reshape(-1, layer.units)
         if layer.activation is not _act.identity:
@@ -263,8 +277,9 @@ class EmbeddingLayerTrace(_OnceTrace):
 
     def backward(self, d_output):
         """Accumulate ``d embeddings`` (IndexedSlices, or dense); ids have no gradient: returns None."""
+        self._ensure_fresh()
+        s = self._inner.backward(d_output)              # checks d_output before it consumes
         self._consume()
-        s = self._inner.backward(d_output)
         if self.layer.sparse_grad:
             self.layer._slices.append(s)
         else:
@@ -348,6 +363,8 @@ class RNN(Layer):
         live = self.cell._params
         for k, v in values.items():
             _assign(live[to_key[k]], v)
+        for leaf in self.cell._leaves():
+            leaf._bump_version()
         return self
 
     def build(self, input_size, dtype=np.float32):
@@ -408,13 +425,22 @@ class RNNLayerTrace(_OnceTrace):
     def records(self):
         return self.inner.records
 
+    def _check(self, d_output, name="d_output"):
+        d = float_array(d_output, name)
+        check_shape(d, self._y_shape, name)
+        check_dtype(d, self.inner.dtype, name)
+        return d
+
+    def _check_state(self, d_final_state, name="d_final_state"):
+        inner = self.inner
+        inner.cell._to_internal(d_final_state, inner.batch_size, inner.dtype, inner._xp, name)
+
     def backward(self, d_output=None, d_final_state=None):
         """Return ``d_inputs``; parameter gradients accumulate into the cell's grads."""
-        self._consume()
+        self._ensure_fresh()
         d = None
         if d_output is not None:
-            d = float_array(d_output, "d_output")
-            check_shape(d, self._y_shape, "d_output")
+            d = self._check(d_output)
             if self._last is not None:
                 xp = get_array_module(d)
                 full = xp.zeros(self._out_shape, d.dtype)
@@ -424,7 +450,8 @@ class RNNLayerTrace(_OnceTrace):
                 else:
                     full[b, t] = d[b]
                 d = full
-        dx, d0 = self.inner.backward(d, d_final_state)
+        dx, d0 = self.inner.backward(d, d_final_state)  # checks both before it consumes
+        self._consume()
         self.d_initial_state = d0
         return dx
 
@@ -459,6 +486,8 @@ class Sequential(Layer):
                                 % (k, type(l).__name__))
         if len({id(l) for l in layers}) != len(layers):
             raise ValueError("the same layer object appears twice in layers")
+        _check_distinct([l.cell._leaves() if isinstance(l, RNN) else [] for l in layers],
+                        "Sequential", "layers")
         for k, l in enumerate(layers[1:], 1):
             if isinstance(l, Embedding):
                 raise ValueError("layers[%d]: an Embedding can only be the first layer" % k)
@@ -603,12 +632,24 @@ class SequentialTrace(_OnceTrace):
         self.d_initial_state = None
 
     def backward(self, d_output, d_final_state=None):
-        self._consume()
+        """Return ``d_inputs``; every layer's gradients accumulate.  Both cotangents are checked
+        before any layer runs, so a rejected call changes nothing and leaves the trace usable."""
+        self._ensure_fresh()
+        for tr in self.traces:
+            tr._ensure_fresh()
         rnn_traces = [t for t in self.traces if isinstance(t, RNNLayerTrace)]
         if d_final_state is not None and (not isinstance(d_final_state, tuple)
                                           or len(d_final_state) != len(rnn_traces)):
             raise TypeError("d_final_state must be None or a tuple of %d states (one per RNN layer)"
                             % len(rnn_traces))
+        last = self.traces[-1]
+        if d_output is not None and hasattr(last, "_check"):
+            last._check(d_output)
+        if d_final_state is not None:
+            for k, (tr, s) in enumerate(zip(rnn_traces, d_final_state)):
+                if s is not None:
+                    tr._check_state(s, "d_final_state[%d]" % k)
+        self._consume()
         d, k = d_output, len(rnn_traces)
         d0 = [None] * k
         for tr in reversed(self.traces):
@@ -663,7 +704,9 @@ class DropoutWrapper(RNNCell):
             raise TypeError("cell must be an npl RNN cell, got %s" % type(cell).__name__)
         for nm, p in (("input_keep_prob", input_keep_prob), ("output_keep_prob", output_keep_prob),
                       ("state_keep_prob", state_keep_prob)):
-            if isinstance(p, bool) or not np.isscalar(p) or not 0 < float(p) <= 1:
+            if not _is_real(p):
+                raise TypeError("%s must be a number in (0, 1], got %r" % (nm, p))
+            if not 0 < float(p) <= 1:
                 raise ValueError("%s must be a number in (0, 1], got %r" % (nm, p))
         if dropout_state_filter_visitor is not None:
             raise ValueError("dropout_state_filter_visitor: only TF's default (drop every state but an "
@@ -685,6 +728,9 @@ class DropoutWrapper(RNNCell):
     @property
     def wrapped_cell(self):
         return self._cell
+
+    def _leaves(self):
+        return self._cell._leaves()
 
     @property
     def name(self):
@@ -797,6 +843,9 @@ class DropoutWrapper(RNNCell):
                         raise ValueError("masks[%r] must hold %d arrays (one per layer), got %d"
                                          % (k, len(ws), len(ms)))
                     for a, w in zip(ms, ws):
+                        if not hasattr(a, "shape") or get_array_module(a) is not xp:
+                            raise TypeError("masks[%r] must be a %s array of shape %s (the inputs' "
+                                            "backend), got %s" % (k, xp.__name__, w, type(a).__name__))
                         check_shape(a, w, "masks[%r]" % k)
                         check_dtype(a, dt, "masks[%r]" % k)
                 masks[k] = m

@@ -11,6 +11,8 @@ def set_random_seed(seed):
     their own ``seed=`` draw their initial weights from it in a reproducible order."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError("seed must be an integer or None, got %r" % (seed,))
+    if seed is not None and seed < 0:
+        raise ValueError("seed must be a non-negative integer, got %r" % (seed,))
     _global["rng"] = np.random.default_rng(seed)
 
 
@@ -20,6 +22,15 @@ def generator(seed=None):
         return _global["rng"]
     if isinstance(seed, np.random.Generator):
         return seed
+    return np.random.default_rng(check_seed(seed))
+
+
+def check_seed(seed):
+    """``seed`` as given, once it is None, a numpy Generator or a non-negative integer."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError("seed must be an integer, a numpy Generator or None, got %r" % (seed,))
-    return np.random.default_rng(seed)
+    if seed < 0:
+        raise ValueError("seed must be a non-negative integer, got %r" % (seed,))
+    return seed

@@ -15,7 +15,7 @@ import numpy as np
 
 from .array_ops import reverse_sequence, BackwardTwiceError
 from .backend import get_array_module
-from .cells import RNNCell, LSTMStateTuple, TraceBase, flat_records, _describe, _copy as _assign
+from .cells import RNNCell, LSTMStateTuple, TraceBase, StaleTraceError, flat_records, _describe, _copy as _assign
 from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array
 from . import workspace as _ws
 
@@ -31,6 +31,18 @@ def _ensure_fresh(*traces):
             raise BackwardTwiceError("backward was already called on this %s; its saved arrays are "
                                      "spent. Run the forward again with return_trace=True for a new "
                                      "trace" % type(trace).__name__)
+        check_current(trace)
+
+
+def check_current(trace):
+    """Raise StaleTraceError if a cell of ``trace`` had its weights replaced since the forward."""
+    for r in getattr(trace, "records", ()):
+        cell = getattr(r, "cell", None)
+        if cell is not None and getattr(r, "version", 0) != getattr(cell, "_version", 0):
+            raise StaleTraceError(
+                "the weights of %s %r were replaced (set_params, build or to_device) after this "
+                "%s's forward; its saved gates belong to the old weights. Run the forward again"
+                % (type(cell).__name__, getattr(cell, "name", ""), type(trace).__name__))
 
 
 # A forward without a trace runs long sequences this many steps at a time (see _dynamic_rnn).

@@ -10,15 +10,20 @@ live parameter arrays IN PLACE::
 ``grads_and_vars`` holds ``(grad, var)`` or ``(grad, var, name)``; the name keys the optimizer's
 slots (checkpoints use it: ``<name>/Adam``, ``<name>/Adam_1``, ``beta1_power``, ... exactly as
 TensorFlow names them).  A gradient may be an :class:`npl.IndexedSlices` (an embedding's sparse
-gradient): duplicate indices are summed first and the sparse update of TensorFlow 1 is applied
-(Momentum and RMSProp touch only the listed rows; Adam decays ``m`` and ``v`` of every row and
-updates every row, as TF1's ``_apply_sparse``).  ``None`` gradients are skipped.
+gradient; indices must be in [0, rows)): the sparse update of TensorFlow 1 is applied
+(GradientDescent subtracts each row in turn, duplicates included, as TF1's ``scatter_sub``; the
+others sum duplicate indices first; Momentum and RMSProp touch only the listed rows, RMSProp with
+TF1's sparse-kernel arithmetic; Adam decays ``m`` and ``v`` of every row and updates every row, as
+TF1's ``_apply_sparse``).  ``None`` gradients are skipped.  A gradient may also be a Python list
+(converted to the variable's dtype).  Float64 training matches TF1 bit for bit (TF1 rounds
+Python-float hyperparameters to float32 first; see :class:`Optimizer`).
 
 Clipping: :func:`global_norm`, :func:`clip_by_global_norm` (``tf.clip_by_global_norm``).
 
 Training loop: :func:`fit` (batches, epochs, seeded shuffling, stateful truncated BPTT, evaluation,
 progress bar, history, NaN/inf detection) and :func:`plot_history`.
 """
+import inspect
 import math
 import numbers
 import sys
@@ -26,9 +31,9 @@ import time
 
 import numpy as np
 
-from .array_ops import IndexedSlices, _scatter_add
+from .array_ops import IndexedSlices, _scatter_add, _check_index_range
 from .backend import _is_cupy, default_xp, get_array_module
-from ._checks import check_same_device
+from ._checks import as_array, check_same_device
 
 __all__ = ["Optimizer", "GradientDescentOptimizer", "MomentumOptimizer", "RMSPropOptimizer",
            "AdamOptimizer", "global_norm", "clip_by_global_norm", "fit", "History",
@@ -47,8 +52,75 @@ def _dedup(grad):
     return uniq, summed
 
 
+def _hyper_value(x):
+    """A validated hyperparameter as stored: NumPy floating scalars keep their type (and so their
+    precision, see :func:`_cast_hyper`); other numbers become Python floats."""
+    return x if isinstance(x, np.floating) else float(x)
+
+
+def _tensor_dtype(x):
+    """The dtype TF1's ``ops.convert_to_tensor`` gives a hyperparameter: float32 for a Python float,
+    its own dtype for a NumPy (or CuPy) scalar or 0-d array."""
+    if hasattr(x, "dtype"):
+        return np.dtype(x.dtype)
+    return np.dtype(np.float32)
+
+
+def _cast_hyper(x, dtype):
+    """A hyperparameter as TF1 hands it to the update kernel: ``convert_to_tensor(x)`` (a Python
+    float becomes a FLOAT32 tensor, a Python int an int32 one, a NumPy scalar keeps its dtype),
+    then ``math_ops.cast(., var.dtype)``.  So a Python-float learning rate of 0.1 reaches a float64
+    variable as float64(float32(0.1)), exactly as in TensorFlow 1."""
+    if hasattr(x, "dtype"):
+        a = np.asarray(x.get() if _is_cupy(x) else x)
+    elif isinstance(x, numbers.Integral):
+        a = np.asarray(int(x))
+    else:
+        a = np.asarray(float(x), np.float32)
+    with np.errstate(over="ignore"):              # 1e200 -> float32 inf, as in TF
+        return a.astype(dtype)[()]
+
+
+def _schedule_arity(fn):
+    """How many positional arguments a callable learning rate is called with: 0 (TF1's
+    convention: no required positional parameter) or 1 (the step count)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):               # no introspectable signature: npl's old convention
+        return 1
+    params = list(sig.parameters.values())
+    required = [p.name for p in params if p.default is p.empty and p.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    kw_required = [p.name for p in params if p.default is p.empty and p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if len(required) > 1 or kw_required:
+        raise TypeError("a callable learning_rate must take no required argument (as in TensorFlow 1) "
+                        "or one (the step count), got one with signature %s" % (sig,))
+    return len(required)
+
+
+def _is_number(x):
+    """A real number or a 0-d real numeric array (what a learning rate or a metric may be)."""
+    if isinstance(x, bool) or isinstance(x, np.bool_):
+        return False
+    if isinstance(x, numbers.Real):
+        return True
+    return hasattr(x, "dtype") and hasattr(x, "ndim") and x.ndim == 0 and np.dtype(x.dtype).kind in "iuf"
+
+
 class Optimizer:
     """Base class: slot bookkeeping, ``apply_gradients``, state for checkpoints.
+
+    ``learning_rate``: a non-negative number, or a callable evaluated once per ``apply_gradients``:
+    one that takes no required positional argument is called with none, as TF1 calls it
+    (``lambda: 0.1``); one that takes one required positional argument gets the number of steps
+    applied so far, ``self.iterations`` (``lambda step: 0.1 / (1 + step)``).  It must return a
+    number.
+
+    Hyperparameters reach the update in TF1's precision: TF1 converts a Python float (learning
+    rate, momentum, decay, beta1, beta2, epsilon) to a FLOAT32 tensor and then casts it to the
+    variable's dtype, so float64 training uses ``float64(float32(0.1))`` for 0.1, here as in
+    TensorFlow.  A NumPy scalar keeps its own dtype (``np.float64(0.1)`` is used exactly, as a
+    float64 tensor would be in TF).
 
     Subclasses define ``_slot_specs`` (ordered ``(slot_name, initial_value)``, TF's creation order,
     which fixes the checkpoint suffixes ``""``, ``"_1"``, ...) and ``_update(g, var, slots)``: the
@@ -58,11 +130,15 @@ class Optimizer:
     _slot_specs = ()
 
     def __init__(self, learning_rate, use_locking=False, name="Optimizer"):
-        if not callable(learning_rate):
+        if callable(learning_rate):
+            self._lr_arity = _schedule_arity(learning_rate)
+        else:
             _positive(learning_rate, "learning_rate", allow_zero=True)
+            learning_rate = _hyper_value(learning_rate)
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a non-empty string, got %r" % (name,))
         self.learning_rate = learning_rate
+        self._lr_now = None     # the learning rate of the step being applied (a callable's value)
         self._name = name
         self._slots = {}        # var name -> {slot name: array}
         self._vars = {}         # var name -> the live array the slots belong to
@@ -84,9 +160,21 @@ class Optimizer:
             raise KeyError("no slot %r for variable %r (variables: %s; slots: %s)"
                            % (slot_name, var_name, sorted(self._slots), self.get_slot_names())) from None
 
+    def _current_lr(self):
+        """The learning rate for this step: a callable is called once per ``apply_gradients``, with
+        no argument (TF1) or with ``self.iterations`` (see the class docstring)."""
+        lr = self.learning_rate
+        if not callable(lr):
+            return lr
+        value = lr() if self._lr_arity == 0 else lr(self.iterations)
+        if not _is_number(value):
+            raise TypeError("the learning_rate callable must return a number, got %r (%s)"
+                            % (value, type(value).__name__))
+        return value
+
     def _lr(self, dtype):
-        lr = self.learning_rate(self.iterations) if callable(self.learning_rate) else self.learning_rate
-        return np.asarray(lr, dtype)[()]
+        lr = self._lr_now if self._lr_now is not None else self._current_lr()
+        return _cast_hyper(lr, dtype)
 
     # -- variables and slots
     def _name_of(self, var, name):
@@ -116,8 +204,11 @@ class Optimizer:
         if isinstance(grads_and_vars, dict):
             raise TypeError("grads_and_vars must be a list of (grad, var) or (grad, var, name); for "
                             "dicts use optimizer.update(params, grads)")
+        if isinstance(grads_and_vars, (str, bytes)) or not hasattr(grads_and_vars, "__iter__"):
+            raise TypeError("grads_and_vars must be a list of (grad, var) or (grad, var, name), got %s"
+                            % type(grads_and_vars).__name__)
         items = []
-        for k, gv in enumerate(grads_and_vars):
+        for k, gv in enumerate(list(grads_and_vars)):
             if not isinstance(gv, (tuple, list)) or len(gv) not in (2, 3):
                 raise TypeError("grads_and_vars[%d] must be (grad, var) or (grad, var, name), got %r"
                                 % (k, type(gv).__name__))
@@ -131,8 +222,19 @@ class Optimizer:
                     if tuple(g.dense_shape) != tuple(v.shape):
                         raise ValueError("gradient of %r: IndexedSlices dense_shape %s != variable shape %s"
                                          % (name, tuple(g.dense_shape), tuple(v.shape)))
+                    g._check(what="gradient of %r" % name)
+                    _check_index_range(g.indices, v.shape[0], "gradient of %r: IndexedSlices indices" % name,
+                                       "the rows of the variable")
                     gd = g.values
                 else:
+                    if not (hasattr(g, "shape") and hasattr(g, "dtype")):
+                        plain = isinstance(g, (list, tuple, numbers.Number))
+                        g = as_array(g, "gradient of %r" % name, xp=get_array_module(v))
+                        if g.dtype.kind not in "iuf":
+                            raise TypeError("gradient of %r must be a float array, got dtype %s"
+                                            % (name, g.dtype))
+                        if plain:                    # a Python list has no dtype: the variable's
+                            g = g.astype(v.dtype, copy=False)
                     gd = g
                     if tuple(g.shape) != tuple(v.shape):
                         raise ValueError("gradient of %r must have the variable's shape %s, got %s"
@@ -156,20 +258,24 @@ class Optimizer:
 
         global_step: None, or a 0-d integer numpy array incremented in place (TF's global_step).
         """
-        items = self._normalize(list(grads_and_vars))
+        items = self._normalize(grads_and_vars)
         if global_step is not None and not (isinstance(global_step, np.ndarray) and global_step.ndim == 0
                                             and global_step.dtype.kind in "iu"):
             raise TypeError("global_step must be None or a 0-d integer numpy array, got %r" % (global_step,))
-        self._prepare([v for _, g, v in items if g is not None])
-        for nm, g, v in items:
-            if g is None:
-                continue
-            slots = self._slots_for(nm, v)
-            if isinstance(g, IndexedSlices):
-                self._apply_sparse(g, v, slots)
-            else:
-                self._update(g, v, slots)
-        self._finish()
+        self._lr_now = self._current_lr()       # once per step, as TF1's _prepare
+        try:
+            self._prepare([v for _, g, v in items if g is not None])
+            for nm, g, v in items:
+                if g is None:
+                    continue
+                slots = self._slots_for(nm, v)
+                if isinstance(g, IndexedSlices):
+                    self._apply_sparse(g, v, slots)
+                else:
+                    self._update(g, v, slots)
+            self._finish()
+        finally:
+            self._lr_now = None
         self.iterations += 1
         if global_step is not None:
             global_step[...] += 1
@@ -294,13 +400,19 @@ def _unit(x, name):
 
 
 class GradientDescentOptimizer(Optimizer):
-    """``var -= learning_rate * grad`` (sparse: on the listed rows, duplicates summed)."""
+    """``var -= learning_rate * grad``.  Sparse (IndexedSlices): ``var[indices[k]] -= lr *
+    values[k]`` for each k in turn, duplicates NOT summed first (TF1's ``scatter_sub``)."""
 
     def __init__(self, learning_rate, use_locking=False, name="GradientDescent"):
         super().__init__(learning_rate, use_locking, name)
 
     def _update(self, g, var, slots):
         var -= self._lr(var.dtype) * g
+
+    def _apply_sparse(self, grad, var, slots):
+        idx = grad.indices.reshape(-1)
+        vals = grad.values.reshape((idx.shape[0],) + tuple(var.shape[1:]))
+        _scatter_add(var, idx, -(vals * self._lr(var.dtype)))     # var + (-x) == var - x exactly
 
 
 class MomentumOptimizer(Optimizer):
@@ -316,12 +428,11 @@ class MomentumOptimizer(Optimizer):
     def __init__(self, learning_rate, momentum, use_locking=False, name="Momentum", use_nesterov=False):
         super().__init__(learning_rate, use_locking, name)
         _positive(momentum, "momentum", allow_zero=True)
-        self.momentum = float(momentum)
+        self.momentum = _hyper_value(momentum)
         self.use_nesterov = bool(use_nesterov)
 
     def _update(self, g, var, slots):
-        dt = var.dtype.type
-        lr, mu = self._lr(var.dtype), dt(self.momentum)
+        lr, mu = self._lr(var.dtype), _cast_hyper(self.momentum, var.dtype)
         a = slots["momentum"]
         a *= mu
         a += g
@@ -348,30 +459,58 @@ class RMSPropOptimizer(Optimizer):
         _unit(decay, "decay")
         _positive(momentum, "momentum", allow_zero=True)
         _positive(epsilon, "epsilon", allow_zero=True)
-        self.decay, self.momentum, self.epsilon = float(decay), float(momentum), float(epsilon)
+        self.decay, self.momentum, self.epsilon = _hyper_value(decay), _hyper_value(momentum), \
+            _hyper_value(epsilon)
         self.centered = bool(centered)
         self._slot_specs = (("rms", 1.0),) + ((("mg", 0.0),) if self.centered else ()) + (("momentum", 0.0),)
 
     def _update(self, g, var, slots):
         xp = get_array_module(var)
         dt = var.dtype.type
-        lr, one_minus = self._lr(var.dtype), dt(1) - dt(self.decay)
+        eps = _cast_hyper(self.epsilon, var.dtype)
+        lr, one_minus = self._lr(var.dtype), dt(1) - _cast_hyper(self.decay, var.dtype)
         ms, mom = slots["rms"], slots["momentum"]
         ms += (g * g - ms) * one_minus
         if self.centered:
             mg = slots["mg"]
             mg += (g - mg) * one_minus
-            denom = ms - mg * mg + dt(self.epsilon)
+            denom = ms - mg * mg + eps
         else:
-            denom = ms + dt(self.epsilon)
-        mom *= dt(self.momentum)
+            denom = ms + eps
+        mom *= _cast_hyper(self.momentum, var.dtype)
         mom += g * lr / xp.sqrt(denom)
         var -= mom
+
+    def _apply_sparse(self, grad, var, slots):
+        """TF1's ``SparseApplyRMSProp`` / ``SparseApplyCenteredRMSProp`` kernels, on the rows of
+        the (deduplicated) indices; their arithmetic differs from the dense kernel's::
+
+            ms = ms * decay + grad^2 * (1 - decay);  mg = mg * decay + grad * (1 - decay)
+            mom = mom * momentum + rsqrt(ms + epsilon [- mg^2]) * lr * grad;  var -= mom
+        """
+        xp = get_array_module(var)
+        dt = var.dtype.type
+        idx, g = _dedup(grad)
+        lr, rho = self._lr(var.dtype), _cast_hyper(self.decay, var.dtype)
+        mu, eps = _cast_hyper(self.momentum, var.dtype), _cast_hyper(self.epsilon, var.dtype)
+        ms = slots["rms"][idx] * rho + (g * g) * (dt(1) - rho)
+        slots["rms"][idx] = ms
+        if self.centered:
+            mg = slots["mg"][idx] * rho + g * (dt(1) - rho)
+            slots["mg"][idx] = mg
+            denom = ms + eps - mg * mg
+        else:
+            denom = ms + eps
+        mom = slots["momentum"][idx] * mu + (dt(1) / xp.sqrt(denom)) * lr * g
+        slots["momentum"][idx] = mom
+        var[idx] -= mom
 
 
 class AdamOptimizer(Optimizer):
     """TF1 ``ApplyAdam``; slots ``m`` (``<var>/Adam``), ``v`` (``<var>/Adam_1``); non-slot
-    ``beta1_power``, ``beta2_power`` (start at beta1, beta2; multiplied by them after each step)::
+    ``beta1_power``, ``beta2_power`` (start at beta1, beta2; multiplied by them after each step;
+    FLOAT32 whatever the variables' dtype, as TF1 creates them from the Python floats, so a float64
+    model's checkpoint holds float32 powers exactly as TF1's does)::
 
         lr_t = lr * sqrt(1 - beta2_power) / (1 - beta1_power)
         m   += (grad - m) * (1 - beta1)
@@ -391,11 +530,15 @@ class AdamOptimizer(Optimizer):
         _unit(beta1, "beta1")
         _unit(beta2, "beta2")
         _positive(epsilon, "epsilon", allow_zero=True)
-        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+        self.beta1, self.beta2, self.epsilon = _hyper_value(beta1), _hyper_value(beta2), _hyper_value(epsilon)
         self._beta1_power = self._beta2_power = None
 
-    def _non_slot_init(self, dtype):
-        return {"beta1_power": np.asarray(self.beta1, dtype), "beta2_power": np.asarray(self.beta2, dtype)}
+    def _non_slot_init(self, dtype=None):
+        # TF1 creates the powers with initial_value=beta1 / beta2: FLOAT32 variables for Python
+        # floats, whatever the dtype of the variables trained (a NumPy float64 beta gives float64)
+        b1, b2 = _tensor_dtype(self.beta1), _tensor_dtype(self.beta2)
+        return {"beta1_power": np.asarray(_cast_hyper(self.beta1, b1)),
+                "beta2_power": np.asarray(_cast_hyper(self.beta2, b2))}
 
     def _non_slot(self):
         if self._beta1_power is None:
@@ -403,42 +546,49 @@ class AdamOptimizer(Optimizer):
         return {"beta1_power": np.asarray(self._beta1_power), "beta2_power": np.asarray(self._beta2_power)}
 
     def _set_non_slot(self, values):
-        self._beta1_power = np.asarray(values["beta1_power"])[()]
-        self._beta2_power = np.asarray(values["beta2_power"])[()]
+        init = self._non_slot_init()
+        self._beta1_power = np.asarray(values["beta1_power"], init["beta1_power"].dtype)[()]
+        self._beta2_power = np.asarray(values["beta2_power"], init["beta2_power"].dtype)[()]
 
     def _prepare(self, var_list):
-        if self._beta1_power is None:          # TF: created with the first variable's dtype
-            dt = np.dtype(var_list[0].dtype) if var_list else np.dtype(np.float32)
-            self._beta1_power, self._beta2_power = dt.type(self.beta1), dt.type(self.beta2)
+        if self._beta1_power is None:          # TF1: float32 non-slot variables (see _non_slot_init)
+            init = self._non_slot_init()
+            self._beta1_power, self._beta2_power = init["beta1_power"][()], init["beta2_power"][()]
 
-    def _finish(self):
+    def _finish(self):                          # TF1: beta1_power * beta1 in the powers' dtype
         b1p, b2p = self._beta1_power, self._beta2_power
-        self._beta1_power = b1p * b1p.dtype.type(self.beta1)
-        self._beta2_power = b2p * b2p.dtype.type(self.beta2)
+        self._beta1_power = b1p * _cast_hyper(self.beta1, b1p.dtype)
+        self._beta2_power = b2p * _cast_hyper(self.beta2, b2p.dtype)
+
+    def _hypers(self, dtype):
+        return (_cast_hyper(self.beta1, dtype), _cast_hyper(self.beta2, dtype),
+                _cast_hyper(self.epsilon, dtype))
 
     def _step_size(self, dtype):
         dt = dtype.type
-        b1p, b2p = dt(self._beta1_power), dt(self._beta2_power)
+        b1p, b2p = dt(self._beta1_power), dt(self._beta2_power)      # math_ops.cast(power, var.dtype)
         return self._lr(dtype) * np.sqrt(dt(1) - b2p) / (dt(1) - b1p)
 
     def _update(self, g, var, slots):
         xp = get_array_module(var)
         dt = var.dtype.type
+        b1, b2, eps = self._hypers(var.dtype)
         m, v = slots["m"], slots["v"]
-        m += (g - m) * (dt(1) - dt(self.beta1))
-        v += (g * g - v) * (dt(1) - dt(self.beta2))
-        var -= (m * self._step_size(var.dtype)) / (xp.sqrt(v) + dt(self.epsilon))
+        m += (g - m) * (dt(1) - b1)
+        v += (g * g - v) * (dt(1) - b2)
+        var -= (m * self._step_size(var.dtype)) / (xp.sqrt(v) + eps)
 
     def _apply_sparse(self, grad, var, slots):
         xp = get_array_module(var)
         dt = var.dtype.type
+        b1, b2, eps = self._hypers(var.dtype)
         idx, vals = _dedup(grad)
         m, v = slots["m"], slots["v"]
-        m *= dt(self.beta1)
-        m[idx] += vals * (dt(1) - dt(self.beta1))
-        v *= dt(self.beta2)
-        v[idx] += (vals * vals) * (dt(1) - dt(self.beta2))
-        var -= self._step_size(var.dtype) * m / (xp.sqrt(v) + dt(self.epsilon))
+        m *= b1
+        m[idx] += vals * (dt(1) - b1)
+        v *= b2
+        v[idx] += (vals * vals) * (dt(1) - b2)
+        var -= self._step_size(var.dtype) * m / (xp.sqrt(v) + eps)
 
 
 # ============================================================================ clipping
@@ -446,24 +596,77 @@ def _values(t):
     return t.values if isinstance(t, IndexedSlices) else t
 
 
-def global_norm(t_list):
-    """``sqrt(sum_i ||t_i||^2)`` over the arrays of ``t_list`` (tf.global_norm).
-
-    None entries are ignored; an :class:`npl.IndexedSlices` counts its ``values`` (duplicate indices
-    NOT merged, as in TensorFlow).  Returns a Python float.
-    """
+def _float_entries(t_list):
+    """The float arrays of ``t_list`` (IndexedSlices: their values; None skipped), each checked."""
     if not isinstance(t_list, (list, tuple)):
         raise TypeError("t_list must be a list or tuple of arrays, got %s" % type(t_list).__name__)
-    total = 0.0
+    arrays = []
     for k, t in enumerate(t_list):
         if t is None:
             continue
         a = _values(t)
-        if not hasattr(a, "dtype") or a.dtype.kind != "f":
+        if not hasattr(a, "dtype") or not hasattr(a, "shape") or a.dtype.kind != "f":
             raise TypeError("t_list[%d] must be a float array or IndexedSlices, got %s"
                             % (k, type(t).__name__))
-        total += float((a * a).sum())
-    return math.sqrt(total)
+        arrays.append(a)
+    return arrays
+
+
+def _norm_parts(t_list):
+    """``(scale, ssq, dtype, finite)``: the global norm is ``scale * sqrt(ssq)``, the squares summed
+    in FLOAT64 (float32 gradients ~1e20 would overflow a float32 sum; TF sums in the input dtype).
+    ``scale`` is 1 unless the float64 sum itself overflows with finite inputs; then the arrays are
+    divided by their largest magnitude first.  ``dtype`` is the inputs' (result) dtype; ``finite``
+    whether every input value is finite."""
+    arrays = _float_entries(t_list)
+    dtype = np.result_type(*[a.dtype for a in arrays]) if arrays else np.dtype(np.float64)
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a in arrays:
+            a64 = a.astype(np.float64, copy=False)
+            total += float((a64 * a64).sum())
+    if math.isfinite(total):
+        return 1.0, total, dtype, True
+    finite = all(_all_finite(a) for a in arrays)
+    if not finite:
+        return 1.0, total, dtype, False
+    big = max(float(get_array_module(a).abs(a).max()) for a in arrays if a.size)
+    total = 0.0
+    for a in arrays:
+        r = a.astype(np.float64, copy=False) / big
+        total += float((r * r).sum())
+    return big, total, dtype, True
+
+
+def global_norm(t_list):
+    """``sqrt(sum_i ||t_i||^2)`` over the arrays of ``t_list`` (tf.global_norm).
+
+    None entries are ignored; an :class:`npl.IndexedSlices` counts its ``values`` (duplicate indices
+    NOT merged, as in TensorFlow).  The squares are accumulated in float64 (so finite float32
+    gradients never overflow the sum) and the norm is returned as a NumPy scalar of the inputs'
+    dtype, as TF's result (float32 gradients: ``np.float32``; float64: ``np.float64``, which is a
+    Python float).  ``inf`` only when an input is non-finite or the norm exceeds that dtype's range.
+    """
+    scale, ssq, dtype, _ = _norm_parts(t_list)
+    with np.errstate(over="ignore"):
+        return dtype.type(scale * math.sqrt(ssq) if not math.isnan(ssq) else ssq)
+
+
+def _real(x, name, allow_zero):
+    """A finite real number (positive, or non-negative with ``allow_zero``): a Python or NumPy
+    number or a 0-d array; TypeError for other types, ValueError for bad values."""
+    if hasattr(x, "ndim") and hasattr(x, "dtype") and not isinstance(x, np.generic):
+        if x.ndim != 0 or np.dtype(x.dtype).kind not in "iuf":
+            raise TypeError("%s must be a number, got an array of shape %s dtype %s"
+                            % (name, tuple(x.shape), x.dtype))
+        x = float(x)
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError("%s must be a number, got %r (%s)" % (name, x, type(x).__name__))
+    x = float(x)
+    if not math.isfinite(x) or (x < 0 if allow_zero else x <= 0):
+        raise ValueError("%s must be a %s finite number, got %r"
+                         % (name, "non-negative" if allow_zero else "positive", x))
+    return x
 
 
 def clip_by_global_norm(t_list, clip_norm, use_norm=None):
@@ -471,27 +674,48 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None):
 
         scale = clip_norm * min(1 / global_norm, 1 / clip_norm);   t_i <- t_i * scale
 
-    so nothing changes (scale 1) when ``global_norm <= clip_norm``.  ``use_norm`` replaces the
-    computed norm.  None entries stay None; IndexedSlices stay IndexedSlices (values scaled).  A
-    non-finite norm makes every clipped value NaN, as in TensorFlow.  New arrays are returned.
+    so nothing changes (scale 1) when ``global_norm <= clip_norm``.  ``clip_norm``: a positive
+    finite number.  ``use_norm``: a non-negative finite number that replaces the computed norm
+    (returned as a float).  The computed norm is :func:`global_norm`'s (float64 sum of squares,
+    returned in the inputs' dtype).  None entries stay None; IndexedSlices stay IndexedSlices
+    (values scaled).  Finite inputs always give finite results (a norm beyond the float range is
+    handled by rescaling); a non-finite input makes every clipped value NaN, as in TensorFlow (fit
+    stops on it).  New arrays are returned.
     """
-    if not isinstance(t_list, (list, tuple)):
-        raise TypeError("t_list must be a list or tuple of arrays, got %s" % type(t_list).__name__)
-    if isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real) or not clip_norm > 0:
-        raise ValueError("clip_norm must be a positive number, got %r" % (clip_norm,))
-    norm = global_norm(t_list) if use_norm is None else float(use_norm)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        n = np.float64(norm)
-        scale = np.float64(clip_norm) * np.minimum(np.float64(1.0) / n, np.float64(1.0) / clip_norm)
-        scale = scale + (n - n)          # NaN when the norm is inf or NaN (TF's trick)
+    _float_entries(t_list)
+    clip = _real(clip_norm, "clip_norm", allow_zero=False)
+    big, ssq, rescaled = 1.0, None, False
+    if use_norm is None:
+        big, ssq, dtype, finite = _norm_parts(t_list)
+        with np.errstate(over="ignore"):
+            norm = dtype.type(big * math.sqrt(ssq) if not math.isnan(ssq) else ssq)
+        n = big * math.sqrt(ssq) if finite else float("nan")   # NaN: TF's ``scale + (n - n)``
+        rescaled = finite and (big != 1.0 or not math.isfinite(n))
+    else:
+        norm = n = _real(use_norm, "use_norm", allow_zero=True)
+    if rescaled:                          # the norm is beyond float64: t * clip / norm, in two steps
+        factor = clip / math.sqrt(ssq)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            n64 = np.float64(n)
+            scale = np.float64(clip) * np.minimum(np.float64(1.0) / n64, np.float64(1.0) / np.float64(clip))
+            scale = scale + (n64 - n64)
+
+    def _clip(a):
+        if rescaled:
+            return ((a.astype(np.float64, copy=False) / big) * factor).astype(a.dtype, copy=False)
+        if 0 < scale < np.finfo(a.dtype).tiny:      # a float32 scale would be subnormal: scale in float64
+            return (a.astype(np.float64) * scale).astype(a.dtype)
+        return a * a.dtype.type(scale)
+
     out = []
     for t in t_list:
         if t is None:
             out.append(None)
         elif isinstance(t, IndexedSlices):
-            out.append(IndexedSlices(t.values * t.values.dtype.type(scale), t.indices, t.dense_shape))
+            out.append(IndexedSlices(_clip(t.values), t.indices, t.dense_shape))
         else:
-            out.append(t * t.dtype.type(scale))
+            out.append(_clip(t))
     return out, norm
 
 
@@ -623,9 +847,60 @@ def _batch_mover(model, x, y):
 
 
 def _as_eval_dict(v):
+    what = "eval_fn must return a number or a dict name -> number"
     if isinstance(v, dict):
+        for k, val in v.items():
+            if not _is_number(val):
+                raise TypeError("%s, got %r for key %r (%s)" % (what, val, k, type(val).__name__))
         return {str(k): float(val) for k, val in v.items()}
+    if not _is_number(v):
+        raise TypeError("%s, got %r (%s)" % (what, v, type(v).__name__))
     return {"eval": float(v)}
+
+
+def _check_callbacks(callbacks):
+    """fit's callbacks as a list, each checked callable (a single callable is accepted too)."""
+    if callbacks is None:
+        return []
+    if callable(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError("callbacks must be a list of callables cb(info), got %s" % type(callbacks).__name__)
+    callbacks = list(callbacks)
+    for k, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError("callbacks[%d] must be callable cb(info), got %r (%s)"
+                            % (k, cb, type(cb).__name__))
+    return callbacks
+
+
+def _check_seed(seed):
+    """fit's seed: anything numpy.random.default_rng takes (None, a non-negative integer, a
+    SeedSequence, ...), refused up front with a message naming it."""
+    if isinstance(seed, (bool, np.bool_, str, bytes, float)):
+        raise TypeError("seed must be None or a non-negative integer, got %r" % (seed,))
+    try:
+        np.random.default_rng(seed)
+    except TypeError:
+        raise TypeError("seed must be None or a non-negative integer, got %r" % (seed,)) from None
+    except ValueError as e:
+        raise ValueError("seed must be None or a non-negative integer, got %r (%s)" % (seed, e)) from None
+
+
+def _check_xy(x, y, stateful):
+    if not hasattr(x, "shape") or not hasattr(y, "shape"):
+        raise TypeError("x and y must be arrays, got %s and %s" % (type(x).__name__, type(y).__name__))
+    if stateful:
+        if len(x.shape) < 2 or len(y.shape) < 2 or tuple(y.shape[:2]) != tuple(x.shape[:2]):
+            raise ValueError("stateful=True needs x and y of shape [streams, time, ...] with the same "
+                             "first two dimensions, got %s and %s" % (tuple(x.shape), tuple(y.shape)))
+    else:
+        if len(x.shape) < 1 or len(y.shape) < 1:
+            raise ValueError("x and y must have an examples axis (axis 0), got shapes %s and %s"
+                             % (tuple(x.shape), tuple(y.shape)))
+        if x.shape[0] != y.shape[0]:
+            raise ValueError("x and y must have the same number of examples (axis 0), got %d and %d"
+                             % (x.shape[0], y.shape[0]))
 
 
 def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, seed=None,
@@ -658,10 +933,13 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
     :class:`NonFiniteError` naming the step and the first non-finite parameter.
 
     eval_fn: ``eval_fn(model) -> float or dict name -> float``, run at the end of every epoch and,
-    with ``eval_every=k``, every k steps.  callbacks: callables ``cb(info)`` with ``info`` a dict
-    (step, epoch, loss, grad_norm, model); a callback returning True stops training.
+    with ``eval_every=k``, every k steps (anything else it returns is a TypeError naming eval_fn).
+    callbacks: a list of callables ``cb(info)`` (or one callable) with ``info`` a dict (step,
+    epoch, loss, grad_norm, model); a callback returning True stops training.  seed: None or a
+    non-negative integer (anything ``numpy.random.default_rng`` takes).
     progress: a tqdm bar when tqdm is importable, else one plain line per epoch (to ``file``,
-    default stderr); False for silence.  max_steps: stop after that many steps.
+    default stderr); False for silence.  max_steps: None, or a positive integer: stop after that
+    many steps.  Every argument is checked before the first step.
     """
     from . import losses as _losses
     loss_fn = _losses.get(loss)
@@ -671,8 +949,14 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
     _positive_int(batch_size, "batch_size")
     if eval_every is not None:
         _positive_int(eval_every, "eval_every")
+    if max_steps is not None:
+        _positive_int(max_steps, "max_steps")
     if clip_norm is not None:
         _positive(clip_norm, "clip_norm")
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError("eval_fn must be None or a callable eval_fn(model), got %s" % type(eval_fn).__name__)
+    callbacks = _check_callbacks(callbacks)
+    _check_seed(seed)
     if not hasattr(x, "shape") or not hasattr(y, "shape"):
         raise TypeError("x and y must be arrays, got %s and %s" % (type(x).__name__, type(y).__name__))
     if stateful:
@@ -733,6 +1017,7 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
             gnorm = None
             if clip_norm is not None:
                 glist, gnorm = clip_by_global_norm(glist, clip_norm)
+                gnorm = float(gnorm)
                 if not math.isfinite(gnorm):
                     bar.close("stopped: gradient norm %s" % gnorm)
                     raise NonFiniteError(_nonfinite_message("the gradient norm", gnorm, step, epoch,
@@ -782,6 +1067,7 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
     from .layers import Layer, Sequential
     loss_fn = _losses.get(loss)
     kw = {"training": False} if isinstance(model, Sequential) else {}
+    _check_xy(x, y, stateful)
     to_model = _batch_mover(model, x, y)
     total, count, state = 0.0, 0, None
     if stateful:

@@ -144,6 +144,12 @@ def test_corrupt_and_truncated_files(rng, tmp_path):
         ckpt.load(p)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ckpt.restore(str(tmp_path / "nope.npz"), target.params)
+    # a plain .npy (one array, not a dict of them) is named as such
+    p = str(tmp_path / "one.npy")
+    np.save(p, np.ones((2, 3)))
+    with pytest.raises(ckpt.CheckpointError, match=r"not an \.npz archive but a single \.npy array "
+                                                    r"of shape \(2, 3\)"):
+        ckpt.load(p)
 
 
 def test_save_is_atomic(rng, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ npl -> X -> npl are exact (bit for bit) except where Keras folds forget_bias int
 GRU(reset_after=True), torch.nn.GRU) must raise ValueError naming the difference.
 """
 import os
+import re
 
 import numpy as np
 import pytest
@@ -191,6 +192,75 @@ def test_non_equivalent_conversions_raise(rng):
     with pytest.raises(ValueError, match="unidirectional but cells_bw is given"):
         convert.from_torch(convert.to_torch(_randomize(BasicLSTMCell(H, input_size=I), rng)),
                            BasicLSTMCell(H), BasicLSTMCell(H))
+
+
+def test_weights_of_a_different_cell_are_refused_not_dropped(rng):
+    """Weights that would load into a cell computing something else: the converters refuse them
+    (before, each of these loaded without a word and gave outputs off by 0.2-1.7)."""
+    H = 4
+    # TF1 variables of a peephole / projected LSTMCell offered to a plain one: kernel and bias fit
+    # (num_proj == num_units keeps the kernel's shape), the extra weights would be dropped.
+    for src, what in ((LSTMCell(H, use_peepholes=True), r"w_f_diag, w_i_diag, w_o_diag.*peepholes"),
+                      (LSTMCell(H, num_proj=H), r"projection/kernel.*a projection \(num_proj\)")):
+        src.build(I, np.float32)
+        tf_vars = convert.to_tf_variables(_randomize(src, rng))
+        tf_vars["rnn/lstm_cell/kernel/Adam"] = np.ones((I + H, 4 * H), np.float32)
+        for dst in (LSTMCell(H), BasicLSTMCell(H)):
+            with pytest.raises(ValueError, match=r"rnn/lstm_cell/ \(has " + what):
+                convert.from_tf_variables(tf_vars, dst)
+        # the matching cell still loads them (the Adam slot is ignored as before)
+        match = LSTMCell(H, use_peepholes=src._use_peepholes, num_proj=src._num_proj)
+        _assert_same_params(convert.from_tf_variables(tf_vars, match), src.params)
+    # Keras GRU weights without a bias: nothing shows whether they are reset_after=True ones
+    w = [_rand(rng, (I, 3 * H), np.float32), _rand(rng, (H, 3 * H), np.float32)]
+    with pytest.raises(ValueError, match="without a bias.*reset_after=False if you know"):
+        convert.from_keras(w, GRUCell(H))
+    with pytest.raises(ValueError, match="without a bias"):
+        convert.from_keras(dict(zip(["kernel", "recurrent_kernel"], w)), GRUCell(H))
+    got = convert.from_keras(w, GRUCell(H), reset_after=False)
+    assert not got["gates/bias"].any() and not got["candidate/bias"].any()
+    # from_torch checks the cell's activation as to_torch does
+    lstm_sd = convert.to_torch(_randomize(BasicLSTMCell(H, input_size=I), rng))
+    with pytest.raises(ValueError, match="torch.nn.LSTM supports activation tanh only.*'relu'"):
+        convert.from_torch(lstm_sd, BasicLSTMCell(H, activation="relu"))
+    rnn_sd = convert.to_torch(_randomize(BasicRNNCell(H, input_size=I), rng))
+    with pytest.raises(ValueError, match="torch.nn.RNN supports activation tanh or relu only.*'sigmoid'"):
+        convert.from_torch(rnn_sd, BasicRNNCell(H, activation="sigmoid"))
+    convert.from_torch(rnn_sd, BasicRNNCell(H, activation="relu"))       # nn.RNN(nonlinearity="relu")
+
+
+def test_torch_state_dict_biases_are_checked(rng):
+    """Bias entries of the wrong shape were broadcast over the gates ((1,) or 0-d) or gave NumPy
+    errors; one bias of the two missing was read as zeros."""
+    H = 4
+    cell = _randomize(BasicLSTMCell(H, input_size=I), rng)
+    sd = convert.to_torch(cell)
+    for key, bad in (("bias_ih_l0", np.float32([0.5])), ("bias_hh_l0", np.float32(0.5)),
+                     ("bias_ih_l0", np.zeros(5, np.float32)), ("bias_hh_l0", np.zeros((16, 1), np.float32))):
+        with pytest.raises(ValueError, match=r"%s must have shape \(16,\), got %s"
+                                             % (key, re.escape(str(np.shape(bad))))):
+            convert.from_torch(dict(sd, **{key: bad}), BasicLSTMCell(H))
+    for missing, other in (("bias_hh_l0", "bias_ih_l0"), ("bias_ih_l0", "bias_hh_l0")):
+        lone = {k: v for k, v in sd.items() if k != missing}
+        with pytest.raises(ValueError, match="has %s but not %s.*bias=False" % (other, missing)):
+            convert.from_torch(lone, BasicLSTMCell(H))
+    no_bias = {k: v for k, v in sd.items() if not k.startswith("bias")}    # torch bias=False
+    got = convert.from_torch(no_bias, BasicLSTMCell(H))
+    assert np.array_equal(got["bias"][2 * H:3 * H], -np.full(H, 1.0, np.float32))   # -forget_bias
+    with pytest.raises(TypeError, match="weight_hh_l0 must be an array.*dict"):
+        convert.from_torch(dict(sd, weight_hh_l0={"a": 1}), BasicLSTMCell(H))
+    as_list = convert.from_torch(dict(sd, weight_hh_l0=sd["weight_hh_l0"].tolist()), BasicLSTMCell(H))
+    assert np.array_equal(as_list["kernel"], cell.params["kernel"])       # same values (as float64)
+
+
+def test_missing_frameworks_are_named(monkeypatch, tmp_path):
+    import sys
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"reading a TensorFlow checkpoint needs tensorflow.*npl-rnn\[tf\]"):
+        convert.read_tf_checkpoint(str(tmp_path))
+    with pytest.raises(ImportError, match=r"to_torch\(tensors=True\) needs torch.*npl-rnn\[torch\]"):
+        convert.to_torch(BasicRNNCell(2, input_size=2), tensors=True)
 
 
 # ============================================================================ live TensorFlow 1

@@ -103,6 +103,17 @@ def test_sha_mismatch_names_file_and_both_hashes(tmp_path):
     assert isinstance(e.value, ValueError)
 
 
+def test_idx_header_whose_sizes_overflow_is_corrupt(tmp_path):
+    """Four dimensions of 65536 make 2**64 elements: a NumPy product would wrap to 0 and match
+    an empty payload; the file is reported as corrupt, naming it."""
+    p = str(tmp_path / "huge-idx4-ubyte")
+    with open(p, "wb") as f:
+        f.write(bytes([0, 0, 0x08, 4]) + (65536).to_bytes(4, "big") * 4)
+    with pytest.raises(data.CorruptFileError, match=r"huge-idx4-ubyte: the IDX header says shape "
+                                                    r"\(65536, 65536, 65536, 65536\) \(18446744073709551616"):
+        data.read_idx(p)
+
+
 def test_truncated_and_corrupt_files_raise_clear_errors(tmp_path):
     d = _copy_test_set(str(tmp_path / "m"))
     lab = os.path.join(d, "t10k-labels-idx1-ubyte.gz")

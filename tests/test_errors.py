@@ -7,7 +7,7 @@ import pytest
 import npl
 from helpers import numpy_backend  # noqa: F401  (autouse fixture)
 
-R, nn, S = npl.rnn, npl.nn, npl.LSTMStateTuple
+R, nn, S, L = npl.rnn, npl.nn, npl.LSTMStateTuple, npl.layers
 F32, F64 = np.float32, np.float64
 
 
@@ -199,6 +199,38 @@ FORWARD_CASES = [
     ("reverse_axis_out_of_range", lambda: npl.reverse_sequence(np.zeros((3, 2)), [1, 1, 1], 2, 0), ValueError,
      ["seq_axis", "2"]),
     ("reverse_no_seq_axis", lambda: npl.reverse_sequence(np.zeros((3, 2)), [1, 1, 1]), ValueError, ["seq_axis"]),
+    # a cell reached twice through a wrapper, a nested stack or two layers: its arrays would be
+    # listed under two names, and an optimizer step would apply its gradient twice
+    ("multi_same_cell_in_wrapper", lambda: (lambda c: R.MultiRNNCell([R.DropoutWrapper(c), c]))(R.GRUCell(2)),
+     ValueError, ["same cell", "GRUCell", "cells[0] and cells[1]"]),
+    ("multi_same_cell_nested", lambda: (lambda c: R.MultiRNNCell([R.MultiRNNCell([c]), c]))(R.GRUCell(2)),
+     ValueError, ["same cell", "cells[0] and cells[1]"]),
+    ("multi_same_cell_inside_one", lambda: (lambda c: R.MultiRNNCell([R.MultiRNNCell([R.DropoutWrapper(c), c])]))(
+        R.GRUCell(2)), ValueError, ["same cell"]),
+    ("sequential_same_cell", lambda: (lambda c: L.Sequential([L.RNN(c), L.RNN(R.DropoutWrapper(c))]))(
+        R.BasicLSTMCell(2)), ValueError, ["same cell", "BasicLSTMCell", "layers[0] and layers[1]"]),
+    ("cell_clip_string", lambda: R.LSTMCell(3, cell_clip="5"), TypeError, ["cell_clip", "'5'"]),
+    ("cell_clip_complex", lambda: R.LSTMCell(3, cell_clip=1 + 1j), TypeError, ["cell_clip", "(1+1j)"]),
+    ("forget_bias_complex", lambda: R.BasicLSTMCell(3, forget_bias=1 + 2j), TypeError, ["forget_bias", "(1+2j)"]),
+    ("forget_bias_nan", lambda: R.BasicLSTMCell(3, forget_bias=float("nan")), ValueError, ["forget_bias", "nan"]),
+    ("seed_negative", lambda: R.GRUCell(3, seed=-1), ValueError, ["seed", "-1"]),
+    ("seed_string_layer", lambda: L.Dense(3, seed="a"), TypeError, ["seed", "'a'"]),
+    ("global_seed_negative", lambda: npl.set_random_seed(-5), ValueError, ["seed", "-5"]),
+    ("keep_prob_string", lambda: R.DropoutWrapper(R.GRUCell(2), input_keep_prob="0.5"), TypeError,
+     ["input_keep_prob", "'0.5'"]),
+    ("multi_set_params_int_key", lambda: _multi().set_params({1: 2}), TypeError, ["set_params", "1"]),
+    ("dense_set_params_complex", lambda: L.Dense(2, input_size=3).set_params(
+        {"kernel": np.full((3, 2), 1 + 2j), "bias": np.zeros(2)}), TypeError, ["params['kernel']", "complex"]),
+    ("dense_set_params_int", lambda: L.Dense(2, input_size=3).set_params(
+        {"kernel": np.ones((3, 2), int), "bias": np.zeros(2)}), TypeError, ["params['kernel']", "int64"]),
+    ("dense_set_params_overflow", lambda: L.Dense(2, input_size=3, dtype=F32).set_params(
+        {"kernel": np.full((3, 2), 1e39), "bias": np.zeros(2)}), ValueError, ["params['kernel']", "overflow", "float32"]),
+    ("cell_set_params_overflow", lambda: (lambda c: c.set_params(
+        {k: np.full(v.shape, 5e38) for k, v in c.params.items()}))(R.GRUCell(2, input_size=2, dtype=F32)),
+     ValueError, ["params[", "5e+38", "overflow float32"]),
+    ("sine_noise_negative", lambda: npl.data.sine_windows(10, noise=-1), ValueError, ["noise", "-1"]),
+    ("sine_dt_nan", lambda: npl.data.sine_windows(10, dt=float("nan")), ValueError, ["dt", "nan"]),
+    ("sin_to_cos_dt_string", lambda: npl.data.sin_to_cos(3, dt="a"), TypeError, ["dt", "'a'"]),
 ]
 
 
@@ -375,3 +407,77 @@ def test_rejected_backward_leaves_trace_usable(kind):
         with pytest.raises(exc):
             tr.backward(*args)
     tr.backward(*good)
+
+
+def test_dropout_masks_must_be_arrays():
+    c = R.DropoutWrapper(_gru(), output_keep_prob=0.5, seed=1)
+    x = _x()
+    nn.dynamic_rnn(c, x)
+    c.replay = True
+    c.masks = dict(c.masks, output=c.masks["output"].tolist())
+    with pytest.raises(TypeError, match=r"masks\['output'\] must be a numpy array of shape \(3, 2, 3\).*list"):
+        nn.dynamic_rnn(c, x)
+
+
+# ----------------------------------------------------------------------------- stale traces
+STALE_KINDS = ["dynamic", "time_major", "static", "bidirectional", "stack", "step"]
+
+
+@pytest.mark.parametrize("how", ["set_params", "build"])
+@pytest.mark.parametrize("kind", STALE_KINDS)
+def test_backward_after_the_weights_were_replaced_raises(kind, how):
+    """A trace whose cell got new weights (set_params, build) between its forward and its backward
+    would mix the old gates with the new weights (dx off by ~1 before); it raises instead, before
+    any gradient is accumulated, and a new forward works."""
+    tr, good, _ = _trace(kind)
+    cell = tr.records[0].cell                        # the bottom (or forward) layer's cell
+    grads = [g.copy() for r in tr.records for g in r.cell.grads.values()]
+    if how == "set_params":
+        cell.set_params({k: v + 0.5 for k, v in cell.params.items()})
+    else:
+        cell.build(cell.input_size, cell.dtype)
+    with pytest.raises(npl.StaleTraceError, match="weights of .* were replaced.*forward again"):
+        tr.backward(*good)
+    assert all(np.array_equal(a, g) for a, g in zip(grads, [g for r in tr.records for g in r.cell.grads.values()]))
+    tr2, good2, _ = _trace(kind)                     # unrelated fresh cells still work
+    tr2.backward(*good2)
+
+
+def test_layer_traces_see_replaced_weights():
+    x = _x((2, 3, 4), F32)
+    rnn = L.RNN(R.MultiRNNCell([R.GRUCell(3), R.BasicLSTMCell(2)]))
+    dense = L.Dense(2)
+    model = L.Sequential([rnn, dense])
+    y, tr = model.forward(x)
+    dense.set_params(dense.params)
+    with pytest.raises(npl.StaleTraceError, match="Dense 'dense'"):
+        tr.backward(np.ones_like(y))
+    y, tr = model.forward(x)
+    rnn.set_params(rnn.params)                       # the RNN layer writes into the stack's cells
+    with pytest.raises(npl.StaleTraceError, match="GRUCell"):
+        tr.backward(np.ones_like(y))
+    y, tr = model.forward(x)
+    tr.backward(np.ones_like(y))                     # no change since its forward: runs
+
+
+def test_rejected_layer_backward_changes_nothing():
+    """Sequential/Dense/RNN layer traces check their cotangents before anything is spent or
+    accumulated (before, a bad d_final_state left Dense's kernel gradient added and the trace spent)."""
+    x = _x((2, 3, 4), F32)
+    dense = L.Dense(2)
+    model = L.Sequential([L.RNN(R.BasicLSTMCell(3)), dense])
+    y, tr = model.forward(x)
+    st = tr.final_state[0]
+    bad_state = (S(np.zeros((3, 3), F32), st.h),)
+    for args, exc in (((np.ones((2, 3, 3), F32),), ValueError), ((np.ones_like(y, F64),), TypeError),
+                      ((np.ones_like(y), bad_state), ValueError), ((np.ones_like(y), st), TypeError)):
+        with pytest.raises(exc):
+            tr.backward(*args)
+        assert not model.grads["dense/kernel"].any()
+    tr.backward(np.ones_like(y), (S(np.ones_like(st.c), np.ones_like(st.h)),))
+    assert model.grads["dense/kernel"].any()
+    d_y = np.ones((2, 2), F32)
+    out, dtr = dense.forward(np.ones((2, 3), F32))
+    with pytest.raises(ValueError, match="d_output"):
+        dtr.backward(np.ones((2, 5), F32))
+    dtr.backward(d_y)                                # still usable after the rejected call

@@ -202,3 +202,70 @@ def test_indexed_slices_to_dense_float32():
     d = s.to_dense()
     assert d.dtype == np.float32 and s.dtype == np.float32 and s.shape == (3, 2)
     assert np.array_equal(d, [[1, 1], [2, 2], [0, 0]])
+
+
+# ----------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32, np.uint8, np.int16])
+def test_reverse_sequence_unsigned_and_small_int_lengths(dtype):
+    """Any integer dtype of seq_lengths gives the int64 answer (uint64 - int is float64 in NumPy,
+    which is not an index)."""
+    rng = _rng("rs", np.dtype(dtype).name)
+    x = rng.standard_normal((3, 5, 2))
+    L = rng.integers(0, 6, size=3)
+    L[0] = 5
+    out = npl.reverse_sequence(x, L.astype(dtype), seq_axis=1)
+    assert np.array_equal(out, _naive_reverse(x, L, 1, 0))
+    with pytest.raises(ValueError, match=r"seq_lengths must be in \[0, 5\], got min 0 max 6"):
+        npl.reverse_sequence(x, np.array([1, 6, 0], dtype), seq_axis=1)
+
+
+def test_sequence_mask_dtype_errors():
+    for bad in ("foo", object, np.complex64, str):
+        with pytest.raises(TypeError, match="dtype must be a bool, integer or float dtype"):
+            npl.sequence_mask([1, 2], 3, dtype=bad)
+    assert npl.sequence_mask([1, 2], 3, dtype=None).dtype == np.bool_      # TF: None = no cast
+    with pytest.raises(TypeError, match="lengths must be an integer array, got dtype float64"):
+        npl.sequence_mask(np.array([1.0, 2.0]), 3)         # an explicit float array stays an error
+
+
+def test_empty_python_lists_are_empty_integer_arrays():
+    """TF takes [] as an empty id / length list: embedding_lookup(params, []) has shape (0, D),
+    sequence_mask([]) shape (0, 0) (maxlen=4: (0, 4)), reverse_sequence on an empty batch."""
+    rng = _rng("empty")
+    params = rng.standard_normal((5, 3))
+    out = npl.nn.embedding_lookup(params, [])
+    assert out.shape == (0, 3) and out.dtype == params.dtype
+    out, tr = npl.nn.embedding_lookup(params, [[]], return_trace=True)
+    assert out.shape == (1, 0, 3)
+    g = tr.backward(np.zeros((1, 0, 3)))
+    assert np.array_equal(g.to_dense(), np.zeros((5, 3)))
+    assert npl.sequence_mask([]).shape == (0, 0)
+    m = npl.sequence_mask([], 4, dtype=np.float32)
+    assert m.shape == (0, 4) and m.dtype == np.float32
+    x = rng.standard_normal((0, 4))
+    assert npl.reverse_sequence(x, [], seq_axis=1).shape == (0, 4)
+
+
+def test_indexed_slices_checks_indices_and_rows():
+    rng = _rng("slices")
+    vals = rng.standard_normal((2, 3))
+    with pytest.raises(TypeError, match="IndexedSlices indices must be an integer array, got dtype float64"):
+        npl.IndexedSlices(vals, np.array([0.0, 1.0]), (4, 3))
+    with pytest.raises(ValueError, match=r"2 indices need values of shape \(2, 3\).*got \(1, 3\)"):
+        npl.IndexedSlices(vals[:1], np.array([0, 1]), (4, 3))
+    with pytest.raises(ValueError, match=r"need values of shape \(2, 3\).*got \(2, 2\)"):
+        npl.IndexedSlices(vals[:, :2], np.array([0, 1]), (4, 3))
+    with pytest.raises(ValueError, match="dense_shape must be a non-empty sequence of non-negative"):
+        npl.IndexedSlices(vals, np.array([0, 1]), (-4, 3))
+    for bad in (np.array([-1, 0]), np.array([0, 4])):
+        s = npl.IndexedSlices(vals, bad, (4, 3))
+        with pytest.raises(ValueError, match=r"IndexedSlices indices must be in \[0, 4\) \(the rows of "
+                                             r"dense_shape \(4, 3\)\), got min %d max %d"
+                                             % (bad.min(), bad.max())):
+            s.to_dense()
+    # a list of indices is accepted; values of shape indices.shape + dense_shape[1:] too
+    s = npl.IndexedSlices(vals, [3, 3], (4, 3))
+    assert np.array_equal(s.to_dense()[3], vals.sum(axis=0)) and not s.to_dense()[:3].any()
+    v4 = rng.standard_normal((2, 2, 3))
+    d = npl.IndexedSlices(v4, np.array([[0, 1], [1, 2]]), (4, 3)).to_dense()
+    assert rel_err(d[1], v4[0, 1] + v4[1, 0]) <= 1e-15 and not d[3].any()

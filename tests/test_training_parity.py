@@ -9,6 +9,9 @@ batches, with tf.clip_by_global_norm active (small clip norm) and inactive (larg
 Every step's loss and the final weights must agree to relative 1e-5 in float32.  The live test
 runs when TensorFlow is installed; the stored TF results in tests/data/train_parity.npz are
 replayed without it.  Regenerate that file with ``python tests/test_training_parity.py --write``.
+
+(c) float64 optimizers: six steps of every tf.compat.v1.train optimizer on dense and IndexedSlices
+    gradients, fed the same gradients: weights and slots to 1e-15 relative (live TF only).
 """
 import os
 import sys
@@ -214,6 +217,127 @@ def test_stored_parity_without_tensorflow(model):
                   {k[len(pre + "final/"):]: v for k, v in st.items() if k.startswith(pre + "final/")})
         assert set(tf_res[2]) == set(init)
         _compare(model, regime, run_npl(model, init, batches, clip), tf_res, clip)
+
+
+# ----------------------------------------------------------------------------- float64 optimizers
+F64_STEPS = 6
+F64_TOL = 1e-15          # measured: 0 (bit-identical) except one rounding in sparse Adam's v
+
+
+def _f64_configs(rng):
+    """Every optimizer and option, random hyperparameters (Python floats: TF1 rounds them to
+    float32 before casting to float64), TF's defaults for Adam's betas/epsilon in one config, and
+    a no-argument callable learning rate (TF1 calls it with no argument)."""
+    u = lambda lo, hi: float(rng.uniform(lo, hi))      # noqa: E731
+    lr_gd = u(0.02, 0.2)
+    return [("GradientDescent", dict(learning_rate=u(0.02, 0.2))),
+            ("GradientDescent", dict(learning_rate=lambda: lr_gd)),
+            ("Momentum", dict(learning_rate=u(0.01, 0.1), momentum=u(0.5, 0.95))),
+            ("Momentum", dict(learning_rate=u(0.01, 0.1), momentum=u(0.5, 0.95), use_nesterov=True)),
+            ("RMSProp", dict(learning_rate=u(0.001, 0.05), decay=u(0.8, 0.95))),
+            ("RMSProp", dict(learning_rate=u(0.001, 0.05), decay=u(0.8, 0.95), momentum=u(0.1, 0.9),
+                             epsilon=u(1e-8, 1e-4))),
+            ("RMSProp", dict(learning_rate=u(0.001, 0.05), decay=u(0.8, 0.95), momentum=u(0.1, 0.9),
+                             epsilon=u(1e-8, 1e-4), centered=True)),
+            ("Adam", dict(learning_rate=u(1e-3, 1e-2))),
+            ("Adam", dict(learning_rate=u(0.01, 0.1), beta1=u(0.6, 0.9), beta2=u(0.9, 0.999),
+                          epsilon=u(1e-8, 1e-3)))]
+
+
+def _f64_inputs():
+    """Initial float64 weights (dense kernel W, embedding E, bias b) and per-step feeds: W's dense
+    gradient, ids with repeats (E's gradient is an IndexedSlices with duplicate indices), the
+    cotangent of the lookup, b's gradient.  Step 3 gives only W a gradient."""
+    rng = np.random.default_rng(64)
+    init = {"W": rng.standard_normal((4, 3)), "E": rng.standard_normal((7, 3)),
+            "b": rng.standard_normal(3)}
+    feeds = [{"gW": rng.standard_normal((4, 3)), "ids": rng.integers(0, 7, (2, 3)),
+              "dy": rng.standard_normal((2, 3, 3)), "gb": rng.standard_normal(3) * 5}
+             for _ in range(F64_STEPS)]
+    return init, feeds, _f64_configs(rng)
+
+
+def _run_tf_f64(init, feeds, configs):
+    import tensorflow as tf
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        gW = v1.placeholder(tf.float64, (4, 3))
+        gb = v1.placeholder(tf.float64, (3,))
+        ids = v1.placeholder(tf.int64, (2, 3))
+        dy = v1.placeholder(tf.float64, (2, 3, 3))
+        full_ops, partial_ops, powers = [], [], {}
+        for c, (kind, kw) in enumerate(configs):
+            with v1.variable_scope("c%d" % c):
+                W, E, b = (v1.get_variable(n, initializer=init[n]) for n in ("W", "E", "b"))
+            gE = tf.gradients(tf.nn.embedding_lookup(E, ids), E, grad_ys=dy)[0]
+            assert isinstance(gE, tf.IndexedSlices)
+            opt = getattr(v1.train, kind + "Optimizer")(**kw)
+            full_ops.append(opt.apply_gradients([(gW, W), (gE, E), (gb, b)]))
+            partial_ops.append(opt.apply_gradients([(gW, W)]))
+            if kind == "Adam":
+                powers[c] = opt._get_beta_accumulators()
+        with v1.Session(graph=g) as s:
+            s.run(v1.global_variables_initializer())
+            for k, f in enumerate(feeds):
+                fd = {gW: f["gW"], gb: f["gb"], ids: f["ids"], dy: f["dy"]}
+                s.run(partial_ops if k == 3 else full_ops, fd)
+            final = {v.op.name: s.run(v) for v in v1.global_variables() if "power" not in v.op.name}
+            pw = {c: dict(zip(("beta1_power", "beta2_power"), s.run(list(p)))) for c, p in powers.items()}
+    return final, pw
+
+
+def _run_npl_f64(init, feeds, c, kind, kw):
+    opt = getattr(train, kind + "Optimizer")(**kw)
+    pre = "c%d/" % c
+    params = {pre + n: init[n].copy() for n in ("W", "E", "b")}
+    for k, f in enumerate(feeds):
+        _, tr = npl.nn.embedding_lookup(params[pre + "E"], f["ids"], return_trace=True)
+        gE = tr.backward(f["dy"])
+        assert isinstance(gE, npl.IndexedSlices)
+        if k == 3:
+            grads = {pre + "W": f["gW"], pre + "E": None, pre + "b": None}
+        else:
+            grads = {pre + "W": f["gW"], pre + "E": gE, pre + "b": f["gb"]}
+        opt.apply_gradients([(grads[n], params[n], n) for n in params])
+    return opt, params
+
+
+def test_live_float64_optimizers_match_tensorflow_bit_for_bit():
+    """Six float64 steps of every TF1 optimizer (dense kernel, sparse embedding gradient with
+    duplicate indices, a bias, one step with only the kernel's gradient): weights and every slot
+    agree with tf.compat.v1.train to 1e-15 relative; Adam's beta powers are float32 variables in
+    TF1 and npl alike, with equal values, and npl's state_spec has TF1's dtypes (so a TF1 float64
+    checkpoint is accepted)."""
+    tf = pytest.importorskip("tensorflow")
+    init, feeds, configs = _f64_inputs()
+    final, powers = _run_tf_f64(init, feeds, configs)
+    worst = (0.0, "")
+    for c, (kind, kw) in enumerate(configs):
+        opt, params = _run_npl_f64(init, feeds, c, kind, kw)
+        state = opt.state_dict()
+        names = sorted(k for k in final if k.startswith("c%d/" % c))
+        assert sorted(list(params) + [k for k in state if "/" in k]) == names, (kind, kw)
+        for n in names:
+            got = params[n] if n in params else state[n]
+            assert got.dtype == final[n].dtype == np.float64, n
+            e = _rel(got, final[n])
+            worst = max(worst, (e, "%s %s" % (kind, n)))
+            assert e <= F64_TOL, "%s %s: %s relative error %.3g > %g" % (kind, kw, n, e, F64_TOL)
+        for n in params:
+            assert _rel(final[n], init[n.split("/")[1]]) > 1e-3, n     # the weights really moved
+        spec = opt.state_spec(params)
+        if kind == "Adam":
+            for k in ("beta1_power", "beta2_power"):
+                tf_val = powers[c][k]
+                assert tf_val.dtype == np.float32
+                assert state[k].dtype == spec[k][1] == np.float32, k
+                assert state[k] == tf_val, (k, state[k], tf_val)
+        for k, (shape, dt) in spec.items():
+            if "/" in k:
+                assert (shape, dt) == (final[k].shape, final[k].dtype), k
+    print("float64 optimizers vs TF1: max relative error %.2e (%s)" % worst)
+    del tf
 
 
 def write_stored_cases(path=DATA):

@@ -17,7 +17,7 @@ float32 rounding, not bit for bit.  ``NPL_CPU_LOOPS=0`` or :func:`enable_sequenc
 them off; they need x86-64 Linux (see ``_find_sgemm``).
 
 It is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``)
-for the host's vector instructions, cached under ``$NPL_CACHE_DIR`` (default
+for the host's vector instructions, cached under ``$NPL_CACHE_DIR/kernels`` (default
 ``~/.cache/npl/kernels``, keyed by a hash of the source, the compiler, its flags and the CPU), and
 loaded with :mod:`ctypes`.  Nothing but NumPy is needed at run time: where no compiler is found, or
 the build fails, or ``NPL_CPU_KERNELS=0`` is set, npl uses its array code (the results agree to
