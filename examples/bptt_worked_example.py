@@ -9,8 +9,10 @@ The cell is TensorFlow's BasicLSTMCell (forget_bias = 1, tanh); the loss is line
 with dy_2 = 0: the gradient reaching h_2 comes only from the future, through the recurrence.
 Every line below follows an equation of docs/bptt.md and uses its symbols.
 
-Run:  python examples/bptt_worked_example.py
+Run:  python examples/bptt_worked_example.py       (no options: the numbers are fixed)
 """
+import argparse
+
 import numpy as np
 
 import npl
@@ -144,4 +146,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()   # --help; no options
     main()

@@ -37,8 +37,10 @@ What a cell must implement (see npl/cells.py, GRUCell and LSTMCell):
   borrowed from LSTMCell, whose state is also ``LSTMStateTuple(c, h)``.
 * Optional: ``gate_layout`` names the blocks of the ``gates`` slab for npl.inspect.
 
-Run it:  python examples/custom_cell.py
+Run it:  python examples/custom_cell.py       (no options; about a second)
 """
+import argparse
+
 import numpy as np
 
 import npl
@@ -169,4 +171,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()   # --help; no options
     main()

@@ -49,6 +49,11 @@ from npl import train
 from npl.cells import LSTMStateTuple
 from npl.layers import Dense
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:             # examples/_cli.py, also when this file is loaded by path
+    sys.path.insert(0, _HERE)
+import _cli  # noqa: E402  (the scripts' argument helpers)
+
 ROWS = COLS = 28
 CLASSES = 10
 # per model: default hidden size (None: fixed by the tutorial), Adam learning rate, target accuracy
@@ -185,7 +190,11 @@ BUILDERS = {"lstm2": LSTM2, "bilstm1": BiLSTM1, "bilstm2": BiLSTM2, "lstm128": L
 def build_model(name, hidden=None, seed=0):
     if name not in BUILDERS:
         raise ValueError("model must be one of %s, got %r" % (sorted(BUILDERS), name))
-    hidden = hidden or MODELS[name]["hidden"]
+    if hidden is None:
+        hidden = MODELS[name]["hidden"]               # None here too: the builder's own default
+    elif isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1:
+        raise ValueError("hidden must be None (the model's default) or a positive integer, got %r"
+                         % (hidden,))
     return BUILDERS[name](seed=seed) if hidden is None else BUILDERS[name](hidden, seed=seed)
 
 
@@ -217,35 +226,58 @@ def plot_samples(path, model, x, y, n=24):
     return path
 
 
-def parse_args(argv):
+QUICK = dict(train_size=3000, test_size=1000, epochs=1)      # --quick's defaults
+TRAIN_IMAGES, TEST_IMAGES = 60000, 10000                     # the MNIST files
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=sorted(BUILDERS), default="lstm128")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", "--lr", type=float, default=None,
+    p.add_argument("--epochs", type=_cli.positive_int, default=10)
+    p.add_argument("--batch-size", type=_cli.positive_int, default=128)
+    p.add_argument("--learning-rate", "--lr", type=_cli.positive_float, default=None,
                    help="Adam's rate (default per model: lstm2/bilstm1 0.01, bilstm2 0.005, lstm128 0.001)")
-    p.add_argument("--hidden", type=int, default=None,
-                   help="units of the first recurrent layer (bilstm2: 64, lstm128: 128, lstm2: 30, "
-                        "bilstm1: 10)")
-    p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--hidden", type=_cli.positive_int, default=None,
+                   help="units of the first recurrent layer (default per model: bilstm2 64, "
+                        "lstm128 128, lstm2 30, bilstm1 10)")
+    p.add_argument("--time-limit", type=_cli.positive_float, default=None,
+                   help="stop training after this many seconds (within the epoch it falls in; the "
+                        "model is evaluated where it stopped)")
     p.add_argument("--stop-at-target", action="store_true",
                    help="stop after the first epoch whose test accuracy reaches the model's target")
-    p.add_argument("--train-size", type=int, default=None, help="use the first N training images")
-    p.add_argument("--test-size", type=int, default=None, help="use the first N test images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a short run: 3000 training images, 1000 test "
-                                                        "images, one epoch")
+    p.add_argument("--train-size", type=_cli.positive_int, default=None,
+                   help="use the first N training images (default: all %d)" % TRAIN_IMAGES)
+    p.add_argument("--test-size", type=_cli.positive_int, default=None,
+                   help="use the first N test images (default: all %d)" % TEST_IMAGES)
+    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
+    p.add_argument("--quick", action="store_true", help=_cli.quick_help("a short run", QUICK))
     p.add_argument("--out", default="out", help="folder for the PNG plots")
     p.add_argument("--data-dir", default=None,
                    help="folder with the MNIST files (else $NPL_DATA_DIR / cache)")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.train_size, args.test_size, args.epochs = 3000, 1000, 1
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
+    args = _cli.parse_with_quick(p, argv, QUICK)
+    _cli.check_sizes(p, args, (("--train-size", args.train_size, TRAIN_IMAGES),
+                               ("--test-size", args.test_size, TEST_IMAGES)))
     if args.learning_rate is None:
         args.learning_rate = MODELS[args.model]["learning_rate"]
     return args
+
+
+def epochs_text(steps, steps_per_epoch):
+    """What was trained, truthfully: ``"2 epochs (938 steps)"``, or after a stop within an epoch
+    ``"2 epochs + 13 of 469 steps (2.03 epochs)"`` -- only completed epochs count as epochs."""
+    done, extra = divmod(steps, steps_per_epoch)
+    text = "%d epoch%s" % (done, "" if done == 1 else "s")
+    if extra:
+        return text + " + %d of %d steps (%.2f epochs)" % (
+            extra, steps_per_epoch, steps / steps_per_epoch)
+    return text + " (%d steps)" % steps
 
 
 def main(argv=None):
@@ -263,20 +295,20 @@ def main(argv=None):
                       args.learning_rate, args.batch_size, args.epochs), flush=True)
 
     t0 = time.perf_counter()
-    reached = {}                                 # epoch and minutes at which the target was reached
-    evals = []                                   # test accuracy after each epoch
+    reached = {}                     # index of the evaluation that first reached the target, minutes
+    evals = []                       # test accuracy after each epoch (and where training stopped)
 
     def evaluate(m):
         acc = accuracy(m, x_test, y_test)
-        epoch = len(evals) + 1
         evals.append(acc)
         if target is not None and acc >= target and not reached:
-            reached.update(epoch=epoch, minutes=(time.perf_counter() - t0) / 60)
+            reached.update(index=len(evals) - 1, minutes=(time.perf_counter() - t0) / 60)
         return {"test_accuracy": acc}
 
     def stop(info):
         if args.time_limit is not None and time.perf_counter() - t0 > args.time_limit:
-            print("\ntime limit of %.0f s reached at step %d" % (args.time_limit, info["step"]))
+            print("\ntime limit of %s s reached at step %d"
+                  % (_cli.format_number(args.time_limit), info["step"]))
             return True
         return args.stop_at_target and bool(reached)
 
@@ -287,30 +319,43 @@ def main(argv=None):
                         eval_every=steps_per_epoch, callbacks=[stop], progress=not args.no_progress)
     train_seconds = history.seconds
     final = evals[-1]
+    steps = len(history.loss)
+    completed = steps // steps_per_epoch          # a stop within an epoch leaves it incomplete
+
+    def epoch_of(index):
+        """The epochs trained when evaluation ``index`` ran: an int at an epoch's end, the
+        fraction (e.g. 2.03) for the evaluation where training stopped within an epoch."""
+        return index + 1 if index < completed else steps / steps_per_epoch
+
     print("\nparameters: %s" % ", ".join("%s %s" % (k, tuple(v.shape)) for k, v in model.params.items()))
     results = {"model": args.model, "test_accuracy": final, "test_accuracies": list(evals),
-               "epochs": len(history.epoch_loss), "steps": len(history.loss), "loss": history.loss,
+               "epochs": completed, "steps": steps, "steps_per_epoch": steps_per_epoch,
+               "epochs_trained": steps / steps_per_epoch, "loss": history.loss,
                "train_minutes": train_seconds / 60, "target": target,
-               "target_epoch": reached.get("epoch"), "target_minutes": reached.get("minutes"),
+               "target_epoch": epoch_of(reached["index"]) if reached else None,
+               "target_minutes": reached.get("minutes"),
                "learning_rate": args.learning_rate, "test_size": len(x_test)}
 
     os.makedirs(args.out, exist_ok=True)
     plots = []
-    try:
+    if _cli.have_matplotlib():
         plots.append(train.plot_history(history, os.path.join(args.out, "mnist_%s_history.png" % args.model),
                                         title="MNIST %s: training loss and test accuracy" % args.model))
-    except ImportError as e:
-        print(e)
-    p = plot_samples(os.path.join(args.out, "mnist_%s_samples.png" % args.model), model, x_test, y_test)
-    plots += [p] if p else []
+        plots.append(plot_samples(os.path.join(args.out, "mnist_%s_samples.png" % args.model), model,
+                                  x_test, y_test))
+    else:
+        print(_cli.NO_MATPLOTLIB)
     results["plots"] = plots
 
-    print("\n%s: test accuracy %.2f%% on %d images after %d epoch(s), %.1f min of training"
-          % (args.model, 100 * final, len(x_test), results["epochs"], results["train_minutes"]))
+    print("\n%s: test accuracy %.2f%% on %d images after %s, %.1f min of training"
+          % (args.model, 100 * final, len(x_test), epochs_text(steps, steps_per_epoch),
+             results["train_minutes"]))
     if target is not None:
         if reached:
-            print("target %.1f%% reached after epoch %d (%.1f min)"
-                  % (100 * target, reached["epoch"], reached["minutes"]))
+            e = results["target_epoch"]
+            print("target %.1f%% reached %s (%.1f min)"
+                  % (100 * target, "after epoch %d" % e if isinstance(e, int) else
+                     "after %.2f epochs" % e, reached["minutes"]))
         else:
             print("target %.1f%% NOT reached" % (100 * target))
     return results

@@ -46,6 +46,11 @@ import npl
 from npl import train
 from npl.cells import glorot_uniform
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:             # examples/_cli.py, also when this file is loaded by path
+    sys.path.insert(0, _HERE)
+import _cli  # noqa: E402  (the scripts' argument helpers)
+
 PRIME = "thou art"
 
 
@@ -182,33 +187,67 @@ def plot(path, history, val, vocab_size, title):
     return path
 
 
-def parse_args(argv):
+QUICK = dict(chars=50000, hidden=64, embed=32, epochs=1, batch_size=32, num_steps=25,
+             learning_rate=0.01, sample_length=120)                     # --quick's defaults
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64, help="parallel streams")
-    p.add_argument("--num-steps", type=int, default=50, help="characters per window (truncated BPTT)")
-    p.add_argument("--learning-rate", "--lr", type=float, default=0.002)
-    p.add_argument("--clip-norm", type=float, default=4.5)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--chars", type=int, default=None, help="use the first N characters of the text")
-    p.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
-    p.add_argument("--sample-length", type=int, default=400)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--epochs", type=_cli.positive_int, default=8)
+    p.add_argument("--batch-size", type=_cli.positive_int, default=64, help="parallel streams")
+    p.add_argument("--num-steps", type=_cli.positive_int, default=50,
+                   help="characters per window (truncated BPTT)")
+    p.add_argument("--learning-rate", "--lr", type=_cli.positive_float, default=0.002)
+    p.add_argument("--clip-norm", type=_cli.positive_float, default=4.5)
+    p.add_argument("--hidden", type=_cli.positive_int, default=256)
+    p.add_argument("--layers", type=_cli.positive_int, default=1)
+    p.add_argument("--embed", type=_cli.positive_int, default=64)
+    p.add_argument("--chars", type=_cli.positive_int, default=None,
+                   help="use the first N characters of the text")
+    p.add_argument("--time-limit", type=_cli.positive_float, default=None,
+                   help="stop training after this many seconds")
+    p.add_argument("--sample-length", type=_cli.nonnegative_int, default=400,
+                   help="characters sampled after the prime (0: the prime only)")
+    p.add_argument("--temperature", type=_cli.positive_float, default=0.8)
     p.add_argument("--prime", default=PRIME)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a short run: 50k characters, 64 units, 1 epoch")
+    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
+    p.add_argument("--quick", action="store_true", help=_cli.quick_help("a short run", QUICK))
     p.add_argument("--out", default="out", help="folder for the plot and the sampled text")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.chars, args.hidden, args.embed, args.epochs = 50000, 64, 32, 1
-        args.batch_size, args.num_steps, args.learning_rate = 32, 25, 0.01
-        args.sample_length = 120
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
+    args = _cli.parse_with_quick(p, argv, QUICK)
+    if not args.prime:
+        p.error("argument --prime: must be a non-empty string")
     return args
+
+
+def split_point(n):
+    """Characters 0..split-1 train, split..n-1 validate (90% / 10%)."""
+    return int(0.9 * n)
+
+
+def check_text_size(n, args):
+    """Both parts must give every one of the --batch-size streams at least 2 characters (an input
+    and its target): an argparse error naming --chars (or --batch-size) otherwise."""
+    split = split_point(n)
+    if min(split, n - split) >= 2 * args.batch_size:
+        return
+    need = n
+    while min(split_point(need), need - split_point(need)) < 2 * args.batch_size:
+        need += 1
+    if args.chars is not None and args.chars < need:
+        build_parser().error("argument --chars: %d characters are too few for %d streams "
+                             "(--batch-size): the 10%% validation part needs 2 characters per "
+                             "stream; use at least %d" % (n, args.batch_size, need))
+    build_parser().error("argument --batch-size: %d streams are too many for a text of %d characters "
+                         "(the 10%% validation part needs 2 characters per stream)"
+                         % (args.batch_size, n))
 
 
 def main(argv=None):
@@ -217,8 +256,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     text = npl.data.load_text(data_dir=args.data_dir)
     vocab = npl.data.CharVocab.from_text(text)                 # the whole text's characters
+    unknown = sorted(set(args.prime) - set(vocab.stoi))
+    if unknown:                                                 # refused before training, not after
+        build_parser().error("argument --prime: characters not in the text: %r" % "".join(unknown))
     ids = vocab.encode(text[:args.chars] if args.chars else text)
-    split = int(0.9 * len(ids))
+    check_text_size(len(ids), args)
+    split = split_point(len(ids))
     x, y = train.make_streams(ids[:split], args.batch_size)            # [B, L], y = x shifted by one
     x_val, y_val = train.make_streams(ids[split:], args.batch_size)
     print("text: %d characters, vocabulary %d; training streams %s, validation streams %s"

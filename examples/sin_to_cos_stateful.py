@@ -49,6 +49,11 @@ import npl
 from npl import train
 from npl.layers import Dense
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:             # examples/_cli.py, also when this file is loaded by path
+    sys.path.insert(0, _HERE)
+import _cli  # noqa: E402  (the scripts' argument helpers)
+
 NUM_STEPS = 20                 # window length (truncated BPTT)
 DT = 1.0 / (10 * np.pi)        # the tutorial's spacing: x = arange(...) / (10 pi)
 CELL_SIZE = 10
@@ -115,7 +120,7 @@ def predict_stateful(model, x):
 
 
 def _figure():
-    return train.new_figure((9, 3.2), required=False)
+    return train.new_figure((9, 3.2))      # called only once matplotlib is known to be there
 
 
 def draw_predictions(ax, x, y, y_hat, warmup_steps, title):
@@ -132,28 +137,34 @@ def draw_predictions(ax, x, y, y_hat, warmup_steps, title):
     ax.legend(loc="lower left", fontsize=8)
 
 
-def parse_args(argv):
+QUICK = dict(epochs=1, windows=120, plot_every=40)      # --quick's defaults
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=2, help="passes over the streams (state restarts "
-                                                         "from zeros at each pass)")
-    p.add_argument("--batch-size", type=int, default=50, help="parallel streams")
-    p.add_argument("--windows", type=int, default=500, help="windows of 20 steps per stream (= "
-                                                            "training steps per epoch)")
-    p.add_argument("--learning-rate", "--lr", type=float, default=0.006)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot-every", type=int, default=100, help="save a live-style frame every N steps")
-    p.add_argument("--test-windows", type=int, default=20, help="windows in the test stretch, "
-                                                                "after the warm-up")
-    p.add_argument("--warmup", type=int, default=10, help="windows that warm up the state before "
-                                                          "the test windows")
-    p.add_argument("--quick", action="store_true", help="a short run: 1 epoch of 120 steps")
+    p.add_argument("--epochs", type=_cli.positive_int, default=2,
+                   help="passes over the streams (state restarts from zeros at each pass)")
+    p.add_argument("--batch-size", type=_cli.positive_int, default=50, help="parallel streams")
+    p.add_argument("--windows", type=_cli.positive_int, default=500,
+                   help="windows of 20 steps per stream (= training steps per epoch)")
+    p.add_argument("--learning-rate", "--lr", type=_cli.positive_float, default=0.006)
+    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
+    p.add_argument("--plot-every", type=_cli.nonnegative_int, default=100,
+                   help="save a live-style frame every N steps (0: no frames)")
+    p.add_argument("--test-windows", type=_cli.positive_int, default=20,
+                   help="windows in the test stretch, after the warm-up")
+    p.add_argument("--warmup", type=_cli.nonnegative_int, default=10,
+                   help="windows that warm up the state before the test windows (0: none)")
+    p.add_argument("--quick", action="store_true",
+                   help=_cli.quick_help("a short run (120 steps)", QUICK))
     p.add_argument("--out", default="out", help="folder for the PNG plots")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.epochs, args.windows, args.plot_every = 1, 120, 40
-    return args
+    return p
+
+
+def parse_args(argv):
+    return _cli.parse_with_quick(build_parser(), argv, QUICK)
 
 
 def main(argv=None):
@@ -167,17 +178,17 @@ def main(argv=None):
           % (x.shape, args.windows, NUM_STEPS, x_test.shape), flush=True)
     model = SinToCos(seed=args.seed)
     frames_dir = os.path.join(args.out, "sin_to_cos_frames")
-    os.makedirs(frames_dir, exist_ok=True)
     frames = []
-    if _figure() is None:
-        print("matplotlib is not installed: no plots written (pip install matplotlib)")
+    plotting = _cli.have_matplotlib()
+    if not plotting:
+        print(_cli.NO_MATPLOTLIB)                               # said once, not once per frame
+    elif args.plot_every:
+        os.makedirs(frames_dir, exist_ok=True)
 
     def live_plot(info):
         """The tutorial redraws its plot every step; we save a frame every --plot-every steps."""
-        if info["step"] % args.plot_every:
-            return False
-        fig = _figure()
-        if fig is not None:
+        if plotting and args.plot_every and info["step"] % args.plot_every == 0:
+            fig = _figure()
             y_hat = predict_stateful(model, x_test)
             draw_predictions(fig.add_subplot(1, 1, 1), x_test, y_test, y_hat, w,
                              "step %d: batch loss %.4f, test MSE %.4f"
@@ -203,8 +214,9 @@ def main(argv=None):
                "frames": frames}
 
     plots = []
-    fig = _figure()
-    if fig is not None:
+    if plotting:
+        os.makedirs(args.out, exist_ok=True)
+        fig = _figure()
         fig.set_size_inches(9, 6.4)
         draw_predictions(fig.add_subplot(2, 1, 1), x_test, y_test, y_hat, w,
                          "after %d steps: test MSE %.2e (state carried), %.2e (state reset per window)"
@@ -222,9 +234,9 @@ def main(argv=None):
     results["seconds"] = time.perf_counter() - t0
     print("\nbatch loss: first %.4f -> last %.5f over %d steps" % (loss[0], loss[-1], len(loss)))
     print("test MSE %.2e with the state carried across windows, after %d warm-up windows (%.2e when "
-          "every window starts from zeros; predicting 0 gives %.3f)   %.1f s, %d frames in %s"
-          % (mse_stateful, args.warmup, mse_reset, results["mse_zero"], results["seconds"], len(frames),
-             frames_dir))
+          "every window starts from zeros; predicting 0 gives %.3f)   %.1f s, %s"
+          % (mse_stateful, args.warmup, mse_reset, results["mse_zero"], results["seconds"],
+             "%d frames in %s" % (len(frames), frames_dir) if frames else "no frames"))
     return results
 
 

@@ -50,6 +50,11 @@ import npl
 from npl import train
 from npl.cells import LSTMStateTuple
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:             # examples/_cli.py, also when this file is loaded by path
+    sys.path.insert(0, _HERE)
+import _cli  # noqa: E402  (the scripts' argument helpers)
+
 WINDOW = 10          # past values per example
 DT = 0.1             # time step of the series (radians)
 TARGET_MSE = 1e-3    # the two-layer model's target
@@ -196,26 +201,30 @@ def plot(path, y_test, predictions, histories):
     return path
 
 
-def parse_args(argv):
+QUICK = dict(train_size=5000, test_size=500, epochs=6, epochs_1unit=8)   # --quick's defaults
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=30, help="epochs of the two-layer model (b)")
-    p.add_argument("--epochs-1unit", type=int, default=100,
+    p.add_argument("--epochs", type=_cli.positive_int, default=30,
+                   help="epochs of the two-layer model (b)")
+    p.add_argument("--epochs-1unit", type=_cli.positive_int, default=100,
                    help="epochs of the 1-unit model (a), which learns slowly")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", "--lr", type=float, default=0.001)
-    p.add_argument("--train-size", type=int, default=10000, help="training windows")
-    p.add_argument("--test-size", type=int, default=1000, help="test windows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_cli.positive_int, default=128)
+    p.add_argument("--learning-rate", "--lr", type=_cli.positive_float, default=0.001)
+    p.add_argument("--train-size", type=_cli.positive_int, default=10000, help="training windows")
+    p.add_argument("--test-size", type=_cli.positive_int, default=1000, help="test windows")
+    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="a short run for smoke tests: 5000 windows, 8 + 6 epochs (320 + 240 steps)")
+                   help=_cli.quick_help("a short run (320 + 240 steps)", QUICK))
     p.add_argument("--out", default="out", help="folder for the PNG plot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / epoch lines")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.train_size, args.test_size = 5000, 500
-        args.epochs, args.epochs_1unit = 6, 8
-    return args
+    return p
+
+
+def parse_args(argv):
+    return _cli.parse_with_quick(build_parser(), argv, QUICK)
 
 
 def main(argv=None):

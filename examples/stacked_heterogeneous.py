@@ -40,6 +40,11 @@ import npl
 from npl import train
 from npl.layers import Dense
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:             # examples/_cli.py, also when this file is loaded by path
+    sys.path.insert(0, _HERE)
+import _cli  # noqa: E402  (the scripts' argument helpers)
+
 CLASSES = 10
 
 
@@ -195,24 +200,36 @@ def plot(path, timing, memory, history):
     return path
 
 
-def parse_args(argv):
+QUICK = dict(train_size=3000, test_size=1000, repeats=5)     # --quick's defaults
+TRAIN_IMAGES, TEST_IMAGES = 60000, 10000                     # the MNIST files
+
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--hidden", type=int, default=32, help="LSTM units (the GRU above has twice as many)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", "--lr", type=float, default=0.005)
-    p.add_argument("--repeats", type=int, default=20, help="timed batches per mode")
-    p.add_argument("--train-size", type=int, default=None)
-    p.add_argument("--test-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a short run: 3000 training images, 5 repeats")
+    p.add_argument("--hidden", type=_cli.positive_int, default=32,
+                   help="LSTM units (the GRU above has twice as many)")
+    p.add_argument("--epochs", type=_cli.positive_int, default=3)
+    p.add_argument("--batch-size", type=_cli.positive_int, default=128)
+    p.add_argument("--learning-rate", "--lr", type=_cli.positive_float, default=0.005)
+    p.add_argument("--repeats", type=_cli.positive_int, default=20, help="timed batches per mode")
+    p.add_argument("--train-size", type=_cli.positive_int, default=None,
+                   help="use the first N training images (default: all %d)" % TRAIN_IMAGES)
+    p.add_argument("--test-size", type=_cli.positive_int, default=None,
+                   help="use the first N test images (default: all %d)" % TEST_IMAGES)
+    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
+    p.add_argument("--quick", action="store_true", help=_cli.quick_help("a short run", QUICK))
     p.add_argument("--out", default="out", help="folder for the PNG plot")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.train_size, args.test_size, args.repeats = 3000, 1000, 5
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
+    args = _cli.parse_with_quick(p, argv, QUICK)
+    _cli.check_sizes(p, args, (("--train-size", args.train_size, TRAIN_IMAGES),
+                               ("--test-size", args.test_size, TEST_IMAGES)))
     return args
 
 

@@ -23,14 +23,22 @@ Three experiments on the same random inputs (T = --steps):
 3. Kernels x4: the simple RNN's Jacobian norm exceeds 1 and its gradient explodes by orders of
    magnitude; the gated cells do not (their gates saturate and f, u <= 1 bound the direct path).
 
-Run:  python examples/vanishing_gradients.py [--out vanishing_gradients.png] [--steps 50]
+Run:  python examples/vanishing_gradients.py [--out vanishing_gradients.png] [--steps 50] [--seed 0]
+      (--out '' prints the tables only; without matplotlib the script says so and writes no plot)
 """
 import argparse
+import os
+import sys
 
 import numpy as np
 
 import npl
 from npl.inspect import compare_gradient_flow, plot_gradient_flow
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:             # examples/_cli.py, also when this file is loaded by path
+    sys.path.insert(0, _HERE)
+import _cli  # noqa: E402  (the scripts' argument helpers)
 
 
 def _print_flows(title, flows, lags):
@@ -49,7 +57,10 @@ def _print_flows(title, flows, lags):
 
 
 def main(out="vanishing_gradients.png", steps=50, seed=0):
-    """Run the three experiments, print the numbers, write the figure; returns the flows."""
+    """Run the three experiments, print the numbers, write the figure to ``out`` (a PNG path;
+    None or "" for none); returns the flows."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError("steps must be a positive integer, got %r" % (steps,))
     kw = dict(steps=steps, seed=seed, units=16, input_size=4, batch=8)
     res = {"default": compare_gradient_flow(**kw)}
     res["open forget gate"] = compare_gradient_flow(cells={
@@ -66,7 +77,9 @@ def main(out="vanishing_gradients.png", steps=50, seed=0):
                  res["open forget gate"], lags)
     _print_flows("3. kernels x4: the simple RNN explodes, the gated cells stay bounded",
                  res["large weights"], lags)
-    if out:
+    if out and not _cli.have_matplotlib():
+        print("\n" + _cli.NO_MATPLOTLIB)
+    elif out:
         plot_gradient_flow([res["default"], res["open forget gate"], res["large weights"]], out,
                            titles=["default init, T=%d" % steps, "LSTM forget_bias 1 vs 5",
                                    "kernels x4 (exploding RNN)"])
@@ -74,10 +87,16 @@ def main(out="vanishing_gradients.png", steps=50, seed=0):
     return res
 
 
+def build_parser():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default="vanishing_gradients.png",
+                    help="the PNG file to write ('' for none)")
+    ap.add_argument("--steps", type=_cli.positive_int, default=50, help="sequence length T")
+    ap.add_argument("--seed", type=_cli.nonnegative_int, default=0)
+    return ap
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="vanishing_gradients.png", help="PNG to write")
-    ap.add_argument("--steps", type=int, default=50, help="sequence length T")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = build_parser().parse_args()
     main(a.out, a.steps, a.seed)

@@ -24,7 +24,9 @@ import io
 import math
 import os
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 
@@ -138,17 +140,31 @@ def _verify(path, filename):
             % (path, expected, filename, got))
 
 
+# Hosts that did not answer (timeout, refused, no route; not an HTTP error) -> when: they are not
+# tried again for UNREACHABLE_RETRY_S seconds, so that a stalled network costs one timeout per
+# mirror, not one per mirror and file (MNIST: 4 files, 3 mirrors each).
+UNREACHABLE_RETRY_S = 600.0
+_unreachable = {}
+
+
 def _download(filename, target_dir, timeout):
     """Fetch ``filename`` from its mirrors into ``target_dir`` atomically; return its path.
 
     Each mirror is streamed into a temporary file next to the target, hashed while it is written,
-    and renamed into place only when the SHA-256 matches.  Raises OSError listing every failure.
+    and renamed into place only when the SHA-256 matches.  A mirror whose host did not answer in
+    the last :data:`UNREACHABLE_RETRY_S` seconds is skipped.  Raises OSError listing every failure.
     """
     expected = _KNOWN[filename][0]
     os.makedirs(target_dir, exist_ok=True)
     final = os.path.join(target_dir, filename)
     failures = []
     for url in _urls(filename):
+        host = urllib.parse.urlsplit(url).netloc
+        when = _unreachable.get(host)
+        if when is not None and time.monotonic() - when < UNREACHABLE_RETRY_S:
+            failures.append("%s: skipped (the host did not answer %.0f s ago)"
+                            % (url, time.monotonic() - when))
+            continue
         fd, tmp = tempfile.mkstemp(prefix="." + filename + ".", suffix=".part", dir=target_dir)
         try:
             h = hashlib.sha256()
@@ -163,6 +179,8 @@ def _download(filename, target_dir, timeout):
             return final
         except (OSError, ValueError, http.client.HTTPException) as e:
             failures.append("%s: %s" % (url, e))
+            if isinstance(e, OSError) and not isinstance(e, urllib.error.HTTPError):
+                _unreachable[host] = time.monotonic()         # the server never answered
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -195,9 +213,14 @@ def _locate(filenames, subdir, data_dir, download, timeout, verify, what):
             msg.append("Download failed (%s)." % " | ".join(failures))
         else:
             msg.append("Downloading was disabled (download=False).")
-        msg.append("Put the files (%s) in %s, or in a folder named by the environment variable "
-                   "NPL_DATA_DIR (directly or in its '%s/' subfolder), or pass data_dir=<folder>."
-                   % (", ".join(filenames), cache_dir(subdir), subdir))
+        if data_dir is not None:            # only data_dir is searched: say so, not the others
+            msg.append("Put the files (%s) in %s (directly or in its '%s/' subfolder), or pass "
+                       "data_dir=None to use NPL_DATA_DIR and the cache %s."
+                       % (", ".join(filenames), os.fspath(data_dir), subdir, cache_dir(subdir)))
+        else:
+            msg.append("Put the files (%s) in %s, or in a folder named by the environment variable "
+                       "NPL_DATA_DIR (directly or in its '%s/' subfolder), or pass data_dir=<folder>."
+                       % (", ".join(filenames), cache_dir(subdir), subdir))
         raise DataNotFoundError(" ".join(msg))
     if verify:
         for f in filenames:

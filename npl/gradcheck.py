@@ -344,12 +344,28 @@ def _central_differences(loss, a, idx, eps):
 
 # ------------------------------------------------------------------------------------ cells
 def _leaf_cells(cell):
-    from .cells import MultiRNNCell
-    if isinstance(cell, MultiRNNCell):
-        for c in cell.cells:
-            yield from _leaf_cells(c)
-    else:
-        yield cell
+    """The cells that own parameters, through stacks and wrappers (``DropoutWrapper``)."""
+    return cell._leaves()
+
+
+def _fix_dropout_masks(cell, x, sequence_length, time_major):
+    """Make every DropoutWrapper of the float64 copy ``cell`` replay one set of float64 masks, so
+    that the finite-difference forwards differ only by the perturbation: masks already set for
+    replay are converted, the others are drawn by one forward on ``x``."""
+    from .layers import DropoutWrapper, _walk_cells
+    from .rnn_ops import dynamic_rnn
+    wrappers = [c for c in _walk_cells(cell) if isinstance(c, DropoutWrapper) and c.training]
+    if not wrappers:
+        return
+    for w in wrappers:
+        if w.replay:
+            w.masks = {k: None if m is None else
+                       ([np.array(to_numpy(a), np.float64) for a in m] if isinstance(m, list)
+                        else np.array(to_numpy(m), np.float64)) for k, m in w.masks.items()}
+    if not all(w.replay for w in wrappers):
+        dynamic_rnn(cell, x, sequence_length=sequence_length, time_major=time_major, dtype=np.float64)
+        for w in wrappers:
+            w.replay = True
 
 
 def float64_copy(cell):
@@ -374,9 +390,11 @@ def gradcheck_cell(cell, x, state=None, sequence_length=None, time_major=False, 
                    atol=1e-5, seed=0, max_checks=None):
     """Gradient-check a cell through :func:`npl.nn.dynamic_rnn` and its trace's backward.
 
-    cell:   any npl cell (also MultiRNNCell and your own RNNCell subclasses).  A float64 copy is
-            checked (:func:`float64_copy`); ``cell`` itself, its parameters and gradients are left
-            as they were.  An unbuilt cell's copy is built from ``x`` with the cell's initialiser.
+    cell:   any npl cell (also MultiRNNCell, DropoutWrapper and your own RNNCell subclasses).  A
+            float64 copy is checked (:func:`float64_copy`); ``cell`` itself, its parameters and
+            gradients are left as they were.  An unbuilt cell's copy is built from ``x`` with the
+            cell's initialiser.  A DropoutWrapper in training mode is checked with one fixed set of
+            masks: its own when it is set to ``replay``, else masks drawn once for the check.
     x:      [batch, time, depth] (or [time, batch, depth] with ``time_major``).
     state:  initial state structured as ``cell.state_size``; None draws a random one (seeded by
             ``seed``) so the state's gradient is checked at a non-trivial point.
@@ -412,6 +430,7 @@ def gradcheck_cell(cell, x, state=None, sequence_length=None, time_major=False, 
     if not c64.built:
         x_tm = x64 if time_major else x64.transpose(1, 0, 2)
         c64._maybe_build(x_tm, "x")
+    _fix_dropout_masks(c64, x64, sequence_length, time_major)
     rng = np.random.default_rng(seed + 7919)
     if state is None:
         zero = c64.zero_state(B, np.float64)

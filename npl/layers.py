@@ -686,13 +686,18 @@ class DropoutWrapper(RNNCell):
     the sequence returns as its final state; the step's output is the undropped ``h`` (then output
     dropout).  The engine applies the state mask inside its step loop (``state_mask`` of
     ``_forward_seq``), and the backward goes through the same masks.  With
-    ``variational_recurrent=True`` one mask per batch row is used for all steps of a call.
+    ``variational_recurrent=True`` one mask is used for every step of a call and, as in TF1, for
+    every row of the batch (TF draws its noise with shape ``[1, depth]``).  A call is one
+    ``dynamic_rnn`` / ``static_rnn``, or one step ``cell(x, state)``: TF1 keeps the mask over all
+    steps of a ``session.run``, so to keep one mask over a hand-unrolled loop of steps, set
+    ``replay = True`` after its first step (and back to False to draw new masks).
 
     The scaled masks of the last forward are kept in ``masks`` (``{"input": [T, B, I] or None,
     "output": [T, B, O] or None, "state": [T, B, P] (a list, one per layer, for a MultiRNNCell) or
-    None}``; [1, B, .] when variational).  Set ``replay = True`` to run the next forwards with those
-    masks again (or assign ``masks`` yourself first).  ``training = False`` turns dropout off
-    (evaluation).  Parameters, gradients and names are the wrapped cell's.
+    None}``; [1, B, .] when variational, every row the same).  Set ``replay = True`` to run the
+    next forwards with those masks again (or assign ``masks`` yourself first).
+    ``training = False`` turns dropout off (evaluation).  Parameters, gradients and names are the
+    wrapped cell's.
     """
 
     _chunkable = False          # its masks cover the whole sequence of one call
@@ -825,10 +830,17 @@ class DropoutWrapper(RNNCell):
         keep = {"input": self.input_keep_prob, "output": self.output_keep_prob,
                 "state": self.state_keep_prob}
 
+        def one(p, shape):
+            if not self.variational_recurrent:
+                return self._mask(p, shape, dt, xp)
+            # TF1: "for recurrent variational dropout we use the same dropout mask for all batch
+            # elements" (noise of shape [1, depth]); kept as [1, B, depth] for the engine
+            return xp.ascontiguousarray(xp.broadcast_to(self._mask(p, (1, 1, shape[2]), dt, xp), shape))
+
         def draw(k):
             if isinstance(want[k], list):
-                return [self._mask(keep[k], w, dt, xp) for w in want[k]]
-            return self._mask(keep[k], want[k], dt, xp)
+                return [one(keep[k], w) for w in want[k]]
+            return one(keep[k], want[k])
 
         if self.replay:
             masks = {}

@@ -103,8 +103,12 @@ def _weights(weights, loss_shape, dtype, xp):
     dimension 1 or equal)."""
     if isinstance(weights, numbers.Number) and not isinstance(weights, bool):
         return xp.full(loss_shape, weights, dtype)
-    w = float_array(weights, "weights") if not isinstance(weights, (list, tuple)) else \
-        float_array(np.asarray(weights, dtype), "weights")
+    if isinstance(weights, (list, tuple)):
+        weights = np.asarray(weights, dtype)
+    w = as_array(weights, "weights", xp)
+    if w.dtype.kind in "iub":                       # TF casts integer / bool weights to the losses'
+        w = w.astype(dtype)                         # float type
+    w = float_array(w, "weights")
     if w.ndim == 0:
         return xp.full(loss_shape, float(w), dtype)
     ok = w.ndim == len(loss_shape) and all(a in (1, b) for a, b in zip(w.shape, loss_shape))
@@ -181,7 +185,8 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0,
                                  reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
     """``tf.losses.sparse_softmax_cross_entropy``: returns ``(loss, d_logits)``.
 
-    labels: integer class ids of shape ``logits.shape[:-1]``, each in [0, C).
+    labels: integer class ids of shape ``logits.shape[:-1]`` (or with a trailing 1, squeezed as
+    in TF1), each in [0, C); ``weights`` likewise may carry a trailing 1.
     Per example ``l = logsumexp(z) - z[label]``; gradient ``softmax(z) - onehot(label)``, scaled by
     the reduction's coefficient.
     """
@@ -189,6 +194,14 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0,
     xp = get_array_module(z)
     if z.ndim < 1:
         raise ValueError("logits must have a class axis, got a scalar")
+    # TF1 (_remove_squeezable_dimensions): labels with a trailing 1 in place of the class axis,
+    # and weights one rank above the labels with a trailing 1, are squeezed
+    lab_shape = np.shape(labels)
+    if len(lab_shape) == z.ndim and lab_shape[-1:] == (1,):
+        labels = as_array(labels, "labels", xp)[..., 0]
+    w_shape = np.shape(weights)
+    if len(w_shape) == z.ndim and w_shape[-1:] == (1,):
+        weights = as_array(weights, "weights", xp)[..., 0]
     lab = _int_labels(labels, z.shape[-1], z.shape[:-1], xp)
     _check_finite(z, "logits")
     losses, d = _sparse_xent(z, lab)

@@ -159,8 +159,11 @@ def test_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
     assert "t10k-images-idx3-ubyte.gz" in msg and "t10k-labels-idx1-ubyte.gz" in msg
     assert cache in msg and "NPL_DATA_DIR" in msg and "download=False" in msg
     assert isinstance(e.value, FileNotFoundError)
-    with pytest.raises(data.DataNotFoundError, match=str(tmp_path / "nowhere")):
+    with pytest.raises(data.DataNotFoundError) as e:
         data.load_mnist(str(tmp_path / "nowhere"), kind="test", download=False)
+    msg = str(e.value)              # with data_dir only that folder is searched, and the advice says so
+    assert "Put the files" in msg and "in %s (directly or in its 'mnist/' subfolder)" % (tmp_path / "nowhere") in msg
+    assert "data_dir=None to use NPL_DATA_DIR" in msg and cache not in msg.split("Put the files")[1].split("or pass")[0]
     with pytest.raises(data.DataNotFoundError, match=r"tinyshakespeare\.txt not found.*npl/text"):
         data.load_text(download=False)
 
@@ -175,6 +178,7 @@ def _fake_urlopen(serve):
 
 def test_download_tries_mirrors_verifies_and_writes_atomically(tmp_path, monkeypatch):
     src = _mnist_dir()
+    monkeypatch.setattr(data, "_unreachable", {})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("NPL_DATA_DIR", raising=False)
     calls = []
@@ -194,7 +198,10 @@ def test_download_tries_mirrors_verifies_and_writes_atomically(tmp_path, monkeyp
     assert int(x.sum(dtype=np.int64)) == PIXEL_SUMS["test"] and y[:10].tolist() == FIRST_LABELS["test"]
     cache = tmp_path / "cache" / "npl" / "mnist"
     assert sorted(os.listdir(cache)) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    assert sum("labels" in c for c in calls) == 3 and sum("images" in c for c in calls) == 2
+    # images: mirror 0 does not answer, mirror 1 serves; labels: mirror 0 is not asked again,
+    # mirror 1's copy fails the checksum, mirror 2 serves
+    assert sum("images" in c for c in calls) == 2 and sum("labels" in c for c in calls) == 2
+    assert not any(c.startswith(data.MNIST_MIRRORS[0]) and "labels" in c for c in calls)
     # cached now: no further requests
     calls.clear()
     data.load_mnist(kind="test")
@@ -203,7 +210,11 @@ def test_download_tries_mirrors_verifies_and_writes_atomically(tmp_path, monkeyp
     # no network at all: the error lists each mirror's failure and where to put the files
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
 
+    monkeypatch.setattr(data, "_unreachable", {})
+    calls.clear()
+
     def offline(url):
+        calls.append(url)
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(offline))
@@ -213,6 +224,24 @@ def test_download_tries_mirrors_verifies_and_writes_atomically(tmp_path, monkeyp
     assert "offline" in msg and data.MNIST_MIRRORS[2] + "train-images-idx3-ubyte.gz" in msg
     assert os.path.join(str(tmp_path / "empty"), "npl", "mnist") in msg and "NPL_DATA_DIR" in msg
     assert not any(f.endswith(".part") for f in os.listdir(tmp_path / "empty" / "npl" / "mnist"))
+    # a stalled network costs one timeout per mirror, not per mirror and file, also on the next call
+    assert len(calls) == len(data.MNIST_MIRRORS)
+    assert msg.count("skipped (the host did not answer") == len(data.MNIST_MIRRORS)
+    with pytest.raises(data.DataNotFoundError, match="skipped"):
+        data.load_mnist(kind="test")
+    assert len(calls) == len(data.MNIST_MIRRORS)
+    # an HTTP error is an answer: the host is asked again for the next file
+    monkeypatch.setattr(data, "_unreachable", {})
+    calls.clear()
+
+    def not_found(url):
+        calls.append(url)
+        raise urllib.error.HTTPError(url, 404, "Not Found", None, None)
+
+    monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(not_found))
+    with pytest.raises(data.DataNotFoundError, match="404"):
+        data.load_mnist(kind="test")
+    assert len(calls) == 2 * len(data.MNIST_MIRRORS)
 
 
 def test_mnist_csv_kaggle_format(tmp_path):

@@ -7,6 +7,11 @@ sine model equals the dynamic_rnn one; static_rnn equals dynamic_rnn; the sample
 training model's weights), and the PNG plots are written.  The sine model's test predictions are
 also recomputed with an independent NumPy LSTM written here from TF1's equations.
 
+The command-line tests check each script's argument handling without training: a bad value is an
+argparse error naming the flag (exit status 2), and ``--quick`` only fills in the options the user
+left out.  The scripts run without matplotlib (a stand-in package that fails to import): they say
+so once and exit 0.
+
 The ``slow`` tests (opt-in: ``--runslow`` or NPL_RUN_SLOW=1) run the full commands and assert the
 targets of examples/README.md.  MNIST and Shakespeare tests read the real data through
 $NPL_DATA_DIR, as tests/test_data.py does (the conftest points it at the shared data folder).
@@ -17,6 +22,9 @@ import glob
 import importlib.util
 import math
 import os
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -294,6 +302,181 @@ def test_stacked_model_is_lstm_under_gru_with_twice_the_units():
     assert isinstance(lstm, npl.rnn.LSTMCell) and isinstance(gru, npl.rnn.GRUCell)
     assert (lstm.num_units, gru.num_units) == (6, 12)
     assert m.params["rnn/multi_rnn_cell/cell_1/gates/kernel"].shape == (6 + 12, 24)
+
+
+# ============================================================================ command lines
+TRAINING_EXAMPLES = ["sine_prediction", "mnist_rnn", "sin_to_cos_stateful", "shakespeare_char",
+                     "stacked_heterogeneous"]
+
+BAD_FLAGS = [   # example, arguments, the flag the error must name
+    ("shakespeare_char", ["--quick", "--lr", "nan"], "--learning-rate/--lr"),
+    ("shakespeare_char", ["--quick", "--batch-size", "0"], "--batch-size"),
+    ("shakespeare_char", ["--quick", "--temperature", "inf"], "--temperature"),
+    ("mnist_rnn", ["--batch-size", "0"], "--batch-size"),
+    ("mnist_rnn", ["--epochs", "1", "--train-size", "500", "--test-size", "0"], "--test-size"),
+    ("mnist_rnn", ["--train-size", "0"], "--train-size"),
+    ("mnist_rnn", ["--train-size", "60001"], "--train-size"),
+    ("mnist_rnn", ["--time-limit", "-5"], "--time-limit"),
+    ("mnist_rnn", ["--model", "bilstm2", "--hidden", "0"], "--hidden"),
+    ("mnist_rnn", ["--quick", "--epochs", "0"], "--epochs"),
+    ("sine_prediction", ["--epochs", "1", "--epochs-1unit", "1", "--train-size", "500",
+                         "--test-size", "0"], "--test-size"),
+    ("sine_prediction", ["--quick", "--epochs-1unit", "-1"], "--epochs-1unit"),
+    ("sine_prediction", ["--seed", "-1"], "--seed"),
+    ("sin_to_cos_stateful", ["--batch-size", "0"], "--batch-size"),
+    ("sin_to_cos_stateful", ["--quick", "--windows", "0"], "--windows"),
+    ("sin_to_cos_stateful", ["--test-windows", "0"], "--test-windows"),
+    ("sin_to_cos_stateful", ["--quick", "--plot-every", "-5"], "--plot-every"),
+    ("sin_to_cos_stateful", ["--warmup", "-1"], "--warmup"),
+    ("stacked_heterogeneous", ["--batch-size", "0"], "--batch-size"),
+    ("stacked_heterogeneous", ["--train-size", "0"], "--train-size"),
+    ("stacked_heterogeneous", ["--quick", "--test-size", "0"], "--test-size"),
+    ("stacked_heterogeneous", ["--quick", "--repeats", "0"], "--repeats"),
+    ("stacked_heterogeneous", ["--lr", "0"], "--learning-rate/--lr"),
+]
+
+
+@pytest.mark.parametrize("name,argv,flag", BAD_FLAGS,
+                         ids=["%s %s" % (n, " ".join(a)) for n, a, _ in BAD_FLAGS])
+def test_bad_value_is_an_argparse_error_naming_the_flag(capsys, name, argv, flag):
+    ex = load_example(name)
+    with pytest.raises(SystemExit) as e:
+        ex.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument %s:" % flag in err, err
+
+
+@pytest.mark.parametrize("cmd,flag", [
+    (["stacked_heterogeneous.py", "--quick", "--repeats", "0"], "--repeats"),
+    (["vanishing_gradients.py", "--steps", "0"], "--steps"),
+    (["sin_to_cos_stateful.py", "--quick", "--plot-every", "-5"], "--plot-every"),
+    (["custom_cell.py", "--quick"], "unrecognized arguments: --quick"),
+    (["bptt_worked_example.py", "--epochs", "3"], "unrecognized arguments: --epochs"),
+])
+def test_script_refuses_bad_flag_from_another_directory(tmp_path, cmd, flag):
+    """As a user runs them (``python examples/<name>.py``), from a folder that is not the
+    repository: exit status 2, the flag named, no traceback, nothing written."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", cmd[0])] + cmd[1:],
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
+                       env=_env())
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert flag in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_quick_keeps_explicit_values():
+    """--quick supplies defaults only: the options given win, the rest take the quick values."""
+    sine = load_example("sine_prediction")
+    a = sine.parse_args(["--quick", "--epochs", "3"])
+    assert (a.epochs, a.epochs_1unit, a.train_size, a.test_size) == (3, 8, 5000, 500)
+    assert sine.parse_args(["--epochs", "3"]).train_size == 10000          # no --quick: full size
+    mnist = load_example("mnist_rnn")
+    a = mnist.parse_args(["--epochs", "3", "--quick", "--train-size", "500"])
+    assert (a.epochs, a.train_size, a.test_size) == (3, 500, 1000)
+    assert mnist.parse_args(["--quick"]).epochs == 1
+    stc = load_example("sin_to_cos_stateful")
+    a = stc.parse_args(["--quick", "--plot-every", "0", "--windows", "7"])
+    assert (a.epochs, a.windows, a.plot_every) == (1, 7, 0)
+    stacked = load_example("stacked_heterogeneous")
+    a = stacked.parse_args(["--quick", "--repeats", "2", "--test-size", "50"])
+    assert (a.repeats, a.test_size, a.train_size) == (2, 50, 3000)
+    shakespeare = load_example("shakespeare_char")
+    a = shakespeare.parse_args(["--quick", "--lr", "0.03", "--batch-size", "8"])
+    assert (a.learning_rate, a.batch_size, a.hidden, a.chars) == (0.03, 8, 64, 50000)
+
+
+@pytest.mark.parametrize("name", TRAINING_EXAMPLES)
+def test_quick_help_lists_the_quick_defaults(capsys, name):
+    ex = load_example(name)
+    with pytest.raises(SystemExit) as e:
+        ex.parse_args(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for dest, value in ex.QUICK.items():
+        assert "--%s %s" % (dest.replace("_", "-"), value) in out, (dest, out)
+
+
+def test_mnist_build_model_refuses_a_bad_hidden_size():
+    ex = load_example("mnist_rnn")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="hidden must be None"):
+            ex.build_model("bilstm2", bad)
+    assert ex.build_model("bilstm2").cells_fw[0].num_units == 64           # None: the default
+    assert ex.build_model("bilstm2", 8).cells_fw[0].num_units == 8
+
+
+def test_mnist_time_limit_reports_completed_epochs(tmp_path, capsys, monkeypatch):
+    """A stop within an epoch counts only the completed epochs.  A fake clock (one second per
+    reading; the stop callback reads it once per step) makes the stop step exact: 640 images in
+    batches of 64 are 10 steps per epoch, a limit of 12.5 s stops at step 13."""
+    ex = load_example("mnist_rnn")
+    clock = iter(range(10 ** 6))
+    monkeypatch.setattr(ex, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    r = ex.main(["--model", "lstm2", "--epochs", "5", "--train-size", "640", "--test-size", "100",
+                 "--batch-size", "64", "--time-limit", "12.5", "--out", str(tmp_path),
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert (r["steps"], r["steps_per_epoch"], r["epochs"]) == (13, 10, 1)
+    assert r["epochs_trained"] == pytest.approx(1.3)
+    assert len(r["test_accuracies"]) == 2                  # after epoch 1, and where it stopped
+    assert "time limit of 12.5 s reached at step 13" in out
+    assert "after 1 epoch + 3 of 10 steps (1.30 epochs)" in out
+    assert ex.epochs_text(938, 469) == "2 epochs (938 steps)"
+
+
+def test_sin_to_cos_plot_every_zero_writes_no_frames(tmp_path):
+    ex = load_example("sin_to_cos_stateful")
+    r = ex.main(["--quick", "--windows", "20", "--plot-every", "0", "--out", str(tmp_path),
+                 "--no-progress"])
+    assert r["steps"] == 20 and r["frames"] == []
+    assert not os.path.exists(os.path.join(str(tmp_path), "sin_to_cos_frames"))
+    assert_png(r["plots"][0])
+
+
+def test_shakespeare_bad_prime_and_too_few_chars_are_refused_before_training(tmp_path, capsys):
+    ex = load_example("shakespeare_char")
+    for argv, flag in ((["--quick", "--prime", "thou \u00a7"], "--prime"),
+                       (["--quick", "--chars", "100"], "--chars")):
+        with pytest.raises(SystemExit) as e:
+            ex.main(argv + ["--no-progress", "--out", str(tmp_path)])
+        assert e.value.code == 2
+        captured = capsys.readouterr()
+        assert "error: argument %s:" % flag in captured.err, captured.err
+        assert "validation loss" not in captured.out                      # no training ran
+
+
+def _env(**extra):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra.get("PYTHONPATH"), ROOT,
+                                                    os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture
+def no_matplotlib(tmp_path):
+    """PYTHONPATH entry with a ``matplotlib`` package that fails to import, as if not installed."""
+    fake = tmp_path / "no_mpl" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('matplotlib hidden by a test')\n")
+    return str(tmp_path / "no_mpl")
+
+
+@pytest.mark.parametrize("cmd", [
+    ["vanishing_gradients.py", "--steps", "5", "--out", "vanishing.png"],
+    ["sin_to_cos_stateful.py", "--quick", "--windows", "20", "--plot-every", "5", "--out", "out"],
+])
+def test_without_matplotlib_scripts_say_so_once_and_exit_0(tmp_path, no_matplotlib, cmd):
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", cmd[0])] + cmd[1:] +
+                       (["--no-progress"] if cmd[0] != "vanishing_gradients.py" else []),
+                       capture_output=True, text=True, cwd=str(work), timeout=300,
+                       env=_env(PYTHONPATH=no_matplotlib))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.count("matplotlib is not installed: no plot written") == 1, r.stdout
+    assert not glob.glob(str(work / "**" / "*.png"), recursive=True)
 
 
 # ============================================================================ long runs (opt-in)

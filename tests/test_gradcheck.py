@@ -173,6 +173,35 @@ def test_detects_a_broken_backward(rng):
     assert rep["gates/bias"].max_rel_err == pytest.approx(0.01 / 1.01, rel=1e-4)
 
 
+@pytest.mark.parametrize("replay", [False, True])
+def test_gradcheck_cell_through_dropout_wrappers(rng, replay):
+    """A DropoutWrapper (alone, or inside a stack) is checked with one fixed set of masks: its own
+    float32 masks converted when it replays, else masks drawn once; the wrapper passed in keeps its
+    masks and mode.  A broken backward under dropout is still caught."""
+    x = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    inner = npl.rnn.BasicLSTMCell(3, dtype=np.float32, seed=1)
+    w = npl.rnn.DropoutWrapper(inner, 0.6, 0.6, 0.6, seed=2)
+    m = npl.rnn.MultiRNNCell([w, npl.rnn.GRUCell(2, dtype=np.float32, seed=3)])
+    npl.nn.dynamic_rnn(m, x, sequence_length=[4, 0, 2])
+    w.replay = replay
+    saved = {k: v.copy() for k, v in w.masks.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradcheckWarning)
+        for cell in (w, m):
+            rep = gradcheck_cell(cell, x, sequence_length=[4, 0, 2])
+            assert rep.passed, str(rep)
+    assert w.replay == replay and all(np.array_equal(w.masks[k], saved[k]) for k in saved)
+
+    class LeakyLSTM(npl.rnn.BasicLSTMCell):
+        def _backward_seq(self, rec, dout, dst):
+            res = super()._backward_seq(rec, dout, dst)
+            self._grads["kernel"][1, 2] *= 1.01
+            return res
+    leaky = npl.rnn.DropoutWrapper(LeakyLSTM(3, input_size=2, dtype=np.float64, seed=4), 0.7, 0.7, 0.7, seed=5)
+    rep = gradcheck_cell(leaky, x.astype(np.float64))
+    assert [c.name for c in rep if not c.passed] == ["kernel"] and rep["kernel"].index == (1, 2)
+
+
 def test_float32_warns_and_upcasts_a_copy(rng):
     cell = npl.rnn.GRUCell(3, input_size=2, dtype=np.float32, seed=1)
     x = rng.standard_normal((2, 3, 2)).astype(np.float32)

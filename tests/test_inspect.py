@@ -493,6 +493,29 @@ def test_cli_report_trains_and_writes_folder(tmp_path):
     assert bad.returncode != 0 and "--out" in bad.stderr
 
 
+@pytest.mark.parametrize("flag,value,words", [("--flow-steps", "0", "--flow-steps must be a positive integer"),
+                                              ("--clip", "0", "--clip must be a positive finite number"),
+                                              ("--noise", "-1", "--noise must be a non-negative"),
+                                              ("--lr", "nan", "--lr must be a positive finite")])
+def test_cli_report_refuses_bad_values_before_training(tmp_path, flag, value, words):
+    """Before: --flow-steps 0 trained and then crashed (IndexError), --clip 0 meant no clipping,
+    --noise -1 was written into the summary as N(0, -1^2)."""
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "npl.inspect", "report", "--out", str(out), flag, value],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and words in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_report_without_clipping_says_so(tmp_path):
+    pytest.importorskip("matplotlib")
+    from npl.inspect.report import write_report
+    res = write_report(str(tmp_path / "r"), steps=5, flow_steps=4, clip=None)
+    assert res["model"] is not None
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "lr 1, no clipping)" in md
+
+
 def test_vanishing_gradients_example(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     sys.path.insert(0, os.path.join(ROOT, "examples"))

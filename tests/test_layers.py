@@ -370,6 +370,36 @@ def test_dropout_wrapper_statistics_training_flag_and_seed(rng):
     var = L.DropoutWrapper(npl.rnn.GRUCell(4, input_size=40, seed=0), 0.5, variational_recurrent=True, seed=0)
     npl.nn.dynamic_rnn(var, x)
     assert var.masks["input"].shape == (1, 20, 40)                    # one mask for every step
+    assert np.array_equal(var.masks["input"], np.broadcast_to(var.masks["input"][:, :1], (1, 20, 40)))
+
+
+def test_variational_dropout_shares_one_mask_over_steps_and_batch_as_tf1(rng):
+    """TF1's variational_recurrent draws its noise with shape [1, depth]: the pattern of dropped
+    outputs is the same at every step AND in every batch row (measured in TF below, live), and so
+    it is in npl; the kept values are scaled by 1 / keep_prob."""
+    B, T, H, keep = 16, 6, 40, 0.5
+    x = rng.standard_normal((B, T, 3)).astype(np.float32) + 3.0
+    tf = pytest.importorskip("tensorflow")
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        cell = v1.nn.rnn_cell.DropoutWrapper(v1.nn.rnn_cell.BasicRNNCell(H, activation=tf.nn.sigmoid),
+                                             output_keep_prob=keep, variational_recurrent=True,
+                                             dtype=tf.float32, seed=1)
+        o, _ = v1.nn.dynamic_rnn(cell, tf.constant(x), dtype=tf.float32)
+        with v1.Session(graph=g) as s:
+            s.run(v1.global_variables_initializer())
+            tf_out = s.run(o)
+    npl_cell = L.DropoutWrapper(npl.rnn.BasicRNNCell(H, activation="sigmoid", seed=0),
+                                output_keep_prob=keep, variational_recurrent=True, seed=1)
+    npl_out, _ = npl.nn.dynamic_rnn(npl_cell, x)
+    for name, out in (("TF1", tf_out), ("npl", npl_out)):
+        dropped = out == 0                                              # sigmoid outputs are > 0
+        assert dropped.any() and not dropped.all(), name
+        assert np.array_equal(dropped, np.broadcast_to(dropped[:1, :1], dropped.shape)), name
+    plain, _ = npl.nn.dynamic_rnn(npl_cell.wrapped_cell, x)
+    kept = npl_out != 0
+    np.testing.assert_allclose(npl_out[kept], plain[kept] / keep, rtol=1e-6)
 
 
 def test_dropout_wrapper_in_multi_rnn_cell_and_sequential(rng):
@@ -415,19 +445,22 @@ def test_state_dropout_fd_with_replayed_masks(rng, kind, lengths, variational):
     inner = _STATE_DROP_CELLS[kind]()
     inner.build(2, np.float64)
     randomize_params(inner, rng)
-    cell = L.DropoutWrapper(inner, input_keep_prob=0.8, output_keep_prob=0.9, state_keep_prob=0.6,
-                            variational_recurrent=variational, seed=3)
     B, T = 3, 4
     x = rng.standard_normal((B, T, 2))
     s0 = random_state(inner, B, rng)
     L_ = None if lengths is None else np.array(lengths)
-    out, st, tr = npl.nn.dynamic_rnn(cell, x, L_, s0, return_trace=True)
+    for seed in range(3, 40):       # a variational mask is one row of a few units: pick a seed
+        cell = L.DropoutWrapper(inner, input_keep_prob=0.8, output_keep_prob=0.9, state_keep_prob=0.6,
+                                variational_recurrent=variational, seed=seed)
+        out, st, tr = npl.nn.dynamic_rnn(cell, x, L_, s0, return_trace=True)
+        sm = cell.masks["state"]
+        if all((m == 0).any() and (m > 0).any() for m in (sm if isinstance(sm, list) else [sm])):
+            break                                         # the state mask really drops something
+    else:
+        raise AssertionError("no seed gave a state mask that drops something")
     Wo, Ws = random_like(out, rng), random_like(st, rng)
     inner.zero_grad()
     dx, d0 = tr.backward(Wo, Ws)
-    sm = cell.masks["state"]
-    for m in (sm if isinstance(sm, list) else [sm]):
-        assert (m == 0).any() and (m > 0).any()           # the state mask really drops something
     cell.replay = True
 
     def f():

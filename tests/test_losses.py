@@ -220,6 +220,8 @@ def test_against_tensorflow(rng):
     p = rng.standard_normal((B, 3)).astype(f32)
     y = rng.standard_normal((B, 3)).astype(f32)
     wm = rng.random((B, 1)).astype(f32)
+    wi = rng.integers(0, 3, B)
+    wi[1] = 0
     T = 4
     zs = rng.standard_normal((T, B, C)).astype(f32)
     ts = rng.integers(0, C, (T, B))
@@ -236,6 +238,10 @@ def test_against_tensorflow(rng):
             cases["sparse", red] = v1.losses.sparse_softmax_cross_entropy(lab, zt, weights=w,
                                                                           reduction=red), zt
             cases["mse", red] = v1.losses.mean_squared_error(y, pt, weights=wm, reduction=red), pt
+            # TF1's input forms: labels [B, 1] and weights [B, 1] squeezed, integer weights cast
+            cases["sparse_b1", red] = v1.losses.sparse_softmax_cross_entropy(
+                lab[:, None], zt, weights=wi[:, None], reduction=red), zt
+            cases["mse_int", red] = v1.losses.mean_squared_error(y, pt, weights=wi[:, None], reduction=red), pt
         for avg_t in (True, False):
             for avg_b in (True, False):
                 per = _legacy_sequence_loss_by_example(tf, tf.unstack(zst), list(ts), list(ws), avg_t)
@@ -256,6 +262,10 @@ def test_against_tensorflow(rng):
             nl, nd = L.sparse_softmax_cross_entropy(lab, z, weights=w, reduction=key[1])
         elif key[0] == "mse":
             nl, nd = L.mean_squared_error(y, p, weights=wm, reduction=key[1])
+        elif key[0] == "sparse_b1":
+            nl, nd = L.sparse_softmax_cross_entropy(lab[:, None], z, weights=wi[:, None], reduction=key[1])
+        elif key[0] == "mse_int":
+            nl, nd = L.mean_squared_error(y, p, weights=wi[:, None], reduction=key[1])
         else:
             nl, nd = L.sequence_loss(zs, ts, ws, key[1], key[2])
         e = max(rel_err(nl, tl), rel_err(nd, tg))

@@ -25,16 +25,29 @@ def build_parser():
     r.add_argument("--steps", type=int, default=300, help="SGD steps (default 300)")
     r.add_argument("--lr", type=float, default=1.0,
                    help="learning rate (default 1.0; try 0.3 with --cell rnn)")
-    r.add_argument("--clip", type=float, default=5.0, help="global gradient-norm clip (default 5)")
+    r.add_argument("--clip", type=_clip, default=5.0,
+                   help="global gradient-norm clip, a positive number or 'none' (default 5)")
     r.add_argument("--noise", type=float, default=1.0, help="std of the distractor inputs (default 1)")
     r.add_argument("--flow-steps", type=int, default=40, help="length of the gradient-flow runs (default 40)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p
 
 
+def _clip(text):
+    if text.strip().lower() == "none":
+        return None
+    return float(text)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from .report import write_report
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .report import write_report, check_config
+    try:
+        check_config(units=args.units, seq_len=args.seq_len, batch=args.batch, steps=args.steps,
+                     lr=args.lr, clip=args.clip, noise=args.noise, flow_steps=args.flow_steps)
+    except (TypeError, ValueError) as e:         # a bad option value: an argparse error (exit 2)
+        parser.error("--" + str(e).replace("_", "-"))
     res = write_report(args.out, cell=args.cell, units=args.units, seq_len=args.seq_len,
                        batch=args.batch, steps=args.steps, lr=args.lr, clip=args.clip,
                        noise=args.noise, seed=args.seed, flow_steps=args.flow_steps)

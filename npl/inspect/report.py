@@ -85,17 +85,36 @@ class TinyModel:
         return loss, acc
 
 
+def _positive_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError("%s must be a positive integer, got %r" % (name, v))
+
+
+def _finite(v, name, what, ok, hint=""):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError("%s must be a number, got %r%s" % (name, v, hint))
+    if not (np.isfinite(v) and ok(v)):
+        raise ValueError("%s must be a %s finite number, got %r%s" % (name, what, v, hint))
+
+
+def check_config(units=8, seq_len=8, batch=32, steps=300, lr=1.0, clip=5.0, noise=1.0, flow_steps=40):
+    """Raise ValueError / TypeError naming the first bad setting of :func:`write_report`."""
+    for name, v in (("units", units), ("seq_len", seq_len), ("batch", batch), ("steps", steps),
+                    ("flow_steps", flow_steps)):
+        _positive_int(v, name)
+    _finite(lr, "lr", "positive", lambda v: v > 0)
+    if clip is not None:
+        _finite(clip, "clip", "positive", lambda v: v > 0, " (None turns clipping off)")
+    _finite(noise, "noise", "non-negative", lambda v: v >= 0)
+
+
 def train_tiny_model(cell="lstm", units=8, seq_len=8, batch=32, steps=300, lr=1.0, clip=5.0,
                      noise=1.0, seed=0):
     """Train a cell ("lstm", "gru" or "rnn") on :func:`memory_task` with plain SGD.
 
     Returns a :class:`TinyModel` whose ``losses`` hold the training curve.
     """
-    for name, v in (("units", units), ("seq_len", seq_len), ("batch", batch), ("steps", steps)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError("%s must be a positive integer, got %r" % (name, v))
-    if not lr > 0:
-        raise ValueError("lr must be positive, got %r" % (lr,))
+    check_config(units=units, seq_len=seq_len, batch=batch, steps=steps, lr=lr, clip=clip, noise=noise)
     rng = np.random.default_rng(seed)
     c = _make_cell(cell, units, 1, seed)
     model = TinyModel(c, rng.standard_normal(units) / np.sqrt(units), 0.0, seq_len, noise, seed)
@@ -123,8 +142,9 @@ def write_report(out, cell="lstm", units=8, seq_len=8, batch=32, steps=300, lr=1
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError("out must be a folder path, got %s" % type(out).__name__)
     out = os.fspath(out)
-    os.makedirs(out, exist_ok=True)
+    check_config(units, seq_len, batch, steps, lr, clip, noise, flow_steps)
     model = train_tiny_model(cell, units, seq_len, batch, steps, lr, clip, noise, seed)
+    os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     x, t = memory_task(batch, seq_len, rng, noise)
     eval_loss, eval_acc, _, _, trace = model.forward_backward(x, t, record_state_grads=True)
@@ -168,9 +188,11 @@ def _markdown(res, cfg):
     lines = ["# npl inspection report", "",
              "Task: remember the sign of the first input over %(seq_len)d steps of N(0, %(noise)g^2) "
              "noise; loss on the last output only (logistic read-out, binary cross-entropy)." % cfg, "",
-             "Model: `%s` with %d units, trained with plain SGD (lr %g, global-norm clip %g) for %d "
+             "Model: `%s` with %d units, trained with plain SGD (lr %g, %s) for %d "
              "steps of batch %d, seed %d." % (type(model.cell).__name__, cfg["units"], cfg["lr"],
-                                              cfg["clip"], cfg["steps"], cfg["batch"], cfg["seed"]), "",
+                                              "no clipping" if cfg["clip"] is None else
+                                              "global-norm clip %g" % cfg["clip"],
+                                              cfg["steps"], cfg["batch"], cfg["seed"]), "",
              "## Numbers", "",
              "| quantity | value |", "|---|---|",
              "| training loss, first 10%% of steps | %.4f |" % res["initial_loss"],
