@@ -52,6 +52,39 @@ def test_tanh_and_sigmoid_match_float64_references():
     assert np.max(np.abs(y - ref)) <= 1.2e-7
 
 
+def test_nan_and_inf_inputs_give_numpy_results():
+    """A NaN passes through tanh / sigmoid as NaN (the exp's 2^n is formed from a NaN-free n: a
+    float-to-int conversion of NaN is undefined behaviour, which UBSan reported), +-inf saturate."""
+    x = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.5, np.nan], np.float32)
+    for f, ref in ((cpu.tanh, np.tanh(x.astype(np.float64))),
+                   (cpu.sigmoid, 0.5 * np.tanh(0.5 * x.astype(np.float64)) + 0.5)):
+        y = np.empty_like(x)
+        f(x, y)
+        np.testing.assert_allclose(y, ref, rtol=2e-7, atol=0)     # NaN where NumPy gives NaN
+
+
+def test_compile_timeout_kills_the_whole_compiler(tmp_path):
+    """A compile that runs past its time is stopped with everything it started (the driver and
+    its cc1 / as / ld children), and reported."""
+    import subprocess
+    import time
+    pidfile = tmp_path / "child.pid"
+    fake = tmp_path / "slowcc"
+    fake.write_text("#!/bin/sh\nsleep 60 &\necho $! > %s\nwait\n" % pidfile)
+    fake.chmod(0o755)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="took more than 1 s; killed"):
+        cpu._compile(str(fake), cpu.SOURCE_PATH, str(tmp_path / "x.so"), [], timeout=1)
+    assert time.monotonic() - t0 < 30
+    child = int(pidfile.read_text())
+    for _ in range(50):                                  # the grandchild is gone too
+        if subprocess.run(["kill", "-0", str(child)], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the compiler's child process %d survived the timeout" % child)
+
+
 @pytest.mark.parametrize("peep", [False, True])
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("H, B", [(1, 1), (5, 3), (32, 17), (64, 128)])

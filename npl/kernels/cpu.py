@@ -31,6 +31,7 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -149,12 +150,28 @@ def _cpu_id():
     return "\n".join(parts)
 
 
-def _compile(cc, src, out, flags):
+# Seconds a compile may take before it counts as failed (a normal -O3 build takes a few).
+COMPILE_TIMEOUT_S = 300
+
+
+def _compile(cc, src, out, flags, timeout=None):
     cmd = [cc] + list(flags) + [src, "-o", out]
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
-    if r.returncode != 0:
-        raise RuntimeError("%s failed (exit %d): %s" % (" ".join(cmd), r.returncode,
-                                                        r.stdout.decode(errors="replace")[-2000:]))
+    timeout = COMPILE_TIMEOUT_S if timeout is None else timeout
+    # its own process group: on a timeout the compiler proper (cc1, as, ld) is stopped too, not
+    # only the driver that subprocess started
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output = p.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        p.communicate()
+        raise RuntimeError("%s took more than %d s; killed" % (" ".join(cmd), timeout)) from None
+    if p.returncode != 0:
+        raise RuntimeError("%s failed (exit %d): %s" % (" ".join(cmd), p.returncode,
+                                                        output.decode(errors="replace")[-2000:]))
 
 
 def _build():

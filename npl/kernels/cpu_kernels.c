@@ -46,7 +46,8 @@ static inline float npl_expf(float x)
     float p = ((((1.9875691500e-4f * x + 1.3981999507e-3f) * x + 8.3334519073e-3f) * x
                 + 4.1665795894e-2f) * x + 1.6666665459e-1f) * x + 5.0000001201e-1f;
     p = p * xx + x + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;          /* 2^n */
+    n = n == n ? n : 0.0f;                             /* NaN in: p is NaN, and (int)NaN is UB */
+    int32_t bits = ((int32_t)n + 127) << 23;          /* 2^n, n in [-127, 127] */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
