@@ -23,6 +23,7 @@ import numpy as np
 
 from .array_ops import IndexedSlices
 from .backend import get_array_module, to_numpy
+from .train import STEP_KEY
 
 __all__ = ["save", "restore", "load", "list_variables", "CheckpointError"]
 
@@ -112,7 +113,7 @@ def list_variables(path):
 
 
 def _is_optimizer_key(key, params):
-    if key in _ADAM_NON_SLOT:
+    if key in _ADAM_NON_SLOT or key == STEP_KEY:
         return True
     head, _, tail = key.rpartition("/")
     return head in params and bool(_SLOT_SUFFIX.match(tail))
@@ -139,7 +140,8 @@ def restore(path, params, optimizer=None, strict=True):
     expected = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in params.items()}
     opt_spec = optimizer.state_spec(params) if optimizer is not None else {}
     expected.update(opt_spec)
-    missing = sorted(k for k in expected if k not in values)
+    missing = sorted(k for k in expected if k not in values
+                     and not (k == STEP_KEY and k in opt_spec))     # files from before it was saved
     unexpected = sorted(k for k in values if k not in expected
                         and not (optimizer is None and _is_optimizer_key(k, params)))
     bad_shape = sorted("%s: file %s, expected %s" % (k, values[k].shape, expected[k][0])
@@ -162,5 +164,5 @@ def restore(path, params, optimizer=None, strict=True):
         xp = get_array_module(v)
         v[...] = values[k] if xp is np else xp.asarray(values[k])
     if optimizer is not None:
-        optimizer.load_state_dict({k: values[k] for k in opt_spec}, params)
+        optimizer.load_state_dict({k: values[k] for k in opt_spec if k in values}, params)
     return sorted(expected)

@@ -23,6 +23,7 @@ Clipping: :func:`global_norm`, :func:`clip_by_global_norm` (``tf.clip_by_global_
 Training loop: :func:`fit` (batches, epochs, seeded shuffling, stateful truncated BPTT, evaluation,
 progress bar, history, NaN/inf detection) and :func:`plot_history`.
 """
+import contextlib
 import inspect
 import math
 import numbers
@@ -105,6 +106,11 @@ def _is_number(x):
     if isinstance(x, numbers.Real):
         return True
     return hasattr(x, "dtype") and hasattr(x, "ndim") and x.ndim == 0 and np.dtype(x.dtype).kind in "iuf"
+
+
+# The checkpoint name of an optimizer's step count (``iterations``), TensorFlow's name for the
+# training step counter (tf.train.get_or_create_global_step): int64, scalar.
+STEP_KEY = "global_step"
 
 
 class Optimizer:
@@ -339,6 +345,7 @@ class Optimizer:
         if params:
             first = np.dtype(next(iter(params.values())).dtype)
             spec.update({k: ((), a.dtype) for k, a in self._non_slot_init(first).items()})
+        spec[STEP_KEY] = ((), np.dtype(np.int64))
         return spec
 
     def state_dict(self, params=None):
@@ -360,17 +367,18 @@ class Optimizer:
         if not ns and params:
             ns = self._non_slot_init(np.dtype(next(iter(params.values())).dtype))
         out.update(ns)
+        out[STEP_KEY] = np.asarray(self.iterations, np.int64)
         return out
 
     def load_state_dict(self, state, params):
         """Set the state for ``params`` (dict name -> live array) from ``state`` (keyed as
         :meth:`state_dict`); shapes must match (ValueError listing what is missing or wrong)."""
         spec = self.state_spec(params)
-        missing = sorted(set(spec) - set(state))
+        missing = sorted(set(spec) - set(state) - {STEP_KEY})     # state saved before it had one
         if missing:
             raise ValueError("optimizer state is missing %s" % missing)
         for k, (shape, dt) in spec.items():
-            if tuple(np.shape(state[k])) != shape:
+            if k in state and tuple(np.shape(state[k])) != shape:
                 raise ValueError("optimizer state %r must have shape %s, got %s"
                                  % (k, shape, tuple(np.shape(state[k]))))
         for name, v in params.items():
@@ -380,6 +388,12 @@ class Optimizer:
                                  for k, (s, _) in enumerate(self._slot_specs)}
         first = np.dtype(next(iter(params.values())).dtype) if params else np.dtype(np.float32)
         self._set_non_slot({k: state[k] for k in self._non_slot_init(first)})
+        if STEP_KEY in state:
+            step = np.asarray(state[STEP_KEY])
+            if step.dtype.kind not in "iu" or int(step) < 0:
+                raise ValueError("optimizer state %r must be a non-negative integer, got %r"
+                                 % (STEP_KEY, state[STEP_KEY]))
+            self.iterations = int(step)
 
 
 def _positive(x, name, allow_zero=False):
@@ -929,13 +943,23 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
     copied to the GPU as it is used; CuPy data for a NumPy model is a TypeError.
 
     Each step: ``zero_grad``, forward, loss, backward, optional ``clip_by_global_norm(clip_norm)``,
-    ``optimizer.apply_gradients``.  A NaN / infinite loss (or gradient norm) raises
-    :class:`NonFiniteError` naming the step and the first non-finite parameter.
+    ``optimizer.apply_gradients``.  A non-finite output, loss or gradient norm (clipped or not)
+    raises :class:`NonFiniteError` naming the step and the first non-finite parameter (or
+    gradient); a bad gradient is caught before it is applied, so the weights are those of the step
+    before.  ``History.grad_norm`` has every step's global gradient norm (before clipping);
+    ``History.epoch_loss`` is each epoch's mean loss weighted by the batches' sizes (a stateful
+    window's by its length), as :func:`evaluate` weights them.  Dropout wrappers keep their own
+    ``training`` mode (True unless set otherwise).
+
+    Resuming: a checkpoint holds the optimizer's slots and step count (``global_step``), so
+    learning-rate schedules continue; the shuffling order continues only if the same
+    ``numpy.random.Generator`` is passed as ``seed`` again (an integer seed restarts the order),
+    and a DropoutWrapper's random stream is not saved (as in TF's checkpoints).
 
     eval_fn: ``eval_fn(model) -> float or dict name -> float``, run at the end of every epoch and,
     with ``eval_every=k``, every k steps (anything else it returns is a TypeError naming eval_fn).
     callbacks: a list of callables ``cb(info)`` (or one callable) with ``info`` a dict (step,
-    epoch, loss, grad_norm, model); a callback returning True stops training.  seed: None or a
+    epoch, loss, grad_norm, model); a callback returning True (or ``numpy.True_``) stops training.  seed: None or a
     non-negative integer (anything ``numpy.random.default_rng`` takes).
     progress: a tqdm bar when tqdm is importable, else one plain line per epoch (to ``file``,
     default stderr); False for silence.  max_steps: None, or a positive integer: stop after that
@@ -1014,33 +1038,37 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
             params, grads = model.params, model.grads
             names = list(params)
             glist = [grads.get(k) for k in names]
-            gnorm = None
             if clip_norm is not None:
                 glist, gnorm = clip_by_global_norm(glist, clip_norm)
-                gnorm = float(gnorm)
-                if not math.isfinite(gnorm):
-                    bar.close("stopped: gradient norm %s" % gnorm)
-                    raise NonFiniteError(_nonfinite_message("the gradient norm", gnorm, step, epoch,
-                                                            params, grads))
-                hist.grad_norm.append(gnorm)
+            else:                       # checked too: a NaN gradient must not reach the weights
+                gnorm = global_norm(glist)
+            gnorm = float(gnorm)
+            if not math.isfinite(gnorm):
+                bar.close("stopped: gradient norm %s" % gnorm)
+                raise NonFiniteError(_nonfinite_message("the gradient norm", gnorm, step, epoch,
+                                                        params, grads))
+            hist.grad_norm.append(gnorm)
             optimizer.apply_gradients([(g, params[k], k) for k, g in zip(names, glist)])
             if stateful:
                 state = tr.final_state
             hist.loss.append(value)
             hist.step.append(step)
-            losses.append(value)
+            losses.append((value, xb.shape[1] if stateful else xb.shape[0]))
             bar.step(value)
             if eval_fn is not None and eval_every is not None and step % eval_every == 0:
                 run_eval()
             info = {"step": step, "epoch": epoch, "loss": value, "grad_norm": gnorm, "model": model}
             for cb in callbacks:
-                if cb(info) is True:
+                r = cb(info)
+                if isinstance(r, (bool, np.bool_)) and r:      # True or numpy's True stops
                     stop = True
             if max_steps is not None and step >= max_steps:
                 stop = True
             if stop:
                 break
-        hist.epoch_loss.append(float(np.mean(losses)) if losses else float("nan"))
+        # weighted by each batch's examples (a stateful window's steps), as evaluate's mean
+        hist.epoch_loss.append(math.fsum(v * n for v, n in losses) / sum(n for _, n in losses)
+                               if losses else float("nan"))
         if eval_fn is not None and not (eval_every is not None and step % eval_every == 0):
             run_eval()
         line = "step %d  loss %.4f" % (step, hist.epoch_loss[-1])
@@ -1054,7 +1082,8 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
 
 
 def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None):
-    """Mean loss of ``model`` on ``(x, y)`` without training (dropout off for a Sequential).
+    """Mean loss of ``model`` on ``(x, y)`` without training (dropout off: a Sequential's, and an
+    RNN layer's DropoutWrappers; their modes are restored after).
 
     Batches (``batch_size``, default all of x) or, with ``stateful``, windows of ``num_steps`` with
     the state carried, as in :func:`fit`, each on the model's device as in :func:`fit`; the mean
@@ -1064,9 +1093,36 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
         fit(..., eval_fn=lambda m: {"val_loss": evaluate(m, "mse", x_val, y_val)})
     """
     from . import losses as _losses
-    from .layers import Layer, Sequential
+    from .layers import Sequential
     loss_fn = _losses.get(loss)
     kw = {"training": False} if isinstance(model, Sequential) else {}
+    with _dropout_off(model if not kw else None):
+        return _evaluate(model, loss_fn, kw, x, y, batch_size, stateful, num_steps)
+
+
+def _dropout_off(model):
+    """A context that sets ``training = False`` on the DropoutWrappers of an RNN layer or cell
+    (a Sequential does it itself with ``training=False``), and restores them after."""
+    from .layers import DropoutWrapper, RNN, _walk_cells
+    from .cells import RNNCell
+    cell = model.cell if isinstance(model, RNN) else model if isinstance(model, RNNCell) else None
+    wrappers = [] if cell is None else [c for c in _walk_cells(cell) if isinstance(c, DropoutWrapper)]
+
+    @contextlib.contextmanager
+    def ctx():
+        saved = [w.training for w in wrappers]
+        try:
+            for w in wrappers:
+                w.training = False
+            yield
+        finally:
+            for w, t in zip(wrappers, saved):
+                w.training = t
+    return ctx()
+
+
+def _evaluate(model, loss_fn, kw, x, y, batch_size, stateful, num_steps):
+    from .layers import Layer
     _check_xy(x, y, stateful)
     to_model = _batch_mover(model, x, y)
     total, count, state = 0.0, 0, None

@@ -51,7 +51,8 @@ def test_round_trip_resumes_training_exactly(rng, tmp_path, make_opt):
 
 
 def test_keys_are_tensorflow_names(rng, tmp_path):
-    """The .npz keys equal the variable names of the same model + Adam in a TF1 graph."""
+    """The .npz keys equal the variable names of the same model + Adam in a TF1 graph trained
+    with a global step (the optimizer's step count is saved as ``global_step``, int64)."""
     tf = pytest.importorskip("tensorflow")
     v1 = tf.compat.v1
     model, opt = _model(), train.AdamOptimizer()
@@ -63,13 +64,49 @@ def test_keys_are_tensorflow_names(rng, tmp_path):
         out, _ = v1.nn.dynamic_rnn(v1.nn.rnn_cell.BasicLSTMCell(5), tf.nn.embedding_lookup(emb, [[1, 2]]),
                                    dtype=tf.float32)
         loss = tf.reduce_sum(v1.layers.dense(out, 7))
-        v1.train.AdamOptimizer().minimize(loss)
+        gs = v1.train.get_or_create_global_step()
+        v1.train.AdamOptimizer().minimize(loss, global_step=gs)
         tf_names = sorted(v.op.name for v in v1.global_variables())
+        assert gs.dtype.base_dtype == tf.int64
     assert sorted(np.load(path, allow_pickle=False).files) == tf_names
     assert [n for n, _ in ckpt.list_variables(path)] == tf_names
     st = np.load(path)
     assert st["beta1_power"].shape == () and st["beta1_power"] == np.float32(0.9)
     assert not st["dense/kernel/Adam"].any()
+    assert st["global_step"].dtype == np.int64 and st["global_step"] == 0
+
+
+def test_resume_continues_a_learning_rate_schedule(rng, tmp_path):
+    """The step count is saved: a schedule lambda step: ... continues after restore, so the resumed
+    run equals the uninterrupted one bit for bit (before, the count restarted at 0)."""
+    def run(model, opt, steps, start=0):
+        for k in range(start, start + steps):
+            ids = np.random.default_rng(k).integers(0, 7, (3, 4))
+            y, tr = model.forward(ids)
+            tr.backward(np.random.default_rng(100 + k).standard_normal(y.shape).astype(np.float32))
+            opt.apply_gradients([(model.grads[n], v, n) for n, v in model.params.items()])
+            model.zero_grad()
+    for make in (lambda: train.AdamOptimizer(lambda step: 0.05 / (1 + step)),
+                 lambda: train.MomentumOptimizer(lambda step: 0.1 * 0.5 ** step, 0.9)):
+        whole, opt = _model(), make()
+        run(whole, opt, 6)
+        part, opt1 = _model(), make()
+        run(part, opt1, 3)
+        path = str(tmp_path / "mid.npz")
+        ckpt.save(path, part.params, opt1)
+        resumed, opt2 = _model(seed=33), make()
+        ckpt.restore(path, resumed.params, opt2)
+        assert opt2.iterations == 3
+        run(resumed, opt2, 3, start=3)
+        for k, v in whole.params.items():
+            assert np.array_equal(v, resumed.params[k]), k
+    # a file saved before the count was kept still restores (the count starts at 0)
+    with np.load(path) as z:
+        old = {k: z[k] for k in z.files if k != "global_step"}
+    np.savez(str(tmp_path / "old.npz"), **old)
+    opt3 = train.MomentumOptimizer(0.1, 0.9)
+    ckpt.restore(str(tmp_path / "old.npz"), _model().params, opt3)
+    assert opt3.iterations == 0
 
 
 def test_restore_reports_every_mismatch_and_changes_nothing(rng, tmp_path):

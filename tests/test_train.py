@@ -92,7 +92,8 @@ def test_adam_beta_powers_match_tensorflow_names_and_values(rng):
     with g.as_default():
         w = v1.get_variable("w", initializer=w0)
         ph = v1.placeholder(tf.float32, [3])
-        op = v1.train.AdamOptimizer(0.05).apply_gradients([(ph, w)])
+        gs = v1.train.get_or_create_global_step()          # counted like npl's iterations
+        op = v1.train.AdamOptimizer(0.05).apply_gradients([(ph, w)], global_step=gs)
         with v1.Session(graph=g) as s:
             s.run(v1.global_variables_initializer())
             for gr in grads:
@@ -129,7 +130,8 @@ def test_optimizer_closed_forms_float64(rng):
     L, M = _f32(lr), _f32(mu)
     a1, a2 = g1, M * g1 + g2
     assert_close(w, v - (L * g1 + L * M * a1) - (L * g2 + L * M * a2), 1e-14, "nesterov")
-    assert list(opt.state_dict()) == ["Variable/Momentum"]            # unnamed: TF's "Variable"
+    assert list(opt.state_dict()) == ["Variable/Momentum", "global_step"]   # unnamed: TF's "Variable"
+    assert opt.state_dict()["global_step"] == 2
     # RMSProp: rms starts at ONE (TF1)
     lr, rho, eps = rng.uniform(0.001, 0.05), rng.uniform(0.8, 0.95), rng.uniform(1e-10, 1e-8)
     opt = train.RMSPropOptimizer(lr, decay=rho, epsilon=eps)
@@ -385,6 +387,80 @@ def test_fit_nonfinite_loss_names_step_and_parameter(rng):
     bad_y[5] = np.nan
     with pytest.raises(ValueError, match="labels must be finite"):
         train.fit(model, "mse", train.AdamOptimizer(), x, bad_y, batch_size=40, progress=False)
+
+
+class _NanGradModel:
+    """A Sequential whose backward leaves a NaN in one gradient at step ``nan_at`` (the loss stays
+    finite): only the gradient check can catch it."""
+
+    def __init__(self, nan_at):
+        self.inner = L.Sequential([L.RNN(npl.rnn.BasicLSTMCell(4, seed=1), output="last"),
+                                   L.Dense(1, seed=2)], input_size=2)
+        self.nan_at, self.calls = nan_at, 0
+
+    params = property(lambda self: self.inner.params)
+    grads = property(lambda self: self.inner.grads)
+
+    def zero_grad(self):
+        self.inner.zero_grad()
+
+    def forward(self, xb, **kw):
+        out, tr = self.inner.forward(xb)
+        self.calls += 1
+        model = self
+
+        class Trace:
+            def backward(self, d):
+                r = tr.backward(d)
+                if model.calls == model.nan_at:
+                    model.inner.grads["dense/bias"][...] = np.nan
+                return r
+        return out, Trace()
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_fit_stops_on_a_nan_gradient_before_applying_it(rng, clip):
+    """With or without clip_norm (before, only with it) a non-finite gradient stops training at
+    its step, names the gradient, and the weights and slots are those of the step before."""
+    x = rng.standard_normal((8, 3, 2)).astype(np.float32)
+    y = rng.standard_normal((8, 1)).astype(np.float32)
+    model, opt, seen = _NanGradModel(nan_at=2), train.AdamOptimizer(0.01), {}
+    cb = lambda info: seen.__setitem__(info["step"], {k: v.copy() for k, v in model.params.items()})  # noqa: E731
+    with pytest.raises(train.NonFiniteError, match=r"gradient norm is nan at step 2 .*first non-finite "
+                                                   r"gradient: 'dense/bias'"):
+        train.fit(model, "mse", opt, x, y, batch_size=4, epochs=2, shuffle=False, clip_norm=clip,
+                  progress=False, callbacks=[cb])
+    assert all(np.array_equal(v, seen[1][k]) for k, v in model.params.items())
+    assert all(np.isfinite(a).all() for sl in opt._slots.values() for a in sl.values())
+
+
+def test_fit_numpy_true_stops_and_epoch_loss_is_weighted(rng):
+    """A callback's numpy.True_ stops training (before, only the Python True did); the epoch loss
+    weights each batch by its size, as evaluate does (23 samples: batches of 8, 8, 7)."""
+    x, y = _regression(rng)
+    x, y = x[:23], y[:23]
+    model = L.Sequential([L.Dense(1, seed=3)], input_size=3, dtype=np.float64)
+    h = train.fit(model, "mse", train.GradientDescentOptimizer(0.05), x, y, batch_size=8, epochs=3,
+                  shuffle=False, progress=False, callbacks=[lambda info: np.bool_(info["step"] == 2)])
+    assert h.step == [1, 2]
+    h = train.fit(model, "mse", train.GradientDescentOptimizer(0.0), x, y, batch_size=8,
+                  shuffle=False, progress=False)
+    assert h.epoch_loss[0] == pytest.approx((8 * h.loss[0] + 8 * h.loss[1] + 7 * h.loss[2]) / 23, rel=1e-14)
+    assert h.epoch_loss[0] == pytest.approx(train.evaluate(model, "mse", x, y, batch_size=8), rel=1e-12)
+    assert len(h.grad_norm) == 3 and all(g > 0 for g in h.grad_norm)     # kept without clipping too
+
+
+def test_evaluate_turns_off_dropout_of_an_rnn_layer(rng):
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((6, 4)).astype(np.float32)
+    w = npl.rnn.DropoutWrapper(npl.rnn.GRUCell(4, seed=0), 0.5, 0.5, 0.5, seed=1)
+    layer = L.RNN(w, output="last")
+    a = train.evaluate(layer, "mse", x, y)
+    b = train.evaluate(layer, "mse", x, y)
+    w.training = False
+    plain = train.evaluate(layer, "mse", x, y)
+    w.training = True
+    assert a == b == plain and w.training is True
 
 
 def test_fit_progress_tqdm_and_plain(rng, monkeypatch):
