@@ -10,7 +10,8 @@
 #      CuPy against NumPy (tests/test_kernels.py), and every configuration of the gradient suite
 #      on the GPU against the NumPy run (tests/test_device_parity.py: every cell, dynamic_rnn in
 #      both layouts, static_rnn, the single step, bidirectional and stacked, all length cases,
-#      float32 and float64); the host-emulation tests run too;
+#      float32 and float64); the device-mixing tests (tests/test_backend_mixing.py) and the
+#      host-emulation tests run too;
 #   3. the stored TensorFlow cases replayed on the GPU (NPL_BACKEND=cupy tests/test_tf_stored.py);
 #   4. the GPU benchmark: npl on CuPy against PyTorch's cuDNN on C1-C3, C5 and C6.
 # OUT defaults to runs/gpu; STAGE_S (default 150) bounds stages 2-4 each; BENCH_ARGS (default
@@ -47,7 +48,7 @@ EOF
 
 echo "== 2. CUDA kernels and CuPy sequence passes" | tee "$OUT/gpu_kernels.log"
 timeout "$STAGE_S" "$PY" -m pytest -q -ra -p no:cacheprovider tests/test_kernels.py \
-    tests/test_device_parity.py tests/test_kernels_host.py 2>&1 | tee -a "$OUT/gpu_kernels.log" \
+    tests/test_device_parity.py tests/test_backend_mixing.py tests/test_kernels_host.py 2>&1 | tee -a "$OUT/gpu_kernels.log" \
     || status=1
 
 echo "== 3. stored TensorFlow cases on CuPy (NPL_BACKEND=cupy)" | tee "$OUT/gpu_parity.log"

@@ -47,6 +47,25 @@ def check_same_device(x, name, arrays, what, plural=True):
                     "live on the backend in force: npl.use / NPL_BACKEND)" % (name, mine, what, theirs))
 
 
+def device_name(xp_or_array):
+    """"cupy" or "numpy": the device of an array, or of an array module."""
+    if xp_or_array is np:
+        return "numpy"
+    if getattr(xp_or_array, "__name__", None) == "cupy" or _is_cupy(xp_or_array):
+        return "cupy"
+    return "numpy"
+
+
+def check_on_device(x, name, xp, what="the forward's arrays"):
+    """TypeError unless ``x`` lives on the device of the array module ``xp`` (a trace's device),
+    naming ``x`` and both devices; never a silent copy."""
+    mine, theirs = device_name(x), device_name(xp)
+    if mine != theirs:
+        raise TypeError("%s is a %s array but %s are %s arrays; move it to that device first "
+                        "(npl.to_device(%s, %r); npl does not copy between devices behind your back)"
+                        % (name, mine, what, theirs, name.split("[")[0], theirs))
+
+
 def float_array(x, name, ndim=None):
     a = as_array(x, name)
     if a.dtype not in FLOAT_DTYPES:

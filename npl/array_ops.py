@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .backend import get_array_module, _is_cupy
-from ._checks import as_array, float_array, check_same_device, check_shape, check_dtype
+from ._checks import as_array, float_array, check_same_device, check_shape, check_dtype, check_on_device
 
 __all__ = ["sequence_mask", "boolean_mask", "reverse_sequence", "embedding_lookup", "IndexedSlices",
            "BackwardTwiceError"]
@@ -100,8 +100,7 @@ class BooleanMaskTrace(_OnceTrace):
         expected = tuple(self.shape[:a]) + (n,) + tuple(self.shape[a + len(self.index):])
         check_shape(d, expected, "d_output")
         check_dtype(d, self.dtype, "d_output")
-        if get_array_module(d) is not xp:
-            raise TypeError("d_output is on a different device than the forward's tensor")
+        check_on_device(d, "d_output", xp, "the forward's tensor and its cotangents")
         self._consume()
         out = xp.zeros(self.shape, self.dtype)
         out[(slice(None),) * self._axis + self.index] = d
@@ -186,8 +185,10 @@ class IndexedSlices:
 
     ``values`` has shape ``(len(indices),) + dense_shape[1:]`` (or ``indices.shape +
     dense_shape[1:]``); ``indices`` are integers (a Python list is accepted, ``[]`` included) in
-    ``[0, dense_shape[0])``.  Dtypes and shapes are checked here; the index range is checked by
-    :meth:`to_dense` and by the optimizers (a negative index would silently update the last row).
+    ``[0, dense_shape[0])``, on the device of ``values`` (a list is put there; an array on the
+    other device is a TypeError).  Dtypes, shapes and devices are checked here; the index range
+    is checked by :meth:`to_dense` and by the optimizers (a negative index would silently update
+    the last row).
     """
 
     def __init__(self, values, indices, dense_shape):
@@ -203,11 +204,17 @@ class IndexedSlices:
         self._check()
 
     def _check(self, what="IndexedSlices"):
-        """Dtype and shape checks (not the index range: that needs the values of the indices)."""
+        """Dtype, shape and device checks (values and indices on one device; not the index range:
+        that needs the values of the indices)."""
         idx, vals = self.indices, self.values
         if not hasattr(idx, "dtype") or idx.dtype.kind not in "iu":
             raise TypeError("%s: indices must be an integer array, got %s"
                             % (what, getattr(idx, "dtype", type(idx).__name__)))
+        if _is_cupy(idx) != _is_cupy(vals):
+            raise TypeError("%s: indices is a %s array but values is a %s array; put both on one "
+                            "device (npl.to_device / npl.to_numpy; no silent copies)"
+                            % (what, "cupy" if _is_cupy(idx) else "numpy",
+                               "cupy" if _is_cupy(vals) else "numpy"))
         tail = tuple(self.dense_shape[1:])
         if tuple(vals.shape) not in ((int(idx.size),) + tail, tuple(idx.shape) + tail):
             raise ValueError("%s: %d indices need values of shape %s (one row of dense_shape %s per "
@@ -255,6 +262,7 @@ class EmbeddingTrace(_OnceTrace):
         d = float_array(d_output, "d_output")
         check_shape(d, tuple(self.ids.shape) + (self.shape[1],), "d_output")
         check_dtype(d, self.dtype, "d_output")
+        check_on_device(d, "d_output", get_array_module(self.ids), "the forward's ids")
         self._consume()
         return IndexedSlices(d.reshape(-1, self.shape[1]), self.ids.reshape(-1), self.shape)
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 __all__ = ["use", "backend_name", "get_array_module", "default_xp", "to_numpy", "to_device",
-           "cupy_available", "BackendError"]
+           "cupy_available", "BackendError", "resolve_backend"]
 
 
 class BackendError(RuntimeError):
@@ -72,8 +72,37 @@ def use(name):
 def backend_name():
     """The name of the backend in force, reading ``NPL_BACKEND`` the first time."""
     if _state["name"] is None:
-        use(os.environ.get("NPL_BACKEND", "numpy") or "numpy")
+        value = os.environ.get("NPL_BACKEND", "numpy") or "numpy"
+        try:
+            use(value)
+        except ValueError:
+            raise ValueError("the environment variable NPL_BACKEND must be 'numpy', 'cupy' or 'auto' "
+                             "(any case), got %r" % (value,)) from None
+        except BackendError as e:
+            raise BackendError("the environment variable NPL_BACKEND=%s asks for CuPy: %s"
+                               % (value, e)) from None
     return _state["name"]
+
+
+def resolve_backend(backend, what="to_device"):
+    """The canonical name ("numpy" or "cupy") of a backend argument, checked before anything moves.
+
+    ``None`` means the backend in force; names are case- and space-insensitive, as in :func:`use`
+    (``"CUPY"``, ``" Numpy "``); an empty or unknown name is a ValueError, a non-string a
+    TypeError; ``"cupy"`` where CuPy cannot be used raises :class:`BackendError` saying why.
+    """
+    if backend is None:
+        return backend_name()
+    if not isinstance(backend, str):
+        raise TypeError("%s: backend must be 'numpy' or 'cupy' (or None for the backend in force), "
+                        "got %r" % (what, backend))
+    key = backend.strip().lower()
+    if key not in ("numpy", "cupy"):
+        raise ValueError("%s: backend must be 'numpy' or 'cupy' (or None for the backend in force), "
+                         "got %r" % (what, backend))
+    if key == "cupy":
+        _import_cupy()
+    return key
 
 
 def default_xp():
@@ -130,20 +159,23 @@ def to_numpy(x):
 
 
 def to_device(x, backend=None):
-    """Move an array (or structure of arrays) to ``backend`` ("numpy"/"cupy"; default: the one in force)."""
-    name = backend or backend_name()
+    """Move an array (or structure of arrays) to ``backend`` ("numpy"/"cupy", any case; default:
+    the one in force).  An empty or unknown name raises ValueError, ``"cupy"`` without a usable
+    CuPy :class:`BackendError`."""
+    name = resolve_backend(backend)
     if name == "numpy":
         return to_numpy(x)
-    if name != "cupy":
-        raise ValueError("to_device: backend must be 'numpy' or 'cupy', got %r" % (name,))
-    cupy = _import_cupy()
+    return _to_cupy(x, _import_cupy())
+
+
+def _to_cupy(x, cupy):
     if isinstance(x, dict):
-        return {k: to_device(v, name) for k, v in x.items()}
+        return {k: _to_cupy(v, cupy) for k, v in x.items()}
     if isinstance(x, tuple):
-        vals = [to_device(v, name) for v in x]
+        vals = [_to_cupy(v, cupy) for v in x]
         return type(x)(*vals) if hasattr(x, "_fields") else tuple(vals)
     if isinstance(x, list):
-        return [to_device(v, name) for v in x]
+        return [_to_cupy(v, cupy) for v in x]
     if x is None:
         return None
     return cupy.asarray(x)

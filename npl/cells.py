@@ -20,7 +20,8 @@ import numpy as np
 
 from . import activations as _act
 from .backend import default_xp, get_array_module
-from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype
+from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
+    check_on_device
 from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
@@ -532,9 +533,21 @@ class Parameterized:
     so that a trace can tell that its forward ran with other weights."""
 
     _version = 0
+    # the backend chosen with ``to_device`` ("numpy" / "cupy"; None: the one in force at build)
+    _device = None
 
     def _bump_version(self):
         self._version = self._version + 1
+
+    def _home_xp(self):
+        """The array module new parameters (and an unbuilt cell's states) go to: the backend
+        given to ``to_device``, else the one in force."""
+        if self._device is None:
+            return default_xp()
+        if self._device == "cupy":
+            from .backend import _import_cupy
+            return _import_cupy()
+        return np
 
     @property
     def params(self):
@@ -623,7 +636,7 @@ class RNNCell(Parameterized):
             raise ValueError("input_size must be a positive integer, got %r" % (input_size,))
         dtype = resolve_dtype(dtype)
         rng = _random.generator(self._seed)
-        xp = default_xp()
+        xp = self._home_xp()
         self._input_size = int(input_size)
         self._dtype = dtype
         self._params = {}
@@ -706,11 +719,17 @@ class RNNCell(Parameterized):
         return int(kshape[0] - extra), dtype
 
     def to_device(self, backend=None):
-        """Move parameters and gradients to ``backend`` ("numpy" or "cupy"); returns self."""
-        from .backend import to_device
-        self._params = {k: to_device(v, backend) for k, v in self._params.items()}
-        self._grads = {k: to_device(v, backend) for k, v in self._grads.items()}
-        self._on_build()
+        """Move parameters and gradients to ``backend`` ("numpy" or "cupy", any case; None: the
+        backend in force); returns self.  The name is checked first (ValueError; BackendError for
+        "cupy" where CuPy cannot be used), also on an unbuilt cell, which remembers the choice
+        and builds its parameters there.  Traces of earlier forwards become stale."""
+        from .backend import resolve_backend, to_device
+        name = resolve_backend(backend, "%s.to_device" % type(self).__name__)
+        self._device = name
+        if self.built:
+            self._params = {k: to_device(v, name) for k, v in self._params.items()}
+            self._grads = {k: to_device(v, name) for k, v in self._grads.items()}
+            self._on_build()
         self._bump_version()
         return self
 
@@ -725,7 +744,7 @@ class RNNCell(Parameterized):
         if batch_size < 0:
             raise ValueError("zero_state: batch_size must be >= 0, got %d" % batch_size)
         dtype = resolve_dtype(dtype) or self._dtype or np.dtype(np.float32)
-        xp = self._xp() if self.built else default_xp()
+        xp = self._xp() if self.built else self._home_xp()
         return self._zero_state(batch_size, dtype, xp)
 
     def _zero_state(self, batch_size, dtype, xp):
@@ -811,9 +830,7 @@ def _check_state_array(a, shape, dtype, xp, name):
         raise TypeError("%s must be an array of shape %s, got a tuple of %d (wrong state structure)"
                         % (name, tuple(shape), len(a)))
     a = float_array(a, name)
-    if get_array_module(a) is not xp:
-        raise TypeError("%s is on a different device than the inputs (mixed numpy and cupy arrays)"
-                        % name)
+    check_on_device(a, name, xp, "the inputs")
     check_shape(a, shape, name)
     check_dtype(a, dtype, name)
     return a
@@ -871,6 +888,7 @@ class StepTrace(TraceBase):
             d = float_array(d_output, "d_output")
             check_shape(d, (self._batch, cell.output_size), "d_output")
             check_dtype(d, dtype, "d_output")
+            check_on_device(d, "d_output", xp, "the step's inputs")
             dout = d[None]
         dst = None if d_state is None else cell._to_internal(d_state, self._batch, dtype, xp, "d_state")
         _consume(self)
@@ -1584,9 +1602,15 @@ class MultiRNNCell(RNNCell):
         return self
 
     def to_device(self, backend=None):
+        """Every cell's :meth:`RNNCell.to_device` (the name checked once, before any moves)."""
+        from .backend import resolve_backend
+        name = resolve_backend(backend, "MultiRNNCell.to_device")
         for c in self._cells:
-            c.to_device(backend)
+            c.to_device(name)
         return self
+
+    def _home_xp(self):
+        return self._cells[0]._home_xp()
 
     def _xp(self):
         return self._cells[0]._xp()

@@ -204,7 +204,8 @@ def gradcheck(fn, inputs, params=None, eps=1e-5, rtol=1e-5, atol=1e-5, seed=0, m
              float name of ``inputs`` (with the same structure) and every name of ``params``.
     inputs:  dict name -> array or structure of arrays (e.g. an LSTMStateTuple).  Float arrays are
              differentiated (float32 ones are upcast on a copy, with a :class:`GradcheckWarning`);
-             integer and bool arrays (lengths, ids, masks) are passed through unchanged.
+             integer and bool arrays (lengths, ids, masks) are passed through unchanged.  The
+             check runs on the host: CuPy arrays, float and integer alike, are copied to NumPy.
     params:  dict name -> live float64 array that ``fn`` reads (``cell.params``); perturbed in place
              and restored.  float32 parameters raise TypeError (``fn`` would keep using them):
              check a float64 model (:func:`float64_copy`, or :func:`gradcheck_cell`).
@@ -254,6 +255,8 @@ def gradcheck(fn, inputs, params=None, eps=1e-5, rtol=1e-5, atol=1e-5, seed=0, m
                     upcast.append("%s (%s)" % (nm, np.dtype(a.dtype)))
                 a = np.array(to_numpy(a), dtype=np.float64)
                 checked.append((key, nm, a))
+            elif _is_cupy(a):              # integer / bool CuPy arrays (ids, lengths, masks) go
+                a = to_numpy(a)            # to the host with the float ones: fn runs on the host
             new.append(a)
         work[key] = _rebuild(value, iter(new)) if leaves else value
     for nm, a in params.items():
@@ -379,6 +382,7 @@ def float64_copy(cell):
     clone = copy.deepcopy(cell, memo)
     for c in _leaf_cells(clone):
         c._dtype = np.dtype(np.float64)
+        c._device = "numpy"        # an unbuilt copy builds on the host too (finite differences)
         if c.built:
             c._params = {k: np.array(to_numpy(v), dtype=np.float64) for k, v in c._params.items()}
             c._grads = {k: np.zeros_like(v) for k, v in c._params.items()}

@@ -25,12 +25,12 @@ import numpy as np
 from . import activations as _act
 from . import random as _random
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
-from .backend import default_xp, get_array_module, to_device
+from .backend import default_xp, get_array_module, to_device, resolve_backend
 from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, _is_real, \
     StaleTraceError
-from .rnn_ops import dynamic_rnn
+from .rnn_ops import dynamic_rnn, check_current
 from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
-    lengths_array
+    lengths_array, check_on_device
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
 
@@ -71,6 +71,26 @@ class Layer(Parameterized):
             _assign(live[k], v)
         self._bump_version()
         return self
+
+    def to_device(self, backend=None):
+        """Move the parameters and gradients to ``backend`` ("numpy" or "cupy", any case; None:
+        the backend in force); returns self.  The name is checked before anything moves
+        (ValueError; BackendError for "cupy" where CuPy cannot be used); an unbuilt layer
+        remembers it and builds there.  The values are copied exactly; traces of earlier
+        forwards raise :class:`npl.StaleTraceError`."""
+        name = resolve_backend(backend, "%s.to_device" % type(self).__name__)
+        self._device = name
+        self._move(name)
+        self._bump_version()
+        return self
+
+    def _move(self, name):
+        self._params = {k: to_device(v, name) for k, v in self._params.items()}
+        self._grads = {k: to_device(v, name) for k, v in self._grads.items()}
+
+    def to_numpy(self):
+        """``to_device("numpy")``."""
+        return self.to_device("numpy")
 
     def output_width(self, input_width):
         """The last dimension of the output for inputs of last dimension ``input_width``."""
@@ -143,7 +163,7 @@ class Dense(Layer):
         if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
             raise ValueError("input_size must be a positive integer, got %r" % (input_size,))
         dtype = resolve_dtype(dtype) or np.dtype(np.float32)
-        xp, rng = default_xp(), _random.generator(self._seed)
+        xp, rng = self._home_xp(), _random.generator(self._seed)
         self._dtype = dtype
         self._params = {"kernel": xp.asarray(glorot_uniform((int(input_size), self.units), rng, dtype))}
         if self.use_bias:
@@ -188,10 +208,18 @@ class DenseTrace(_OnceTrace):
         self.layer, self._x2, self._y, self._in_shape = layer, x2, y, tuple(in_shape)
         self._version = layer._version
 
+    def _ensure_fresh(self):
+        super()._ensure_fresh()
+        if self._version != self.layer._version:
+            raise StaleTraceError("the weights of Dense %r were replaced (set_params, build or "
+                                  "to_device) after this trace's forward; run the forward again"
+                                  % self.layer.name)
+
     def _check(self, d_output, name="d_output"):
         d = float_array(d_output, name)
         check_shape(d, self._y.shape, name)
         check_dtype(d, self._y.dtype, name)
+        check_on_device(d, name, get_array_module(self._y), "the forward's outputs")
         return d
 
     def backward(self, d_output):
@@ -200,9 +228,6 @@ class DenseTrace(_OnceTrace):
             d_pre = d_y * act'(y);  d_kernel += x^T @ d_pre;  d_bias += sum(d_pre);  d_x = d_pre @ kernel^T
         """
         self._ensure_fresh()
-        if self._version != self.layer._version:
-            raise StaleTraceError("the weights of Dense %r were replaced (set_params or build) after "
-                                  "this trace's forward; run the forward again" % self.layer.name)
         d = self._check(d_output)
         self._consume()
         layer = self.layer
@@ -265,6 +290,11 @@ class Embedding(Layer):
     def output_width(self, input_width=None):
         return self.output_dim
 
+    def _move(self, name):
+        super()._move(name)
+        self._slices = [IndexedSlices(to_device(s.values, name), to_device(s.indices, name),
+                                      s.dense_shape) for s in self._slices]
+
     def forward(self, ids):
         """``(y, trace)``; ``trace.backward(d_y)`` accumulates the row gradient and returns None."""
         y, tr = embedding_lookup(self._params["embeddings"], ids, return_trace=True)
@@ -274,6 +304,14 @@ class Embedding(Layer):
 class EmbeddingLayerTrace(_OnceTrace):
     def __init__(self, layer, inner):
         self.layer, self._inner = layer, inner
+        self._version = layer._version
+
+    def _ensure_fresh(self):
+        super()._ensure_fresh()
+        if self._version != self.layer._version:
+            raise StaleTraceError("the embeddings of Embedding %r were replaced (set_params or "
+                                  "to_device) after this trace's forward; run the forward again"
+                                  % self.layer.name)
 
     def backward(self, d_output):
         """Accumulate ``d embeddings`` (IndexedSlices, or dense); ids have no gradient: returns None."""
@@ -378,6 +416,15 @@ class RNN(Layer):
     def output_width(self, input_width=None):
         return self.cell.output_size
 
+    def to_device(self, backend=None):
+        """The cell's ``to_device`` (its parameters and gradients; an unbuilt cell remembers the
+        backend); returns self.  Traces of earlier forwards raise :class:`npl.StaleTraceError`."""
+        name = resolve_backend(backend, "RNN.to_device")
+        self.cell.to_device(name)
+        self._device = name
+        self._bump_version()
+        return self
+
     def zero_state(self, batch_size, dtype=None):
         return self.cell.zero_state(batch_size, dtype)
 
@@ -425,10 +472,15 @@ class RNNLayerTrace(_OnceTrace):
     def records(self):
         return self.inner.records
 
+    def _ensure_fresh(self):
+        super()._ensure_fresh()
+        check_current(self.inner)           # StaleTraceError after set_params / to_device
+
     def _check(self, d_output, name="d_output"):
         d = float_array(d_output, name)
         check_shape(d, self._y_shape, name)
         check_dtype(d, self.inner.dtype, name)
+        check_on_device(d, name, self.inner._xp, "the forward's outputs")
         return d
 
     def _check_state(self, d_final_state, name="d_final_state"):
@@ -544,6 +596,16 @@ class Sequential(Layer):
     def zero_grad(self):
         for l in self.layers:
             l.zero_grad()
+
+    def to_device(self, backend=None):
+        """Every layer's ``to_device`` (the name checked once, before anything moves); returns
+        self.  Traces of earlier forwards raise :class:`npl.StaleTraceError`."""
+        name = resolve_backend(backend, "Sequential.to_device")
+        for l in self.layers:
+            l.to_device(name)
+        self._device = name
+        self._bump_version()
+        return self
 
     def set_params(self, values, strict=True):
         """Set weights from a dict keyed as :attr:`params`; validates everything before copying."""
@@ -775,8 +837,15 @@ class DropoutWrapper(RNNCell):
         return self
 
     def to_device(self, backend=None):
-        self._cell.to_device(backend)
+        """The wrapped cell's ``to_device``; the kept masks (``masks``) move with it."""
+        name = resolve_backend(backend, "DropoutWrapper.to_device")
+        self._cell.to_device(name)
+        if isinstance(self.masks, dict):
+            self.masks = {k: to_device(m, name) for k, m in self.masks.items()}
         return self
+
+    def _home_xp(self):
+        return self._cell._home_xp()
 
     num_units = property(lambda self: self._cell.num_units)
     built = property(lambda self: self._cell.built)

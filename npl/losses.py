@@ -21,14 +21,16 @@ which is the plain mean when ``weights`` is 1).  The cross entropies use the log
 ``z - max(z)`` so large logits do not overflow.  Computations stay in the dtype of the logits /
 predictions (TensorFlow 1 rounds the weighted reduction through float32; npl keeps float64 as
 float64).  Bad input raises ValueError / TypeError naming the argument: labels out of range, shape
-mismatches, NaN or infinite logits.
+mismatches, NaN or infinite logits.  Labels, targets and weights must be on the device of the
+logits / predictions: Python lists and scalars are put there, a NumPy array for CuPy logits (or
+the reverse) is a TypeError naming both devices (never a silent copy).
 """
 import numbers
 
 import numpy as np
 
 from .backend import get_array_module
-from ._checks import as_array, float_array
+from ._checks import as_array, float_array, check_on_device, check_same_device
 
 __all__ = ["Reduction", "softmax_cross_entropy", "sparse_softmax_cross_entropy",
            "mean_squared_error", "sequence_loss_by_example", "sequence_loss", "get"]
@@ -83,8 +85,16 @@ def _log_softmax(z):
     return logp, e / s
 
 
+def _on(x, name, xp, what):
+    """``x`` as an array on the device of ``xp`` (lists and scalars are converted there; an array
+    on the other device is a TypeError naming ``name`` and both devices)."""
+    a = as_array(x, name, xp)
+    check_on_device(a, name, xp, what)
+    return a
+
+
 def _int_labels(labels, num_classes, shape, xp, name="labels"):
-    lab = as_array(labels, name, xp)
+    lab = _on(labels, name, xp, "the logits")
     if lab.dtype.kind not in "iu":
         raise TypeError("%s must be an integer array of class ids, got dtype %s" % (name, lab.dtype))
     if tuple(lab.shape) != tuple(shape):
@@ -98,19 +108,21 @@ def _int_labels(labels, num_classes, shape, xp, name="labels"):
     return lab
 
 
-def _weights(weights, loss_shape, dtype, xp):
+def _weights(weights, loss_shape, dtype, xp, what="the logits"):
     """Weights as an array broadcast to ``loss_shape`` (TF: a scalar, or the losses' rank with each
-    dimension 1 or equal)."""
+    dimension 1 or equal), on the device of ``xp``: a list is put there, an array of rank >= 1 on
+    the other device is a TypeError (a 0-d array is a scalar)."""
     if isinstance(weights, numbers.Number) and not isinstance(weights, bool):
         return xp.full(loss_shape, weights, dtype)
     if isinstance(weights, (list, tuple)):
-        weights = np.asarray(weights, dtype)
+        weights = xp.asarray(np.asarray(weights, dtype))
     w = as_array(weights, "weights", xp)
     if w.dtype.kind in "iub":                       # TF casts integer / bool weights to the losses'
         w = w.astype(dtype)                         # float type
     w = float_array(w, "weights")
     if w.ndim == 0:
         return xp.full(loss_shape, float(w), dtype)
+    check_on_device(w, "weights", xp, what)
     ok = w.ndim == len(loss_shape) and all(a in (1, b) for a, b in zip(w.shape, loss_shape))
     if not ok:
         raise ValueError("weights must be a scalar or broadcastable to the losses' shape %s (same "
@@ -159,7 +171,7 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0.
     xp = get_array_module(z)
     if z.ndim < 1:
         raise ValueError("logits must have a class axis, got a scalar")
-    y = as_array(onehot_labels, "onehot_labels", xp)
+    y = _on(onehot_labels, "onehot_labels", xp, "the logits")
     if y.dtype.kind not in "fiub":
         raise TypeError("onehot_labels must be numeric, got dtype %s" % y.dtype)
     if tuple(y.shape) != tuple(z.shape):
@@ -232,7 +244,7 @@ def mean_squared_error(labels, predictions, weights=1.0, reduction=Reduction.SUM
     """
     p = float_array(predictions, "predictions")
     xp = get_array_module(p)
-    y = as_array(labels, "labels", xp)
+    y = _on(labels, "labels", xp, "the predictions")
     if y.dtype.kind not in "fiu":
         raise TypeError("labels must be numeric, got dtype %s" % y.dtype)
     if tuple(y.shape) != tuple(p.shape):
@@ -243,7 +255,7 @@ def mean_squared_error(labels, predictions, weights=1.0, reduction=Reduction.SUM
     _check_finite(y, "labels")
     diff = p - y
     losses = diff * diff
-    w = _weights(weights, losses.shape, p.dtype, xp)
+    w = _weights(weights, losses.shape, p.dtype, xp, "the predictions")
     loss, coeff = _reduce(losses, w, reduction)
     return loss, 2 * diff * coeff
 
@@ -268,17 +280,20 @@ def _seq_inputs(logits, targets, weights, time_major):
                              % (n, len(weights), len(targets)))
         zs = [float_array(a, "logits[%d]" % t, ndim=2) for t, a in enumerate(logits)]
         for t, a in enumerate(zs[1:], 1):
+            check_same_device(a, "logits[%d]" % t, [zs[0]], "logits[0]", plural=False)
             if a.shape != zs[0].shape or a.dtype != zs[0].dtype:
                 raise ValueError("logits[%d] has shape %s dtype %s but logits[0] has %s %s"
                                  % (t, a.shape, a.dtype, zs[0].shape, zs[0].dtype))
         xp = get_array_module(*zs)
         z = xp.stack(zs)
-        tg = xp.stack([as_array(a, "targets[%d]" % k, xp).reshape(-1) for k, a in enumerate(targets)])
-        wt = xp.stack([as_array(a, "weights[%d]" % k, xp).reshape(-1) for k, a in enumerate(weights)])
+        tg = xp.stack([_on(a, "targets[%d]" % k, xp, "the logits").reshape(-1)
+                       for k, a in enumerate(targets)])
+        wt = xp.stack([_on(a, "weights[%d]" % k, xp, "the logits").reshape(-1)
+                       for k, a in enumerate(weights)])
     else:
         z = float_array(logits, "logits", ndim=3)
         xp = get_array_module(z)
-        tg, wt = as_array(targets, "targets", xp), as_array(weights, "weights", xp)
+        tg, wt = _on(targets, "targets", xp, "the logits"), _on(weights, "weights", xp, "the logits")
         layout = "[time, batch]" if time_major else "[batch, time]"
         for nm, a in (("targets", tg), ("weights", wt)):
             if tuple(a.shape) != tuple(z.shape[:2]):
@@ -350,6 +365,7 @@ def sequence_loss_by_example(logits, targets, weights, average_across_timesteps=
             xp.full((z.shape[1],), d_loss, z.dtype)
         if g.shape != (z.shape[1],):
             raise ValueError("d_loss must have shape [batch] = (%d,), got %s" % (z.shape[1], tuple(g.shape)))
+        check_on_device(g, "d_loss", xp, "the logits")
         d *= g.astype(z.dtype, copy=False)[None, :, None]
     return log_perps, _seq_output(d, as_list, time_major)
 

@@ -16,7 +16,7 @@ import numpy as np
 from .array_ops import reverse_sequence, BackwardTwiceError
 from .backend import get_array_module
 from .cells import RNNCell, LSTMStateTuple, TraceBase, StaleTraceError, flat_records, _describe, _copy as _assign
-from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array
+from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array, check_on_device
 from . import workspace as _ws
 
 __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn",
@@ -112,8 +112,7 @@ class RNNTrace(TraceBase):
         T, B, P = self.max_time, self.batch_size, self.cell.output_size
         check_shape(d, (T, B, P) if self.time_major else (B, T, P), name)
         check_dtype(d, self.dtype, name)
-        if get_array_module(d) is not self._xp:
-            raise TypeError("%s is on a different device than the forward's inputs" % name)
+        check_on_device(d, name, self._xp, "the forward's inputs")
         return d
 
     def _prepare(self, d_outputs, d_final_state, out_name="d_outputs", state_name="d_final_state"):
@@ -267,13 +266,18 @@ class StaticRNNTrace(TraceBase):
             inner = self.inner
             xp, dt = inner._xp, inner.dtype
             shape = (inner.batch_size, inner.cell.output_size)
-            d = xp.zeros((self._n,) + shape, dt)
-            for t, g in enumerate(d_outputs):
+            checked = []
+            for t, g in enumerate(d_outputs):           # every entry checked before any is used
                 if g is not None:
-                    g = float_array(g, "d_outputs[%d]" % t)
-                    check_shape(g, shape, "d_outputs[%d]" % t)
-                    check_dtype(g, dt, "d_outputs[%d]" % t)
-                    d[t] = g
+                    nm = "d_outputs[%d]" % t
+                    g = float_array(g, nm)
+                    check_shape(g, shape, nm)
+                    check_dtype(g, dt, nm)
+                    check_on_device(g, nm, xp, "the forward's inputs")
+                    checked.append((t, g))
+            d = xp.zeros((self._n,) + shape, dt)
+            for t, g in checked:
+                d[t] = g
         prepared = self.inner._prepare(d, d_final_state)
         _consume(self, self.inner)
         dx, d0 = self.inner._run(*prepared)
@@ -420,8 +424,7 @@ class StackBidirectionalTrace(TraceBase):
         T, B = top.max_time, top.batch_size
         check_shape(d, (T, B, W) if top.time_major else (B, T, W), "d_outputs")
         check_dtype(d, top.dtype, "d_outputs")
-        if get_array_module(d) is not top._xp:
-            raise TypeError("d_outputs is on a different device than the forward's inputs")
+        check_on_device(d, "d_outputs", top._xp, "the forward's inputs")
         return d
 
     def _state_cotangents(self, d_final_state):

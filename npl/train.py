@@ -204,7 +204,14 @@ class Optimizer:
         if name not in self._slots:
             xp = get_array_module(var)
             self._slots[name] = {s: xp.full(var.shape, init, var.dtype) for s, init in self._slot_specs}
-        return self._slots[name]
+        slots = self._slots[name]
+        for s, a in slots.items():
+            if _is_cupy(a) != _is_cupy(var):
+                # the model was moved (to_device) since the slots were made: the same state, copied
+                # exactly, follows the variable to its device (as the model's own arrays did)
+                from .backend import to_device
+                slots[s] = to_device(a, "cupy" if _is_cupy(var) else "numpy")
+        return slots
 
     def _normalize(self, grads_and_vars):
         if isinstance(grads_and_vars, dict):
@@ -248,7 +255,8 @@ class Optimizer:
                 if gd.dtype != v.dtype:
                     raise TypeError("gradient of %r has dtype %s but the variable has %s"
                                     % (name, gd.dtype, v.dtype))
-                get_array_module(gd, v)
+                check_same_device(gd, "gradient of %r" % name, [v], "the variable %r" % name,
+                                  plural=False)
             items.append((name, g, v))
         names = [n for n, _, _ in items]
         if len(set(names)) != len(names):
@@ -856,7 +864,10 @@ def _batch_mover(model, x, y):
     if _is_cupy(x):                               # GPU data: only for a model on the GPU
         check_same_device(x, "x", params, "the model's parameters")
         return lambda a: a
-    xp = get_array_module(*params) if params else default_xp()
+    if params:
+        xp = get_array_module(*params)
+    else:                              # unbuilt: where it will be built (to_device, else in force)
+        xp = model._home_xp() if hasattr(model, "_home_xp") else default_xp()
     return (lambda a: a) if xp is np else xp.asarray
 
 

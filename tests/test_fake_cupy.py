@@ -16,6 +16,8 @@ device numerics, races, speed, and behaviour of CuPy functions that differs from
 3. benchmarks/gpu_check.sh, the one command a lent GPU runs, passes on it: the GPU tests
    (tests/test_kernels.py, tests/test_device_parity.py) and the stored TensorFlow cases under
    NPL_BACKEND=cupy, none skipped, every CUDA kernel launched, and the benchmark's cuda path.
+4. tests/test_backend_mixing.py (NumPy and CuPy arrays meeting in one call, models and
+   optimizers moved between devices) passes on it, none skipped.
 """
 import json
 import math
@@ -157,6 +159,19 @@ def test_gpu_check_script_passes_on_the_stand_in(gxx, tmp_path):
     assert d["device"] == "cuda" and d["frameworks"]["npl"]["load"]["backend"] == "cupy"
     rows = {(x["cell"], x["mode"]) for x in d["results"] if x["framework"] == "npl" and x["median_ms"] > 0}
     assert rows == {("lstm", "fwd"), ("lstm", "fwdbwd"), ("gru", "fwd"), ("gru", "fwdbwd")}
+
+
+def test_backend_mixing_passes_on_the_stand_in(gxx):
+    """tests/test_backend_mixing.py with CuPy present: its device-mixing errors, to_device on
+    cells and layers, and optimizer slots that follow a moved model, every test run (in this
+    process, without CuPy, the ones that need it are skipped)."""
+    r = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider",
+              os.path.join(HERE, "test_backend_mixing.py")])
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-6000:]
+    summary = [l for l in r.stdout.splitlines() if l.strip()][-1]
+    assert summary.split()[1] == "passed" and int(summary.split()[0]) >= 100, summary
+    assert "skipped" not in summary and "failed" not in summary, summary
 
 
 EXAMPLES = {   # example, its quick arguments, the metric its summary prints
