@@ -220,6 +220,32 @@ def test_build_caches_the_library(monkeypatch, tmp_path):
     assert os.path.getmtime(tmp_path / "kernels" / built[0]) == mtime
 
 
+def test_cc_with_arguments_and_an_unwritable_cache(monkeypatch, tmp_path):
+    """$CC may carry arguments (they are part of the cache key); where the cache cannot be
+    written the library is built in a temporary folder that is removed once it is loaded."""
+    import shutil
+    import tempfile
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no gcc/cc")
+    monkeypatch.setenv("CC", "%s -DNPL_TEST_FLAG=1" % gcc)
+    assert cpu._compiler() == [gcc, "-DNPL_TEST_FLAG=1"]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NPL_CACHE_DIR", str(blocker))         # $NPL_CACHE_DIR/kernels: unwritable
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(cpu, "_state", dict(cpu._state, lib=None, why=None, tried=False))
+    lib = cpu.library()
+    assert lib is not None, cpu.status()
+    x = np.linspace(-3, 3, 64).astype(np.float32)
+    y = np.empty_like(x)
+    cpu.tanh(x, y)                                            # the loaded library still runs
+    np.testing.assert_allclose(y, np.tanh(x), atol=2e-7)
+    assert list(scratch.iterdir()) == []                      # no npl-kernels-* left behind
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
 @pytest.mark.parametrize("kernels", [False, True])

@@ -216,5 +216,7 @@ def test_random_stacks_agree_with_the_traced_pass(monkeypatch, seed):
     o2, s2, _ = npl.nn.dynamic_rnn(cell, x, sequence_length=L, time_major=tm, return_trace=True)
     np.testing.assert_allclose(o1, o2, rtol=2e-6, atol=2e-6)
     leaves = lambda s: [s] if isinstance(s, np.ndarray) else [a for v in s for a in leaves(v)]
-    for a, b in zip(leaves(s1), leaves(s2), strict=True):
+    l1, l2 = leaves(s1), leaves(s2)
+    assert len(l1) == len(l2)                      # (zip's strict= is Python 3.10+)
+    for a, b in zip(l1, l2):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)

@@ -30,6 +30,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -127,11 +128,21 @@ def _cache_dir():
 
 
 def _compiler():
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name:
-            path = shutil.which(name)
-            if path:
-                return path
+    """The compiler command as a list: ``$CC`` (which may carry arguments, ``CC="gcc -m64"``),
+    else the first of cc, gcc, clang on the PATH; None when there is none."""
+    env = os.environ.get("CC", "").strip()
+    if env:
+        try:
+            words = shlex.split(env)
+        except ValueError:
+            words = []
+        path = shutil.which(words[0]) if words else None
+        if path:
+            return [path] + words[1:]
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return [path]
     return None
 
 
@@ -155,7 +166,7 @@ COMPILE_TIMEOUT_S = 300
 
 
 def _compile(cc, src, out, flags, timeout=None):
-    cmd = [cc] + list(flags) + [src, "-o", out]
+    cmd = ([cc] if isinstance(cc, str) else list(cc)) + list(flags) + [src, "-o", out]
     timeout = COMPILE_TIMEOUT_S if timeout is None else timeout
     # its own process group: on a timeout the compiler proper (cc1, as, ld) is stopped too, not
     # only the driver that subprocess started
@@ -184,17 +195,18 @@ def _build():
     with open(SOURCE_PATH, "rb") as f:
         src = f.read()
     try:
-        version = subprocess.run([cc, "--version"], stdout=subprocess.PIPE,
+        version = subprocess.run(cc + ["--version"], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
-        return None, "the C compiler %s does not run (%s)" % (cc, e)
+        return None, "the C compiler %s does not run (%s)" % (" ".join(cc), e)
     errors = []
     for flags in (FLAGS + _NATIVE, FLAGS):               # the host's vector units, else baseline
-        key = hashlib.sha256(src + version + " ".join(flags).encode() + _cpu_id().encode())
+        key = hashlib.sha256(src + version + " ".join(cc[1:] + list(flags)).encode() + _cpu_id().encode())
         name = "cpu_kernels-%s.so" % key.hexdigest()[:20]
         for directory in (_cache_dir(), None):
-            try:
-                if directory is None:
+            scratch = directory is None                  # the cache is not writable: a temp folder,
+            try:                                         # removed once the library is loaded
+                if scratch:
                     directory = tempfile.mkdtemp(prefix="npl-kernels-")
                 else:
                     os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -218,6 +230,9 @@ def _build():
                 return lib, None
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
                 errors.append(str(e))
+            finally:
+                if scratch:                              # a loaded library stays mapped (POSIX)
+                    shutil.rmtree(directory, ignore_errors=True)
     return None, "building the CPU kernels failed; using the NumPy array code: " + " | ".join(errors)
 
 
