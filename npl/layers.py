@@ -201,19 +201,28 @@ class Dense(Layer):
         return y, DenseTrace(self, x2, y, x.shape)
 
 
-class DenseTrace(_OnceTrace):
-    """Saved input [N, in] and output of a :class:`Dense` forward."""
+class _LayerTrace(_OnceTrace):
+    """A layer's trace: spent once, and stale once the layer's weights were replaced."""
 
-    def __init__(self, layer, x2, y, in_shape):
-        self.layer, self._x2, self._y, self._in_shape = layer, x2, y, tuple(in_shape)
-        self._version = layer._version
+    _replaced_by = "set_params, build or to_device"
+
+    def _remember(self, layer):
+        self.layer, self._version = layer, layer._version
 
     def _ensure_fresh(self):
         super()._ensure_fresh()
         if self._version != self.layer._version:
-            raise StaleTraceError("the weights of Dense %r were replaced (set_params, build or "
-                                  "to_device) after this trace's forward; run the forward again"
-                                  % self.layer.name)
+            raise StaleTraceError("the weights of %s %r were replaced (%s) after this trace's "
+                                  "forward; run the forward again"
+                                  % (type(self.layer).__name__, self.layer.name, self._replaced_by))
+
+
+class DenseTrace(_LayerTrace):
+    """Saved input [N, in] and output of a :class:`Dense` forward."""
+
+    def __init__(self, layer, x2, y, in_shape):
+        self._remember(layer)
+        self._x2, self._y, self._in_shape = x2, y, tuple(in_shape)
 
     def _check(self, d_output, name="d_output"):
         d = float_array(d_output, name)
@@ -301,17 +310,12 @@ class Embedding(Layer):
         return y, EmbeddingLayerTrace(self, tr)
 
 
-class EmbeddingLayerTrace(_OnceTrace):
-    def __init__(self, layer, inner):
-        self.layer, self._inner = layer, inner
-        self._version = layer._version
+class EmbeddingLayerTrace(_LayerTrace):
+    _replaced_by = "set_params or to_device"
 
-    def _ensure_fresh(self):
-        super()._ensure_fresh()
-        if self._version != self.layer._version:
-            raise StaleTraceError("the embeddings of Embedding %r were replaced (set_params or "
-                                  "to_device) after this trace's forward; run the forward again"
-                                  % self.layer.name)
+    def __init__(self, layer, inner):
+        self._remember(layer)
+        self._inner = inner
 
     def backward(self, d_output):
         """Accumulate ``d embeddings`` (IndexedSlices, or dense); ids have no gradient: returns None."""
