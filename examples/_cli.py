@@ -70,11 +70,32 @@ def quick_help(what, quick):
             % (what, ", ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in quick.items())))
 
 
-def check_sizes(parser, args, limits):
-    """``limits``: (flag, value, most) triples; a value above ``most`` is an argparse error."""
-    for flag, n, most in limits:
+MNIST_TRAIN, MNIST_TEST = 60000, 10000                         # images in the MNIST files
+
+
+def add_mnist_options(p, quick, out_help):
+    """The options the MNIST scripts share: sizes, seed, ``--quick``, output and data folders."""
+    p.add_argument("--train-size", type=positive_int, default=None,
+                   help="use the first N training images (default: all %d)" % MNIST_TRAIN)
+    p.add_argument("--test-size", type=positive_int, default=None,
+                   help="use the first N test images (default: all %d)" % MNIST_TEST)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--quick", action="store_true", help=quick_help("a short run", quick))
+    p.add_argument("--out", default="out", help=out_help)
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the MNIST files (else $NPL_DATA_DIR / cache)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def parse_mnist(parser, argv, quick):
+    """:func:`parse_with_quick`, then sizes above the MNIST files' are argparse errors."""
+    args = parse_with_quick(parser, argv, quick)
+    for flag, n, most in (("--train-size", args.train_size, MNIST_TRAIN),
+                          ("--test-size", args.test_size, MNIST_TEST)):
         if n is not None and n > most:
             parser.error("argument %s: MNIST has %d images there, got %d" % (flag, most, n))
+    return args
 
 
 def format_number(v):

@@ -227,7 +227,6 @@ def plot_samples(path, model, x, y, n=24):
 
 
 QUICK = dict(train_size=3000, test_size=1000, epochs=1)      # --quick's defaults
-TRAIN_IMAGES, TEST_IMAGES = 60000, 10000                     # the MNIST files
 
 
 def build_parser():
@@ -246,24 +245,12 @@ def build_parser():
                         "model is evaluated where it stopped)")
     p.add_argument("--stop-at-target", action="store_true",
                    help="stop after the first epoch whose test accuracy reaches the model's target")
-    p.add_argument("--train-size", type=_cli.positive_int, default=None,
-                   help="use the first N training images (default: all %d)" % TRAIN_IMAGES)
-    p.add_argument("--test-size", type=_cli.positive_int, default=None,
-                   help="use the first N test images (default: all %d)" % TEST_IMAGES)
-    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
-    p.add_argument("--quick", action="store_true", help=_cli.quick_help("a short run", QUICK))
-    p.add_argument("--out", default="out", help="folder for the PNG plots")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with the MNIST files (else $NPL_DATA_DIR / cache)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+    return _cli.add_mnist_options(p, QUICK, 'folder for the PNG plots')
 
 
 def parse_args(argv):
     p = build_parser()
-    args = _cli.parse_with_quick(p, argv, QUICK)
-    _cli.check_sizes(p, args, (("--train-size", args.train_size, TRAIN_IMAGES),
-                               ("--test-size", args.test_size, TEST_IMAGES)))
+    args = _cli.parse_mnist(p, argv, QUICK)
     if args.learning_rate is None:
         args.learning_rate = MODELS[args.model]["learning_rate"]
     return args

@@ -201,7 +201,6 @@ def plot(path, timing, memory, history):
 
 
 QUICK = dict(train_size=3000, test_size=1000, repeats=5)     # --quick's defaults
-TRAIN_IMAGES, TEST_IMAGES = 60000, 10000                     # the MNIST files
 
 
 def build_parser():
@@ -213,23 +212,12 @@ def build_parser():
     p.add_argument("--batch-size", type=_cli.positive_int, default=128)
     p.add_argument("--learning-rate", "--lr", type=_cli.positive_float, default=0.005)
     p.add_argument("--repeats", type=_cli.positive_int, default=20, help="timed batches per mode")
-    p.add_argument("--train-size", type=_cli.positive_int, default=None,
-                   help="use the first N training images (default: all %d)" % TRAIN_IMAGES)
-    p.add_argument("--test-size", type=_cli.positive_int, default=None,
-                   help="use the first N test images (default: all %d)" % TEST_IMAGES)
-    p.add_argument("--seed", type=_cli.nonnegative_int, default=0)
-    p.add_argument("--quick", action="store_true", help=_cli.quick_help("a short run", QUICK))
-    p.add_argument("--out", default="out", help="folder for the PNG plot")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--no-progress", action="store_true")
-    return p
+    return _cli.add_mnist_options(p, QUICK, 'folder for the PNG plot')
 
 
 def parse_args(argv):
     p = build_parser()
-    args = _cli.parse_with_quick(p, argv, QUICK)
-    _cli.check_sizes(p, args, (("--train-size", args.train_size, TRAIN_IMAGES),
-                               ("--test-size", args.test_size, TEST_IMAGES)))
+    args = _cli.parse_mnist(p, argv, QUICK)
     return args
 
 

@@ -75,6 +75,30 @@ def float_array(x, name, ndim=None):
     return a
 
 
+def is_real(v):
+    """A real number: a Python or NumPy int or float, not a bool, a string or a complex."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def real_number(x, name, allow_zero=None, hint=""):
+    """``x`` as a float, once it is a finite real number (a Python or NumPy number or a 0-d real
+    array): any sign with ``allow_zero=None``, ``>= 0`` with True, ``> 0`` with False.  TypeError
+    for other types, ValueError for other values, both naming ``name`` (``hint`` is appended)."""
+    if hasattr(x, "ndim") and hasattr(x, "dtype") and not isinstance(x, np.generic):
+        if x.ndim != 0 or np.dtype(x.dtype).kind not in "iuf":
+            raise TypeError("%s must be a number, got an array of shape %s dtype %s%s"
+                            % (name, tuple(x.shape), x.dtype, hint))
+        x = float(x)
+    if not is_real(x):
+        raise TypeError("%s must be a number, got %r (%s)%s" % (name, x, type(x).__name__, hint))
+    x = float(x)
+    bad = x < 0 if allow_zero else x <= 0 if allow_zero is False else False
+    if not np.isfinite(x) or bad:
+        kind = {None: "", True: "non-negative ", False: "positive "}[allow_zero]
+        raise ValueError("%s must be a %sfinite number, got %r%s" % (name, kind, x, hint))
+    return x
+
+
 def check_fits(a, dtype, name):
     """Refuse a float64 array whose finite values overflow the float32 it is to be stored in."""
     if np.dtype(dtype).itemsize < a.dtype.itemsize:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import activations as _act
 from .backend import default_xp, get_array_module
-from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
+from ._checks import float_array, is_real, real_number, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     check_on_device
 from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_gates_forward, gru_state_forward, gru_backward_pointwise,
@@ -993,16 +993,13 @@ class LSTMCell(RNNCell):
                                      or num_proj < 1):
             raise ValueError("num_proj must be None or a positive integer, got %r" % (num_proj,))
         for nm, v in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
-            if v is not None and not _is_real(v):
+            if v is not None and not is_real(v):
                 raise TypeError("%s must be None or a positive real number, got %r" % (nm, v))
             if v is not None and not v > 0:
                 raise ValueError("%s must be None or a positive number, got %r" % (nm, v))
         if proj_clip is not None and num_proj is None:
             raise ValueError("proj_clip needs num_proj")
-        if not _is_real(forget_bias):
-            raise TypeError("forget_bias must be a real number, got %r" % (forget_bias,))
-        if not np.isfinite(forget_bias):
-            raise ValueError("forget_bias must be finite, got %r" % (forget_bias,))
+        real_number(forget_bias, "forget_bias")
         self._use_peepholes = bool(use_peepholes)
         self._cell_clip = None if cell_clip is None else float(cell_clip)
         self._num_proj = None if num_proj is None else int(num_proj)
@@ -1456,11 +1453,6 @@ class GRUCell(RNNCell):
 
 
 # ============================================================================ stacks
-def _is_real(v):
-    """A real number: a Python or NumPy int or float, not a bool, a string or a complex."""
-    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)))
-
-
 def _check_distinct(leaves_per_item, owner, what):
     """Refuse a cell that appears twice among ``what`` (directly, or inside a wrapper or a nested
     stack): its arrays would be listed under two names, and an optimizer step would apply its

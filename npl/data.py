@@ -32,6 +32,8 @@ import zlib
 
 import numpy as np
 
+from ._checks import real_number
+
 __all__ = ["DataNotFoundError", "ChecksumError", "CorruptFileError", "cache_dir", "read_idx",
            "load_mnist", "load_mnist_csv", "load_text", "CharVocab", "WordVocab", "lm_batches",
            "lm_num_batches", "random_windows", "sine_windows", "sin_to_cos", "minibatches",
@@ -529,16 +531,6 @@ def _positive(v, name):
         raise ValueError("%s must be a positive integer, got %r" % (name, v))
 
 
-def _finite(v, name, minimum=None, open_interval=False):
-    """A finite real number (not a bool or a string), above ``minimum`` when given."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError("%s must be a real number, got %r" % (name, v))
-    if not np.isfinite(v) or (minimum is not None and (v <= minimum if open_interval else v < minimum)):
-        raise ValueError("%s must be a finite number%s, got %r"
-                         % (name, "" if minimum is None else " %s %r" % (">" if open_interval else ">=",
-                                                                          minimum), v))
-
-
 def lm_num_batches(num_ids, batch_size, num_steps):
     """Number of windows :func:`lm_batches` yields: ``(num_ids // batch_size - 1) // num_steps``."""
     return max((num_ids // batch_size - 1) // num_steps, 0)
@@ -620,8 +612,8 @@ def sine_windows(n, window=10, dt=0.1, noise=0.0, random_offset=False, n_test=0,
     """
     _positive(n, "n")
     _positive(window, "window")
-    _finite(dt, "dt", 0.0, open_interval=True)
-    _finite(noise, "noise", 0.0)
+    real_number(dt, "dt", allow_zero=False)
+    real_number(noise, "noise", allow_zero=True)
     if n_test < 0:
         raise ValueError("n_test must be >= 0, got %r" % (n_test,))
     rng = _series_rng(seed)
@@ -652,7 +644,7 @@ def sin_to_cos(n, num_steps=20, dt=0.1, random_start=True, n_test=0, seed=None, 
     """
     _positive(n, "n")
     _positive(num_steps, "num_steps")
-    _finite(dt, "dt", 0.0, open_interval=True)
+    real_number(dt, "dt", allow_zero=False)
     if n_test < 0:
         raise ValueError("n_test must be >= 0, got %r" % (n_test,))
     rng = _series_rng(seed)

@@ -26,10 +26,10 @@ from . import activations as _act
 from . import random as _random
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
 from .backend import default_xp, get_array_module, to_device, resolve_backend
-from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, _is_real, \
+from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, \
     StaleTraceError
 from .rnn_ops import dynamic_rnn, check_current
-from ._checks import float_array, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
+from ._checks import float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     lengths_array, check_on_device
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
@@ -775,7 +775,7 @@ class DropoutWrapper(RNNCell):
             raise TypeError("cell must be an npl RNN cell, got %s" % type(cell).__name__)
         for nm, p in (("input_keep_prob", input_keep_prob), ("output_keep_prob", output_keep_prob),
                       ("state_keep_prob", state_keep_prob)):
-            if not _is_real(p):
+            if not is_real(p):
                 raise TypeError("%s must be a number in (0, 1], got %r" % (nm, p))
             if not 0 < float(p) <= 1:
                 raise ValueError("%s must be a number in (0, 1], got %r" % (nm, p))

@@ -34,7 +34,7 @@ import numpy as np
 
 from .array_ops import IndexedSlices, _scatter_add, _check_index_range
 from .backend import _is_cupy, default_xp, get_array_module
-from ._checks import as_array, check_same_device
+from ._checks import as_array, check_same_device, real_number
 
 __all__ = ["Optimizer", "GradientDescentOptimizer", "MomentumOptimizer", "RMSPropOptimizer",
            "AdamOptimizer", "global_norm", "clip_by_global_norm", "fit", "History",
@@ -669,26 +669,13 @@ def global_norm(t_list):
     dtype, as TF's result (float32 gradients: ``np.float32``; float64: ``np.float64``, which is a
     Python float).  ``inf`` only when an input is non-finite or the norm exceeds that dtype's range.
     """
-    scale, ssq, dtype, _ = _norm_parts(t_list)
+    return _norm_value(*_norm_parts(t_list)[:3])
+
+
+def _norm_value(scale, ssq, dtype):
+    """The global norm ``scale * sqrt(ssq)`` as a scalar of the inputs' dtype (NaN stays NaN)."""
     with np.errstate(over="ignore"):
         return dtype.type(scale * math.sqrt(ssq) if not math.isnan(ssq) else ssq)
-
-
-def _real(x, name, allow_zero):
-    """A finite real number (positive, or non-negative with ``allow_zero``): a Python or NumPy
-    number or a 0-d array; TypeError for other types, ValueError for bad values."""
-    if hasattr(x, "ndim") and hasattr(x, "dtype") and not isinstance(x, np.generic):
-        if x.ndim != 0 or np.dtype(x.dtype).kind not in "iuf":
-            raise TypeError("%s must be a number, got an array of shape %s dtype %s"
-                            % (name, tuple(x.shape), x.dtype))
-        x = float(x)
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
-        raise TypeError("%s must be a number, got %r (%s)" % (name, x, type(x).__name__))
-    x = float(x)
-    if not math.isfinite(x) or (x < 0 if allow_zero else x <= 0):
-        raise ValueError("%s must be a %s finite number, got %r"
-                         % (name, "non-negative" if allow_zero else "positive", x))
-    return x
 
 
 def clip_by_global_norm(t_list, clip_norm, use_norm=None):
@@ -704,17 +691,16 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None):
     handled by rescaling); a non-finite input makes every clipped value NaN, as in TensorFlow (fit
     stops on it).  New arrays are returned.
     """
-    _float_entries(t_list)
-    clip = _real(clip_norm, "clip_norm", allow_zero=False)
+    clip = real_number(clip_norm, "clip_norm", allow_zero=False)
     big, ssq, rescaled = 1.0, None, False
     if use_norm is None:
-        big, ssq, dtype, finite = _norm_parts(t_list)
-        with np.errstate(over="ignore"):
-            norm = dtype.type(big * math.sqrt(ssq) if not math.isnan(ssq) else ssq)
+        big, ssq, dtype, finite = _norm_parts(t_list)           # checks t_list
+        norm = _norm_value(big, ssq, dtype)
         n = big * math.sqrt(ssq) if finite else float("nan")   # NaN: TF's ``scale + (n - n)``
         rescaled = finite and (big != 1.0 or not math.isfinite(n))
     else:
-        norm = n = _real(use_norm, "use_norm", allow_zero=True)
+        _float_entries(t_list)
+        norm = n = real_number(use_norm, "use_norm", allow_zero=True)
     if rescaled:                          # the norm is beyond float64: t * clip / norm, in two steps
         factor = clip / math.sqrt(ssq)
     else:
@@ -749,7 +735,8 @@ class NonFiniteError(FloatingPointError):
 
 class History:
     """What :func:`fit` recorded: ``loss`` (one per step), ``step`` (global step numbers),
-    ``epoch_loss`` (mean per epoch), ``grad_norm`` (per step, when clipping), ``eval``
+    ``epoch_loss`` (mean per epoch, weighted by batch size), ``grad_norm`` (per step, before
+    clipping), ``eval``
     (name -> list of ``(step, value)``), ``seconds`` (wall time)."""
 
     def __init__(self):

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from .._checks import real_number
 from ..backend import to_numpy
 from .core import TraceInspector, format_table
 from .flow import _make_cell, compare_gradient_flow, gradient_flow
@@ -90,22 +91,15 @@ def _positive_int(v, name):
         raise ValueError("%s must be a positive integer, got %r" % (name, v))
 
 
-def _finite(v, name, what, ok, hint=""):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError("%s must be a number, got %r%s" % (name, v, hint))
-    if not (np.isfinite(v) and ok(v)):
-        raise ValueError("%s must be a %s finite number, got %r%s" % (name, what, v, hint))
-
-
 def check_config(units=8, seq_len=8, batch=32, steps=300, lr=1.0, clip=5.0, noise=1.0, flow_steps=40):
     """Raise ValueError / TypeError naming the first bad setting of :func:`write_report`."""
     for name, v in (("units", units), ("seq_len", seq_len), ("batch", batch), ("steps", steps),
                     ("flow_steps", flow_steps)):
         _positive_int(v, name)
-    _finite(lr, "lr", "positive", lambda v: v > 0)
+    real_number(lr, "lr", allow_zero=False)
     if clip is not None:
-        _finite(clip, "clip", "positive", lambda v: v > 0, " (None turns clipping off)")
-    _finite(noise, "noise", "non-negative", lambda v: v >= 0)
+        real_number(clip, "clip", allow_zero=False, hint=" (None turns clipping off)")
+    real_number(noise, "noise", allow_zero=True)
 
 
 def train_tiny_model(cell="lstm", units=8, seq_len=8, batch=32, steps=300, lr=1.0, clip=5.0,
