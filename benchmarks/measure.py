@@ -12,9 +12,16 @@ buffers visible, memory is measured after all timings of the worker, with glibc'
 fixed at 128 KiB (mallopt) and ``malloc_trim(0)`` before each call, so that large buffers are
 fresh mappings and free heap pages were returned to the OS.  A framework that keeps buffers between
 calls on purpose (npl's workspace pool) releases them first (its ``release_memory`` hook), so the
-call's own buffers are counted.  Where clear_refs cannot be written
+call's own buffers are counted.  A framework whose allocator keeps freed memory in a pool of its
+own and cannot give it back (TensorFlow with oneDNN, its default on x86: buffers of 4 KiB and more
+come from a BFC pool) hands :meth:`PeakMemory.measure` that pool's statistics (``pool``): the
+call's peak is then its RSS growth (what it takes outside the pool) plus the pool's peak bytes in
+use above its bytes in use before the call, after one unmeasured call that makes the pool hold
+(and the kernel back) what this call needs, so that the pool does not grow during the measured
+call and count twice.  Where clear_refs cannot be written
 the fallback is the growth of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (a lower bound: it
-only rises above the process's earlier peak).  For NumPy code :func:`tracemalloc_peak` also gives
+only rises above the process's earlier peak); a result that is a lower bound says so
+(``lower_bound``).  For NumPy code :func:`tracemalloc_peak` also gives
 the exact peak of bytes allocated by NumPy (NumPy reports its buffers to tracemalloc).
 """
 import ctypes
@@ -30,13 +37,25 @@ import time
 import tracemalloc
 
 __all__ = ["time_calls", "PeakMemory", "tracemalloc_peak", "blas_info", "env_facts", "THREAD_VARS",
-           "OPENBLAS_VARS", "thread_env", "gemm_gflops", "rss_bytes"]
+           "OPENBLAS_VARS", "thread_env", "gemm_gflops", "rss_bytes", "usable_cores"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# CUPY_TF32 (CuPy's cuBLAS float32 GEMMs in TF32 when > 0; its default is full float32) and
+# NVIDIA_TF32_OVERRIDE (0: cuBLAS and cuDNN never use TF32) decide the GPU's float32 precision
 RECORDED_VARS = THREAD_VARS + OPENBLAS_VARS + ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS",
-                                               "NPL_BACKEND", "MALLOC_MMAP_THRESHOLD_")
+                                               "NPL_BACKEND", "MALLOC_MMAP_THRESHOLD_", "CUPY_TF32",
+                                               "NVIDIA_TF32_OVERRIDE")
+
+
+def usable_cores():
+    """The number of cores this process may run on: ``os.sched_getaffinity(0)`` where the OS has
+    it (a container or ``taskset`` can allow fewer than the machine has), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def thread_env(base_env, threads, unset_openblas=False):
@@ -70,20 +89,22 @@ def time_calls(fn, warmup, repeats, min_run_s, max_inner=10000):
     return {"times_s": times, "inner": n, "warmup": warmup, "repeats": repeats}
 
 
-def gemm_gflops(matmul, a, b, repeats, min_run_s):
-    """GFLOP/s of ``matmul(a, b)`` for a [m, k] and b [k, n]: 2*m*k*n / time.
+def gemm_gflops(matmul, a, b, repeats, min_run_s, warmup=1):
+    """GFLOP/s of ``matmul(a, b)`` for a [m, k] and b [k, n]: 2*m*k*n / time, timed as
+    :func:`time_calls` (``warmup`` untimed calls, ``repeats`` runs of at least ``min_run_s``).
 
     ``gflops`` uses the best run (a ceiling: the fastest the machine managed), ``gflops_median``
     the median run.
     """
     m, k = a.shape
     n = b.shape[1]
-    r = time_calls(lambda: matmul(a, b), 1, repeats, min_run_s)
+    r = time_calls(lambda: matmul(a, b), warmup, repeats, min_run_s)
     med = sorted(r["times_s"])[len(r["times_s"]) // 2]
     flops = 2 * m * k * n
     return {"shape": [[m, k], [k, n]], "flops": flops, "median_s": med, "min_s": min(r["times_s"]),
             "gflops": flops / min(r["times_s"]) / 1e9, "gflops_median": flops / med / 1e9,
-            "times_s": r["times_s"], "inner": r["inner"]}
+            "times_s": r["times_s"], "inner": r["inner"], "warmup": warmup, "repeats": repeats,
+            "min_run_s": min_run_s}
 
 
 # ----------------------------------------------------------------------------- memory
@@ -151,11 +172,24 @@ class PeakMemory:
         if self._libc is not None:
             self._libc.malloc_trim(0)
 
-    def measure(self, fn, release=None):
-        """Run ``fn()`` once; return dict(peak_rss_growth_bytes, rss_before_bytes, method).
-        ``release``: the framework's own cache release (npl's workspace pool), called first, so
-        that memory a framework keeps between calls is counted as the call's."""
+    def measure(self, fn, release=None, pool=None):
+        """Run ``fn()`` once; return dict(peak_rss_growth_bytes, rss_before_bytes, method,
+        lower_bound).  ``release``: the framework's own cache release (npl's workspace pool),
+        called first, so that memory a framework keeps between calls is counted as the call's.
+
+        ``pool``: for a framework whose allocator keeps freed buffers in a pool that cannot be
+        emptied (TensorFlow's oneDNN allocator), a dict with ``name``, ``reset()`` (reset the
+        pool's peak statistic, return its bytes in use) and ``peak()`` (its peak bytes in use
+        since the reset).  One unmeasured call runs first, so the pool already holds what this
+        call needs; the result, ``peak_rss_growth_bytes``, is then the RSS growth
+        (``rss_growth_bytes``: memory outside the pool) plus the pool's peak growth
+        (``pool_peak_bytes``).  A pool dict with ``lower_bound`` and ``why`` instead (a pool
+        without statistics) marks the RSS growth as a lower bound."""
+        counted = pool is not None and pool.get("peak") is not None
+        if counted:
+            fn()                               # the pool now holds (resident) what this call needs
         self._settle(release)
+        base = pool["reset"]() if counted else None
         if self.hwm_reset:
             before = rss_bytes()
             _reset_hwm()
@@ -165,8 +199,16 @@ class PeakMemory:
             before = _maxrss_bytes()
             fn()
             peak = _maxrss_bytes()
-        return {"peak_rss_growth_bytes": max(0, peak - before), "rss_before_bytes": before,
-                "method": self.method}
+        rss = max(0, peak - before)
+        out = {"peak_rss_growth_bytes": rss, "rss_before_bytes": before, "method": self.method,
+               "lower_bound": not self.hwm_reset}
+        if counted:
+            grown = max(0, int(pool["peak"]()) - int(base))
+            out.update(peak_rss_growth_bytes=rss + grown, rss_growth_bytes=rss, pool_peak_bytes=grown,
+                       pool_in_use_before_bytes=int(base), method="%s + %s" % (self.method, pool["name"]))
+        elif pool is not None and pool.get("lower_bound"):
+            out.update(lower_bound=True, method="%s (%s)" % (self.method, pool.get("why", "a lower bound")))
+        return out
 
 
 def tracemalloc_peak(fn, release=None):
@@ -248,6 +290,7 @@ def env_facts():
             cpu = m.group(1).strip()
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "platform": platform.platform(),
             "python": sys.version.split()[0],
             "env": {k: os.environ.get(k) for k in RECORDED_VARS}}

@@ -1,15 +1,39 @@
 """Turning the workers' raw timings into rows, tables, fits and charts (matplotlib imported lazily)."""
 import math
 import statistics
+import sys
 
 from benchmarks.spec import (FRAMEWORKS, FRAMEWORK_LABELS, MODE_LABELS, forward_flops,
                              mode_flops)
 
 __all__ = ["summarise", "attach_ratios", "format_table", "format_ceiling", "format_header",
            "format_sampling", "format_summary", "markdown_summary", "legend", "describe_configs", "fit_line", "power_exponent", "sweep_fits", "format_sweep",
-           "plot_table", "plot_sweep", "MB"]
+           "plot_table", "plot_sweep", "MB", "lower_bound_mark", "format_peak"]
 
 MB = 1024.0 * 1024.0
+
+
+def lower_bound_mark(stream=None):
+    """The prefix of a peak-memory cell that is only a lower bound: "≥", or ">=" where the output's
+    encoding has no "≥"."""
+    enc = getattr(stream if stream is not None else sys.stdout, "encoding", None) or "ascii"
+    try:
+        "\u2265".encode(enc)
+        return "\u2265"
+    except (UnicodeEncodeError, LookupError):
+        return ">="
+
+
+def format_peak(row, width=0, mark=None):
+    """A row's peak MB ("-" when not measured), prefixed with the lower-bound mark where the
+    measurement is one."""
+    peak = row.get("peak_rss_growth_bytes")
+    if peak is None:
+        return "-".rjust(width)
+    text = "%.1f" % (peak / MB)
+    if row.get("memory_lower_bound"):
+        text = (lower_bound_mark() if mark is None else mark) + text
+    return text.rjust(width)
 
 
 def _fmt(v, spec, width):
@@ -40,6 +64,12 @@ def summarise(rec, config, framework, ceiling):
     mem = rec.get("memory") or {}
     row["peak_rss_growth_bytes"] = mem.get("peak_rss_growth_bytes")
     row["memory_method"] = mem.get("method")
+    # True where the peak is only a lower bound (ru_maxrss fallback, or a framework pool that
+    # keeps freed memory without statistics); printed with a "≥"
+    row["memory_lower_bound"] = bool(mem.get("lower_bound")) if mem else None
+    for k in ("rss_growth_bytes", "pool_peak_bytes"):   # TensorFlow on the CPU: the two parts
+        if k in mem:
+            row[k] = mem[k]
     row["tracemalloc_peak_bytes"] = rec.get("tracemalloc_peak_bytes")
     row["trace_nbytes"] = rec.get("info", {}).get("trace_nbytes") if rec["mode"] == "fwdbwd" else None
     return row
@@ -70,8 +100,14 @@ def format_header(meta):
     if meta.get("device") == "cuda":
         lines.append("device: cuda (npl on CuPy, PyTorch on CUDA/cuDNN, TensorFlow on its GPU; each "
                      "timed call ends with a device synchronisation; peak MB = device memory)")
+        prec = meta.get("gpu_precision") or {}
+        if prec:
+            lines.append("precision: %s" % prec.get("summary", ""))
     lines.append("threads per framework: %d (OMP/OPENBLAS/MKL_NUM_THREADS, torch.set_num_threads, "
-                 "TF intra/inter-op)" % meta["threads"])
+                 "TF intra/inter-op)%s" % (meta["threads"], "; %s usable cores" % meta["usable_cores"]
+                                           if meta.get("usable_cores") else ""))
+    for w in meta.get("warnings") or []:
+        lines.append("warning: " + w)
     b = meta.get("blas") or {}
     lines.append("numpy %s BLAS: %s, kernel %s (%s)" % (b.get("numpy"), b.get("numpy_blas_build", "?"),
                                                         b.get("openblas_corename", "?"), b.get("source", "?")))
@@ -94,8 +130,13 @@ def format_header(meta):
             lines.append("WARNING: CuPy here is the test stand-in (tests/fake_cupy): npl's rows are CPU "
                          "timings of the host emulation, not GPU figures; never report them")
     p = meta["protocol"]
-    lines.append("timing: %d warm-up calls, then the median/min/max of %d runs (each run >= %.0f ms, "
-                 "n calls averaged)" % (p["warmup"], p["repeats"], 1e3 * p["min_run_s"]))
+    if meta.get("mode") == "long":
+        lines.append("timing: at each T, %d warm-up call%s, then the median/min/max of %d runs of one "
+                     "call each" % (p["warmup"], "" if p["warmup"] == 1 else "s", p["repeats"]))
+    else:
+        lines.append("timing: %d warm-up call%s, then the median/min/max of %d runs (each run >= %.0f ms, "
+                     "n calls averaged)" % (p["warmup"], "" if p["warmup"] == 1 else "s", p["repeats"],
+                                            1e3 * p["min_run_s"]))
     if meta.get("rounds", 1) > 1:
         lines.append("rounds: every framework's worker ran %d times, round-robin; each row is its "
                      "case's best round (lowest median), every round's median is in the JSON"
@@ -141,7 +182,6 @@ def format_table(rows, configs):
         if prev is not None and key[:2] != prev[:2]:
             out.append("")
         prev = key
-        peak = r.get("peak_rss_growth_bytes")
         out.append(" ".join([
             r["config"].ljust(7), r["cell"].ljust(4), r["mode"].ljust(6),
             FRAMEWORK_LABELS.get(r["framework"], r["framework"]).ljust(10),
@@ -149,7 +189,7 @@ def format_table(rows, configs):
             _fmt(r["gflops"], ".2f", 8),
             _fmt(None if r["frac_gemm_2048"] is None else 100 * r["frac_gemm_2048"], ".1f", 6),
             _fmt(None if r["frac_recurrent_gemm"] is None else 100 * r["frac_recurrent_gemm"], ".1f", 8),
-            _fmt(None if peak is None else peak / MB, ".1f", 8),
+            format_peak(r, 8),
             _fmt(None if r["framework"] == "npl" else r.get("npl_over"), ".2f", 7)]))
     return "\n".join(out)
 
@@ -198,9 +238,8 @@ def markdown_summary(rows, configs):
         cells = [c, cell, mode]
         if "npl" in fws:
             n = by.get("npl")
-            peak = None if n is None else n.get("peak_rss_growth_bytes")
             cells += ["-"] * 3 if n is None else ["%.3f" % n["median_ms"], "%.1f" % n["gflops"],
-                                                  "-" if peak is None else "%.1f" % (peak / MB)]
+                                                  format_peak(n, mark="\u2265")]
         for f in peers:
             r = by.get(f)
             if r is None:
@@ -224,8 +263,10 @@ def format_sampling(rows):
 
 
 def legend(device="cpu"):
-    mem = ("peak MB = the device memory high-water mark of one call" if device == "cuda" else
-           "peak MB = peak RSS growth during one call")
+    mem = ("peak MB = the device memory high-water mark of one call above what was allocated "
+           "before it" if device == "cuda" else
+           "peak MB = peak RSS growth during one call (TensorFlow: plus its CPU pool's peak growth); "
+           "%s: a lower bound" % lower_bound_mark())
     return ("columns: median/min/max ms per batch (mode step: per %s); GFLOP/s = GEMM FLOPs / median "
             "(forward F = 2*B*T*(I+H)*G*H per layer, G=4 LSTM, G=3 GRU; forward+backward 3F); "
             "%%2048 and %%recGEMM = GFLOP/s as a percentage of %s 2048x2048 GEMM and of the "
@@ -301,11 +342,11 @@ def format_sweep(rows, fits, dim="T"):
                                                           per, "peak MB", "trace MB", "npl/fw")
     out = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["cell"], r["mode"], _x(r, dim), FRAMEWORKS.index(r["framework"]))):
-        peak, tb = r.get("peak_rss_growth_bytes"), r.get("trace_nbytes")
+        tb = r.get("trace_nbytes")
         out.append("%-10s %-4s %-6s %6d %10.3f %10.4f %s %s %s" % (
             FRAMEWORK_LABELS[r["framework"]], r["cell"], r["mode"], _x(r, dim), r["median_ms"],
             r["gflops"] if dim == "H" else r["median_ms"] / _x(r, dim),
-            _fmt(None if peak is None else peak / MB, ".1f", 9),
+            format_peak(r, 9),
             _fmt(None if tb is None else tb / MB, ".2f", 9),
             _fmt(None if r["framework"] == "npl" else r.get("npl_over"), ".2f", 9)))
     out.append("")

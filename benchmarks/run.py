@@ -2,9 +2,11 @@
 
 Default: the table of configurations C1..C5 x {LSTM, GRU} x {forward, forward+backward} x
 {npl, TF1 graph, Keras, Keras GRU reset_after=True, PyTorch}: ms per batch (median, min, max),
-GEMM GFLOP/s, its fraction of the machine's GEMM ceiling, peak RSS growth and npl's time over
-each peer's.  Each framework runs in its own subprocess (:mod:`benchmarks.worker`) with the same
-thread count.  Writes a JSON file with every raw timing and a PNG chart.
+GEMM GFLOP/s, its fraction of the machine's GEMM ceiling, peak memory of one call (RSS growth;
+TensorFlow's also counts its CPU pool) and npl's time over each peer's.  Each framework runs in
+its own subprocess (:mod:`benchmarks.worker`) with the same thread count.  Writes a JSON file
+with every raw timing (rewritten after every worker, so a run stopped early keeps what finished)
+and a PNG chart.
 
 ``--quick``: C1 and C4, 3 short runs each (under a minute).  ``--sweep T`` (or ``--sweep-T``):
 T from 10 to 2000 for one configuration (npl and PyTorch), time, peak memory and trace size
@@ -14,9 +16,11 @@ Run ``python -m benchmarks.run --help`` for every option.
 """
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +31,7 @@ if __package__ in (None, ""):   # run as a script: make the repository root impo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report  # noqa: E402
-from benchmarks.measure import thread_env, OPENBLAS_VARS  # noqa: E402
+from benchmarks.measure import thread_env, usable_cores, OPENBLAS_VARS  # noqa: E402
 from benchmarks.spec import (CONFIGS, DEFAULT_CONFIGS, DEFAULT_FRAMEWORKS, DEFAULT_SWEEP,  # noqa: E402
                              FRAMEWORK_LABELS, PROTOCOLS, parse_device, SWEEP_FRAMEWORKS, Protocol, parse_cells, parse_configs,
                              parse_custom, parse_frameworks, parse_int_list, parse_modes,
@@ -42,6 +46,71 @@ FLOP_FORMULA = ("forward F = sum over layers of 2*B*T*(I+H)*G*H (G=4 LSTM, G=3 G
 
 def _span(values):
     return "%d..%d" % (min(values), max(values))
+
+
+# The GPU table computes in full float32 on every framework (TensorFloat-32 off); recorded in the
+# JSON (gpu_precision) and the header.
+GPU_PRECISION = {
+    "tf32": False,
+    "summary": "float32 everywhere, TensorFloat-32 off: npl's kernels and CuPy's cuBLAS "
+               "(CUPY_TF32=0), PyTorch (torch.backends.cuda.matmul.allow_tf32 = False, "
+               "torch.backends.cudnn.allow_tf32 = False), TensorFlow "
+               "(tf.config.experimental.enable_tensor_float_32_execution(False))",
+    "npl": "CUPY_TF32=0 in the worker's environment (CuPy's default: float32 cuBLAS GEMMs); npl's "
+           "own CUDA kernels are float32",
+    "torch": "torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False",
+    "tensorflow": "tf.config.experimental.enable_tensor_float_32_execution(False)",
+}
+# options whose value is a comma-separated list that may start with a negative number
+# ("--custom -1,10,4,8"): argparse would take it for an option and say "expected one argument"
+LIST_OPTIONS = ("--custom", "--values", "--T-values", "--configs")
+
+
+class Interrupted(Exception):
+    """SIGTERM (a stage time limit, ``timeout``) while the benchmark ran: what is done is kept."""
+
+
+_SIGTERM = {"defer": 0, "pending": False}
+
+
+def _on_sigterm(signum, frame):
+    if _SIGTERM["defer"]:            # writing the JSON: finish it first
+        _SIGTERM["pending"] = True
+        return
+    raise Interrupted("SIGTERM")
+
+
+@contextlib.contextmanager
+def _deferred_sigterm(reraise=True):
+    """A SIGTERM inside this block waits for its end (a JSON being written stays whole); then it
+    raises :class:`Interrupted` (``reraise``) or stays pending (see :func:`_sigterm_pending`)."""
+    _SIGTERM["defer"] += 1
+    try:
+        yield
+    finally:
+        _SIGTERM["defer"] -= 1
+        if reraise and not _SIGTERM["defer"] and _SIGTERM["pending"]:
+            _SIGTERM["pending"] = False
+            raise Interrupted("SIGTERM")
+
+
+def _sigterm_pending():
+    return _SIGTERM["pending"]
+
+
+def _join_negative_values(argv):
+    """``--custom -1,10,4,8`` -> ``--custom=-1,10,4,8``, so that the size is refused by name."""
+    out, k = [], 0
+    while k < len(argv):
+        tok = argv[k]
+        nxt = argv[k + 1] if k + 1 < len(argv) else None
+        if tok in LIST_OPTIONS and nxt is not None and nxt[:1] == "-" and nxt[1:2].isdigit():
+            out.append("%s=%s" % (tok, nxt))
+            k += 2
+            continue
+        out.append(tok)
+        k += 1
+    return out
 
 
 def _nonneg_int(text, name):
@@ -77,18 +146,23 @@ def build_parser():
                    "--quick: %s)" % (",".join(CONFIGS), ",".join(DEFAULT_CONFIGS["cpu"]),
                                      ",".join(DEFAULT_CONFIGS["cuda"]), QUICK_CONFIGS))
     p.add_argument("--custom", action="append", default=[], metavar="B,T,I,H",
-                   help="add a configuration (named X1, X2, ...); H may be 30+1 for a stack")
-    p.add_argument("--cells", default="lstm,gru", help="lstm,gru (default both)")
-    p.add_argument("--modes", default="fwd,fwdbwd", help="fwd,fwdbwd (default both)")
+                   help="add a configuration (named X1, X2, ...) to the table, also to the ones "
+                        "--configs names; H may be 30+1 for a stack; with --sweep, name it with "
+                        "--config X1")
+    p.add_argument("--cells", help="lstm,gru (default both)")
+    p.add_argument("--modes", help="fwd,fwdbwd (default both; C5 runs only with fwd)")
     p.add_argument("--frameworks", help="comma-separated subset of %s (default: all; --quick: %s; "
                    "--sweep: %s)" % (",".join(DEFAULT_FRAMEWORKS), QUICK_FRAMEWORKS, ",".join(SWEEP_FRAMEWORKS)))
-    p.add_argument("--threads", default=str(os.cpu_count() or 1),
-                   help="threads for every framework (default: the core count, %s)" % os.cpu_count())
-    p.add_argument("--repeats", help="timed runs per case (default 7; --quick 3; --sweep 3)")
-    p.add_argument("--warmup", help="untimed calls before timing (default 2; --quick 1)")
+    p.add_argument("--threads",
+                   help="threads for every framework (default: the cores this process may use, "
+                        "os.sched_getaffinity: %d here; more is accepted with a warning)" % usable_cores())
+    p.add_argument("--repeats", help="timed runs per case and per GEMM of the ceiling (default 7; "
+                   "--quick 3; --sweep 3; --long 3)")
+    p.add_argument("--warmup", help="untimed calls before timing, also for the ceiling's GEMMs "
+                   "(default 2; --quick 1; --long 1 at each T)")
     p.add_argument("--min-run-ms", help="each timed run lasts at least this long, averaging n calls "
-                   "(default 50; --quick 5)")
-    p.add_argument("--config", default="C1", help="--sweep: the configuration to sweep (default C1)")
+                   "(default 50; --quick 5); the ceiling's recurrent GEMMs at least 20 ms")
+    p.add_argument("--config", help="--sweep: the configuration to sweep (default C1)")
     p.add_argument("--values", help="--sweep: comma-separated values of the swept dimension")
     p.add_argument("--T-values", dest="t_values", help="--sweep-T: comma-separated T values (as --values)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
@@ -109,64 +183,182 @@ def build_parser():
     return p
 
 
+def _given(*pairs):
+    """The first option of (name, value) pairs that was given on the command line, else None."""
+    for name, value in pairs:
+        if value is not None and value != []:
+            return name
+    return None
+
+
+def _check_output(path, option):
+    """Create ``path``'s directory and check that a file can be written there, at parse time, so
+    that an unusable --out-dir / --json / --png fails before any work, with the option's name."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ValueError("%s: %r is a directory; give a file name" % (option, path))
+    d = os.path.dirname(path)
+    up = d
+    while not os.path.exists(up) and os.path.dirname(up) != up:
+        up = os.path.dirname(up)
+    if os.path.exists(up) and not os.path.isdir(up):
+        raise ValueError("%s: cannot create the directory %r: %r is a file, not a directory"
+                         % (option, d, up))
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise ValueError("%s: cannot create the directory %r (%s)" % (option, d, e.strerror or e)) from None
+    try:
+        with tempfile.TemporaryFile(dir=d, prefix=".npl-bench-check-"):
+            pass
+    except OSError as e:
+        raise ValueError("%s: cannot write to the directory %r (%s)" % (option, d, e.strerror or e)) from None
+
+
+def _outputs(a):
+    """The paths this run writes (JSON, Markdown next to it for the table, chart), checked."""
+    suffix = "-long" if a.long else ("" if not a.sweep else ("-sweep" if a.sweep == "T" else "-sweep-" + a.sweep))
+    if a.json:
+        a.json_path, jopt = os.path.abspath(a.json), "--json"
+    else:
+        a.json_path, jopt = os.path.join(os.path.abspath(a.out_dir), "bench%s.json" % suffix), "--out-dir"
+    _check_output(a.json_path, jopt)
+    a.png_path = None
+    if not (a.no_plot or a.long):
+        if a.png:
+            a.png_path, popt = os.path.abspath(a.png), "--png"
+        else:
+            a.png_path, popt = os.path.join(os.path.abspath(a.out_dir), "bench%s.png" % suffix), "--out-dir"
+        _check_output(a.png_path, popt)
+
+
+def skipped_cases(args, fw):
+    """(cases for ``fw``, [reasons for what it skips]): the cases of the table a framework runs."""
+    cases, why = [], []
+    for c in args.config_list:
+        if c.sample and "fwd" not in args.mode_list:
+            why.append("%s is forward-only (%d single steps, mode step) and --modes has no fwd"
+                       % (c.name, c.T))
+            continue
+        for cell in args.cell_list:
+            if fw == "keras-ra" and cell != "gru":
+                why.append("keras-ra is the GRU with reset_after=True and --cells has no gru")
+                continue
+            cases.append({"config": c.as_dict(), "cell": cell,
+                          "modes": ["step"] if c.sample else list(args.mode_list)})
+    return cases, list(dict.fromkeys(why))
+
+
 def parse_args(argv):
-    """Parse and validate; every nonsense value is refused with a message naming the option."""
+    """Parse and validate; every nonsense value or conflicting pair of options is refused with a
+    message naming the option(s)."""
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parser.parse_args(_join_negative_values(list(argv)))
+    a.warnings, a.notes = [], []
     try:
         a.device = parse_device(a.device)
         a.sweep = "T" if a.sweep_T else (None if a.sweep is None else parse_sweep_dim(a.sweep))
         flag = "--sweep-T" if a.sweep_T else "--sweep %s" % a.sweep
         if a.device == "cuda" and (a.sweep or a.long):
             raise ValueError("--device cuda runs the table only (not --sweep, --sweep-T or --long)")
-        if (a.values or a.t_values) and not a.sweep:
-            raise ValueError("%s goes with --sweep (or --sweep-T)" % ("--values" if a.values else "--T-values"))
-        if a.values and a.t_values:
+        if (a.values is not None or a.t_values is not None) and not a.sweep:
+            raise ValueError("%s goes with --sweep (or --sweep-T)" % ("--values" if a.values is not None else "--T-values"))
+        if a.values is not None and a.t_values is not None:
             raise ValueError("give the values once: --values or --T-values, not both")
-        if a.t_values and a.sweep != "T":
+        if a.t_values is not None and a.sweep != "T":
             raise ValueError("--T-values goes with --sweep-T; with %s use --values" % flag)
+        if a.png is not None and a.no_plot:
+            raise ValueError("--png names a chart and --no-plot turns it off: give one of them")
+        if a.long:
+            other = _given(("--frameworks", a.frameworks), ("--configs", a.configs), ("--custom", a.custom),
+                           ("--config", a.config), ("--modes", a.modes), ("--min-run-ms", a.min_run_ms),
+                           ("--png", a.png))
+            if other:
+                raise ValueError("%s does not apply to --long: the long check runs npl's forward+backward "
+                                 "on its own model (B=8, I=16, H=32 at T=1000 and T=10000), one call per "
+                                 "run (--cells, --repeats and --warmup apply)" % other)
+            if a.quick:
+                raise ValueError("--quick does not apply to --long (the long check has its own protocol: "
+                                 "1 warm-up and 3 runs at each T; --repeats and --warmup change it)")
+        elif a.sweep:
+            if a.configs is not None:
+                raise ValueError("--configs does not apply to %s: a sweep varies one configuration, "
+                                 "named with --config (e.g. --config %s)"
+                                 % (flag, a.configs.split(",")[0].strip() or "C1"))
+            if a.quick:
+                raise ValueError("--quick does not apply to %s (it is the table's smoke test); shorten "
+                                 "the sweep with --values%s and --repeats" % (flag, "/--T-values" if a.sweep == "T" else ""))
+        elif a.config is not None:
+            raise ValueError("--config goes with --sweep or --sweep-T (the configuration to sweep); "
+                             "the table takes --configs")
         custom = {}
         for k, text in enumerate(a.custom, 1):
             c = parse_custom(text, "X%d" % k)
             custom[c.name] = c
         if a.sweep:
-            base = parse_configs(a.config, custom)
+            base = parse_configs(a.config if a.config is not None else "C1", custom)
             if len(base) != 1:
                 raise ValueError("--config must name one configuration for %s, got %r" % (flag, a.config))
-            if a.values or a.t_values:
-                values = parse_int_list(a.values or a.t_values, "--values" if a.values else "--T-values")
+            if custom and base[0].name not in custom:
+                raise ValueError("--custom with %s only defines a configuration to sweep, named with "
+                                 "--config (--config %s); --config is %s" % (flag, next(iter(custom)), base[0].name))
+            if a.values is not None or a.t_values is not None:
+                values = parse_int_list(a.values if a.values is not None else a.t_values,
+                                        "--values" if a.values is not None else "--T-values")
             else:
                 values = list(DEFAULT_SWEEP[a.sweep])
             a.config_list = sweep_configs(base[0], values, a.sweep)
             a.base_config = base[0]
-        elif a.configs:
+        elif a.configs is not None:
             a.config_list = parse_configs(a.configs, custom)
+            a.config_list += [c for c in custom.values() if c not in a.config_list]   # --custom adds
         else:
             names = QUICK_CONFIGS if a.quick else ",".join(DEFAULT_CONFIGS[a.device])
             a.config_list = parse_configs(names) + list(custom.values())
-        a.cell_list = parse_cells(a.cells)
-        a.mode_list = parse_modes(a.modes)
+        a.cell_list = parse_cells(a.cells if a.cells is not None else "lstm,gru")
+        a.mode_list = parse_modes(a.modes if a.modes is not None else "fwd,fwdbwd")
         if a.sweep:
-            a.fw_list = parse_frameworks(a.frameworks or ",".join(SWEEP_FRAMEWORKS), SWEEP_FRAMEWORKS,
-                                         "--frameworks (with %s)" % flag)
+            a.fw_list = parse_frameworks(a.frameworks if a.frameworks is not None else ",".join(SWEEP_FRAMEWORKS),
+                                         SWEEP_FRAMEWORKS, "--frameworks (with %s)" % flag)
         elif a.long:
             a.fw_list = ["npl"]
         else:
             default = QUICK_FRAMEWORKS if a.quick else ",".join(DEFAULT_FRAMEWORKS)
-            a.fw_list = parse_frameworks(a.frameworks or default)
-        a.threads = parse_positive_int(a.threads, "--threads")
+            a.fw_list = parse_frameworks(a.frameworks if a.frameworks is not None else default)
+        if not a.long:
+            reasons = {fw: skipped_cases(a, fw) for fw in a.fw_list}
+            if not any(cases for cases, _ in reasons.values()):
+                why = list(dict.fromkeys(w for _, ws in reasons.values() for w in ws))
+                raise ValueError("nothing to run: %s" % "; ".join(why))
+            for c in a.config_list:
+                if c.sample and "fwd" not in a.mode_list:
+                    a.notes.append("%s not run: it is forward-only (%d single steps, mode step) and "
+                                   "--modes has no fwd" % (c.name, c.T))
+        a.usable_cores = usable_cores()
+        a.threads = a.usable_cores if a.threads is None else parse_positive_int(a.threads, "--threads")
+        if a.threads > a.usable_cores:
+            a.warnings.append("--threads %d is more than the %d core%s this process may use "
+                              "(os.sched_getaffinity): every framework's threads share them, and a "
+                              "multi-threaded BLAS call waits for descheduled threads"
+                              % (a.threads, a.usable_cores, "" if a.usable_cores == 1 else "s"))
         key = "sweep" if a.sweep else ("quick" if a.quick else "full")
         base = PROTOCOLS[key]
         a.protocol = Protocol(
             warmup=base.warmup if a.warmup is None else _nonneg_int(a.warmup, "--warmup"),
             repeats=base.repeats if a.repeats is None else parse_positive_int(a.repeats, "--repeats"),
             min_run_s=base.min_run_s if a.min_run_ms is None else _nonneg_int(a.min_run_ms, "--min-run-ms") / 1e3)
+        if a.long:   # one call per run, the same warm-up at both T
+            a.protocol = Protocol(warmup=1 if a.warmup is None else a.protocol.warmup,
+                                  repeats=3 if a.repeats is None else a.protocol.repeats, min_run_s=0.0)
         a.worker_timeout = parse_positive_int(a.worker_timeout, "--worker-timeout")
         a.rounds = parse_positive_int(a.rounds, "--rounds")
         if a.rounds > 1 and (a.sweep or a.long):
             raise ValueError("--rounds applies to the table only (not --sweep, --sweep-T or --long)")
+        _outputs(a)
     except ValueError as e:
         parser.error(str(e))
+    for w in a.warnings:
+        sys.stderr.write("warning: %s\n" % w)
     return a
 
 
@@ -203,6 +395,9 @@ def run_worker(task, env, timeout):
             rc = proc.wait()
         finally:
             timer.cancel()
+            if proc.poll() is None:                   # interrupted: end the worker this call started
+                proc.kill()
+                proc.wait()
         wall = time.perf_counter() - t0
         if killed:
             return {"error": "worker timed out after %d s (--worker-timeout)" % timeout}
@@ -217,36 +412,34 @@ def run_worker(task, env, timeout):
 def worker_env(args):
     env = thread_env(os.environ, args.threads, args.unset_openblas_coretype)
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    if getattr(args, "device", "cpu") == "cuda":
+        env["CUPY_TF32"] = "0"       # CuPy's cuBLAS in float32 (its default), whatever the caller set
     return env
 
 
-def _cases(args, fw):
-    cases = []
-    for c in args.config_list:
-        for cell in args.cell_list:
-            if fw == "keras-ra" and cell != "gru":
-                continue   # reset_after only exists for the GRU
-            if c.sample and "fwd" not in args.mode_list:
-                continue   # sampling is forward only
-            cases.append({"config": c.as_dict(), "cell": cell,
-                          "modes": ["step"] if c.sample else list(args.mode_list)})
-    return cases
+def _current_rows(best):
+    rows = [dict(r) for r in best.values()]
+    report.attach_ratios(rows)
+    return rows
 
 
-def run_frameworks(args, env, ceiling_too):
+def run_frameworks(args, env, ceiling_too, on_worker=None):
     """Run every framework's worker in turn, ``args.rounds`` times round-robin; returns (rows,
-    per-framework status dict).  With several rounds each case keeps the row of its best round
-    (lowest median), with every round's median in ``round_medians_ms``."""
+    per-framework status dict, interruption or None).  With several rounds each case keeps the
+    row of its best round (lowest median), with every round's median in ``round_medians_ms``.
+    ``on_worker(rows, status)`` runs after each worker (the table writes its JSON there).  A
+    SIGTERM or Ctrl-C ends the worker in flight and returns what the finished ones gave."""
     best, status = {}, {}
     by_name = {c.name: c for c in args.config_list}
     rounds = getattr(args, "rounds", 1)
+    interrupted = None
     for rnd in range(rounds):
         for fw in args.fw_list:
             if status.get(fw, {}).get("status") in ("skipped", "error"):
                 continue                                  # not installed, or broken: once is enough
-            cases = _cases(args, fw)
+            cases, why = skipped_cases(args, fw)
             if not cases:
-                status[fw] = {"status": "skipped", "note": "no case applies (keras-ra needs the GRU)"}
+                status[fw] = {"status": "skipped", "note": "no case applies: %s" % "; ".join(why)}
                 continue
             _log("%s: %d cases ...%s" % (FRAMEWORK_LABELS[fw], len(cases),
                                          " (round %d of %d)" % (rnd + 1, rounds) if rounds > 1 else ""))
@@ -254,46 +447,63 @@ def run_frameworks(args, env, ceiling_too):
                     "protocol": args.protocol._asdict(), "memory": not args.no_memory,
                     "ceiling": ceiling_too, "device": getattr(args, "device", "cpu"),
                     "options": {"device": getattr(args, "device", "cpu")}}
-            out = run_worker(task, env, args.worker_timeout)
-            if "error" in out:
-                status[fw] = {"status": "error", "note": out["error"]}
-                _log("%s failed: %s" % (fw, out["error"]))
-                continue
-            if out.get("skipped"):
-                status[fw] = {"status": "skipped", "note": out["skipped"]}
-                _log("%s skipped: %s" % (fw, out["skipped"]))
-                continue
-            prev = status.get(fw, {})
-            status[fw] = {"status": "ok", "load": out.get("load"), "facts": out.get("facts"),
-                          "blas": out.get("blas"), "gemm_2048": out.get("gemm_2048"),
-                          "memory_method": out.get("memory_method"),
-                          "errors": prev.get("errors", []) + out.get("errors", []),
-                          "wall_s": (prev.get("wall_s") or 0) + (out.get("process_wall_s") or 0),
-                          "loadavg": prev.get("loadavg", []) + [out.get("loadavg_start"),
-                                                                 out.get("loadavg_end")],
-                          "rounds": rnd + 1}
-            if status[fw]["errors"]:
-                status[fw]["status"] = "partial"
-            for rec in out["results"]:
-                row = report.summarise(rec, by_name[rec["config"]], fw, args.ceiling)
-                key = (fw, row["config"], row["cell"], row["mode"])
-                old = best.get(key)
-                row["round_medians_ms"] = (old["round_medians_ms"] if old else []) + [row["median_ms"]]
-                row["round"] = rnd + 1
-                if old is None or row["median_ms"] < old["median_ms"]:
-                    best[key] = row
-                else:
-                    old["round_medians_ms"] = row["round_medians_ms"]
-    rows = list(best.values())
-    report.attach_ratios(rows)
-    return rows, status
+            try:
+                _run_one(args, env, fw, rnd, task, best, status, by_name, on_worker)
+            except (Interrupted, KeyboardInterrupt) as e:
+                interrupted = "%s while the %s worker ran" % (
+                    "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C", FRAMEWORK_LABELS[fw])
+                prev = status.get(fw)
+                if prev is None or prev.get("status") not in ("ok", "partial"):
+                    status[fw] = {"status": "error", "note": "interrupted: %s" % interrupted}
+                _log("interrupted: %s; keeping what the finished workers gave" % interrupted)
+                break
+        if interrupted:
+            break
+    return _current_rows(best), status, interrupted
+
+
+def _run_one(args, env, fw, rnd, task, best, status, by_name, on_worker):
+    """One worker of :func:`run_frameworks`: run it, merge its rows into ``best``, report."""
+    out = run_worker(task, env, args.worker_timeout)
+    if "error" in out:
+        status[fw] = {"status": "error", "note": out["error"]}
+        _log("%s failed: %s" % (fw, out["error"]))
+        return
+    if out.get("skipped"):
+        status[fw] = {"status": "skipped", "note": out["skipped"]}
+        _log("%s skipped: %s" % (fw, out["skipped"]))
+        return
+    prev = status.get(fw, {})
+    status[fw] = {"status": "ok", "load": out.get("load"), "facts": out.get("facts"),
+                  "blas": out.get("blas"), "gemm_2048": out.get("gemm_2048"),
+                  "memory_method": out.get("memory_method"),
+                  "errors": prev.get("errors", []) + out.get("errors", []),
+                  "wall_s": (prev.get("wall_s") or 0) + (out.get("process_wall_s") or 0),
+                  "loadavg": prev.get("loadavg", []) + [out.get("loadavg_start"),
+                                                         out.get("loadavg_end")],
+                  "rounds": rnd + 1}
+    if status[fw]["errors"]:
+        status[fw]["status"] = "partial"
+    for rec in out["results"]:
+        row = report.summarise(rec, by_name[rec["config"]], fw, args.ceiling)
+        key = (fw, row["config"], row["cell"], row["mode"])
+        old = best.get(key)
+        row["round_medians_ms"] = (old["round_medians_ms"] if old else []) + [row["median_ms"]]
+        row["round"] = rnd + 1
+        if old is None or row["median_ms"] < old["median_ms"]:
+            best[key] = row
+        else:
+            old["round_medians_ms"] = row["round_medians_ms"]
+    if on_worker is not None:
+        on_worker(_current_rows(best), status)
 
 
 def run_ceiling(args, env):
+    """The GEMM ceiling, timed with the table's protocol (--warmup, --repeats, --min-run-ms; the
+    recurrent GEMMs' runs last at least worker.RECURRENT_MIN_RUN_S)."""
     _log("GEMM ceiling (%s) ..." % ("cupy" if getattr(args, "device", "cpu") == "cuda" else "numpy"))
     task = {"kind": "ceiling", "threads": args.threads, "configs": [c.as_dict() for c in args.config_list],
-            "protocol": (PROTOCOLS["quick"] if args.quick else PROTOCOLS["full"])._asdict(),
-            "device": getattr(args, "device", "cpu")}
+            "protocol": args.protocol._asdict(), "device": getattr(args, "device", "cpu")}
     out = run_worker(task, env, args.worker_timeout)
     if "error" in out:
         _log("ceiling failed: %s" % out["error"])
@@ -301,7 +511,8 @@ def run_ceiling(args, env):
     if out.get("skipped"):
         _log("ceiling not measured: %s" % out["skipped"])
         return None, out
-    ceiling = {"gemm_2048": out["gemm_2048"], "recurrent_gemm": out["recurrent_gemm"]}
+    ceiling = {"gemm_2048": out["gemm_2048"], "recurrent_gemm": out["recurrent_gemm"],
+               "protocol": out.get("protocol")}
     if out.get("ceiling_backend"):
         ceiling["ceiling_backend"] = out["ceiling_backend"]
     return ceiling, out
@@ -316,26 +527,23 @@ def _meta(args, ceiling_out, mode):
             "flop_formula": FLOP_FORMULA,
             "parent_env": {k: os.environ.get(k) for k in OPENBLAS_VARS},
             "unset_openblas_coretype": bool(args.unset_openblas_coretype),
-            "rounds": getattr(args, "rounds", 1)}
-
-
-def _paths(args, suffix, png=True):
-    os.makedirs(args.out_dir, exist_ok=True)
-    j = args.json or os.path.join(args.out_dir, "bench%s.json" % suffix)
-    p = None if (args.no_plot or not png) else (args.png or os.path.join(args.out_dir, "bench%s.png" % suffix))
-    for path in (j, p):
-        if path and os.path.dirname(os.path.abspath(path)):
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return j, p
+            "rounds": getattr(args, "rounds", 1),
+            "usable_cores": getattr(args, "usable_cores", None),
+            "warnings": list(getattr(args, "warnings", [])),
+            "gpu_precision": GPU_PRECISION if getattr(args, "device", "cpu") == "cuda" else None}
 
 
 def _write_json(path, doc):
-    with open(path, "w") as f:
+    """Write through a temporary file and rename, so that a kill mid-write leaves the last whole
+    version (the table rewrites its JSON after every worker)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
 
 
-def _notes(status):
-    lines = []
+def _notes(status, extra=()):
+    lines = ["note: %s" % n for n in extra]
     for fw, s in status.items():
         if s["status"] == "skipped":
             lines.append("note: %s skipped: %s" % (FRAMEWORK_LABELS[fw], s["note"]))
@@ -355,15 +563,73 @@ def _plot(fn, *a):
         return "chart not written: matplotlib is not installed (%s)" % e
 
 
+def _memory_lines(status, rows, device):
+    lines = []
+    mm = sorted({s.get("memory_method") for s in status.values() if s.get("memory_method")})
+    if mm and device == "cuda":
+        lines.append("memory (peak MB column): device memory high-water mark of one call above what "
+                     "was allocated before it: %s" % "; ".join(mm))
+    elif mm:
+        lines.append("memory: peak RSS growth of one call, measured after the timings: %s; npl also "
+                     "records tracemalloc's peak of NumPy allocations in the JSON" % "; ".join(mm))
+    if any(r.get("memory_lower_bound") for r in rows):
+        lines.append("memory: %s marks a lower bound (memory kept in a pool or above an earlier peak "
+                     "that the method cannot see)" % report.lower_bound_mark())
+    return lines
+
+
 def main_table(args, env):
-    args.ceiling, ceiling_out = run_ceiling(args, env)
-    rows, status = run_frameworks(args, env, ceiling_too=True)
-    meta = _meta(args, ceiling_out, "quick" if args.quick else "full")
-    meta["npl"] = (status.get("npl") or {}).get("load")
     names = [c.name for c in args.config_list]
+    jpath, ppath = args.json_path, args.png_path
+    mpath = os.path.splitext(jpath)[0] + ".md"
+    state = {"ceiling_out": None}
+
+    def document(rows, status, complete, interrupted=None):
+        meta = _meta(args, state["ceiling_out"], "quick" if args.quick else "full")
+        meta["npl"] = (status.get("npl") or {}).get("load")
+        doc = dict(meta, configs=[c.as_dict() for c in args.config_list], ceiling=args.ceiling,
+                   frameworks=status, results=rows, notes=list(args.notes), complete=complete,
+                   frameworks_done=[fw for fw in args.fw_list if fw in status])
+        if interrupted:
+            doc["interrupted"] = interrupted
+        return meta, doc
+
+    def checkpoint(rows, status, complete=False, interrupted=None, reraise=True):
+        """The JSON and the Markdown table so far: a run killed later keeps them."""
+        with _deferred_sigterm(reraise):
+            return _checkpoint(rows, status, complete, interrupted)
+
+    def _checkpoint(rows, status, complete, interrupted):
+        meta, doc = document(rows, status, complete, interrupted)
+        _write_json(jpath, doc)
+        if rows:
+            with open(mpath, "w", encoding="utf-8") as f:
+                f.write("%s, %s cores, %d thread(s) per framework, load average %.2f at start%s\n\n%s\n"
+                        % (meta["date"], meta["machine"].get("cores"), args.threads, meta["loadavg"][0],
+                           "" if complete else " (partial: %s done)" % ", ".join(doc["frameworks_done"]),
+                           report.markdown_summary(rows, names)))
+        if not complete:
+            _log("partial results so far: %s" % jpath)
+        return meta
+
+    interrupted = None
+    try:
+        args.ceiling, state["ceiling_out"] = run_ceiling(args, env)
+    except (Interrupted, KeyboardInterrupt) as e:
+        args.ceiling, interrupted = None, "%s during the GEMM ceiling" % (
+            "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C")
+    if interrupted:
+        rows, status = [], {}
+    else:
+        checkpoint([], {})
+        rows, status, interrupted = run_frameworks(args, env, ceiling_too=True, on_worker=checkpoint)
+    # from here on a SIGTERM only makes the exit status 1: the results are written and printed
+    _SIGTERM["defer"] += 1
+    meta = checkpoint(rows, status, complete=interrupted is None, interrupted=interrupted, reraise=False)
     torch_gemm = (status.get("torch") or {}).get("gemm_2048")
     print(report.format_header(meta))
     print("FLOPs: " + FLOP_FORMULA)
+    ceiling_out = state["ceiling_out"]
     print(report.format_ceiling(args.ceiling, torch_gemm,
                                 (ceiling_out or {}).get("skipped") if args.ceiling is None else None))
     print("configurations:")
@@ -380,42 +646,31 @@ def main_table(args, env):
         print(samp)
     print()
     print(report.legend(args.device))
-    mm = sorted({s.get("memory_method") for s in status.values() if s.get("memory_method")})
-    if mm and args.device == "cuda":
-        print("memory (peak MB column): device memory high-water mark of one call: %s" % "; ".join(mm))
-    elif mm:
-        print("memory: peak RSS growth of one call, measured after the timings: %s; npl also "
-              "records tracemalloc's peak of NumPy allocations in the JSON" % "; ".join(mm))
-    notes = _notes(status)
-    for n in notes:
+    for line in _memory_lines(status, rows, args.device):
+        print(line)
+    for n in _notes(status, args.notes):
         print(n)
-    jpath, ppath = _paths(args, "")
+    if interrupted:
+        print("interrupted (%s): the table above holds the workers that finished" % interrupted)
     if ppath and rows:
         err = _plot(report.plot_table, rows, names, ppath)
         print(err or "chart: %s" % ppath)
-    doc = dict(meta, configs=[c.as_dict() for c in args.config_list], ceiling=args.ceiling,
-               frameworks=status, results=rows)
-    _write_json(jpath, doc)
     print("json: %s" % jpath)
     if rows:
-        mpath = os.path.splitext(jpath)[0] + ".md"
-        with open(mpath, "w") as f:
-            f.write("%s, %s cores, %d thread(s) per framework, load average %.2f at start\n\n%s\n"
-                    % (meta["date"], meta["machine"].get("cores"), args.threads, meta["loadavg"][0],
-                       report.markdown_summary(rows, names)))
         print("markdown summary: %s" % mpath)
     if not rows:
         print("no framework could run%s; see the notes above" % (
             " on the GPU" if args.device == "cuda" else ""))
     failed = any(s["status"] in ("error", "partial") for s in status.values()) or \
-        (args.ceiling is None and args.device == "cpu")
+        (args.ceiling is None and args.device == "cpu") or interrupted is not None or _sigterm_pending()
+    _SIGTERM["defer"] -= 1
     return 1 if failed or not rows else 0
 
 
 def main_sweep(args, env):
     args.ceiling = None
     dim = args.sweep
-    rows, status = run_frameworks(args, env, ceiling_too=False)
+    rows, status, interrupted = run_frameworks(args, env, ceiling_too=False)
     fits = report.sweep_fits(rows, dim)
     meta = _meta(args, {"facts": next((s.get("facts") for s in status.values() if s.get("facts")), {}),
                         "blas": (status.get("npl") or {}).get("blas")}, "sweep-" + dim)
@@ -426,16 +681,22 @@ def main_sweep(args, env):
                       for k in ("B", "T", "I", "H") if k != dim)
     print("sweep of %s for %s (%s)" % (dim, c.name, fixed))
     print(report.format_sweep(rows, fits, dim))
+    for line in _memory_lines(status, rows, "cpu")[1:]:
+        print(line)
     for n in _notes(status):
         print(n)
-    jpath, ppath = _paths(args, "-sweep" if dim == "T" else "-sweep-" + dim)
+    if interrupted:
+        print("interrupted (%s)" % interrupted)
+    jpath, ppath = args.json_path, args.png_path
     if ppath and rows:
         err = _plot(report.plot_sweep, rows, fits, ppath, dim)
         print(err or "chart: %s" % ppath)
     _write_json(jpath, dict(meta, sweep=dim, values=[sweep_value(k, dim) for k in args.config_list],
-                            base_config=c.as_dict(), frameworks=status, results=rows, fits=fits))
+                            base_config=c.as_dict(), frameworks=status, results=rows, fits=fits,
+                            complete=interrupted is None))
     print("json: %s" % jpath)
-    return 1 if any(s["status"] in ("error", "partial") for s in status.values()) or not rows else 0
+    return 1 if any(s["status"] in ("error", "partial") for s in status.values()) or not rows \
+        or interrupted else 0
 
 
 # The per-step time of T=10000 over that of T=1000 (best runs) must lie in this window: a cost
@@ -445,13 +706,12 @@ LONG_TASK = {"B": 8, "I": 16, "H": 32, "T_short": 1000, "T_long": 10000, "recurs
 
 
 def main_long(args, env):
-    args.protocol = Protocol(warmup=args.protocol.warmup if args.warmup else 1,
-                             repeats=args.protocol.repeats if args.repeats else 3, min_run_s=0.0)
+    # args.protocol (parse_args): --warmup calls (default 1) at *each* T, --repeats runs of one call
     task = dict(LONG_TASK, kind="long", framework="npl", threads=args.threads, cells=args.cell_list,
                 repeats=args.protocol.repeats, warmup=args.protocol.warmup)
     _log("long check: T=%d and T=%d ..." % (task["T_short"], task["T_long"]))
     out = run_worker(task, env, args.worker_timeout)
-    jpath, _ = _paths(args, "-long", png=False)
+    jpath = args.json_path
     meta = _meta(args, out if "error" not in out else None, "long")
     print(report.format_header(meta))
     if "error" in out:
@@ -465,9 +725,13 @@ def main_long(args, env):
             if r.get("error"):
                 print("  %s T=%-6s FAILED: %s" % (ck["cell"], T, r["error"]))
             else:
+                parts = r.get("finite_parts") or {}
+                bad = [k for k, v in parts.items() if not v]
                 print("  %s T=%-6s median %8.3f s  best %8.3f s  %.4f ms/step (best)  trace %.1f MB  "
-                      "finite=%s" % (ck["cell"], T, r["median_s"], r["min_s"], r["per_step_ms"],
-                                     r["trace_nbytes"] / report.MB, r["finite"]))
+                      "finite=%s%s" % (ck["cell"], T, r["median_s"], r["min_s"], r["per_step_ms"],
+                                       r["trace_nbytes"] / report.MB, r["finite"],
+                                       " (not finite: %s)" % ", ".join(bad) if bad else
+                                       " (outputs, input and weight gradients)"))
         if "per_step_ratio" in ck:
             print("  %s: per-step time ratio %.2f (linear: within %g..%g; quadratic would be ~%d), "
                   "trace bytes ratio %.3f (T ratio %d) -> %s"
@@ -484,6 +748,8 @@ def main_long(args, env):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     env = worker_env(args)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)    # a stage limit: keep what is done
     if args.long:
         return main_long(args, env)
     if args.sweep:

@@ -9,7 +9,8 @@ writes one JSON file.  A framework that is not installed gives ``{"skipped": not
 fails gives an ``error`` entry and the others still run.
 
 Task kinds: ``table`` (the cases above), ``ceiling`` (NumPy GEMM GFLOP/s: 2048x2048 and each
-configuration's recurrent GEMM [B, H] @ [H, 4H]) and ``long`` (npl at T=10000: no recursion,
+configuration's recurrent GEMM [B, H] @ [H, 4H], timed with the table's protocol; the recurrent
+GEMMs' runs last at least RECURRENT_MIN_RUN_S) and ``long`` (npl at T=10000: no recursion,
 linear cost).
 """
 import inspect
@@ -25,6 +26,10 @@ import numpy as np
 
 from benchmarks import frameworks, measure
 from benchmarks.spec import Config, Protocol
+
+# A recurrent GEMM takes microseconds: a run of it must last this long however short
+# --min-run-ms is, or the ceiling is timer noise (recorded in the ceiling's JSON).
+RECURRENT_MIN_RUN_S = 0.02
 
 
 def make_data(config, cell):
@@ -62,7 +67,7 @@ def run_table(task, out):
     if fw == "npl":
         out["blas"] = measure.blas_info()
     if task.get("ceiling") and hasattr(mod, "gemm_ceiling") and device == "cpu":
-        out["gemm_2048"] = mod.gemm_ceiling(2048, proto.repeats, proto.min_run_s)
+        out["gemm_2048"] = mod.gemm_ceiling(2048, proto.repeats, proto.min_run_s, proto.warmup)
     live = []
     options = dict(task.get("options", {}), variant=fw)
     for case in task["cases"]:
@@ -91,6 +96,7 @@ def run_table(task, out):
         out["memory_method"] = getattr(mod, "DEVICE_MEMORY_METHOD", "not measured on the device")
         for rec, fn in live:
             if peak is None:
+                rec["memory_error"] = "no device memory measurement for %s" % fw
                 continue
             try:
                 rec["memory"] = {"peak_rss_growth_bytes": int(peak(fn)),
@@ -99,11 +105,16 @@ def run_table(task, out):
                 rec["memory_error"] = _error_text(e)
     elif task.get("memory", True) and live:
         pm = measure.PeakMemory()
-        out["memory_method"] = pm.method
         release = getattr(mod, "release_memory", None)
+        pool_of = getattr(mod, "cpu_memory_pool", None)   # an allocator pool RSS cannot see
+        pool = pool_of() if pool_of is not None else None
+        out["memory_method"] = pm.method
+        if pool is not None:
+            out["memory_method"] += (" + " + pool["name"]) if pool.get("peak") else \
+                " (%s)" % pool.get("why", "a lower bound")
         for rec, fn in live:
             try:
-                rec["memory"] = pm.measure(fn, release)
+                rec["memory"] = pm.measure(fn, release, pool)
                 if fw == "npl":
                     rec["tracemalloc_peak_bytes"] = measure.tracemalloc_peak(fn, release)
             except Exception as e:
@@ -141,7 +152,8 @@ def run_ceiling(task, out):
     n = 2048
     a = asarray(rng.standard_normal((n, n), dtype=np.float32))
     b = asarray(rng.standard_normal((n, n), dtype=np.float32))
-    out["gemm_2048"] = measure.gemm_gflops(matmul, a, b, proto.repeats, proto.min_run_s)
+    out["protocol"] = dict(proto._asdict(), recurrent_min_run_s=max(proto.min_run_s, RECURRENT_MIN_RUN_S))
+    out["gemm_2048"] = measure.gemm_gflops(matmul, a, b, proto.repeats, proto.min_run_s, proto.warmup)
     rec = {}
     for d in task["configs"]:
         c = Config.from_dict(d)
@@ -150,7 +162,8 @@ def run_ceiling(task, out):
         if key not in rec:
             h = asarray(rng.standard_normal((B, H), dtype=np.float32))
             u = asarray(rng.standard_normal((H, 4 * H), dtype=np.float32))
-            r = measure.gemm_gflops(matmul, h, u, proto.repeats, max(proto.min_run_s, 0.02))
+            r = measure.gemm_gflops(matmul, h, u, proto.repeats,
+                                    max(proto.min_run_s, RECURRENT_MIN_RUN_S), proto.warmup)
             r["configs"] = []
             rec[key] = r
         rec[key]["configs"].append(c.name)
@@ -173,18 +186,23 @@ def run_long(task, out):
         for T in (t_short, t_long):
             cfg = Config("long", B, T, I, (H,), "", False)
             data = make_data(cfg, cell)
-            holder = {}
+            holder = {"finite": {"outputs": True, "d_inputs": True, "weight_grads": True}}
 
             def fwdbwd():
                 outs, _, trace = npl.nn.dynamic_rnn(rnn, data["x"], time_major=True, return_trace=True)
                 holder["nbytes"] = trace.nbytes
-                holder["d_x"] = trace.backward(data["g"], None)[0]
-                holder["finite"] = bool(np.isfinite(outs).all() and np.isfinite(holder["d_x"]).all())
+                d_x = trace.backward(data["g"], None)[0]
+                # every call of the check, warm-ups included: the outputs, the input gradient and
+                # the weight gradients (accumulated in the cell: finite as long as every call's is)
+                f = holder["finite"]
+                f["outputs"] = f["outputs"] and bool(np.isfinite(outs).all())
+                f["d_inputs"] = f["d_inputs"] and bool(np.isfinite(d_x).all())
+                f["weight_grads"] = f["weight_grads"] and all(
+                    bool(np.isfinite(g).all()) for g in rnn.grads.values())
             limit = sys.getrecursionlimit()
             sys.setrecursionlimit(len(inspect.stack()) + task["recursion_headroom"])
             try:
-                timing = measure.time_calls(fwdbwd, task["warmup"] if T == t_short else 0,
-                                            task["repeats"], 0.0)
+                timing = measure.time_calls(fwdbwd, task["warmup"], task["repeats"], 0.0)
                 err = None
             except RecursionError as e:
                 timing, err = None, "RecursionError: %s" % e
@@ -195,7 +213,9 @@ def run_long(task, out):
                 med = sorted(timing["times_s"])[len(timing["times_s"]) // 2]
                 best = min(timing["times_s"])
                 run.update(timing, median_s=med, min_s=best, per_step_ms=1e3 * best / T,
-                           trace_nbytes=int(holder["nbytes"]), finite=holder["finite"])
+                           trace_nbytes=int(holder["nbytes"]), finite=all(holder["finite"].values()),
+                           finite_parts=dict(holder["finite"]),
+                           weight_grads=sorted(rnn.grads))
             res["runs"][str(T)] = run
             _progress("long %s T=%d: %s" % (cell, T, "%.3f s" % run["median_s"] if err is None else err))
         s, l_ = res["runs"][str(t_short)], res["runs"][str(t_long)]

@@ -21,7 +21,7 @@ def load(threads, options):
     _state["device"] = options.get("device", "cpu")
     _state["tf"] = tf
     _state["time_major"] = "time_major" in inspect.signature(tf.keras.layers.LSTM.__init__).parameters
-    info = tf_info(tf, threads)
+    info = tf_info(tf, threads, options.get("device", "cpu"))
     info["layout"] = "time-major" if _state["time_major"] else "batch-major (this Keras has no time_major)"
     return info
 
@@ -92,3 +92,14 @@ def _synced(fn):
     """On the GPU a tf.function returns before its kernels finish: wait for them."""
     tf = _state["tf"]
     return synced(fn, (lambda: tf_common.sync(tf)) if _state.get("device") == "cuda" else None)
+
+
+def cpu_memory_pool():
+    """--device cpu: TensorFlow's CPU allocator statistics for the peak-memory pass (see
+    tf_common.cpu_memory_pool)."""
+    return tf_common.cpu_memory_pool(_state["tf"])
+
+
+def device_peak_memory(fn):
+    """--device cuda: TensorFlow's GPU memory high-water mark during one call of ``fn``."""
+    return tf_common.device_peak_memory(_state["tf"], fn)

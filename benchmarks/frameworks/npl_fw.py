@@ -2,14 +2,18 @@
 ``trace.backward(g, None)``; the sampling case calls ``cell(x_t, state)`` once per step.
 
 ``--device cuda``: ``npl.use("cupy")``, the data and the weights on the GPU, and every timed call
-ends with a device synchronisation."""
+ends with a device synchronisation.  npl's own CUDA kernels compute in float32, and so do CuPy's
+cuBLAS GEMMs unless ``CUPY_TF32`` is set above 0 (the parent sets it to 0 for GPU workers)."""
+import os
+
 import numpy as np
 
 from . import Unavailable, synced
 
 _state = {"sync": None}
-DEVICE_MEMORY_METHOD = ("CuPy memory pool: bytes it holds after one call, emptied before "
-                        "(freed blocks are reused within the call, so this is its high-water mark)")
+DEVICE_MEMORY_METHOD = ("CuPy memory pool: bytes it holds after one call minus the bytes in use "
+                        "before it (its free blocks emptied first; freed blocks are reused within "
+                        "the call, so this is its high-water mark above the weights and inputs)")
 
 
 def source_digest(package):
@@ -41,7 +45,10 @@ def load(threads, options):
         _state["sync"] = cupy.cuda.Device().synchronize
         extra = {"cupy": cupy.__version__,
                  "gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(errors="replace"),
-                 "fused_cuda_kernels": bool(npl.kernels.enabled)}
+                 "fused_cuda_kernels": bool(npl.kernels.enabled),
+                 "cupy_tf32": os.environ.get("CUPY_TF32", "0"),
+                 "float32_gemm": "TF32 (CUPY_TF32 > 0)" if _int_env("CUPY_TF32") > 0 else
+                                 "float32 (CuPy's default; CUPY_TF32 unset or 0)"}
     else:
         npl.use("numpy")
     return dict(extra, **{"version": npl.__version__, "backend": npl.backend_name(), "source_sha1": source_digest(npl),
@@ -54,17 +61,28 @@ def _synced(fn):
     return synced(fn, _state["sync"])
 
 
+def _int_env(name):
+    try:
+        return int(os.environ.get(name, "0").strip() or 0)
+    except ValueError:
+        return 0
+
+
 def device_peak_memory(fn):
-    """--device cuda: the CuPy pool's bytes after one call of ``fn`` (the pool emptied first)."""
+    """--device cuda: the growth of the CuPy pool during one call of ``fn``: the bytes it holds
+    after the call minus the bytes in use before it (the weights, inputs and every other case's
+    arrays), its free blocks emptied first, as PyTorch's and TensorFlow's peaks are growths."""
     import gc
     import cupy
     pool = cupy.get_default_memory_pool()
     _state["sync"]()
     gc.collect()
+    release_memory()
     pool.free_all_blocks()
+    base = pool.used_bytes()
     fn()
     _state["sync"]()
-    return pool.total_bytes()
+    return pool.total_bytes() - base
 
 
 def release_memory():

@@ -19,7 +19,7 @@ def load(threads, options):
     tf = import_tf(threads, options.get("device", "cpu"))
     _state["device"] = options.get("device", "cpu")
     _state["tf"], _state["threads"] = tf, threads
-    info = tf_info(tf, threads)
+    info = tf_info(tf, threads, options.get("device", "cpu"))
     try:
         from tensorflow.python.ops import control_flow_util
         info["control_flow_v2"] = bool(control_flow_util.ENABLE_CONTROL_FLOW_V2)
@@ -93,3 +93,9 @@ def build(config, cell, data, modes, options):
 def device_peak_memory(fn):
     """--device cuda: TensorFlow's GPU memory high-water mark during one call of ``fn``."""
     return tf_common.device_peak_memory(_state["tf"], fn)
+
+
+def cpu_memory_pool():
+    """--device cpu: TensorFlow's CPU allocator statistics for the peak-memory pass (see
+    tf_common.cpu_memory_pool)."""
+    return tf_common.cpu_memory_pool(_state["tf"])

@@ -5,7 +5,10 @@ PyTorch's GRU applies the reset gate after the recurrent matmul (Keras' reset_af
 GEMM FLOPs are the same as TF1's GRUCell.
 
 ``--device cuda``: modules and tensors on ``cuda`` (cuDNN's fused RNN kernels), every timed call
-ends with ``torch.cuda.synchronize()``."""
+ends with ``torch.cuda.synchronize()``, and TensorFloat-32 is off
+(``torch.backends.cuda.matmul.allow_tf32 = False``, ``torch.backends.cudnn.allow_tf32 = False``;
+cuDNN allows TF32 by default, and its RNNs use it on Ampere and newer), so that PyTorch computes in
+full float32 as npl on CuPy and TensorFlow (TF32 off there too) do."""
 import numpy as np
 
 from . import Unavailable, synced
@@ -31,8 +34,26 @@ def load(threads, options):
                               "a CPU build, or no driver)")
         _state["device"] = "cuda"
         info.update(gpu=torch.cuda.get_device_name(0), cudnn=torch.backends.cudnn.version(),
-                    cudnn_enabled=bool(torch.backends.cudnn.enabled))
+                    cudnn_enabled=bool(torch.backends.cudnn.enabled), tf32=disable_tf32(torch))
     return info
+
+
+def disable_tf32(torch):
+    """Turn TensorFloat-32 off for cuBLAS matmuls and cuDNN (its RNNs included); return the
+    settings read back (and PyTorch 2.9+'s fp32_precision view of them, where it has one)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    out = {"torch.backends.cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+           "torch.backends.cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+    for name, obj in (("torch.backends.cuda.matmul.fp32_precision", torch.backends.cuda.matmul),
+                      ("torch.backends.cudnn.rnn.fp32_precision",
+                       getattr(torch.backends.cudnn, "rnn", None))):
+        try:
+            value = getattr(obj, "fp32_precision")
+        except (AttributeError, RuntimeError):
+            continue
+        out[name] = str(value)
+    return out
 
 
 def _synced(fn):
@@ -53,14 +74,14 @@ def device_peak_memory(fn):
     return torch.cuda.max_memory_allocated() - base
 
 
-def gemm_ceiling(n, repeats, min_run_s):
+def gemm_ceiling(n, repeats, min_run_s, warmup=1):
     """torch.mm GFLOP/s of float32 [n, n] @ [n, n] (PyTorch's own BLAS)."""
     import torch
     from benchmarks.measure import gemm_gflops
     rng = np.random.default_rng(0)
     a = torch.from_numpy(rng.standard_normal((n, n), dtype=np.float32))
     b = torch.from_numpy(rng.standard_normal((n, n), dtype=np.float32))
-    return gemm_gflops(torch.mm, a, b, repeats, min_run_s)
+    return gemm_gflops(torch.mm, a, b, repeats, min_run_s, warmup)
 
 
 def build(config, cell, data, modes, options):
