@@ -47,11 +47,12 @@ def forward():
     """Step by step: returns per-step dicts with a (pre-activations), i, j, f, o, c, h."""
     steps, c, h = [], C0, H0
     for t in range(T):
-        a = np.concatenate([X[t], h]) @ KERNEL + BIAS              # [I+H] @ [I+H, 4H]
+        a = np.concatenate([X[t], h]) @ KERNEL + BIAS              # (F1) [I+H] @ [I+H, 4H]
         a_i, a_j, a_f, a_o = np.split(a, 4)
+        # (F2)-(F4), (F6); no peepholes
         i, j, f, o = sigmoid(a_i), np.tanh(a_j), sigmoid(a_f + FORGET_BIAS), sigmoid(a_o)
-        c_new = f * c + i * j
-        h_new = o * np.tanh(c_new)
+        c_new = f * c + i * j                                      # (F5)
+        h_new = o * np.tanh(c_new)                                 # (F7)
         steps.append(dict(a=a, i=i, j=j, f=f, o=o, c_prev=c, h_prev=h, c=c_new, h=h_new))
         c, h = c_new, h_new
     return steps
@@ -69,17 +70,17 @@ def backward(steps):
         s = steps[t]
         dh = DY[t] + dh_next                                       # (B1) total dL/dh_t
         tc = np.tanh(s["c"])
-        dc = dc_next + dh * s["o"] * (1 - tc ** 2)                 # (B2) total dL/dc_t
-        da_o = dh * tc * s["o"] * (1 - s["o"])                     # (B3)
-        da_i = dc * s["j"] * s["i"] * (1 - s["i"])                 # (B4)
-        da_j = dc * s["i"] * (1 - s["j"] ** 2)
-        da_f = dc * s["c_prev"] * s["f"] * (1 - s["f"])
+        dc = dc_next + dh * s["o"] * (1 - tc ** 2)                 # (B2) total dL/dc_t, by (L3)
+        da_o = dh * tc * s["o"] * (1 - s["o"])                     # (L2), (L4)
+        da_i = dc * s["j"] * s["i"] * (1 - s["i"])                 # (L7)
+        da_j = dc * s["i"] * (1 - s["j"] ** 2)                     # (L8)
+        da_f = dc * s["c_prev"] * s["f"] * (1 - s["f"])            # (L9)
         da = np.concatenate([da_i, da_j, da_f, da_o])              # TF column order i, j, f, o
-        dc_next = dc * s["f"]                                      # (B5) dL/dc_{t-1} via c_t
-        dh_next = da @ U.T                                         # (B6) dL/dh_{t-1} via step t
-        dX[t] = da @ W.T                                           # (B7)
+        dc_next = dc * s["f"]                                      # (L10) dL/dc_{t-1} via c_t
+        dh_next = da @ U.T                                         # (L11) dL/dh_{t-1} via step t
+        dX[t] = da @ W.T                                           # (L12)
         out[t] = dict(dh=dh, dc=dc, da=da)
-    # (B8) weight gradients: sum over steps of outer products, i.e. one GEMM [I+H, T] @ [T, 4H]
+    # (L13), (L14): sums over steps of outer products, i.e. one GEMM [I+H, T] @ [T, 4H]
     XH = np.stack([np.concatenate([X[t], steps[t]["h_prev"]]) for t in range(T)])   # [T, I+H]
     DA = np.stack([o["da"] for o in out])                                            # [T, 4H]
     grads = dict(kernel=XH.T @ DA, bias=DA.sum(axis=0), x=dX, c0=dc_next, h0=dh_next)

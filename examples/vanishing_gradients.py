@@ -21,7 +21,9 @@ Three experiments on the same random inputs (T = --steps):
 2. Turn the knob: forget_bias = 5 puts f near 0.99, the forget-gate product stays near 1 and the
    gradient reaches step 1 with the same order of magnitude.
 3. Kernels x4: the simple RNN's Jacobian norm exceeds 1 and its gradient explodes by orders of
-   magnitude; the gated cells do not (their gates saturate and f, u <= 1 bound the direct path).
+   magnitude (9e4 over 50 steps with the default seed); the gated cells' grow at most a few-fold
+   (the GRU's 2.7x, the LSTM's still vanishes): along their direct paths the factors f and u are
+   at most 1, and the saturating gates damp the paths through them.
 
 Run:  python examples/vanishing_gradients.py [--out vanishing_gradients.png] [--steps 50] [--seed 0]
       (--out '' prints the tables only; without matplotlib the script says so and writes no plot)
@@ -75,7 +77,7 @@ def main(out="vanishing_gradients.png", steps=50, seed=0):
                  res["default"], lags)
     _print_flows("2. the LSTM's knob: a larger forget_bias keeps the cell-state path open",
                  res["open forget gate"], lags)
-    _print_flows("3. kernels x4: the simple RNN explodes, the gated cells stay bounded",
+    _print_flows("3. kernels x4: the simple RNN explodes, the gated cells grow a few-fold at most",
                  res["large weights"], lags)
     if out and not _cli.have_matplotlib():
         print("\n" + _cli.NO_MATPLOTLIB)

@@ -8,15 +8,20 @@ from .backend import get_array_module, _is_cupy
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_array(x, name, xp=None):
-    """Return ``x`` as an array of its own backend (lists and scalars become numpy arrays)."""
+def as_array(x, name, xp=None, dtype=None):
+    """Return ``x`` as an array of its own backend (lists and scalars become numpy arrays, of
+    ``dtype`` when given: a Python list has no dtype to keep, as when TF feeds one; a subclass
+    such as ``np.memmap`` becomes a plain ndarray view, so it takes the same paths)."""
     if x is None:
         raise TypeError("%s must be an array, got None" % name)
-    if _is_cupy(x) or isinstance(x, np.ndarray):
+    if _is_cupy(x) or type(x) is np.ndarray:
         return x
+    if isinstance(x, np.ndarray):
+        return x.view(np.ndarray)
     if isinstance(x, (list, tuple, numbers.Number)) or hasattr(x, "__array__"):
+        plain = isinstance(x, (list, tuple, numbers.Number)) and not isinstance(x, np.generic)
         try:
-            a = np.asarray(x)
+            a = np.asarray(x, dtype=dtype if plain else None)
         except Exception as e:  # ragged lists and the like
             raise TypeError("%s must be array-like: %s" % (name, e)) from None
         if a.dtype == object:
@@ -66,13 +71,20 @@ def check_on_device(x, name, xp, what="the forward's arrays"):
                         % (name, mine, what, theirs, name.split("[")[0], theirs))
 
 
-def float_array(x, name, ndim=None):
-    a = as_array(x, name)
+def float_array(x, name, ndim=None, dtype=None):
+    a = as_array(x, name, dtype=dtype)
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError("%s must be float32 or float64, got dtype %s" % (name, a.dtype))
     if ndim is not None and a.ndim != ndim:
         raise ValueError("%s must have rank %d, got shape %s" % (name, ndim, tuple(a.shape)))
     return a
+
+
+def check_name(name, arg="name", hint=""):
+    """TF's ``name=`` arguments (an op's name in the graph): None or a string, and nothing else,
+    so that a value meant for another parameter, given in its place, is not silently ignored."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError("%s (TF's op name) must be a string or None, got %r%s" % (arg, name, hint))
 
 
 def is_real(v):

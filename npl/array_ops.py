@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from .backend import get_array_module, _is_cupy
-from ._checks import as_array, float_array, check_same_device, check_shape, check_dtype, check_on_device
+from ._checks import as_array, float_array, check_same_device, check_shape, check_dtype, check_on_device, check_name
 
 __all__ = ["sequence_mask", "boolean_mask", "reverse_sequence", "embedding_lookup", "IndexedSlices",
            "BackwardTwiceError"]
@@ -61,8 +61,9 @@ def _mask_dtype(dtype):
     return d
 
 
-def sequence_mask(lengths, maxlen=None, dtype=bool):
+def sequence_mask(lengths, maxlen=None, dtype=bool, name=None):
     """``mask[..., j] = j < lengths[...]``, shape ``lengths.shape + (maxlen,)``, as tf.sequence_mask.
+    (``name``: TF's op name, accepted and unused.)
 
     >>> sequence_mask([1, 3, 2], 5).astype(int)
     array([[1, 0, 0, 0, 0],
@@ -107,13 +108,16 @@ class BooleanMaskTrace(_OnceTrace):
         return out
 
 
-def boolean_mask(tensor, mask, axis=None, return_trace=False):
-    """Rows of ``tensor`` where ``mask`` is True (tf.boolean_mask).
+def boolean_mask(tensor, mask, name="boolean_mask", axis=None, return_trace=False):
+    """Rows of ``tensor`` where ``mask`` is True (tf.boolean_mask; ``name``, TF's third argument,
+    is accepted and unused: pass ``axis`` by keyword).
 
     ``mask`` covers dimensions ``axis .. axis+mask.ndim-1`` of ``tensor`` (axis defaults to 0) and
     those dimensions are flattened into one.  With ``return_trace=True`` also returns a trace whose
     ``backward(d_output)`` scatters the gradient back to the tensor's shape.
     """
+    check_name(name, hint="; pass axis=%r by keyword" % (name,) if isinstance(name, numbers.Integral)
+               else "")
     t = as_array(tensor, "tensor")
     m = as_array(mask, "mask")
     check_same_device(m, "mask", [t], "tensor", plural=False)
@@ -143,12 +147,15 @@ def boolean_mask(tensor, mask, axis=None, return_trace=False):
     return out
 
 
-def reverse_sequence(input, seq_lengths, seq_axis=None, batch_axis=None, seq_dim=None, batch_dim=None):
-    """Reverse the first ``seq_lengths[b]`` entries along ``seq_axis`` of each batch row (tf.reverse_sequence).
+def reverse_sequence(input, seq_lengths, seq_axis=None, batch_axis=None, name=None, seq_dim=None,
+                     batch_dim=None):
+    """Reverse the first ``seq_lengths[b]`` entries along ``seq_axis`` of each batch row (tf.reverse_sequence;
+    TF1's argument order, ``name`` accepted and unused).
 
     Entries past a row's length stay where they are.  The function is its own backward:
     the gradient of ``reverse_sequence(x, L)`` is ``reverse_sequence(dy, L)``.
     """
+    check_name(name)
     x = as_array(input, "input")
     xp = get_array_module(x)
     seq_axis = seq_axis if seq_axis is not None else seq_dim
@@ -267,12 +274,26 @@ class EmbeddingTrace(_OnceTrace):
         return IndexedSlices(d.reshape(-1, self.shape[1]), self.ids.reshape(-1), self.shape)
 
 
-def embedding_lookup(params, ids, return_trace=False):
+def embedding_lookup(params, ids, partition_strategy="mod", name=None, validate_indices=True,
+                     max_norm=None, return_trace=False):
     """Rows of ``params`` [V, D] at ``ids`` (any shape): result shape ``ids.shape + (D,)``.
 
-    Ids must be integers in [0, V).  With ``return_trace=True`` also returns a trace whose
+    Ids must be integers in [0, V) (always checked, as TF does on the CPU: ``validate_indices`` is
+    accepted as TF1's deprecated flag).  TF1's signature: ``partition_strategy`` ("mod" or "div")
+    only matters for sharded params, which npl does not take (one array, or a list of one);
+    ``name`` is accepted and unused; ``max_norm`` (TF clips each looked-up row's norm) is not
+    supported and must be None.  With ``return_trace=True`` also returns a trace whose
     ``backward(d_output)`` gives an :class:`IndexedSlices` (call ``.to_dense()`` for an array).
     """
+    if partition_strategy not in ("mod", "div"):
+        raise ValueError('partition_strategy must be "mod" or "div" (as in TF), got %r'
+                         % (partition_strategy,))
+    check_name(name)
+    if not isinstance(validate_indices, (bool, np.bool_)):
+        raise TypeError("validate_indices must be a bool, got %r" % (validate_indices,))
+    if max_norm is not None:
+        raise ValueError("max_norm: clipping the looked-up rows' norms is not supported; it must be "
+                         "None, got %r" % (max_norm,))
     if isinstance(params, (list, tuple)):
         if len(params) != 1:
             raise ValueError("embedding_lookup: sharded params (a list of %d) are not supported; "

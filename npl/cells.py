@@ -27,6 +27,7 @@ from .gates import (lstm_forward_pointwise, lstm_backward_pointwise,
                     gru_reset_backward, rnn_backward_pointwise)
 
 from . import random as _random
+from . import initializers as _init
 from . import workspace as _ws
 
 __all__ = ["LSTMStateTuple", "RNNCell", "TraceBase", "flat_records", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
@@ -57,6 +58,15 @@ def glorot_uniform(shape, rng, dtype):
 class StaleTraceError(RuntimeError):
     """A trace's backward after its cell's weights were replaced (``set_params``, ``build``,
     ``to_device``) since its forward: the saved gates belong to the old weights."""
+
+
+def _distinct_nbytes(arrays):
+    """Total bytes of the arrays, each array object once (None entries skipped)."""
+    seen = {}
+    for a in arrays:
+        if a is not None:
+            seen[id(a)] = int(a.nbytes)
+    return sum(seen.values())
 
 
 class LayerRecord:
@@ -108,11 +118,15 @@ class LayerRecord:
     def d_c(self):
         return self._tm(self.d_c_fm)
 
+    def _held(self):
+        """The arrays the forward saved: the slabs, the step mask and its negation (the state
+        dropout's masks when there are any)."""
+        return list(self.fm.values()) + [self.mask, self.inv_fm, self.state_mask_fm]
+
     @property
     def nbytes(self):
         """Bytes held by the saved arrays (the trace's memory, O(T * B * (gates + state)))."""
-        n = sum(int(a.nbytes) for a in self.fm.values())
-        return n + (0 if self.mask is None else int(self.mask.nbytes))
+        return _distinct_nbytes(self._held())
 
 
 # Sigmoid gates are computed from weights prescaled by 1/2 (one tanh call for all gates, see
@@ -393,7 +407,7 @@ def _masked_fm(dout, rec):
     if dout is None:
         return None
     d = dout.transpose(0, 2, 1)
-    return d if rec.inv_fm is None else d * ~rec.inv_fm
+    return d if rec.inv_fm is None else get_array_module(d).where(rec.inv_fm, 0, d)
 
 
 def _state_dropout(rec, state_mask, T, xp):
@@ -579,6 +593,8 @@ class RNNCell(Parameterized):
     _chunkable = True
 
     _param_specs = ()  # filled per cell: name -> shape function
+    _kernel_init = None     # the cell's initializer for its kernels (None: glorot uniform)
+    _bias_init = None       # and for its biases (None: zeros; GRU gates/bias: ones)
 
     def _leaves(self):
         """The cells that own parameters, through stacks and wrappers: ``[self]`` for a leaf."""
@@ -626,7 +642,11 @@ class RNNCell(Parameterized):
 
     # ---------------------------------------------------------------- parameters
     def _init_value(self, name, shape, rng, dtype):
-        if name.endswith("bias"):
+        bias = name.endswith("bias")
+        init = self._bias_init if bias else self._kernel_init
+        if init is not None:
+            return _init.initialize(init, shape, dtype, rng, name)
+        if bias:
             return np.zeros(shape, dtype)
         return glorot_uniform(shape, rng, dtype)
 
@@ -782,13 +802,19 @@ class RNNCell(Parameterized):
         check_same_device(x, name, self._params.values(), "%s's parameters" % type(self).__name__)
 
     # ---------------------------------------------------------------- one step
-    def __call__(self, inputs, state, return_trace=False):
+    def __call__(self, inputs, state, scope=None, return_trace=False):
         """Run one time step: ``output, new_state = cell(inputs, state)``.
 
-        inputs: [batch, input_size]; state: structured as :attr:`state_size`.  With
-        ``return_trace=True`` also returns a :class:`StepTrace` whose ``backward(d_output,
-        d_new_state)`` gives ``(d_inputs, d_state)`` and accumulates parameter gradients.
+        inputs: [batch, input_size]; state: structured as :attr:`state_size`.  ``scope``: TF1's
+        third argument (a variable-scope name), accepted so that ``cell(x, state, scope="rnn")``
+        ports; the weights belong to the cell, so it changes nothing.  With ``return_trace=True``
+        (by keyword) also returns a :class:`StepTrace` whose ``backward(d_output, d_new_state)``
+        gives ``(d_inputs, d_state)`` and accumulates parameter gradients.
         """
+        if scope is not None and not isinstance(scope, str):
+            raise TypeError("scope (the third argument, TF1's variable scope) must be a string or "
+                            "None, got %r%s" % (scope, "; pass return_trace=%r by keyword" % scope
+                                                if isinstance(scope, (bool, np.bool_)) else ""))
         x = float_array(inputs, "inputs", ndim=2)
         self._maybe_build(x, "inputs")
         xp = get_array_module(x)
@@ -852,8 +878,9 @@ class TraceBase:
 
     @property
     def nbytes(self):
-        """Bytes held by the saved arrays: O(T * B * (gates + state)) per layer."""
-        return sum(r.nbytes for r in self.records)
+        """Bytes held by the saved arrays: O(T * B * (gates + state)) per layer.  An array the
+        layers share (a stack's step mask) counts once."""
+        return _distinct_nbytes([a for r in self.records for a in r._held()])
 
     def record_state_grads(self, on=True):
         """Ask the backward to keep dL/dh_t (and dL/dc_t for LSTM) of every step in the records."""
@@ -878,7 +905,44 @@ class StepTrace(TraceBase):
         return flat_records(self.record)
 
     def backward(self, d_output=None, d_state=None):
-        """Return ``(d_inputs, d_state)``; parameter gradients accumulate into ``cell.grads``."""
+        """Return ``(d_inputs, d_state)``; parameter gradients accumulate into ``cell.grads``.
+
+        One step (T = 1) of the cell's backward in docs/bptt.md: it starts from (B1)-(B2),
+        ``dh_t = d_output + d_state.h`` (the LSTM's ``d_state.c`` is the carried part of dc_t), then
+        runs (L1)-(L16) for an LSTM, (U1)-(U11) for a GRU, (S1)-(S3) for a BasicRNNCell; a
+        MultiRNNCell runs its cells top-down (section 10), a DropoutWrapper goes through its masks.
+
+        Cotangents in (None: zeros): ``d_output`` = dL/dy_t [B, cell.output_size]; ``d_state`` =
+        dL/d(new state), structured as ``cell.state_size`` (LSTM: ``LSTMStateTuple(dc [B, H],
+        dh [B, P])``; a stack: a tuple, one per cell).  Gradients out: ``d_inputs`` = dL/dx_t
+        [B, I], and ``d_state`` = dL/d(the state passed to the step), structured as
+        ``cell.state_size``.  Each parameter's gradient (summed over the batch) is *added* to
+        ``cell.grads`` under the parameter's name, with its shape; ``cell.zero_grad()`` resets
+        them.  A trace takes one backward (then BackwardTwiceError), and none once the cell's
+        weights were replaced (StaleTraceError).
+
+        >>> import numpy as np, npl
+        >>> rng = np.random.default_rng(0)
+        >>> cell = npl.rnn.BasicRNNCell(3, seed=0, input_size=4, dtype=np.float64)  # H = 3, I = 4
+        >>> x, h0 = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))      # B = 2
+        >>> y, h1, trace = cell(x, h0, return_trace=True)
+        >>> dy, dh1 = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))    # dL/dy_t, dL/dh_t
+        >>> dx, dh0 = trace.backward(dy, dh1)
+        >>> dx.shape, dh0.shape
+        ((2, 4), (2, 3))
+        >>> K = cell.params["kernel"]                                              # [I + H, H]
+        >>> da = (dy + dh1) * (1 - h1 ** 2)                                       # (B1), (S1)
+        >>> np.allclose(dx, da @ K[:4].T), np.allclose(dh0, da @ K[4:].T)        # dx_t, (S2)
+        (True, True)
+        >>> g = cell.grads                                                         # (S3)
+        >>> np.allclose(g["kernel"], np.concatenate([x, h0], 1).T @ da)
+        True
+        >>> np.allclose(g["bias"], da.sum(0))
+        True
+        >>> _ = cell(x, h0, return_trace=True)[2].backward(dy, dh1)               # accumulates
+        >>> np.allclose(cell.grads["bias"], 2 * da.sum(0))
+        True
+        """
         from .rnn_ops import _consume, _ensure_fresh
         _ensure_fresh(self)
         cell, rec = self.cell, self.record
@@ -898,7 +962,28 @@ class StepTrace(TraceBase):
 
 # ============================================================================ simple RNN
 class BasicRNNCell(RNNCell):
-    """``h_t = activation(x_t @ W + h_{t-1} @ U + b)`` with ``kernel = [W; U]`` of shape [I+H, H]."""
+    """TensorFlow 1's ``BasicRNNCell``: one step is (R1) of docs/bptt.md::
+
+        h_t = act([x_t, h_{t-1}] @ kernel + bias)  =  act(x_t @ W + h_{t-1} @ U + bias)     (R1)
+
+    ``act`` is ``activation`` (tanh by default).  Parameters: ``kernel`` [I + H, H] (input rows
+    ``W = kernel[:I]``, then recurrent rows ``U = kernel[I:]``), ``bias`` [H] (starts at 0).
+    Shapes: input x_t [B, I]; state h_{t-1} [B, H]; the output and the new state are both h_t
+    [B, H] (``state_size = output_size = H``).
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.BasicRNNCell(3, seed=0, input_size=4, dtype=np.float64)   # H = 3, I = 4
+    >>> {k: v.shape for k, v in cell.params.items()}, cell.state_size, cell.output_size
+    ({'kernel': (7, 3), 'bias': (3,)}, 3, 3)
+    >>> p = cell.set_params({"bias": rng.standard_normal(3)}, strict=False).params  # bias != 0
+    >>> x, h0 = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))          # B = 2
+    >>> y, h1 = cell(x, h0)
+    >>> np.allclose(h1, np.tanh(np.concatenate([x, h0], 1) @ p["kernel"] + p["bias"]))  # (R1)
+    True
+    >>> y.shape, np.array_equal(y, h1), np.array_equal(cell.zero_state(2), np.zeros((2, 3)))
+    ((2, 3), True, True)
+    """
 
     _default_name = "basic_rnn_cell"
 
@@ -972,10 +1057,51 @@ class BasicRNNCell(RNNCell):
 class LSTMCell(RNNCell):
     """TensorFlow 1's ``LSTMCell``: optional peepholes, cell clipping and a projection.
 
+    One step is (F1)-(F8) of docs/bptt.md (``act`` = ``activation``, tanh by default)::
+
+        [a_i, a_j, a_f, a_o] = [x_t, h_{t-1}] @ kernel + bias                    (F1)
+        i   = sigmoid(a_i + w_i_diag * c_{t-1})                                  (F2)
+        f   = sigmoid(a_f + forget_bias + w_f_diag * c_{t-1})                    (F3)
+        j   = act(a_j)                                                           (F4)
+        c_t = clip(f * c_{t-1} + i * j, -cell_clip, cell_clip)                   (F5)
+        o   = sigmoid(a_o + w_o_diag * c_t)              the NEW c_t (peephole)  (F6)
+        m_t = o * act(c_t)                                                       (F7)
+        h_t = clip(m_t @ projection/kernel, -proj_clip, proj_clip)               (F8)
+
+    The ``w_*_diag`` terms only with ``use_peepholes``, each clip only with its ``cell_clip`` /
+    ``proj_clip``, and (F8) only with ``num_proj`` (otherwise ``h_t = m_t``).
+
     Parameters (TF names and layouts): ``kernel`` [I + P, 4H] with gate columns i, j, f, o;
-    ``bias`` [4H]; with ``use_peepholes`` ``w_f_diag``, ``w_i_diag``, ``w_o_diag`` [H]; with
-    ``num_proj`` ``projection/kernel`` [H, P].  ``forget_bias`` is added at run time, never stored.
-    P = num_proj when given, else H.  The state is ``LSTMStateTuple(c [B, H], h [B, P])``.
+    ``bias`` [4H] (starts at 0); with ``use_peepholes`` ``w_f_diag``, ``w_i_diag``, ``w_o_diag``
+    [H]; with ``num_proj`` ``projection/kernel`` [H, P].  ``forget_bias`` is added at run time,
+    never stored.  P = num_proj when given, else H.  Shapes: input x_t [B, I]; state
+    ``LSTMStateTuple(c [B, H], h [B, P])`` (``state_is_tuple=False``: one array [B, H + P], c
+    first); output h_t [B, P].
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.LSTMCell(3, use_peepholes=True, cell_clip=1.0, num_proj=2, proj_clip=0.2,
+    ...                         seed=0, input_size=4, dtype=np.float64)      # H = 3, P = 2, I = 4
+    >>> {k: v.shape for k, v in sorted(cell.params.items())}
+    {'bias': (12,), 'kernel': (6, 12), 'projection/kernel': (3, 2),
+     'w_f_diag': (3,), 'w_i_diag': (3,), 'w_o_diag': (3,)}
+    >>> cell.state_size, cell.output_size
+    (LSTMStateTuple(c=3, h=2), 2)
+    >>> p = cell.set_params({"bias": rng.standard_normal(12)}, strict=False).params  # bias != 0
+    >>> x, c0 = rng.standard_normal((2, 4)), 2 * rng.standard_normal((2, 3))     # B = 2
+    >>> h0 = rng.standard_normal((2, 2))
+    >>> y, (c1, h1) = cell(x, npl.LSTMStateTuple(c0, h0))
+    >>> sig, xh = lambda a: 1 / (1 + np.exp(-a)), np.concatenate([x, h0], 1)
+    >>> a_i, a_j, a_f, a_o = np.split(xh @ p["kernel"] + p["bias"], 4, 1)      # (F1)
+    >>> i = sig(a_i + p["w_i_diag"] * c0)                                     # (F2)
+    >>> f = sig(a_f + cell.forget_bias + p["w_f_diag"] * c0)                  # (F3)
+    >>> c = np.clip(f * c0 + i * np.tanh(a_j), -1.0, 1.0)                     # (F4), (F5)
+    >>> o = sig(a_o + p["w_o_diag"] * c)                                      # (F6)
+    >>> h = np.clip((o * np.tanh(c)) @ p["projection/kernel"], -0.2, 0.2)    # (F7), (F8)
+    >>> np.allclose(c1, c), np.allclose(h1, h), np.array_equal(y, h1)
+    (True, True, True)
+    >>> float(abs(c1).max()), float(abs(h1).max())                          # both clips bite
+    (1.0, 0.2)
     """
 
     _default_name = "lstm_cell"
@@ -984,9 +1110,7 @@ class LSTMCell(RNNCell):
                  num_proj=None, proj_clip=None, num_unit_shards=None, num_proj_shards=None,
                  forget_bias=1.0, state_is_tuple=True, activation=None, reuse=None, name=None,
                  dtype=None, seed=None, input_size=None):
-        if initializer is not None:
-            raise ValueError("initializer: only TF's default (glorot uniform) is supported; set the "
-                             "weights afterwards with cell.set_params(...)")
+        self._kernel_init = _init.check(initializer, "initializer")   # kernel, peepholes, projection
         if num_unit_shards is not None or num_proj_shards is not None:
             raise ValueError("num_unit_shards / num_proj_shards are deprecated in TF and not supported")
         if num_proj is not None and (isinstance(num_proj, bool) or not isinstance(num_proj, (int, np.integer))
@@ -1273,7 +1397,37 @@ class LSTMCell(RNNCell):
 
 
 class BasicLSTMCell(LSTMCell):
-    """TensorFlow 1's ``BasicLSTMCell``: an LSTM without peepholes, clipping or projection."""
+    """TensorFlow 1's ``BasicLSTMCell``: an LSTM without peepholes, clipping or projection.
+
+    One step is (F1)-(F8) of docs/bptt.md without those terms (``act`` = ``activation``, tanh
+    by default; ``forget_bias`` is added at run time, never stored in ``bias``)::
+
+        [a_i, a_j, a_f, a_o] = [x_t, h_{t-1}] @ kernel + bias      (F1)  gate columns i, j, f, o
+        i = sigmoid(a_i),   f = sigmoid(a_f + forget_bias)         (F2), (F3)
+        j = act(a_j),       c_t = f * c_{t-1} + i * j              (F4), (F5)
+        o = sigmoid(a_o),   h_t = m_t = o * act(c_t)               (F6), (F7), (F8)
+
+    Parameters: ``kernel`` [I + H, 4H], ``bias`` [4H] (starts at 0).  Shapes: input x_t [B, I];
+    state ``LSTMStateTuple(c [B, H], h [B, H])`` (``state_is_tuple=False``: one array [B, 2H], c
+    first); output h_t [B, H].
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.BasicLSTMCell(3, seed=0, input_size=4, dtype=np.float64)   # H = 3, I = 4
+    >>> {k: v.shape for k, v in cell.params.items()}, cell.state_size
+    ({'kernel': (7, 12), 'bias': (12,)}, LSTMStateTuple(c=3, h=3))
+    >>> s0 = cell.zero_state(2)                                                 # B = 2
+    >>> np.array_equal(s0.c, np.zeros((2, 3))), np.array_equal(s0.h, np.zeros((2, 3)))
+    (True, True)
+    >>> x, c0 = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))
+    >>> h0 = rng.standard_normal((2, 3))
+    >>> y, (c1, h1) = cell(x, npl.LSTMStateTuple(c0, h0))
+    >>> p, sig = cell.params, lambda a: 1 / (1 + np.exp(-a))
+    >>> a_i, a_j, a_f, a_o = np.split(np.concatenate([x, h0], 1) @ p["kernel"] + p["bias"], 4, 1)
+    >>> c = sig(a_f + 1.0) * c0 + sig(a_i) * np.tanh(a_j)                   # forget_bias = 1.0
+    >>> np.allclose(c1, c), np.allclose(h1, sig(a_o) * np.tanh(c)), np.array_equal(y, h1)
+    (True, True, True)
+    """
 
     _default_name = "basic_lstm_cell"
 
@@ -1288,19 +1442,41 @@ class BasicLSTMCell(LSTMCell):
 class GRUCell(RNNCell):
     """TensorFlow 1's ``GRUCell`` (reset applied to the state *before* the candidate's matmul).
 
-        [r, u] = sigmoid([x, h] @ gates/kernel + gates/bias)           gates/kernel [I+H, 2H]
-        c~     = act([x, r * h] @ candidate/kernel + candidate/bias)   candidate/kernel [I+H, H]
-        h'     = u * h + (1 - u) * c~
-    ``gates/bias`` starts at 1.0, as in TensorFlow.
+    One step is (G1)-(G3) of docs/bptt.md (``act`` = ``activation``, tanh by default)::
+
+        [r, u] = sigmoid([x_t, h_{t-1}] @ gates/kernel + gates/bias)           (G1)
+        c~     = act([x_t, r * h_{t-1}] @ candidate/kernel + candidate/bias)   (G2)
+        h_t    = c~ + u * (h_{t-1} - c~)     (= u * h_{t-1} + (1 - u) * c~)    (G3)
+
+    Parameters: ``gates/kernel`` [I + H, 2H] (columns r, then u), ``gates/bias`` [2H] (starts at
+    1.0, as in TensorFlow), ``candidate/kernel`` [I + H, H], ``candidate/bias`` [H] (starts at 0).
+    Shapes: input x_t [B, I]; state h_{t-1} [B, H]; the output and the new state are both h_t
+    [B, H].
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.GRUCell(3, seed=0, input_size=4, dtype=np.float64)      # H = 3, I = 4
+    >>> {k: v.shape for k, v in cell.params.items()}, cell.state_size
+    ({'gates/kernel': (7, 6), 'gates/bias': (6,), 'candidate/kernel': (7, 3),
+      'candidate/bias': (3,)}, 3)
+    >>> p = cell.params
+    >>> np.array_equal(p["gates/bias"], np.ones(6)), np.array_equal(p["candidate/bias"], np.zeros(3))
+    (True, True)
+    >>> x, h0 = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))      # B = 2
+    >>> y, h1 = cell(x, h0)
+    >>> sig = lambda a: 1 / (1 + np.exp(-a))
+    >>> r, u = np.split(sig(np.concatenate([x, h0], 1) @ p["gates/kernel"] + p["gates/bias"]), 2, 1)
+    >>> cand = np.tanh(np.concatenate([x, r * h0], 1) @ p["candidate/kernel"] + p["candidate/bias"])
+    >>> np.allclose(h1, cand + u * (h0 - cand)), np.array_equal(y, h1)     # (G1)-(G3)
+    (True, True)
     """
 
     _default_name = "gru_cell"
 
     def __init__(self, num_units, activation=None, reuse=None, kernel_initializer=None,
                  bias_initializer=None, name=None, dtype=None, seed=None, input_size=None):
-        if kernel_initializer is not None or bias_initializer is not None:
-            raise ValueError("kernel_initializer / bias_initializer: only TF's defaults are supported; "
-                             "set the weights afterwards with cell.set_params(...)")
+        self._kernel_init = _init.check(kernel_initializer, "kernel_initializer")
+        self._bias_init = _init.check(bias_initializer, "bias_initializer")   # both biases, as TF
         super().__init__(num_units, activation, dtype, seed, input_size, name)
 
     def _shapes(self, input_size):
@@ -1309,7 +1485,7 @@ class GRUCell(RNNCell):
                 "candidate/kernel": (input_size + H, H), "candidate/bias": (H,)}
 
     def _init_value(self, name, shape, rng, dtype):
-        if name == "gates/bias":
+        if name == "gates/bias" and self._bias_init is None:
             return np.ones(shape, dtype)
         return super()._init_value(name, shape, rng, dtype)
 
@@ -1472,8 +1648,35 @@ def _check_distinct(leaves_per_item, owner, what):
 class MultiRNNCell(RNNCell):
     """A stack of cells (any mix of the cells above); the output of cell k feeds cell k+1.
 
+    One step, for k = 0 .. L-1 with ``y^(-1)_t = x_t`` (its backward runs the cells top-down,
+    layer k+1's input gradient being layer k's output cotangent: docs/bptt.md section 10)::
+
+        y^(k)_t, s^(k)_t = cells[k](y^(k-1)_t, s^(k)_{t-1})
+        output = y^(L-1)_t,     new state = (s^(0)_t, ..., s^(L-1)_t)
+
+    Shapes: input x_t [B, I]; state a tuple of L states, the k-th structured as
+    ``cells[k].state_size`` (``state_size`` is the tuple of the cells'); output
+    [B, cells[-1].output_size].  Cell k's input width is ``cells[k-1].output_size``.
     ``params`` / ``grads`` prefix each cell's names with ``cell_0/``, ``cell_1/``, ... and share the
     arrays of the cells themselves (no copies).
+
+    >>> import numpy as np, npl
+    >>> lstm, gru = npl.rnn.LSTMCell(3, seed=0), npl.rnn.GRUCell(2, seed=1)
+    >>> stack = npl.rnn.MultiRNNCell([lstm, gru])
+    >>> stack.state_size, stack.output_size
+    ((LSTMStateTuple(c=3, h=3), 2), 2)
+    >>> x = np.random.default_rng(0).standard_normal((2, 4))                  # B = 2, I = 4
+    >>> s = stack.zero_state(2, np.float64)
+    >>> y, (s_lstm, s_gru) = stack(x, s)                                      # builds both cells
+    >>> {k: v.shape for k, v in stack.params.items()}
+    {'cell_0/kernel': (7, 12), 'cell_0/bias': (12,), 'cell_1/gates/kernel': (5, 4),
+     'cell_1/gates/bias': (4,), 'cell_1/candidate/kernel': (5, 2), 'cell_1/candidate/bias': (2,)}
+    >>> y0, s0 = lstm(x, s[0])                          # the same cells, one after the other
+    >>> y1, s1 = gru(y0, s[1])
+    >>> np.allclose(y, y1), np.allclose(s_lstm.c, s0.c), np.allclose(s_gru, s1)
+    (True, True, True)
+    >>> stack.params["cell_1/gates/bias"] is gru.params["gates/bias"]        # shared, not copied
+    True
     """
 
     _default_name = "multi_rnn_cell"

@@ -97,10 +97,28 @@ def _blocks(a, order, axis=-1):
     return np.concatenate([parts[k] for k in order], axis=axis)
 
 
+def _unwrap(cell):
+    """The cell inside a DropoutWrapper (or a chain of them); any other object as it is.  TF1's
+    wrappers add no variable scope (``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel`` inside a
+    DropoutWrapper too) and npl's take the wrapped cell's parameter names, so the converters see
+    through them."""
+    from .layers import DropoutWrapper
+    while isinstance(cell, DropoutWrapper):
+        cell = cell.wrapped_cell
+    return cell
+
+
+def _stack(cell):
+    """The cells of a MultiRNNCell, each unwrapped."""
+    return [_unwrap(c) for c in cell.cells]
+
+
 def _layers(cells, name):
-    """The leaf cells of a leaf cell, a MultiRNNCell or a list of leaf cells."""
+    """The leaf cells of a leaf cell, a MultiRNNCell or a list of leaf cells (DropoutWrappers
+    seen through)."""
+    cells = _unwrap(cells)
     if isinstance(cells, MultiRNNCell):
-        return cells.cells
+        return _stack(cells)
     if isinstance(cells, RNNCell):
         return [cells]
     if isinstance(cells, (list, tuple)) and cells and all(isinstance(c, RNNCell) for c in cells):
@@ -151,6 +169,7 @@ def _check_activation(cell, allowed, target):
 def _nested(cells, per_layer):
     """Shape the per-layer dicts like ``cells``: a dict for a leaf cell, one dict with
     ``cell_<k>/`` prefixes for a MultiRNNCell, a list of dicts for a list of cells."""
+    cells = _unwrap(cells)
     if isinstance(cells, MultiRNNCell):
         return {"cell_%d/%s" % (k, n): v for k, d in enumerate(per_layer) for n, v in d.items()}
     if isinstance(cells, RNNCell):
@@ -184,16 +203,21 @@ def tf_variable_names(cell, scope="rnn"):
     ``scope``: ``rnn/lstm_cell/kernel``, ``rnn/multi_rnn_cell/cell_0/gru_cell/gates/kernel``, ...
     Use ``scope="bidirectional_rnn/fw"`` / ``"bidirectional_rnn/bw"`` for the two directions of
     ``bidirectional_dynamic_rnn`` and ``"stack_bidirectional_rnn/cell_<k>/bidirectional_rnn/fw"``
-    for ``stack_bidirectional_dynamic_rnn``.  Names only: the cell need not be built."""
+    for ``stack_bidirectional_dynamic_rnn``.  Names only: the cell need not be built.  A
+    DropoutWrapper adds no scope (as in TF1): its names are the wrapped cell's."""
+    cell = _unwrap(cell)
     if isinstance(cell, MultiRNNCell):
+        for c in _stack(cell):
+            _kind(c)
         return {"cell_%d/%s" % (k, n): _join(scope, cell.name, "cell_%d" % k, c.name, n)
-                for k, c in enumerate(cell.cells) for n in c._shapes(1)}
+                for k, c in enumerate(_stack(cell)) for n in c._shapes(1)}
     _kind(cell)
     return {n: _join(scope, cell.name, n) for n in cell._shapes(1)}
 
 
 def to_tf_variables(cell, scope="rnn"):
     """Dict TF1 variable name -> NumPy copy of the value, for ``tf.train.Saver`` / checkpoints."""
+    cell = _unwrap(cell)
     for c in _layers(cell, "cell"):
         _built_params(c)
     params = {k: np.array(to_numpy(v)) for k, v in cell.params.items()}
@@ -277,6 +301,7 @@ def from_tf_variables(variables, cell, scope=None):
     """
     if not isinstance(variables, dict):
         raise TypeError("variables must be a dict name -> array, got %s" % type(variables).__name__)
+    cell = _unwrap(cell)
     table = {}
     for k, v in variables.items():
         table[re.sub(r":\d+$", "", k)] = v
@@ -304,7 +329,7 @@ def from_tf_variables(variables, cell, scope=None):
         return {k: np.array(_np(v, k)) for k, v in pick(found, what).items()}
 
     per_outer, rejected_all = {}, []
-    for k, c in enumerate(cell.cells):
+    for k, c in enumerate(_stack(cell)):
         _kind(c)
         found, rejected = _leaf_candidates(c, table, names, scope)
         rejected_all += rejected
@@ -425,6 +450,7 @@ def to_keras(cell, layer=None):
     or SimpleRNN layer; a list of them for a MultiRNNCell or a list of cells (stacked layers).
     LSTM: ``keras_bias_f = bias_f + forget_bias``.  With ``layer`` (a built Keras layer, or a list
     of them), the layer is checked against the cell and its weights are set."""
+    cell = _unwrap(cell)
     leaves = _layers(cell, "cell")
     out = [_to_keras_leaf(c) for c in leaves]
     if layer is not None:
@@ -488,6 +514,7 @@ def from_keras(weights, cell, reset_after=None):
     (given, read from the layer, or recognised by a bias of shape [2, 3H]) raise ValueError, and so
     do GRU weights without a bias given as a list or dict, unless ``reset_after=False`` says which
     they are."""
+    cell = _unwrap(cell)
     leaves = _layers(cell, "cell")
     if isinstance(cell, RNNCell) and not isinstance(cell, MultiRNNCell):
         entries = [weights]

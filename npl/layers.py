@@ -24,9 +24,10 @@ import numpy as np
 
 from . import activations as _act
 from . import random as _random
+from . import initializers as _init
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
 from .backend import default_xp, get_array_module, to_device, resolve_backend
-from .cells import RNNCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, \
+from .cells import RNNCell, LSTMCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, \
     StaleTraceError
 from .rnn_ops import dynamic_rnn, check_current
 from ._checks import float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
@@ -142,16 +143,19 @@ def _check_input(layer, x, width, name="inputs"):
 class Dense(Layer):
     """``y = activation(x @ kernel + bias)`` on the last axis of ``x`` (any leading shape).
 
-    Params (TF names): ``kernel`` [in, units] (glorot uniform), ``bias`` [units] (zeros).
+    Params (TF names): ``kernel`` [in, units] (glorot uniform, or ``kernel_initializer``),
+    ``bias`` [units] (zeros, or ``bias_initializer``; see :mod:`npl.initializers`).
     ``activation``: None (linear, as tf.layers.dense), a name, or an npl activation.
     """
 
     _default_name = "dense"
 
-    def __init__(self, units, activation=None, use_bias=True, dtype=None, seed=None, input_size=None,
-                 name=None):
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer=None,
+                 bias_initializer=None, dtype=None, seed=None, input_size=None, name=None):
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError("units must be a positive integer, got %r" % (units,))
+        self._kernel_init = _init.check(kernel_initializer, "kernel_initializer")
+        self._bias_init = _init.check(bias_initializer, "bias_initializer")
         super().__init__(name, dtype, seed)
         self.units = int(units)
         self.activation = _act.get(activation, default=_act.identity)
@@ -165,9 +169,14 @@ class Dense(Layer):
         dtype = resolve_dtype(dtype) or np.dtype(np.float32)
         xp, rng = self._home_xp(), _random.generator(self._seed)
         self._dtype = dtype
-        self._params = {"kernel": xp.asarray(glorot_uniform((int(input_size), self.units), rng, dtype))}
+        shape = (int(input_size), self.units)
+        kernel = (glorot_uniform(shape, rng, dtype) if self._kernel_init is None
+                  else _init.initialize(self._kernel_init, shape, dtype, rng, "kernel"))
+        self._params = {"kernel": xp.asarray(kernel)}
         if self.use_bias:
-            self._params["bias"] = xp.zeros((self.units,), dtype)
+            self._params["bias"] = (xp.zeros((self.units,), dtype) if self._bias_init is None else
+                                    xp.asarray(_init.initialize(self._bias_init, (self.units,), dtype,
+                                                                rng, "bias")))
         self._grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
         self._bump_version()
         return self
@@ -256,14 +265,15 @@ class Embedding(Layer):
     """Row lookup ``y = embeddings[ids]``: ids of any integer shape -> ``ids.shape + (D,)``.
 
     Param ``embeddings`` [input_dim, output_dim], initialised uniform in [-0.05, 0.05] (Keras's
-    default).  Its gradient (``grads["embeddings"]``) is an :class:`npl.IndexedSlices` holding one
+    default) or by ``embeddings_initializer`` (Keras's name; see :mod:`npl.initializers`).  Its gradient (``grads["embeddings"]``) is an :class:`npl.IndexedSlices` holding one
     row per looked-up id (duplicates not merged, as TensorFlow's); with ``sparse_grad=False`` it is
     a dense array instead.
     """
 
     _default_name = "embedding"
 
-    def __init__(self, input_dim, output_dim, dtype=None, seed=None, sparse_grad=True, name=None):
+    def __init__(self, input_dim, output_dim, dtype=None, seed=None, sparse_grad=True, name=None,
+                 embeddings_initializer=None):
         for nm, v in (("input_dim", input_dim), ("output_dim", output_dim)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError("%s must be a positive integer, got %r" % (nm, v))
@@ -271,9 +281,12 @@ class Embedding(Layer):
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.sparse_grad = bool(sparse_grad)
         self._dtype = self._dtype or np.dtype(np.float32)
+        init = _init.check(embeddings_initializer, "embeddings_initializer")
         xp, rng = default_xp(), _random.generator(seed)
+        shape = (self.input_dim, self.output_dim)
         self._params = {"embeddings": xp.asarray(
-            rng.uniform(-0.05, 0.05, (self.input_dim, self.output_dim)).astype(self._dtype))}
+            rng.uniform(-0.05, 0.05, shape).astype(self._dtype) if init is None
+            else _init.initialize(init, shape, self._dtype, rng, "embeddings"))}
         self._grads = {} if self.sparse_grad else {"embeddings": xp.zeros_like(self._params["embeddings"])}
         self._slices = []
 
@@ -748,7 +761,9 @@ class DropoutWrapper(RNNCell):
     ``x' = x * mask_in``, ``y, s = cell(x', s_prev)``, ``y' = y * mask_out``,
     ``s' = s * mask_state`` with ``mask = bernoulli(keep_prob) / keep_prob``.  As with TF's default
     ``dropout_state_filter_visitor``, an LSTM's ``c`` is never dropped, only its ``h``; in a
-    ``MultiRNNCell`` every layer's ``h`` is.  The dropped state is what the next step reads and what
+    ``MultiRNNCell`` every layer's ``h`` is.  (TF's filter keeps ``c`` only inside an
+    ``LSTMStateTuple``: around an LSTM with ``state_is_tuple=False`` it drops the concatenated
+    state whole, which npl does not do, so state dropout refuses that form.)  The dropped state is what the next step reads and what
     the sequence returns as its final state; the step's output is the undropped ``h`` (then output
     dropout).  The engine applies the state mask inside its step loop (``state_mask`` of
     ``_forward_seq``), and the backward goes through the same masks.  With
@@ -764,6 +779,24 @@ class DropoutWrapper(RNNCell):
     next forwards with those masks again (or assign ``masks`` yourself first).
     ``training = False`` turns dropout off (evaluation).  Parameters, gradients and names are the
     wrapped cell's.
+
+    >>> import numpy as np, npl
+    >>> inner = npl.rnn.BasicLSTMCell(3, seed=0, dtype=np.float64)
+    >>> cell = npl.rnn.DropoutWrapper(inner, input_keep_prob=0.5, output_keep_prob=0.5,
+    ...                               state_keep_prob=0.5, seed=1)
+    >>> x = np.ones((2, 4))                                                   # B = 2, I = 4
+    >>> y, s = cell(x, cell.zero_state(2))                                    # one step: T = 1
+    >>> m = cell.masks                                         # scaled: 0 or 1 / keep_prob
+    >>> m["input"].shape, m["output"].shape, m["state"].shape, sorted(set(m["input"].ravel().tolist()))
+    ((1, 2, 4), (1, 2, 3), (1, 2, 3), [0.0, 2.0])
+    >>> y0, s0 = inner(x * m["input"][0], inner.zero_state(2))            # the wrapped cell on x'
+    >>> np.allclose(y, y0 * m["output"][0])                     # output: the undropped h, dropped
+    True
+    >>> np.allclose(s.h, s0.h * m["state"][0]), np.allclose(s.c, s0.c)    # state: h dropped, c kept
+    (True, True)
+    >>> cell.training = False                                                # evaluation
+    >>> np.allclose(cell(x, cell.zero_state(2))[0], inner(x, inner.zero_state(2))[0])
+    True
     """
 
     _chunkable = False          # its masks cover the whole sequence of one call
@@ -782,6 +815,15 @@ class DropoutWrapper(RNNCell):
         if dropout_state_filter_visitor is not None:
             raise ValueError("dropout_state_filter_visitor: only TF's default (drop every state but an "
                              "LSTM's c) is supported; it must be None")
+        if float(state_keep_prob) < 1:
+            flat = [leaf for leaf in cell._leaves()
+                    if isinstance(leaf, LSTMCell) and not leaf._state_is_tuple]
+            if flat:
+                raise ValueError(
+                    "state_keep_prob < 1 around an LSTM cell with state_is_tuple=False (%s) is not "
+                    "supported: TF's default filter then drops the whole concatenated [c, h] state, "
+                    "c included, and npl drops only h; use state_is_tuple=True (TF's default, whose "
+                    "LSTMStateTuple keeps c undropped)" % type(flat[0]).__name__)
         if float(state_keep_prob) < 1 and isinstance(cell, DropoutWrapper) and cell.state_keep_prob < 1:
             raise ValueError("state_keep_prob < 1 on a DropoutWrapper around a DropoutWrapper that "
                              "drops the state too is not supported; drop the state in one of them")

@@ -13,7 +13,9 @@ Functions (argument order as in TensorFlow: labels first):
 * :func:`sparse_softmax_cross_entropy` (``tf.losses.sparse_softmax_cross_entropy``), integer labels;
 * :func:`mean_squared_error` (``tf.losses.mean_squared_error``);
 * :func:`sequence_loss_by_example` and :func:`sequence_loss`
-  (``tf.contrib.legacy_seq2seq``), weighted per-step cross entropy over a sequence.
+  (``tf.contrib.legacy_seq2seq``), weighted per-step cross entropy over a sequence, averaged per
+  example.  ``tf.contrib.seq2seq.sequence_loss`` (batch-major ``[B, T, V]``, averaged per target:
+  the PTB tutorial's) is a different function: :func:`npl.seq2seq.sequence_loss`.
 
 The ``tf.losses`` functions take ``weights`` (a scalar or an array broadcastable to the per-example
 losses) and a ``reduction`` (:class:`Reduction`; default ``SUM_BY_NONZERO_WEIGHTS``, TF's default,
@@ -344,6 +346,8 @@ def sequence_loss_by_example(logits, targets, weights, average_across_timesteps=
                              softmax_loss_function=None, d_loss=None, time_major=True):
     """``tf.contrib.legacy_seq2seq.sequence_loss_by_example``: returns ``(log_perps, d_logits)``.
 
+    (Not ``tf.contrib.seq2seq.sequence_loss``, which is :func:`npl.seq2seq.sequence_loss`.)
+
     logits: a list of T arrays [B, V] (as in TF) or one array [T, B, V] (``[B, T, V]`` with
     ``time_major=False``); targets: a list of T int arrays [B] or [T, B]; weights: likewise, float.
 
@@ -377,7 +381,15 @@ def sequence_loss(logits, targets, weights, average_across_timesteps=True, avera
         loss = sum_b log_perps[b]            (sequence_loss_by_example)
         if average_across_batch:  loss /= B
 
-    Inputs as in :func:`sequence_loss_by_example`; ``d_logits`` has the form of ``logits``.
+    Inputs as in :func:`sequence_loss_by_example`; ``d_logits`` has the form of ``logits``; the
+    loss is a Python float.
+
+    This is *not* ``tf.contrib.seq2seq.sequence_loss`` (TensorFlow's PTB tutorial's loss): that
+    one takes one batch-major ``[B, T, V]`` array, averages per target (by the weights' sum over
+    the averaged axes) where this one averages per example (each row by its own weights' sum, then
+    by B), and can return a ``[T]`` or ``[B]`` vector; it is :func:`npl.seq2seq.sequence_loss`.
+    A ``[B, T, V]`` array passed here without ``time_major=False`` is read as ``[T, B, V]`` (the
+    documented default): the PTB tutorial ported onto this function gets its cost scaled by B/T.
     """
     if softmax_loss_function is not None:
         raise ValueError("softmax_loss_function: only the default (sparse softmax cross entropy) is "

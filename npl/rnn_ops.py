@@ -1,6 +1,6 @@
 """Sequence functions with TensorFlow 1 semantics, and their traces (hand-written BPTT).
 
-``dynamic_rnn``, ``static_rnn``, ``bidirectional_dynamic_rnn`` and
+``dynamic_rnn``, ``static_rnn``, ``bidirectional_dynamic_rnn``, ``static_bidirectional_rnn`` and
 ``stack_bidirectional_dynamic_rnn`` take ``return_trace=True`` and then also return a trace whose
 ``backward(d_outputs, d_final_state)`` returns the gradients with respect to the inputs and the
 initial state (structures mirror the forward's; either cotangent may be None) and accumulates
@@ -19,9 +19,9 @@ from .cells import RNNCell, LSTMStateTuple, TraceBase, StaleTraceError, flat_rec
 from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengths_array, check_on_device
 from . import workspace as _ws
 
-__all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn",
+__all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bidirectional_rnn",
            "stack_bidirectional_dynamic_rnn", "RNNTrace", "BidirectionalTrace", "StaticRNNTrace",
-           "StackBidirectionalTrace"]
+           "StaticBidirectionalTrace", "StackBidirectionalTrace"]
 
 
 def _ensure_fresh(*traces):
@@ -182,8 +182,8 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     """:func:`dynamic_rnn` with the argument names its error messages use (so that the
     bidirectional functions can say ``initial_state_bw`` or ``cells_fw[1]``)."""
     _check_cell(cell, cell_name)
-    x = float_array(inputs, inputs_name, ndim=3)
     want = resolve_dtype(dtype)
+    x = float_array(inputs, inputs_name, ndim=3, dtype=want)    # a Python list takes dtype
     if want is not None and x.dtype != want:
         raise TypeError("%s have dtype %s but dtype=%s was given (no silent casting)"
                         % (inputs_name, x.dtype, want))
@@ -233,7 +233,9 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
             out_run, final, _ = cell._forward_seq(x_tm[t0:t1], final, m)
             _assign(out_tm[t0:t1], out_run)
     if mask is not None:
-        out_tm[:Tl] *= mask                        # zero past each row's length
+        # zero past each row's length: a select, as TF's, so a non-finite carried state
+        # (or a negative one: -0.0) does not show through (NaN * 0 is NaN)
+        xp.copyto(out_tm[:Tl], 0, where=~mask)
     final = cell._to_public(final)
     if return_trace:
         return outputs, final, RNNTrace(cell, rec, lengths, time_major, T, B, x.dtype, xp, I)
@@ -284,6 +286,25 @@ class StaticRNNTrace(TraceBase):
         return [dx[t] for t in range(self._n)], d0
 
 
+def _stack_steps(inputs, empty_error=TypeError):
+    """Validate a list of per-step [batch, depth] arrays (same shape and dtype, one device) and
+    stack it time-major: returns ``(list of arrays, [time, batch, depth] array)``.  A non-list is
+    a TypeError; an empty list raises ``empty_error``."""
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        exc = empty_error if isinstance(inputs, (list, tuple)) else TypeError
+        raise exc("inputs must be a non-empty list of [batch, depth] arrays, got %s"
+                  % ("an empty %s" % type(inputs).__name__ if isinstance(inputs, (list, tuple))
+                     else type(inputs).__name__))
+    xs = [float_array(a, "inputs[%d]" % t, ndim=2) for t, a in enumerate(inputs)]
+    for t, a in enumerate(xs[1:], 1):
+        if a.shape != xs[0].shape:
+            raise ValueError("inputs[%d] has shape %s but inputs[0] has %s" % (t, a.shape, xs[0].shape))
+        if a.dtype != xs[0].dtype:
+            raise TypeError("inputs[%d] has dtype %s but inputs[0] has %s" % (t, a.dtype, xs[0].dtype))
+    xp = get_array_module(*xs)
+    return xs, xp.stack(xs)
+
+
 def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=None, scope=None,
                return_trace=False):
     """tf.nn.static_rnn: ``inputs`` is a list of [batch, depth] arrays, one per step.
@@ -292,17 +313,7 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     sequence_length semantics as :func:`dynamic_rnn`.
     """
     _check_cell(cell)
-    if not isinstance(inputs, (list, tuple)) or not inputs:
-        raise TypeError("inputs must be a non-empty list of [batch, depth] arrays, got %s"
-                        % type(inputs).__name__)
-    xs = [float_array(a, "inputs[%d]" % t, ndim=2) for t, a in enumerate(inputs)]
-    for t, a in enumerate(xs[1:], 1):
-        if a.shape != xs[0].shape:
-            raise ValueError("inputs[%d] has shape %s but inputs[0] has %s" % (t, a.shape, xs[0].shape))
-        if a.dtype != xs[0].dtype:
-            raise TypeError("inputs[%d] has dtype %s but inputs[0] has %s" % (t, a.dtype, xs[0].dtype))
-    xp = get_array_module(*xs)
-    x = xp.stack(xs)
+    xs, x = _stack_steps(inputs)
     res = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, time_major=True,
                       return_trace=return_trace)
     outs = [res[0][t] for t in range(len(xs))]
@@ -397,6 +408,129 @@ def _bidirectional(cell_fw, cell_bw, inputs, sequence_length, initial_state_fw, 
     if return_trace:        # without one, neither direction keeps its slabs
         return res + (BidirectionalTrace(fw[2], bw[2], lengths, time_major),)
     return res
+
+
+class StaticBidirectionalTrace(TraceBase):
+    """Trace of ``static_bidirectional_rnn``: ``backward(d_outputs, (d_state_fw, d_state_bw))`` ->
+    ``(d_inputs, (d_initial_state_fw, d_initial_state_bw))``.
+
+    ``d_outputs`` is a list with one [batch, fw_size + bw_size] array (or None) per step, or None;
+    ``d_inputs`` is a list with one [batch, depth] array per step.  ``inner`` is the
+    :class:`BidirectionalTrace` of the time-major pass; ``fw`` / ``bw`` its two :class:`RNNTrace`.
+    """
+
+    def __init__(self, inner, n, fw_size, bw_size):
+        self.inner, self._n = inner, n
+        self._fw_size, self._bw_size = fw_size, bw_size
+        self._done = False
+
+    @property
+    def records(self):
+        return self.inner.records
+
+    @property
+    def fw(self):
+        return self.inner.fw
+
+    @property
+    def bw(self):
+        return self.inner.bw
+
+    def _traces(self):
+        return (self, self.inner, self.inner.fw, self.inner.bw)
+
+    def _split_outputs(self, d_outputs):
+        """Validate the per-step cotangents (every entry before any is used) and split them into
+        the time-major (d_out_fw, d_out_bw) pair; None where every entry is None."""
+        if d_outputs is None:
+            return None
+        n = self._n
+        if not isinstance(d_outputs, (list, tuple)) or len(d_outputs) != n:
+            raise ValueError("d_outputs must be a list of %d arrays (or None entries), one per "
+                             "step, got %s" % (n, _describe(d_outputs) if not
+                                               isinstance(d_outputs, (list, tuple))
+                                               else "%d entries" % len(d_outputs)))
+        fw = self.inner.fw
+        xp, dt, B = fw._xp, fw.dtype, fw.batch_size
+        wf, wb = self._fw_size, self._bw_size
+        checked = []
+        for t, g in enumerate(d_outputs):
+            if g is not None:
+                nm = "d_outputs[%d]" % t
+                g = float_array(g, nm)
+                check_shape(g, (B, wf + wb), nm)
+                check_dtype(g, dt, nm)
+                check_on_device(g, nm, xp, "the forward's inputs")
+                checked.append((t, g))
+        if not checked:
+            return None
+        d_fw, d_bw = xp.zeros((n, B, wf), dt), xp.zeros((n, B, wb), dt)
+        for t, g in checked:
+            d_fw[t] = g[:, :wf]
+            d_bw[t] = g[:, wf:]
+        return d_fw, d_bw
+
+    def backward(self, d_outputs=None, d_final_state=None):
+        """Return ``(list of d_inputs, (d_initial_state_fw, d_initial_state_bw))``; accumulates
+        into both cells' ``grads``.  ``d_final_state`` is the pair ``(d_state_fw, d_state_bw)``
+        (either entry may be None).  Bad cotangents raise before anything is consumed."""
+        _ensure_fresh(*self._traces())
+        pair = self._split_outputs(d_outputs)
+        prepared = self.inner._prepare(pair, d_final_state)
+        _consume(*self._traces())
+        dx, d0 = self.inner._run(prepared)
+        return [dx[t] for t in range(self._n)], d0
+
+
+def static_bidirectional_rnn(cell_fw, cell_bw, inputs, initial_state_fw=None,
+                             initial_state_bw=None, dtype=None, sequence_length=None, scope=None,
+                             return_trace=False):
+    """tf.nn.static_bidirectional_rnn: a forward and a backward RNN over a list of steps, their
+    outputs concatenated on the feature axis.
+
+    With ``x = inputs`` (T arrays ``[batch, depth]``), ``RNN_fw`` / ``RNN_bw`` the
+    :func:`static_rnn` of ``cell_fw`` / ``cell_bw`` (from ``initial_state_fw`` / ``_bw``, zeros by
+    default) and ``R`` the reversal of each row's valid prefix, its first ``sequence_length[b]``
+    steps (``reverse_sequence``; the whole list when ``sequence_length`` is None)::
+
+        y_fw = RNN_fw(x)
+        y_bw = R(RNN_bw(R(x)))
+        outputs[t] = concat([y_fw[t], y_bw[t]], axis=1)   # [batch, fw.output_size + bw.output_size]
+
+    Returns ``(outputs, output_state_fw, output_state_bw)`` (plus a
+    :class:`StaticBidirectionalTrace` with ``return_trace``): ``outputs`` a list of T arrays
+    ``[batch, cell_fw.output_size + cell_bw.output_size]``, zero past each row's length;
+    ``output_state_fw`` the forward state after step ``length - 1``, ``output_state_bw`` the
+    backward state after it has read the row's first step (either is the initial state where the
+    length is 0).  It is :func:`bidirectional_dynamic_rnn` on the stacked, time-major inputs.
+
+    >>> import numpy as np, npl
+    >>> fw, bw = npl.rnn.LSTMCell(4, num_proj=2, seed=0), npl.rnn.GRUCell(3, seed=1)
+    >>> xs = [np.ones((2, 5), np.float32) for _ in range(3)]
+    >>> outs, st_fw, st_bw = npl.nn.static_bidirectional_rnn(fw, bw, xs, sequence_length=[3, 1])
+    >>> len(outs), outs[0].shape, st_fw.h.shape, st_bw.shape, float(abs(outs[2][1]).max())
+    (3, (2, 5), (2, 2), (2, 3), 0.0)
+    """
+    _check_cell(cell_fw, "cell_fw")
+    _check_cell(cell_bw, "cell_bw")
+    xs, x = _stack_steps(inputs, empty_error=ValueError)
+    B, I = xs[0].shape
+    if B == 0 or I == 0:
+        raise ValueError("inputs[0] must have at least one batch row and feature, got shape %s"
+                         % (tuple(xs[0].shape),))
+    for nm, c in (("cell_fw", cell_fw), ("cell_bw", cell_bw)):
+        if c.input_size is not None and I != c.input_size:
+            raise ValueError("inputs[0] must have feature width %d (%s was built for it), got "
+                             "shape %s" % (c.input_size, nm, tuple(xs[0].shape)))
+    res = _bidirectional(cell_fw, cell_bw, x, sequence_length, initial_state_fw,
+                         initial_state_bw, dtype, True, return_trace)
+    (o_fw, o_bw), (s_fw, s_bw) = res[:2]
+    out = get_array_module(o_fw).concatenate([o_fw, o_bw], axis=2)       # [T, B, fw + bw]
+    outs = [out[t] for t in range(len(xs))]
+    if return_trace:
+        tr = StaticBidirectionalTrace(res[2], len(xs), cell_fw.output_size, cell_bw.output_size)
+        return outs, s_fw, s_bw, tr
+    return outs, s_fw, s_bw
 
 
 class StackBidirectionalTrace(TraceBase):

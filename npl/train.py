@@ -34,7 +34,7 @@ import numpy as np
 
 from .array_ops import IndexedSlices, _scatter_add, _check_index_range
 from .backend import _is_cupy, default_xp, get_array_module
-from ._checks import as_array, check_same_device, real_number
+from ._checks import as_array, check_name, check_same_device, real_number
 
 __all__ = ["Optimizer", "GradientDescentOptimizer", "MomentumOptimizer", "RMSPropOptimizer",
            "AdamOptimizer", "global_norm", "clip_by_global_norm", "fit", "History",
@@ -660,7 +660,7 @@ def _norm_parts(t_list):
     return big, total, dtype, True
 
 
-def global_norm(t_list):
+def global_norm(t_list, name=None):
     """``sqrt(sum_i ||t_i||^2)`` over the arrays of ``t_list`` (tf.global_norm).
 
     None entries are ignored; an :class:`npl.IndexedSlices` counts its ``values`` (duplicate indices
@@ -669,6 +669,7 @@ def global_norm(t_list):
     dtype, as TF's result (float32 gradients: ``np.float32``; float64: ``np.float64``, which is a
     Python float).  ``inf`` only when an input is non-finite or the norm exceeds that dtype's range.
     """
+    check_name(name)
     return _norm_value(*_norm_parts(t_list)[:3])
 
 
@@ -678,7 +679,7 @@ def _norm_value(scale, ssq, dtype):
         return dtype.type(scale * math.sqrt(ssq) if not math.isnan(ssq) else ssq)
 
 
-def clip_by_global_norm(t_list, clip_norm, use_norm=None):
+def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None):
     """``tf.clip_by_global_norm``: returns ``(clipped_list, global_norm)``.
 
         scale = clip_norm * min(1 / global_norm, 1 / clip_norm);   t_i <- t_i * scale
@@ -691,6 +692,7 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None):
     handled by rescaling); a non-finite input makes every clipped value NaN, as in TensorFlow (fit
     stops on it).  New arrays are returned.
     """
+    check_name(name)
     clip = real_number(clip_norm, "clip_norm", allow_zero=False)
     big, ssq, rescaled = 1.0, None, False
     if use_norm is None:

@@ -10,7 +10,7 @@ import pytest
 import npl
 from npl.backend import _state as backend_state
 from helpers import (CELL_KINDS, cell_spec, flatten, make_cell, numpy_backend, random_like,  # noqa: F401
-                     random_state, randomize_params, unroll_steps, assert_close)
+                     random_state, randomize_params, unflatten, unroll_steps, assert_close)
 
 R = npl.rnn
 S = npl.LSTMStateTuple
@@ -484,12 +484,14 @@ def _trace_nbytes(kind, T, B=4, H=8, I=5, lengths=None):
 @pytest.mark.parametrize("kind", ["rnn", "basic_lstm", "lstm_all", "gru", "multi"])
 def test_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
     """nbytes equals the memory the trace keeps alive (tracemalloc: NumPy reports its buffers),
-    and is at least the documented slabs (gates, c, h)."""
-    B, T, H, I = 8, 40, 16, 5
+    and is at least the documented slabs (gates, c, h).  The batch and length are large enough
+    that the step masks (T*B bytes each) are well above the tolerance for the Python objects."""
+    B, T, H, I = 40, 300, 4, 3
     rng = _rng(kind, "mem")
     cell = make_cell(kind, rng, I, units=H)
     x = rng.standard_normal((B, T, I))
-    L = np.array([T, T - 3, 5, T, 0, 7, T, 1])
+    L = rng.integers(0, T + 1, size=B)
+    L[:2] = T, 0
     npl.nn.dynamic_rnn(cell, x, L, return_trace=True)     # warm up any lazily cached weights
     gc.collect()
     tracemalloc.start()
@@ -504,7 +506,9 @@ def test_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
     slabs = sum(a.nbytes for r in tr.records for k, a in r.slabs.items()
                 if k in ("gates", "c", "h"))
     assert tr.nbytes >= slabs
-    assert tr.nbytes == sum(r.nbytes for r in tr.records)
+    # a stack's layers share the step mask, which the trace counts once
+    assert tr.nbytes <= sum(r.nbytes for r in tr.records)
+    assert len(tr.records) > 1 or tr.nbytes == tr.records[0].nbytes
     # what the trace keeps alive, to within the Python objects around the arrays (a few KB)
     assert abs(held - tr.nbytes) <= 0.01 * tr.nbytes + 6144, (held, tr.nbytes)
 
@@ -549,12 +553,12 @@ def test_trace_nbytes_is_the_closed_form_in_T_B_and_H(kind, dtype):
         floats, extra = _trace_floats_closed_form(cls, kw, T, B, H)
         _, _, tr = npl.nn.dynamic_rnn(cell, x, dtype=dtype, return_trace=True)
         assert tr.nbytes == floats * np.dtype(dtype).itemsize + extra, (T, B, H, I)
-        # with lengths: T is the longest; a one-byte step mask [T, B] where some row is shorter;
-        # nothing at all when every length is zero
+        # with lengths: T is the longest; a one-byte step mask [T, B] and its negation where some
+        # row is shorter; nothing at all when every length is zero
         for L in (rng.integers(0, T + 1, size=B), np.full(B, T // 2)):
             Tm = int(L.max())
             floats, extra = _trace_floats_closed_form(cls, kw, Tm, B, H)
-            want = floats * np.dtype(dtype).itemsize + extra + (Tm * B if (L < Tm).any() else 0)
+            want = floats * np.dtype(dtype).itemsize + extra + (2 * Tm * B if (L < Tm).any() else 0)
             _, _, tr = npl.nn.dynamic_rnn(cell, x, L, dtype=dtype, return_trace=True)
             assert tr.nbytes == (want if Tm else 0), (T, B, H, I, L)
 
@@ -572,6 +576,10 @@ def test_stacked_trace_nbytes_is_the_sum_of_the_layers_closed_forms():
         floats, extra = _trace_floats_closed_form(c, kw, T, B, kw["num_units"])
         want += 4 * floats + extra
     assert tr.nbytes == want
+    # with lengths: the layers share one step mask [T, B] (counted once); each keeps its negation
+    L = np.array([T, 2, 0, T, 5])
+    _, _, tr = npl.nn.dynamic_rnn(cell, x, L, dtype=np.float32, return_trace=True)
+    assert tr.nbytes == want + T * B * (1 + len(layers))
 
 
 # ----------------------------------------------------------------------------- step loop
@@ -685,3 +693,142 @@ def test_traceless_forward_memory_is_bounded(no_workspace_pool):
     outputs_bytes = 16 * 512 * 32 * 8
     assert peaks[1] < 0.4 * peaks[0], peaks
     assert peaks[1] < 3 * outputs_bytes, (peaks, outputs_bytes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["rnn", "lstm_all", "gru", "multi"])
+@pytest.mark.parametrize("B", [3, 16])              # 16: the C loops' batches, on float32
+def test_past_a_length_outputs_are_zero_and_cotangents_ignored_even_if_not_finite(kind, B, dtype):
+    """TF selects zeros past each length (and its gradient drops the cotangent there), so a row
+    whose carried state is NaN still gives exact +0.0 outputs past its length, and a NaN output
+    cotangent past the length changes nothing.  (Multiplying by the mask gave NaN and -0.0.)"""
+    rng = _rng(kind, B, "nan", np.dtype(dtype).name)
+    T, I = 6, 4
+    cell = make_cell(kind, rng, I, dtype=dtype, units=5)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    L = rng.integers(0, T + 1, size=B)
+    L[:3] = 0, 2, T
+    state = random_like(cell.zero_state(B, dtype), rng)
+    nan_row = [s.copy() for s in flatten(state)]
+    for s in nan_row:
+        s[0] = np.nan                                   # row 0: length 0, NaN initial state
+    state_nan = unflatten(state, nan_row)
+    out, final, tr = npl.nn.dynamic_rnn(cell, x, L, initial_state=state_nan, dtype=dtype,
+                                        return_trace=True)
+    past = np.arange(T)[None, :] >= L[:, None]          # [B, T]
+    assert np.all(out[past] == 0) and not np.any(np.signbit(out[past]))
+    assert np.all(np.isfinite(out[1:]))
+    d_out = rng.standard_normal(out.shape).astype(dtype)
+    d_nan = d_out.copy()
+    d_nan[past] = np.nan
+    cell.zero_grad()
+    _, _, tr = npl.nn.dynamic_rnn(cell, x, L, initial_state=state, dtype=dtype, return_trace=True)
+    dx, d0 = tr.backward(d_out, None)
+    want = [dx] + list(flatten(d0)) + [g.copy() for g in cell.grads.values()]
+    cell.zero_grad()
+    _, _, tr = npl.nn.dynamic_rnn(cell, x, L, initial_state=state, dtype=dtype, return_trace=True)
+    dx, d0 = tr.backward(d_nan, None)
+    got = [dx] + list(flatten(d0)) + [g.copy() for g in cell.grads.values()]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+
+def test_a_python_list_takes_the_dtype_given_as_tf_feeds_it():
+    """TF converts a fed Python list to the placeholder's dtype; npl converts a list (which has
+    no dtype of its own) to ``dtype`` too, while an array of another dtype is still refused."""
+    rng = _rng("list", "dtype")
+    cell = make_cell("gru", rng, 3, dtype=np.float32, units=4)
+    x = rng.standard_normal((2, 5, 3))
+    out, st = npl.nn.dynamic_rnn(cell, x.tolist(), dtype=np.float32)
+    want, want_st = npl.nn.dynamic_rnn(cell, x.astype(np.float32), dtype=np.float32)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(st, want_st)
+    with pytest.raises(TypeError, match="inputs have dtype float64 but dtype=float32"):
+        npl.nn.dynamic_rnn(cell, x, dtype=np.float32)
+
+
+def test_an_ndarray_subclass_runs_like_the_ndarray(tmp_path):
+    """np.memmap inputs take the same paths (the C loops on float32, B >= 8) as the plain array,
+    bit for bit; they once fell to the Python loop because of a ``type(a) is np.ndarray`` test."""
+    rng = _rng("memmap")
+    B, T, I = 16, 9, 5
+    cell = make_cell("lstm_all", rng, I, dtype=np.float32, units=6)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    mm = np.memmap(str(tmp_path / "x.dat"), np.float32, "w+", shape=x.shape)
+    mm[:] = x
+    got = npl.nn.dynamic_rnn(cell, mm, return_trace=True)
+    want = npl.nn.dynamic_rnn(cell, x, return_trace=True)
+    assert type(got[0]) is np.ndarray
+    for a, b in zip(flatten(got[:2]), flatten(want[:2])):
+        np.testing.assert_array_equal(a, b)
+    d = rng.standard_normal(want[0].shape).astype(np.float32)
+    cell.zero_grad()
+    dx_mm = got[2].backward(d, None)[0]
+    g_mm = {k: v.copy() for k, v in cell.grads.items()}
+    cell.zero_grad()
+    dx = want[2].backward(d, None)[0]
+    np.testing.assert_array_equal(dx_mm, dx)
+    for k, v in cell.grads.items():
+        np.testing.assert_array_equal(g_mm[k], v)
+
+
+def test_cell_call_takes_tf1s_scope_argument():
+    """TF1's RNNCell.__call__(inputs, state, scope=None): ``cell(x, s, scope="rnn")`` and the
+    positional form return (output, state) as in TF; return_trace goes by keyword, and a bool in
+    scope's place (the old positional return_trace) is a TypeError saying so."""
+    rng = _rng("scope")
+    cell = make_cell("lstm_all", rng, 3, units=4)
+    x = rng.standard_normal((2, 3))
+    s = random_state(cell, 2, rng)
+    want = cell(x, s)
+    for got in (cell(x, s, scope="rnn"), cell(x, s, "rnn/multi_rnn_cell")):
+        assert len(got) == 2
+        for a, b in zip(flatten(got), flatten(want)):
+            np.testing.assert_array_equal(a, b)
+    assert len(cell(x, s, scope="rnn", return_trace=True)) == 3
+    with pytest.raises(TypeError, match="pass return_trace=True by keyword"):
+        cell(x, s, True)
+    with pytest.raises(TypeError, match="scope .* must be a string or None, got 3"):
+        cell(x, s, 3)
+
+
+# ---------------------------------------------------------------- TF1's signatures, read live
+_TF1_SIGNATURES = [
+    ("sequence_mask", lambda v1: v1.sequence_mask, lambda: npl.sequence_mask),
+    ("boolean_mask", lambda v1: v1.boolean_mask, lambda: npl.boolean_mask),
+    ("reverse_sequence", lambda v1: v1.reverse_sequence, lambda: npl.reverse_sequence),
+    ("embedding_lookup", lambda v1: v1.nn.embedding_lookup, lambda: npl.nn.embedding_lookup),
+    ("clip_by_global_norm", lambda v1: v1.clip_by_global_norm, lambda: npl.clip_by_global_norm),
+    ("global_norm", lambda v1: v1.global_norm, lambda: npl.global_norm),
+    ("dynamic_rnn", lambda v1: v1.nn.dynamic_rnn, lambda: npl.nn.dynamic_rnn),
+    ("static_rnn", lambda v1: v1.nn.static_rnn, lambda: npl.nn.static_rnn),
+    ("bidirectional_dynamic_rnn", lambda v1: v1.nn.bidirectional_dynamic_rnn,
+     lambda: npl.nn.bidirectional_dynamic_rnn),
+    ("static_bidirectional_rnn", lambda v1: v1.nn.static_bidirectional_rnn,
+     lambda: npl.nn.static_bidirectional_rnn),
+    ("LSTMCell", lambda v1: v1.nn.rnn_cell.LSTMCell.__init__, lambda: R.LSTMCell.__init__),
+    ("BasicLSTMCell", lambda v1: v1.nn.rnn_cell.BasicLSTMCell.__init__, lambda: R.BasicLSTMCell.__init__),
+    ("GRUCell", lambda v1: v1.nn.rnn_cell.GRUCell.__init__, lambda: R.GRUCell.__init__),
+    ("BasicRNNCell", lambda v1: v1.nn.rnn_cell.BasicRNNCell.__init__, lambda: R.BasicRNNCell.__init__),
+    ("MultiRNNCell", lambda v1: v1.nn.rnn_cell.MultiRNNCell.__init__, lambda: R.MultiRNNCell.__init__),
+    ("DropoutWrapper", lambda v1: v1.nn.rnn_cell.DropoutWrapper.__init__, lambda: R.DropoutWrapper.__init__),
+    ("RNNCell.__call__", lambda v1: v1.nn.rnn_cell.RNNCell.__call__, lambda: R.BasicRNNCell.__call__),
+    ("zero_state", lambda v1: v1.nn.rnn_cell.RNNCell.zero_state, lambda: R.BasicRNNCell.zero_state),
+]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name, tf_fn, npl_fn", _TF1_SIGNATURES, ids=[c[0] for c in _TF1_SIGNATURES])
+def test_tf1_parameters_come_first_in_tf1s_order(name, tf_fn, npl_fn):
+    """A TF1 call ports with its positional and keyword arguments as written: npl's parameters
+    begin with TF1's, same names, same order (read from live TensorFlow; npl may add its own,
+    such as return_trace, after them)."""
+    import inspect
+    import os
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf = pytest.importorskip("tensorflow")
+    theirs = [p for p in inspect.signature(tf_fn(tf.compat.v1)).parameters if p not in ("self", "kwargs")]
+    ours = [p for p in inspect.signature(npl_fn()).parameters if p != "self"]
+    assert ours[:len(theirs)] == theirs, (name, ours, theirs)

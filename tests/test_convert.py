@@ -347,6 +347,52 @@ def test_tf1_checkpoints_both_directions(tf, tmp_path):
         _compare_structs(st, tuple(want_st), TOL[dtype], "%s state" % name)
 
 
+def test_dropout_wrapped_cells_convert_under_tf1s_names(tf, tmp_path):
+    """TensorFlow's PTB model wraps each layer in a DropoutWrapper, which adds no variable scope:
+    the names TF1 gives are the plain cells' (read from a live graph), and every converter sees
+    through npl's DropoutWrapper (at the top or around the layers of a stack) to the same
+    weights as for the unwrapped cells."""
+    v1 = tf.compat.v1
+    rc = v1.nn.rnn_cell
+    g = tf.Graph()
+    with g.as_default():
+        tf_cell = rc.DropoutWrapper(rc.MultiRNNCell([
+            rc.DropoutWrapper(rc.BasicLSTMCell(4), output_keep_prob=0.5),
+            rc.DropoutWrapper(rc.BasicLSTMCell(3), state_keep_prob=0.5)]), input_keep_prob=0.9)
+        v1.nn.dynamic_rnn(tf_cell, tf.zeros((2, 3, I)), dtype=tf.float32)
+        tf_names = sorted(v.name[:-2] for v in v1.global_variables())
+    D = npl.rnn.DropoutWrapper
+    rng = np.random.default_rng(11)
+    plain = MultiRNNCell([BasicLSTMCell(4, forget_bias=0.3), BasicLSTMCell(3, forget_bias=-0.6)])
+    plain.build(I, np.float32)
+    _randomize(plain, rng)
+    wrapped = D(MultiRNNCell([D(c, output_keep_prob=0.5) for c in plain.cells]), input_keep_prob=0.9)
+    assert sorted(convert.tf_variable_names(wrapped).values()) == tf_names
+    assert convert.tf_variable_names(wrapped) == convert.tf_variable_names(plain)
+    tf_vars = convert.to_tf_variables(wrapped)
+    assert sorted(tf_vars) == tf_names
+    _assert_same_params(convert.from_tf_variables(tf_vars, wrapped),
+                        convert.from_tf_variables(tf_vars, plain))
+    ckpt = convert.save_tf_checkpoint(wrapped, str(tmp_path / "wrapped"))
+    fresh = D(MultiRNNCell([D(BasicLSTMCell(4, forget_bias=0.3)), D(BasicLSTMCell(3, forget_bias=-0.6))]))
+    convert.load_tf_checkpoint(ckpt, fresh)
+    _assert_same_params({k: npl.to_numpy(v) for k, v in fresh.params.items()},
+                        {k: npl.to_numpy(v) for k, v in plain.params.items()})
+    for a, b in zip(convert.to_keras(wrapped), convert.to_keras(plain)):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    one = D(plain.cells[0], output_keep_prob=0.5)
+    np.testing.assert_array_equal(convert.to_keras(one)[0], convert.to_keras(plain.cells[0])[0])
+    same = MultiRNNCell([BasicLSTMCell(4, forget_bias=0.3), BasicLSTMCell(4)])
+    same.build(I, np.float32)
+    _randomize(same, rng)
+    sd = convert.to_torch(D(MultiRNNCell([D(c) for c in same.cells])))
+    ref = convert.to_torch(same)
+    assert sorted(sd) == sorted(ref) and all(np.array_equal(sd[k], ref[k]) for k in sd)
+    _assert_same_params(convert.from_torch(sd, D(MultiRNNCell([D(c) for c in same.cells]))),
+                        convert.from_torch(sd, same))
+
+
 # ============================================================================ live Keras
 def test_keras_layers_match(tf):
     """LSTM, GRU(reset_after=False) and SimpleRNN layers with return_sequences and return_state:

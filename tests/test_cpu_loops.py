@@ -59,6 +59,16 @@ def test_rational_tanh_matches_float64():
     z = np.array([np.nan], np.float32)
     cpu.tanh_rational(z, z)
     assert np.isnan(z[0])
+    # saturated: exactly +-1 wherever float32's tanh is (so the derivatives 1 - y^2 and
+    # s (1 - s) are exactly 0 there, as on the NumPy path and in TensorFlow), never above
+    one = np.tanh(x) == 1                                     # NumPy's float32 tanh
+    assert one.sum() > 1000
+    np.testing.assert_array_equal(y[one], 1)
+    np.testing.assert_array_equal(y[np.tanh(x) == -1], -1)
+    big = np.array([9.02, 20.0, 1e4, 3e38, np.inf], np.float32)
+    out = np.empty_like(big)
+    cpu.tanh_rational(big, out)
+    np.testing.assert_array_equal(out, 1)
 
 
 def _cell(kind, H):
@@ -133,6 +143,27 @@ def test_c_loops_equal_the_python_loop(calls, kind, B, T, I, H, time_major):
     for k, (a, b) in enumerate(zip(with_loops, python_loop)):
         assert a.shape == b.shape
         _close(a, b, "array %d" % k)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("scale", [1e4, 1e10])
+def test_c_loops_saturated_gates_pass_no_gradient(calls, kind, scale):
+    """Weights so large that every gate saturates: the gates are exactly 0 or 1, so (as on the
+    Python loop and in TensorFlow) the sigmoid and tanh derivatives are exactly 0 and nothing
+    leaks through them; the rational tanh once stopped at 0.99999976 and gave dx of 1e27 here."""
+    cell, (x, state, d_out, d_state, tm) = _problem(kind, 16, 10, 5, 8, True, seed=int(np.log10(scale)))
+    cell.set_params({k: v * np.float32(scale) for k, v in cell.params.items()})
+    old = cpu.enable_sequence_loops(True)
+    try:
+        with_loops = _run(cell, x, state, d_out, d_state, tm)
+        assert sum(calls.values()) > 0
+        cpu.enable_sequence_loops(False)
+        python_loop = _run(cell, x, state, d_out, d_state, tm)
+    finally:
+        cpu.enable_sequence_loops(old)
+    for a, b in zip(with_loops, python_loop):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)   # rounding through 1e4 weights
 
 
 def test_c_loops_without_output_cotangent(calls):

@@ -334,6 +334,28 @@ def test_loop_threads_is_1_while_another_thread_is_busy(settings):
     assert cpu.loop_threads(256) == 2
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_weight_gradients_do_not_depend_on_whether_another_thread_is_busy(settings, kind):
+    """The same call twice, once with npl's threads free and once while another thread is busy
+    (loop_threads drops to 1): bit-identical weight gradients.  The kernel gradient's partial
+    sums follow npl's thread setting, not the threads free at the moment (they once followed
+    loop_threads, so the bits changed with whatever had run just before)."""
+    if not cpu.packed_gemm():
+        pytest.skip("the packed kernel is not built for this CPU (%s)" % cpu.status())
+    cpu.set_threads(2)
+    settings.setattr(cpu, "MIN_SLICE", 16)
+    settings.setattr(cpu, "MIN_SLICE_PACKED", 16)
+    cell, args = _problem(kind, 64, 12, 6, 16, True, seed=11)
+    got = []
+    for busy in (False, True, False):
+        settings.setattr(cpu, "_others_busy", lambda b=busy: b)
+        assert cpu.loop_threads(64) == (1 if busy else 2)
+        got.append(_run(cell, *args))
+    for run in got[1:]:
+        for a, b in zip(got[0], run):
+            np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------- 5. fork
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.fork and pthread_atfork")
 def test_threaded_pass_in_a_forked_child(threaded, returns):

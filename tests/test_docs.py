@@ -86,6 +86,29 @@ def test_code_references_exist(doc):
     assert not bad, "docs/bptt.md references that do not exist: %s" % bad
 
 
+EQUATION = r"\(([FGRMBLUS]\d+)\)"          # (F1), (L13), (U10), ...
+
+
+def test_equation_labels_cited_in_the_code_are_defined_in_the_doc(doc):
+    """Every equation label a comment or docstring of npl/ or examples/ cites, e.g. "(L10)", is
+    one the doc defines (an equation line starting with it), so the code's pointers into the
+    derivation cannot go stale."""
+    defined = set(re.findall(r"^" + EQUATION + r" ", doc, flags=re.M))
+    assert {"F1", "F8", "G3", "R1", "M2", "B2", "L16", "U10", "S3"} <= defined
+    cited = {}
+    for top in ("npl", "examples"):
+        for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
+            for name in names:
+                if name.endswith((".py", ".c", ".cu")):
+                    path = os.path.join(dirpath, name)
+                    with open(path) as f:
+                        for label in re.findall(EQUATION, f.read()):
+                            cited.setdefault(label, os.path.relpath(path, ROOT))
+    assert len(cited) >= 10
+    missing = {k: v for k, v in cited.items() if k not in defined}
+    assert not missing, "cited but not defined in docs/bptt.md: %s" % missing
+
+
 def _parse_vectors(text, label):
     """Rows printed as ``label = [ ... ]`` (or the matrix rows following ``label =``)."""
     m = re.search(re.escape(label) + r" = \[([^\]]*)\]", text)

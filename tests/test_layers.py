@@ -531,6 +531,14 @@ def test_dropout_wrapper_errors():
         L.DropoutWrapper(c, output_keep_prob=1.5)
     with pytest.raises(TypeError, match="cell must be an npl RNN cell"):
         L.DropoutWrapper(object())
+    # TF's filter drops a concatenated LSTM state whole (c too); npl would drop only h: refused,
+    # also inside a stack, while the other keep probabilities stay available for that form
+    flat = npl.rnn.BasicLSTMCell(2, state_is_tuple=False)
+    for cell in (flat, npl.rnn.MultiRNNCell([npl.rnn.GRUCell(2), flat])):
+        with pytest.raises(ValueError, match=r"state_keep_prob < 1 around an LSTM cell with "
+                                             r"state_is_tuple=False \(BasicLSTMCell\)"):
+            L.DropoutWrapper(cell, state_keep_prob=0.9)
+        L.DropoutWrapper(cell, input_keep_prob=0.5, output_keep_prob=0.5)
     w = L.DropoutWrapper(npl.rnn.BasicLSTMCell(2, input_size=3), input_keep_prob=0.5)
     w.replay = True
     with pytest.raises(ValueError, match=r"replay=True but masks\['input'\] is None"):

@@ -109,7 +109,7 @@ _SIGNATURES["npl_packed_floats"] = (_I, _I)
 _SIGNATURES["npl_pack_f32"] = (_P, _I, _I, _I, _I, _P, _I)
 _SIGNATURES["npl_transpose_f32"] = (_P, _I, _I, _P, _I, _I, _I, _I, _I)
 _SIGNATURES["npl_kernel_grad_f32"] = (_P, _I, _I, _P, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _I,
-                                      _I, _P, _I, _I)
+                                      _I, _P, _I, _I, _I)
 # these return the number of batch slices (threads) they ran, or a count
 _RETURNS_INT = ("npl_pool_others_runnable", "npl_packed_gemm_width", "npl_packed_matmul_f32",
                 "npl_packed_floats", "npl_pack_f32", "npl_prepacked_matmul_f32",
@@ -703,8 +703,21 @@ def kernel_grad(x, h, dG2, out, scale=None):
         x.__array_interface__["data"][0], x.strides[0] // 4, x.strides[1] // 4, I,
         h.__array_interface__["data"][0], h.strides[0] // 4, h.strides[1] // 4,
         None if scale is None else scale.__array_interface__["data"][0], s[0], s[1], P, T, B,
-        out.__array_interface__["data"][0], nG, loop_threads(T * B))
+        out.__array_interface__["data"][0], nG, _kernel_grad_parts(T * B), loop_threads(T * B))
     return max(0, int(r))
+
+
+def _kernel_grad_parts(columns):
+    """How many partial sums kernel_grad splits the steps into: npl's thread setting (the one
+    :func:`threads` reads first, kept for the process unless :func:`set_threads` changes it), at
+    most one per :func:`_min_slice` columns.  Not :func:`loop_threads`, which drops to 1 while
+    another thread is busy: the sum's rounding would then depend on what ran just before."""
+    n = _state["threads"]
+    if n is None:
+        n = _state.get("kgrad_threads")
+        if n is None:
+            n = _state["kgrad_threads"] = threads()
+    return max(1, min(n, columns // _min_slice()))
 
 
 # ----------------------------------------------------------------- per-step wrappers

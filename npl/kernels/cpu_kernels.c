@@ -69,9 +69,11 @@ static inline float npl_tanhf(float x)
 static inline float npl_sigmoidf(float x) { return 0.5f * npl_tanhf(0.5f * x) + 0.5f; }
 
 /* tanh(x) as a rational function on [-7.905, 7.905] (odd degree-13 numerator over even degree-6
- * denominator, the minimax form TensorFlow's CPU kernels evaluate through Eigen), +-1 beyond it
- * (where float32 tanh rounds to +-1), x itself for |x| < 4e-4.  ~0.4 ns per value vectorised
- * against npl_tanhf's 1.2; within 4e-7 of tanh (tested against float64). */
+ * denominator, the minimax form TensorFlow's CPU kernels evaluate through Eigen), its value at
+ * +-7.905 (0.99999976) from there to +-9.0109, and exactly +-1 beyond (where float32's tanh
+ * rounds to +-1, so that a saturated gate's derivative 1 - y^2 is exactly 0, not 4.8e-7: large
+ * inputs or weights would otherwise leak gradient through it), x itself for |x| < 4e-4.  ~0.4 ns
+ * per value vectorised against npl_tanhf's 1.2; within 4e-7 of tanh (tested against float64). */
 static inline float npl_mul_add(float a, float b, float c)
 {
 #ifdef __FMA__
@@ -97,7 +99,9 @@ static inline float npl_tanhf_rational(float x)
     q = npl_mul_add(x2, q, 2.26843463243900e-03f);
     q = npl_mul_add(x2, q, 4.89352518554385e-03f);
     float y = p / q;
-    return (x < 4e-4f && x > -4e-4f) ? x : y;
+    const float ax = __builtin_fabsf(x);
+    y = ax >= 9.0109f ? __builtin_copysignf(1.0f, x) : y;
+    return ax < 4e-4f ? x : y;
 }
 
 static inline float npl_sigmoidf_rational(float x) { return 0.5f * npl_tanhf_rational(0.5f * x) + 0.5f; }
@@ -1744,20 +1748,28 @@ static void kgrad_task(void* arg, int64_t q)
 int64_t npl_kernel_grad_f32(const float* dG, int64_t lddg, int64_t nG, const float* X,
                             int64_t sxt, int64_t sxb, int64_t I, const float* Hs, int64_t sht,
                             int64_t shk, const float* S, int64_t sst, int64_t ssk, int64_t P,
-                            int64_t T, int64_t B, float* out, int64_t ldo, int64_t nthreads)
+                            int64_t T, int64_t B, float* out, int64_t ldo, int64_t parts,
+                            int64_t nthreads)
 {
 #ifdef NPL_VL
     if (!npl_packed_gemm_enabled() || T <= 0 || B <= 0 || nG <= 0)
         return 0;
     const int64_t Mp = I + P + 1, ldz = (Mp + 15) / 16 * 16;
-    int64_t nparts = nthreads < 1 ? 1 : (nthreads > NPL_MAX_THREADS ? NPL_MAX_THREADS : nthreads);
+    /* The steps are split into `parts` partial sums, added in order at the end: the bits depend
+     * on `parts` alone, so the caller keeps it fixed (npl's thread setting) while `nthreads`,
+     * the threads free right now, only decides whether the parts run at once or one by one. */
+    int64_t nparts = parts < 1 ? 1 : (parts > NPL_MAX_THREADS ? NPL_MAX_THREADS : parts);
     if (nparts > T) nparts = T;
     npl_kgrad j = {dG, X, Hs, S, lddg, nG, sxt, sxb, I, sht, shk, sst, ssk, P, T, B, Mp, ldz,
                    nparts, NULL, 0};
     j.acc = (float*)malloc((size_t)(nparts * nG * ldz) * sizeof(float));
     if (!j.acc)
         return -1;
-    const int64_t used = nparts > 1 ? npl_pool_run(kgrad_task, &j, nparts) : (kgrad_task(&j, 0), 1);
+    int64_t used = 1;
+    if (nparts > 1 && nthreads > 1)
+        used = npl_pool_run(kgrad_task, &j, nparts);
+    else
+        for (int64_t q = 0; q < nparts; q++) kgrad_task(&j, q);
     if (j.failed) {
         free(j.acc);
         return -1;
@@ -1774,7 +1786,7 @@ int64_t npl_kernel_grad_f32(const float* dG, int64_t lddg, int64_t nG, const flo
 #else
     (void)dG; (void)lddg; (void)nG; (void)X; (void)sxt; (void)sxb; (void)I; (void)Hs; (void)sht;
     (void)shk; (void)S; (void)sst; (void)ssk; (void)P; (void)T; (void)B; (void)out; (void)ldo;
-    (void)nthreads;
+    (void)parts; (void)nthreads;
     return 0;
 #endif
 }
