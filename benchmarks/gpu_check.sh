@@ -20,7 +20,7 @@
 #      cut off by the time limit keeps the workers that finished ("complete": false in it).
 # OUT defaults to runs/gpu; STAGE_S (default 150) bounds stages 2 and 3 each, STAGE4_S (default
 # 180) stage 4 as a whole (its second run gets what the first left): at most 60 + 150 + 150 +
-# 180 s = 9 minutes (a benchmark run that outlives its SIGTERM is killed 10 s later). STAGES
+# 180 s = 9 minutes, plus 10 s for each benchmark run that outlives its SIGTERM (then killed). STAGES
 # (default "1 2 3 4") picks the stages to run (STAGES=4: the benchmark alone). BENCH_SMALL (default C1,C3,C5) and BENCH_LARGE (default C2,C6; empty: no second run) are
 # the two runs' configurations; BENCH_ARGS (default empty) is appended to both command lines (its
 # options win). CI runs this script on the CuPy stand-in (tests/test_fake_cupy.py), so it is known

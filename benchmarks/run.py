@@ -589,7 +589,8 @@ def main_table(args, env):
         meta["npl"] = (status.get("npl") or {}).get("load")
         doc = dict(meta, configs=[c.as_dict() for c in args.config_list], ceiling=args.ceiling,
                    frameworks=status, results=rows, notes=list(args.notes), complete=complete,
-                   frameworks_done=[fw for fw in args.fw_list if fw in status])
+                   frameworks_done=[fw for fw in args.fw_list
+                                    if (status.get(fw) or {}).get("status") in ("ok", "partial")])
         if interrupted:
             doc["interrupted"] = interrupted
         return meta, doc
@@ -618,11 +619,15 @@ def main_table(args, env):
     except (Interrupted, KeyboardInterrupt) as e:
         args.ceiling, interrupted = None, "%s during the GEMM ceiling" % (
             "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C")
-    if interrupted:
-        rows, status = [], {}
-    else:
-        checkpoint([], {})
-        rows, status, interrupted = run_frameworks(args, env, ceiling_too=True, on_worker=checkpoint)
+    rows, status = [], {}
+    if not interrupted:
+        try:
+            checkpoint([], {})
+            rows, status, interrupted = run_frameworks(args, env, ceiling_too=True,
+                                                       on_worker=checkpoint)
+        except (Interrupted, KeyboardInterrupt) as e:     # during the first, empty checkpoint
+            interrupted = "%s before the first worker" % (
+                "SIGTERM" if isinstance(e, Interrupted) else "Ctrl-C")
     # from here on a SIGTERM only makes the exit status 1: the results are written and printed
     _SIGTERM["defer"] += 1
     meta = checkpoint(rows, status, complete=interrupted is None, interrupted=interrupted, reraise=False)

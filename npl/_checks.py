@@ -19,7 +19,7 @@ def as_array(x, name, xp=None, dtype=None):
     if isinstance(x, np.ndarray):
         return x.view(np.ndarray)
     if isinstance(x, (list, tuple, numbers.Number)) or hasattr(x, "__array__"):
-        plain = isinstance(x, (list, tuple, numbers.Number)) and not isinstance(x, np.generic)
+        plain = _python_numbers(x)
         try:
             a = np.asarray(x, dtype=dtype if plain else None)
         except Exception as e:  # ragged lists and the like
@@ -30,6 +30,16 @@ def as_array(x, name, xp=None, dtype=None):
             a = xp.asarray(a)
         return a
     raise TypeError("%s must be a numpy or cupy array, got %s" % (name, type(x).__name__))
+
+
+def _python_numbers(x):
+    """True for a Python number or a (nested) list or tuple of them: data with no dtype of its own
+    (an array or NumPy scalar anywhere along the first path, or in the top list, has one)."""
+    while isinstance(x, (list, tuple)):
+        if not x or any(hasattr(e, "dtype") for e in x):
+            return False
+        x = x[0]
+    return isinstance(x, numbers.Number) and not isinstance(x, np.generic)
 
 
 def check_same_device(x, name, arrays, what, plural=True):

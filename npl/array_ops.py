@@ -70,6 +70,7 @@ def sequence_mask(lengths, maxlen=None, dtype=bool, name=None):
            [1, 1, 1, 0, 0],
            [1, 1, 0, 0, 0]])
     """
+    check_name(name)
     dtype = _mask_dtype(dtype)
     lengths = _int_array(lengths, "lengths")
     xp = get_array_module(lengths)

@@ -41,11 +41,13 @@ def _fans(shape):
     if len(shape) < 1:
         return 1, 1
     if len(shape) == 1:
-        return shape[0], shape[0]
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    field = int(np.prod(shape[:-2]))
-    return shape[-2] * field, shape[-1] * field
+        fans = shape[0], shape[0]
+    elif len(shape) == 2:
+        fans = shape[0], shape[1]
+    else:
+        field = int(np.prod(shape[:-2]))
+        fans = shape[-2] * field, shape[-1] * field
+    return max(1, fans[0]), max(1, fans[1])          # TF's max(1, .) for empty shapes
 
 
 class Initializer:
@@ -62,9 +64,15 @@ class Initializer:
             return _random.generator(self.seed)
         return rng if rng is not None else _random.generator(None)
 
-    def __call__(self, shape, dtype=None, rng=None):
+    _floats_only = True     # random draws need a float dtype (TF refuses others)
+
+    def __call__(self, shape, dtype=None, partition_info=None, rng=None):
+        """The value for a parameter of ``shape`` (and ``dtype``, default float32);
+        ``partition_info`` is TF1's argument, accepted and unused."""
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype or self.dtype or np.float32)
+        if self._floats_only and dtype.kind != "f":
+            raise TypeError("%s needs a float dtype, got %s" % (type(self).__name__, dtype))
         return np.asarray(self._draw(shape, self._rng(rng)), dtype=np.float64).astype(dtype)
 
     def _draw(self, shape, rng):
@@ -76,27 +84,44 @@ class Initializer:
 
 
 class constant_initializer(Initializer):
-    """Every element ``value`` (a number), or an array-like of exactly the parameter's shape (or
-    of its size, reshaped, as TF1 does)."""
+    """``tf.constant_initializer(value=0, dtype, verify_shape=False)``, with TF1's shape rules:
+    a number (or a one-element value) fills the parameter; a list or array of as many elements is
+    laid out in row-major order; a shorter one is padded with its last element; a longer one is
+    an error.  ``verify_shape=True``: the value's shape must be the parameter's."""
 
-    def __init__(self, value=0, dtype=None):
+    _floats_only = False
+
+    def __init__(self, value=0, dtype=None, verify_shape=False):
         super().__init__(None, dtype)
+        self.verify_shape = bool(verify_shape)
         if isinstance(value, numbers.Number) and not isinstance(value, bool):
             self.value = real_number(value, "value")
         else:
             a = np.asarray(value)
-            if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)):
-                raise TypeError("constant_initializer: value must be a finite real number or array, "
-                                "got %r" % (value,))
+            if a.dtype.kind not in "iuf" or a.size == 0 or not np.all(np.isfinite(a)):
+                raise TypeError("constant_initializer: value must be a finite real number or a "
+                                "non-empty array of them, got %r" % (value,))
             self.value = a
 
+    def __call__(self, shape, dtype=None, partition_info=None, verify_shape=None, rng=None):
+        """As :meth:`Initializer.__call__`; ``verify_shape`` (TF1's) overrides the constructor's."""
+        verify = self.verify_shape if verify_shape is None else bool(verify_shape)
+        if verify and np.shape(self.value) != tuple(int(n) for n in shape):
+            raise ValueError("constant_initializer(verify_shape=True): value has shape %s but the "
+                             "parameter has shape %s" % (np.shape(self.value), tuple(shape)))
+        return super().__call__(shape, dtype, partition_info, rng)
+
     def _draw(self, shape, rng):
-        if isinstance(self.value, float):
-            return np.full(shape, self.value)
-        if self.value.size != int(np.prod(shape)):
-            raise ValueError("constant_initializer: value has %d elements (shape %s) but the "
-                             "parameter has shape %s" % (self.value.size, self.value.shape, shape))
-        return self.value.reshape(shape)
+        v = self.value
+        if isinstance(v, float):
+            return np.full(shape, v)
+        n, flat = int(np.prod(shape)), v.ravel()
+        if flat.size > n:
+            raise ValueError("constant_initializer: value has %d elements (shape %s), more than the "
+                             "%d of the parameter's shape %s" % (flat.size, v.shape, n, shape))
+        if flat.size < n:                                 # TF1: the last element fills the rest
+            flat = np.concatenate([flat, np.full(n - flat.size, flat[-1], flat.dtype)])
+        return flat.reshape(shape)
 
 
 class zeros_initializer(constant_initializer):
@@ -189,6 +214,8 @@ class orthogonal_initializer(Initializer):
             raise ValueError("orthogonal_initializer needs a parameter of rank 2 or more, got shape %s"
                              % (shape,))
         rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        if rows * cols == 0:
+            return np.zeros(shape)
         a = rng.standard_normal((max(rows, cols), min(rows, cols)))
         q, r = np.linalg.qr(a)
         q = q * np.sign(np.diag(r))                   # a uniform draw over the orthogonal group
@@ -215,15 +242,21 @@ def initialize(initializer, shape, dtype, rng, name):
     try:
         value = initializer(shape, dtype, rng=rng) if _takes_rng(initializer) else initializer(shape, dtype)
     except (TypeError, ValueError) as e:
-        raise type(e)("initializer for %s (shape %s): %s" % (name, shape, e)) from None
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind("initializer for %s (shape %s): %s" % (name, shape, e)) from e
     a = np.asarray(value)
     if a.shape != shape:
         raise ValueError("initializer for %s returned shape %s, expected %s"
                          % (name, tuple(a.shape), shape))
-    if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a)):
-        raise ValueError("initializer for %s must return finite real numbers, got dtype %s%s"
-                         % (name, a.dtype, "" if a.dtype.kind not in "iuf" else " with non-finite values"))
-    return a.astype(dtype)
+    if a.dtype.kind not in "iuf":
+        raise ValueError("initializer for %s must return finite real numbers, got dtype %s"
+                         % (name, a.dtype))
+    with np.errstate(over="ignore"):
+        out = a.astype(dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("initializer for %s must return finite real numbers%s"
+                         % (name, " within %s's range" % dtype if np.all(np.isfinite(a)) else ""))
+    return out
 
 
 def check(initializer, name):

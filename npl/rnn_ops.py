@@ -286,16 +286,17 @@ class StaticRNNTrace(TraceBase):
         return [dx[t] for t in range(self._n)], d0
 
 
-def _stack_steps(inputs, empty_error=TypeError):
+def _stack_steps(inputs, empty_error=TypeError, dtype=None):
     """Validate a list of per-step [batch, depth] arrays (same shape and dtype, one device) and
     stack it time-major: returns ``(list of arrays, [time, batch, depth] array)``.  A non-list is
-    a TypeError; an empty list raises ``empty_error``."""
+    a TypeError; an empty list raises ``empty_error``.  A step given as a Python list takes
+    ``dtype`` (the function's resolved ``dtype=``)."""
     if not isinstance(inputs, (list, tuple)) or not inputs:
         exc = empty_error if isinstance(inputs, (list, tuple)) else TypeError
         raise exc("inputs must be a non-empty list of [batch, depth] arrays, got %s"
                   % ("an empty %s" % type(inputs).__name__ if isinstance(inputs, (list, tuple))
                      else type(inputs).__name__))
-    xs = [float_array(a, "inputs[%d]" % t, ndim=2) for t, a in enumerate(inputs)]
+    xs = [float_array(a, "inputs[%d]" % t, ndim=2, dtype=dtype) for t, a in enumerate(inputs)]
     for t, a in enumerate(xs[1:], 1):
         if a.shape != xs[0].shape:
             raise ValueError("inputs[%d] has shape %s but inputs[0] has %s" % (t, a.shape, xs[0].shape))
@@ -313,7 +314,7 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     sequence_length semantics as :func:`dynamic_rnn`.
     """
     _check_cell(cell)
-    xs, x = _stack_steps(inputs)
+    xs, x = _stack_steps(inputs, dtype=resolve_dtype(dtype))
     res = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, time_major=True,
                       return_trace=return_trace)
     outs = [res[0][t] for t in range(len(xs))]
@@ -394,7 +395,7 @@ def _bidirectional(cell_fw, cell_bw, inputs, sequence_length, initial_state_fw, 
     n_cfw, n_cbw, n_in, n_sfw, n_sbw = names
     _check_cell(cell_fw, n_cfw)
     _check_cell(cell_bw, n_cbw)
-    x = float_array(inputs, n_in, ndim=3)
+    x = float_array(inputs, n_in, ndim=3, dtype=resolve_dtype(dtype))   # a Python list takes dtype
     xp = get_array_module(x)
     T, B = (x.shape[0], x.shape[1]) if time_major else (x.shape[1], x.shape[0])
     lengths = lengths_array(sequence_length, B, T, xp)
@@ -513,7 +514,7 @@ def static_bidirectional_rnn(cell_fw, cell_bw, inputs, initial_state_fw=None,
     """
     _check_cell(cell_fw, "cell_fw")
     _check_cell(cell_bw, "cell_bw")
-    xs, x = _stack_steps(inputs, empty_error=ValueError)
+    xs, x = _stack_steps(inputs, empty_error=ValueError, dtype=resolve_dtype(dtype))
     B, I = xs[0].shape
     if B == 0 or I == 0:
         raise ValueError("inputs[0] must have at least one batch row and feature, got shape %s"

@@ -79,7 +79,7 @@ def sequence_loss(logits, targets, weights, average_across_timesteps=True, avera
 
     softmax_loss_function: None (sparse softmax cross entropy), or a custom per-target loss with
     its gradient, called with keywords as in TF: ``softmax_loss_function(labels=[N] int,
-    logits=[N, V])`` (``N = B * T``, rows in batch-major order; do not modify the arrays) must
+    logits=[N, V])`` (``N = B * T``, rows in batch-major order; read-only views on NumPy) must
     return ``(losses, d_logits)``: ``losses`` ``[N]``, one unreduced loss per row, and
     ``d_logits`` ``[N, V]`` with ``d_logits[n] = d losses[n] / d logits[n]``; both arrays in the
     logits' dtype and on their device, finite.  Each row's loss must depend on its own row of
@@ -190,7 +190,11 @@ def _custom_crossent(fn, z, tg):
     xp = get_array_module(z)
     B, T, V = z.shape
     N = B * T
-    out = fn(labels=tg.reshape(-1), logits=z.reshape(N, V))
+    labels, logits = tg.reshape(-1), z.reshape(N, V)
+    if isinstance(logits, np.ndarray):              # the caller's arrays: read-only to fn
+        labels, logits = labels.view(), logits.view()
+        labels.flags.writeable = logits.flags.writeable = False
+    out = fn(labels=labels, logits=logits)
     if not isinstance(out, tuple) or len(out) != 2:
         raise TypeError("softmax_loss_function must return a pair (losses [N], d_logits [N, V]): npl "
                         "has no autograd, so the function returns its gradient too; got %s"

@@ -747,6 +747,24 @@ def test_a_python_list_takes_the_dtype_given_as_tf_feeds_it():
     np.testing.assert_array_equal(st, want_st)
     with pytest.raises(TypeError, match="inputs have dtype float64 but dtype=float32"):
         npl.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    # a list of float64 arrays has a dtype: refused too, not cast
+    with pytest.raises(TypeError, match="inputs have dtype float64 but dtype=float32"):
+        npl.nn.dynamic_rnn(cell, list(x), dtype=np.float32)
+    # the other sequence functions take lists the same way
+    bw = make_cell("rnn", rng, 3, dtype=np.float32, units=2)
+    steps = [x[:, t].tolist() for t in range(x.shape[1])]
+    want_s = npl.nn.static_rnn(cell, [x[:, t].astype(np.float32) for t in range(x.shape[1])])
+    got_s = npl.nn.static_rnn(cell, steps, dtype=np.float32)
+    for a, b in zip(flatten(got_s), flatten(want_s)):
+        np.testing.assert_array_equal(a, b)
+    want_b = npl.nn.bidirectional_dynamic_rnn(cell, bw, x.astype(np.float32))
+    got_b = npl.nn.bidirectional_dynamic_rnn(cell, bw, x.tolist(), dtype=np.float32)
+    for a, b in zip(flatten(got_b), flatten(want_b)):
+        np.testing.assert_array_equal(a, b)
+    got_sb = npl.nn.static_bidirectional_rnn(cell, bw, steps, dtype=np.float32)
+    want_sb = npl.nn.static_bidirectional_rnn(cell, bw, [np.asarray(v, np.float32) for v in steps])
+    for a, b in zip(flatten(got_sb), flatten(want_sb)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_an_ndarray_subclass_runs_like_the_ndarray(tmp_path):
@@ -832,3 +850,27 @@ def test_tf1_parameters_come_first_in_tf1s_order(name, tf_fn, npl_fn):
     theirs = [p for p in inspect.signature(tf_fn(tf.compat.v1)).parameters if p not in ("self", "kwargs")]
     ours = [p for p in inspect.signature(npl_fn()).parameters if p != "self"]
     assert ours[:len(theirs)] == theirs, (name, ours, theirs)
+
+
+def test_tf1_name_arguments_take_strings_only():
+    """TF's ``name=`` arguments are accepted (and unused); anything but a string there is a
+    TypeError, so an argument meant for another parameter is never silently dropped (TF1's
+    boolean_mask(tensor, mask, name, axis): an old positional axis is told to go by keyword)."""
+    x, m = np.arange(6.0).reshape(3, 2), np.array([True, False, True])
+    assert npl.sequence_mask([1, 2], 3, bool, "mask").shape == (2, 3)
+    assert npl.boolean_mask(x, m, "bm").shape == (2, 2)
+    assert npl.nn.embedding_lookup(np.eye(3), [2], "div", "lookup").shape == (1, 3)
+    calls = [lambda: npl.sequence_mask([1], 2, bool, 5),
+             lambda: npl.reverse_sequence(x, [1, 2, 0], 1, 0, 7),
+             lambda: npl.nn.embedding_lookup(np.eye(3), [0], "mod", 3),
+             lambda: npl.clip_by_global_norm([x], 1.0, None, 2),
+             lambda: npl.global_norm([x], 1)]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"name \(TF's op name\) must be a string or None"):
+            call()
+    with pytest.raises(TypeError, match="pass axis=1 by keyword"):
+        npl.boolean_mask(x.T, m[:2], 1)
+    with pytest.raises(ValueError, match='partition_strategy must be "mod" or "div"'):
+        npl.nn.embedding_lookup(np.eye(3), [0], "bogus")
+    with pytest.raises(ValueError, match="max_norm: clipping the looked-up rows' norms is not supported"):
+        npl.nn.embedding_lookup(np.eye(3), [0], max_norm=1.0)

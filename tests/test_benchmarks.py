@@ -463,6 +463,7 @@ def test_table_json_is_written_after_each_worker_and_kept_on_sigterm(tmp_path):
     doc = json.load(open(out / "bench.json"))
     assert doc["complete"] is False and doc["interrupted"] == "SIGTERM while the PyTorch worker ran"
     assert doc["frameworks"]["torch"]["status"] == "error"
+    assert doc["frameworks_done"] == ["npl"]                # the interrupted worker is not done
     assert [(r["framework"], r["config"]) for r in doc["results"]] == [("npl", "C4")]
     assert "C4      lstm fwd    npl" in stdout and "interrupted (SIGTERM while the PyTorch worker ran)" in stdout
 
@@ -647,11 +648,18 @@ def test_gpu_runs_turn_tf32_off_and_say_so(monkeypatch):
                                             set_inter_op_parallelism_threads=lambda n: None),
             list_physical_devices=lambda kind: ["GPU:0"], set_visible_devices=lambda *a: None,
             experimental=types.SimpleNamespace(enable_tensor_float_32_execution=tf32.append)),
-        get_logger=lambda: types.SimpleNamespace(setLevel=lambda level: None))
+        get_logger=lambda: types.SimpleNamespace(setLevel=lambda level: None),
+        test=types.SimpleNamespace(experimental=types.SimpleNamespace(sync_devices=lambda: None)),
+        __version__="2.21.0")
     monkeypatch.setitem(sys.modules, "tensorflow", tf)
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     assert tf_common.import_tf(1, "cuda") is tf and tf32 == [False]
+    # a TensorFlow whose GPU work cannot be waited for is not timed on the GPU at all
+    monkeypatch.setattr(tf, "test", types.SimpleNamespace(experimental=types.SimpleNamespace()))
+    from benchmarks.frameworks import Unavailable
+    with pytest.raises(Unavailable, match="no tf.test.experimental.sync_devices"):
+        tf_common.import_tf(1, "cuda")
 
     a = parse_args(["--device", "cuda", "--no-plot"])
     monkeypatch.setenv("CUPY_TF32", "1")
@@ -741,3 +749,32 @@ def test_gpu_check_stage_4_runs_small_configurations_first(tmp_path):
         assert doc["protocol"]["repeats"] == 5 and doc["complete"] is True
         assert doc["gpu_precision"]["tf32"] is False
         assert {s["status"] for s in doc["frameworks"].values()} == {"skipped"}
+
+
+def test_sigterm_while_the_first_checkpoint_is_written_is_kept(tmp_path, monkeypatch, capsys):
+    """A SIGTERM that lands while the first (empty) JSON is written waits for the write, then
+    ends the run like any other: exit status 1, no traceback, the JSON says so."""
+    import signal
+    from benchmarks import run
+    real, calls = run._write_json, []
+
+    def write(path, doc):
+        calls.append(path)
+        if len(calls) == 1:
+            run._SIGTERM["pending"] = True          # as _on_sigterm sets it inside the block
+        real(path, doc)
+
+    monkeypatch.setattr(run, "_write_json", write)
+    monkeypatch.setitem(run._SIGTERM, "pending", False)
+    monkeypatch.setitem(run._SIGTERM, "defer", run._SIGTERM["defer"])   # restored afterwards
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        rc = run.main(["--quick", "--configs", "C4", "--cells", "lstm", "--modes", "fwd",
+                       "--frameworks", "npl", "--no-plot", "--no-memory", "--threads", "1",
+                       "--out-dir", str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert rc == 1
+    doc = json.load(open(tmp_path / "bench.json"))
+    assert doc["complete"] is False and doc["interrupted"] == "SIGTERM before the first worker"
+    assert doc["results"] == [] and doc["frameworks_done"] == []

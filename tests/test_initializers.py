@@ -93,8 +93,52 @@ def test_constant_zeros_ones_and_arrays():
     np.testing.assert_array_equal(I.ones_initializer()((4,), np.float64), np.ones(4))
     a = np.arange(6.0)
     np.testing.assert_array_equal(I.constant_initializer(a)((2, 3)), a.reshape(2, 3))
-    with pytest.raises(ValueError, match=r"value has 6 elements .* parameter has shape \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"value has 6 elements \(shape \(6,\)\), more than the 4"):
         I.constant_initializer(a)((2, 2))
+
+
+_CONSTANT_CASES = [(0.5, (2, 2)), ([0.5], (3, 2)), ([1.0, 2.0, 3.0], (2, 4)),
+                   ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3)), ([[1, 2], [3, 4]], (4,))]
+
+
+@pytest.mark.tf
+def test_constant_initializer_follows_tf1s_shape_rules(tf):
+    """One element fills, a shorter list is padded with its last element, a longer one is an
+    error, verify_shape=True wants the exact shape: read from live TF1."""
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as s:
+        want = [s.run(v1.constant_initializer(v)(shape)) for v, shape in _CONSTANT_CASES]
+        with pytest.raises(ValueError):
+            v1.constant_initializer([1.0, 2.0, 3.0, 4.0, 5.0])((2, 2))
+        with pytest.raises(TypeError):
+            v1.constant_initializer([1.0, 2.0, 3.0, 4.0], verify_shape=True)((2, 2))
+    for (v, shape), w in zip(_CONSTANT_CASES, want):
+        np.testing.assert_array_equal(I.constant_initializer(v)(shape), w)
+    with pytest.raises(ValueError, match="more than the 4"):
+        I.constant_initializer([1.0, 2.0, 3.0, 4.0, 5.0])((2, 2))
+    with pytest.raises(ValueError, match=r"verify_shape=True\): value has shape \(4,\)"):
+        I.constant_initializer([1.0, 2.0, 3.0, 4.0], verify_shape=True)((2, 2))
+    np.testing.assert_array_equal(I.constant_initializer(np.ones((2, 2)), verify_shape=True)((2, 2)),
+                                  np.ones((2, 2)))
+
+
+_TF1_INITIALIZERS = ["zeros_initializer", "ones_initializer", "constant_initializer",
+                     "random_uniform_initializer", "random_normal_initializer",
+                     "truncated_normal_initializer", "glorot_uniform_initializer",
+                     "glorot_normal_initializer", "orthogonal_initializer"]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("name", _TF1_INITIALIZERS)
+def test_initializer_signatures_are_tf1s(tf, name):
+    """Constructor and call take TF1's parameters in TF1's order (read from live TF)."""
+    import inspect
+    theirs, ours = getattr(tf.compat.v1, name), getattr(npl, name)
+    for a, b in ((theirs.__init__, ours.__init__), (theirs.__call__, ours.__call__)):
+        want = [p for p in inspect.signature(a).parameters if p not in ("self", "kwargs")]
+        got = [p for p in inspect.signature(b).parameters if p != "self"]
+        assert got[:len(want)] == want, (name, got, want)
 
 
 def _big(init, shape=(400, 500)):
@@ -121,6 +165,8 @@ def test_random_initializers_against_their_closed_forms():
     assert abs(gn.var() / (2.0 / sum(shape)) - 1) < 0.02      # the truncation corrected for
     v = _big(I.glorot_uniform_initializer(), (50,))             # a vector: fan_in = fan_out = 50
     assert np.abs(v).max() <= np.sqrt(6.0 / 100)
+    assert I.glorot_uniform_initializer()((0, 0)).shape == (0, 0)   # TF's max(1, fan)
+    assert I.orthogonal_initializer()((0, 3)).shape == (0, 3)
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 6), (2, 3, 5)])
@@ -171,5 +217,14 @@ def test_bad_arguments_are_named():
         I.random_normal_initializer(seed=-1)
     with pytest.raises(ValueError, match=r"initializer for w_f_diag \(shape \(3,\)\): orthogonal"):
         R.LSTMCell(3, use_peepholes=True, initializer=I.orthogonal_initializer(), input_size=2)
-    with pytest.raises(TypeError, match="value must be a finite real number or array"):
+    with pytest.raises(TypeError, match="value must be a finite real number or a non-empty array"):
         I.constant_initializer([np.nan])
+    with pytest.raises(TypeError, match="random_uniform_initializer needs a float dtype, got int32"):
+        I.random_uniform_initializer()((2,), np.int32)
+    with pytest.raises(ValueError, match="gates/kernel must return finite real numbers within float32"):
+        R.GRUCell(2, kernel_initializer=lambda shape, dtype: np.full(shape, 1e39), input_size=2)
+
+    def raises(shape, dtype):
+        raise ValueError("no")
+    with pytest.raises(ValueError, match=r"initializer for kernel \(shape \(5, 2\)\): no"):
+        npl.layers.Dense(2, kernel_initializer=raises, input_size=5)

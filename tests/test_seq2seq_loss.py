@@ -500,3 +500,19 @@ def test_zz_report_worst_errors():
     """Prints the worst errors measured above (run with -s to see them)."""
     for k, v in sorted(WORST.items()):
         print("seq2seq.sequence_loss worst relative error, %s: %.2e" % (k, v))
+
+
+def test_a_custom_loss_function_cannot_modify_the_callers_arrays():
+    """The labels and logits a softmax_loss_function receives are read-only views on NumPy."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((2, 3, 4))
+    targets = rng.integers(0, 4, (2, 3))
+    keep = logits.copy()
+
+    def clobber(labels, logits):
+        logits[...] = 0.0
+        return np.zeros(labels.shape), np.zeros(logits.shape)
+
+    with pytest.raises(ValueError, match="read-only"):
+        S.sequence_loss(logits, targets, np.ones((2, 3)), softmax_loss_function=clobber)
+    np.testing.assert_array_equal(logits, keep)

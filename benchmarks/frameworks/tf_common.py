@@ -33,6 +33,11 @@ def import_tf(threads, device="cpu"):
     if device == "cuda" and not gpus:
         raise Unavailable("TensorFlow sees no GPU (tensorflow-cpu, or a build without CUDA, or no "
                           "driver)")
+    if device == "cuda" and getattr(getattr(tf.test, "experimental", None), "sync_devices",
+                                    None) is None:
+        raise Unavailable("TensorFlow %s has no tf.test.experimental.sync_devices (TF 2.12 and "
+                          "later): its GPU timings could not wait for the device's queued work"
+                          % tf.__version__)
     if device == "cuda":
         # TensorFlow runs float32 matmuls and cuDNN RNNs in TF32 on Ampere and newer by default;
         # npl (CuPy's cuBLAS, CUPY_TF32 unset) and PyTorch (turned off in torch_fw) use float32

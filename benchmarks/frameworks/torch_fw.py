@@ -14,7 +14,8 @@ import numpy as np
 from . import Unavailable, synced
 
 _state = {"device": "cpu"}
-DEVICE_MEMORY_METHOD = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
+DEVICE_MEMORY_METHOD = ("torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus "
+                        "memory_allocated before the call")
 
 
 def load(threads, options):
