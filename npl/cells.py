@@ -1439,6 +1439,39 @@ class BasicLSTMCell(LSTMCell):
 
 
 # ============================================================================ GRU
+class LSTMBlockCell(LSTMCell):
+    """``tf.contrib.rnn.LSTMBlockCell`` (TensorFlow's PTB model's default ``rnn_mode``): TF's fused
+    LSTM op, the same function as :class:`LSTMCell` without projection, with TF's variable names
+    (``lstm_cell/kernel``, ``bias``, ``w_i_diag``, ``w_f_diag``, ``w_o_diag``), so its
+    checkpoints load as they are.
+
+    (F1)-(F7) of docs/bptt.md, gate columns i, j (TF's op calls it ``ci``), f, o; ``forget_bias``
+    added to the f column at run time; with ``use_peephole`` (TF's singular name) the input and
+    forget gates see c_{t-1} and the output gate the new c_t; ``cell_clip`` clips c_t to
+    [-cell_clip, cell_clip], and None, 0 or a negative value (TF's default -1) clips nothing, as
+    TF's op.  Parameters: ``kernel`` [I + H, 4H], ``bias`` [4H] (starts at 0), peepholes [H].
+    State ``LSTMStateTuple(c [B, H], h [B, H])``; output h_t [B, H].
+
+    >>> import numpy as np, npl
+    >>> cell = npl.rnn.LSTMBlockCell(3, use_peephole=True, cell_clip=-1, seed=0, input_size=2)
+    >>> sorted(cell.params), cell.state_size
+    (['bias', 'kernel', 'w_f_diag', 'w_i_diag', 'w_o_diag'], LSTMStateTuple(c=3, h=3))
+    >>> ref = npl.rnn.LSTMCell(3, use_peepholes=True, input_size=2)
+    >>> _ = ref.set_params(cell.params)
+    >>> x, s = np.ones((1, 2), np.float32), ref.zero_state(1, np.float32)
+    >>> bool(np.array_equal(cell(x, s)[0], ref(x, s)[0]))
+    True
+    """
+
+    def __init__(self, num_units, forget_bias=1.0, cell_clip=None, use_peephole=False, dtype=None,
+                 reuse=None, name=None, seed=None, input_size=None):
+        if cell_clip is not None and is_real(cell_clip) and cell_clip <= 0:
+            cell_clip = None                     # TF's op clips only for cell_clip > 0
+        super().__init__(num_units, use_peepholes=use_peephole, cell_clip=cell_clip,
+                         forget_bias=forget_bias, reuse=reuse, name=name, dtype=dtype, seed=seed,
+                         input_size=input_size)
+
+
 class GRUCell(RNNCell):
     """TensorFlow 1's ``GRUCell`` (reset applied to the state *before* the candidate's matmul).
 

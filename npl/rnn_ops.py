@@ -190,8 +190,8 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     xp = get_array_module(x)
     x_tm = x if time_major else x.transpose(1, 0, 2)
     T, B, I = x_tm.shape
-    if T == 0 or B == 0 or I == 0:
-        raise ValueError("%s must have at least one time step, batch row and feature, got shape %s"
+    if I == 0:
+        raise ValueError("%s must have at least one feature (the kernel's input rows), got shape %s"
                          % (inputs_name, tuple(x.shape)))
     lengths = lengths_array(sequence_length, B, T, xp)
     if cell.input_size is not None and I != cell.input_size:   # report the caller's layout
@@ -202,8 +202,8 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
         state = cell._zeros_internal(B, x.dtype, xp)
     else:
         state = cell._to_internal(initial_state, B, x.dtype, xp, state_name)
-    if lengths is None:
-        Tl, mask = T, None
+    if lengths is None or B == 0:             # no rows (or no steps): nothing to compute, as TF
+        Tl, mask = (T if B else 0), None
     else:
         Tl = int(lengths.max())
         mask = None if bool((lengths == Tl).all()) else \
@@ -516,8 +516,8 @@ def static_bidirectional_rnn(cell_fw, cell_bw, inputs, initial_state_fw=None,
     _check_cell(cell_bw, "cell_bw")
     xs, x = _stack_steps(inputs, empty_error=ValueError, dtype=resolve_dtype(dtype))
     B, I = xs[0].shape
-    if B == 0 or I == 0:
-        raise ValueError("inputs[0] must have at least one batch row and feature, got shape %s"
+    if I == 0:
+        raise ValueError("inputs[0] must have at least one feature, got shape %s"
                          % (tuple(xs[0].shape),))
     for nm, c in (("cell_fw", cell_fw), ("cell_bw", cell_bw)):
         if c.input_size is not None and I != c.input_size:

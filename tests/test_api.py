@@ -874,3 +874,57 @@ def test_tf1_name_arguments_take_strings_only():
         npl.nn.embedding_lookup(np.eye(3), [0], "bogus")
     with pytest.raises(ValueError, match="max_norm: clipping the looked-up rows' norms is not supported"):
         npl.nn.embedding_lookup(np.eye(3), [0], max_norm=1.0)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("kind", ["lstm", "gru", "multi"])
+@pytest.mark.parametrize("B, T", [(0, 5), (4, 0), (0, 0)])
+def test_empty_batch_or_sequence_as_tf1(kind, B, T):
+    """TF1's dynamic_rnn takes a batch of 0 rows or a sequence of 0 steps: empty outputs, and for
+    T = 0 the final state is the initial state, whose gradient is the final state's cotangent
+    (read from live TF1 with tf.gradients; no step runs, so the weights play no part).  npl
+    gives the same, traced or not."""
+    import os
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf = pytest.importorskip("tensorflow")
+    v1 = tf.compat.v1
+    rc = v1.nn.rnn_cell
+    build = {"lstm": (lambda: R.BasicLSTMCell(3), lambda: rc.BasicLSTMCell(3)),
+             "gru": (lambda: R.GRUCell(3), lambda: rc.GRUCell(3)),
+             "multi": (lambda: R.MultiRNNCell([R.GRUCell(3), R.BasicLSTMCell(2)]),
+                       lambda: rc.MultiRNNCell([rc.GRUCell(3), rc.BasicLSTMCell(2)]))}[kind]
+    rng = _rng(kind, B, T, "empty")
+    I = 3
+    cell = build[0]()
+    cell.build(I, np.float64)
+    s0 = random_state(cell, B, rng)
+    w = random_like(s0, rng)
+
+    def tf_struct(s):
+        if isinstance(s, S):
+            return rc.LSTMStateTuple(tf.constant(s.c), tf.constant(s.h))
+        if isinstance(s, tuple):
+            return tuple(tf_struct(v) for v in s)
+        return tf.constant(s)
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        init = tf_struct(s0)
+        out, st = v1.nn.dynamic_rnn(build[1](), tf.constant(np.zeros((B, T, I))), initial_state=init)
+        flat_st, flat_init = tf.nest.flatten(st), tf.nest.flatten(init)
+        loss = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(flat_st, flatten(w))])
+        grads = [tf.zeros_like(v) if d is None else d for v, d in zip(flat_init, tf.gradients(loss, flat_init))]
+        sess.run(v1.global_variables_initializer())
+        want_out, want_st, want_g = sess.run([out, flat_st, grads])
+    got_out, got_st, tr = npl.nn.dynamic_rnn(cell, np.zeros((B, T, I)), initial_state=s0,
+                                             return_trace=True)
+    assert got_out.shape == want_out.shape == (B, T, cell.output_size)
+    for a, b in zip(flatten(got_st), want_st):
+        np.testing.assert_array_equal(a, b)
+    dx, d0 = tr.backward(np.zeros_like(got_out), w)
+    assert dx.shape == (B, T, I)
+    for a, b in zip(flatten(d0), want_g):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    plain_out, plain_st = npl.nn.dynamic_rnn(cell, np.zeros((B, T, I)), initial_state=s0)
+    assert plain_out.shape == got_out.shape
+    for a, b in zip(flatten(plain_st), want_st):
+        np.testing.assert_array_equal(a, b)

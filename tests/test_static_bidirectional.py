@@ -394,7 +394,7 @@ FORWARD_CASES = [
      ["inputs[1]", "float32", "float64"]),
     ("inputs_int", lambda: sbr(_lstm(), _gru(), [np.ones((2, 4), np.int64)]), TypeError,
      ["inputs[0]", "int64"]),
-    ("inputs_empty_batch", lambda: sbr(_lstm(), _gru(), [_x((0, 4))]), ValueError, ["inputs[0]", "(0, 4)"]),
+    ("inputs_no_features", lambda: sbr(_lstm(), _gru(), [_x((2, 0))]), ValueError, ["inputs[0]", "(2, 0)"]),
     ("width_vs_cell_fw", lambda: sbr(_lstm(), _gru(width=5), _xs(shape=(2, 5))), ValueError,
      ["inputs[0]", "cell_fw", "4", "(2, 5)"]),
     ("width_vs_cell_bw", lambda: sbr(_lstm(), _gru(width=5), _xs()), ValueError,
