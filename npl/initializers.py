@@ -76,7 +76,8 @@ class Initializer:
         return np.asarray(self._draw(shape, self._rng(rng)), dtype=np.float64).astype(dtype)
 
     def _draw(self, shape, rng):
-        raise NotImplementedError
+        """The values (any real dtype) of a parameter of ``shape``: what a subclass defines."""
+        raise NotImplementedError("%s must define _draw(shape, rng)" % type(self).__name__)
 
     def __repr__(self):
         args = ", ".join("%s=%r" % kv for kv in sorted(vars(self).items()) if kv[1] is not None)

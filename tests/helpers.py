@@ -129,6 +129,15 @@ def rel_err(a, b):
     return float(np.abs(a - b).max(initial=0) / den)
 
 
+def assert_raises_naming(exc, words, fn, *args):
+    """``fn(*args)`` raises ``exc`` and its message contains every one of ``words``."""
+    with pytest.raises(exc) as e:
+        fn(*args)
+    msg = str(e.value)
+    for w in words:
+        assert w in msg, "message %r does not mention %r" % (msg, w)
+
+
 def assert_close(actual, expected, rtol, what=""):
     e = rel_err(actual, expected)
     assert e <= rtol, "%s: relative error %.3g > %.3g" % (what, e, rtol)
