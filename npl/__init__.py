@@ -11,6 +11,7 @@ from .cells import LSTMStateTuple, StaleTraceError  # noqa: F401
 from . import activations, nn, rnn, data, convert  # noqa: F401
 from . import losses, layers, train, checkpoint  # noqa: F401
 from . import seq2seq  # noqa: F401  (tf.contrib.seq2seq.sequence_loss)
+from . import legacy_seq2seq  # noqa: F401  (tf.contrib.legacy_seq2seq.rnn_decoder, ...)
 from .train import clip_by_global_norm, global_norm  # noqa: F401
 from . import gradcheck, inspect  # noqa: F401  (npl.gradcheck is a callable module)
 from . import workspace  # noqa: F401
@@ -25,8 +26,9 @@ __version__ = "0.1.0"
 __all__ = ["use", "backend_name", "get_array_module", "to_numpy", "to_device", "BackendError",
            "set_random_seed", "sequence_mask", "boolean_mask", "reverse_sequence",
            "embedding_lookup", "IndexedSlices", "BackwardTwiceError", "StaleTraceError", "LSTMStateTuple",
-           "activations", "nn", "rnn", "data", "convert", "losses", "seq2seq", "layers", "train",
-           "checkpoint", "clip_by_global_norm", "global_norm", "gradcheck", "inspect", "workspace",
+           "activations", "nn", "rnn", "data", "convert", "losses", "seq2seq", "legacy_seq2seq",
+           "layers", "train", "checkpoint", "clip_by_global_norm", "global_norm", "gradcheck",
+           "inspect", "workspace",
            "initializers", "zeros_initializer", "ones_initializer", "constant_initializer",
            "random_uniform_initializer", "random_normal_initializer", "truncated_normal_initializer",
            "glorot_uniform_initializer", "glorot_normal_initializer", "orthogonal_initializer"]

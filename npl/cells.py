@@ -31,7 +31,7 @@ from . import initializers as _init
 from . import workspace as _ws
 
 __all__ = ["LSTMStateTuple", "RNNCell", "TraceBase", "flat_records", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
-           "MultiRNNCell", "LayerRecord", "StepTrace"]
+           "GRUBlockCell", "GRUBlockCellV2", "MultiRNNCell", "LayerRecord", "StepTrace"]
 
 
 class LSTMStateTuple(collections.namedtuple("LSTMStateTuple", ("c", "h"))):
@@ -641,8 +641,14 @@ class RNNCell(Parameterized):
         return self._num_units
 
     # ---------------------------------------------------------------- parameters
+    def _role(self, name):
+        """The name the generic code reads a parameter's kind from (a kernel's ends in "kernel",
+        a bias's in "bias"): TF's name itself, but for a cell whose TF names say neither
+        (GRUBlockCell's ``w_ru``, ...: see :attr:`GRUCell._param_names`)."""
+        return name
+
     def _init_value(self, name, shape, rng, dtype):
-        bias = name.endswith("bias")
+        bias = self._role(name).endswith("bias")
         init = self._bias_init if bias else self._kernel_init
         if init is not None:
             return _init.initialize(init, shape, dtype, rng, name)
@@ -723,10 +729,11 @@ class RNNCell(Parameterized):
 
     def _infer_input_size(self, values, name):
         shapes = self._shapes(1)
-        key = next((k for k in shapes if k.endswith("kernel") and k in values), None)
+        kernels = [k for k in shapes if self._role(k).endswith("kernel")]
+        key = next((k for k in kernels if k in values), None)
         if key is None:
             raise ValueError("%s on an unbuilt %s needs %r to infer the input size"
-                             % (name, type(self).__name__, [k for k in shapes if k.endswith("kernel")][0]))
+                             % (name, type(self).__name__, kernels[0]))
         kshape = np.shape(values[key])
         extra = shapes[key][0] - 1
         if len(kshape) != 2 or kshape[0] - extra < 1:
@@ -1505,6 +1512,11 @@ class GRUCell(RNNCell):
     """
 
     _default_name = "gru_cell"
+    # TF's variable names of the four parameters, in the roles (G1)-(G2) give them: the gates'
+    # kernel and bias, the candidate's kernel and bias.  Everything that reads the parameters by
+    # name (the passes here, npl.convert, npl.inspect) goes through them, so a subclass that only
+    # renames them (GRUBlockCell: w_ru, b_ru, w_c, b_c) is this cell.
+    _param_names = ("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias")
 
     def __init__(self, num_units, activation=None, reuse=None, kernel_initializer=None,
                  bias_initializer=None, name=None, dtype=None, seed=None, input_size=None):
@@ -1512,22 +1524,32 @@ class GRUCell(RNNCell):
         self._bias_init = _init.check(bias_initializer, "bias_initializer")   # both biases, as TF
         super().__init__(num_units, activation, dtype, seed, input_size, name)
 
+    def _role(self, name):
+        """GRUCell's name of this cell's parameter ``name`` (itself for GRUCell)."""
+        roles = dict(zip(self._param_names, GRUCell._param_names))
+        return roles.get(name, name)
+
     def _shapes(self, input_size):
         H = self._num_units
-        return {"gates/kernel": (input_size + H, 2 * H), "gates/bias": (2 * H,),
-                "candidate/kernel": (input_size + H, H), "candidate/bias": (H,)}
+        gk, gb, ck, cb = self._param_names
+        return {gk: (input_size + H, 2 * H), gb: (2 * H,), ck: (input_size + H, H), cb: (H,)}
 
     def _init_value(self, name, shape, rng, dtype):
-        if name == "gates/bias" and self._bias_init is None:
+        if self._role(name) == "gates/bias" and self._bias_init is None:
             return np.ones(shape, dtype)
         return super()._init_value(name, shape, rng, dtype)
+
+    def _biases(self, xp, gate_scale=1):
+        """[gates/bias * gate_scale; candidate/bias] [3H], the projection's bias (a new array)."""
+        p, (_, gb, _, cb) = self._params, self._param_names
+        return xp.concatenate([p[gb] * gate_scale, p[cb]])
 
     def _weights(self, I, prescaled=False, blocks=False):
         """Wx [I, 3H] (a copy), Ug [H, 2H], Uc [H, H].  ``prescaled``: the r, u columns halved
         (exact), see :func:`npl.gates.gru_gates_forward`.  ``blocks``: Wx as its two column
         blocks, views ([I, 2H], [I, H]; for :func:`_projection`)."""
-        p = self._params
-        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]
+        p, (gk, _, ck, _) = self._params, self._param_names
+        Kg, Kc = p[gk], p[ck]
         xp = get_array_module(Kg)
         if prescaled:
             Kg = Kg * 0.5
@@ -1551,9 +1573,9 @@ class GRUCell(RNNCell):
         if loops is None:
             return None
         T, B, I = x.shape
-        H, dt, p = self._num_units, x.dtype, self._params
+        H, dt = self._num_units, x.dtype
         Wx, Ug, Uc = self._weights(I, blocks=True)
-        b = np.concatenate([p["gates/bias"], p["candidate/bias"]])
+        b = self._biases(np)
         G, K, project = _projection(Wx, x, b, _threaded_gemm(loops, B), ring=True)
         Hs = _ws.empty(np, (K + 1, H, B), dt)                # slots 0 .. k of the chunk's steps
         Hs[0] = _state_fm(h0)
@@ -1568,11 +1590,10 @@ class GRUCell(RNNCell):
         xp = get_array_module(x)
         T, B, I = x.shape
         H, dt = self._num_units, x.dtype
-        p = self._params
         loops, lens = self._loops(x, mask, state_mask)
         prescaled = loops is None and xp is np and T * B >= PRESCALE_MIN_RATIO * (I + H)  # r, u by one tanh
         Wx, Ug, Uc = self._weights(I, prescaled, blocks=True)
-        b = xp.concatenate([p["gates/bias"] * (0.5 if prescaled else 1), p["candidate/bias"]])
+        b = self._biases(xp, 0.5 if prescaled else 1)
         G, K, project = _projection(Wx, x, b, _threaded_gemm(loops, B))  # [3H, I+1] @ [T, I+1, B]
         Hs = _ws.empty(xp, (T + 1, H, B), dt)
         Hs[0] = _state_fm(h0)
@@ -1620,8 +1641,8 @@ class GRUCell(RNNCell):
         mm = _threaded_gemm(loops, B)
         if loops is not None:                              # the time loop in C
             dout, DZ = _c_backward_inputs(dout, dt, T, B, I, H)
-            p = self._params                               # folded: the whole kernels
-            Kg, Kc = (Ug, Uc) if DZ is None else (p["gates/kernel"], p["candidate/kernel"])
+            p, (gk, _, ck, _) = self._params, self._param_names   # folded: the whole kernels
+            Kg, Kc = (Ug, Uc) if DZ is None else (p[gk], p[ck])
             loops.gru_backward_seq(Kg, Kc, G, Hs, dout, dh, _ws.empty(xp, (H, B), dt),
                                    _ws.empty(xp, (Kg.shape[0], B), dt), dG2,
                                    _ws.empty(xp, (3 * H, B), dt), DZ, lengths=lens)
@@ -1649,16 +1670,95 @@ class GRUCell(RNNCell):
                 dh, buf = buf, dh
         rec.d_gates_fm = dG
         dG2 = _flat(dG) if dG2 is None else dG2                           # [3H, T*B]
+        names = self._param_names
         gk, gb, op = _kernel_grad(x, Hs[:T], dG2[:2 * H], mm=mm, loops=loops)  # [x_t; h_{t-1}; 1] @ dG_r,u
-        self._accumulate("gates/kernel", gk)
-        self._accumulate("gates/bias", gb)
+        self._accumulate(names[0], gk)
+        self._accumulate(names[1], gb)
         ck, cb, _ = _kernel_grad(x, Hs[:T], dG2[2 * H:], scale=G[:, :H], reuse=op, mm=mm,
                                  loops=loops)                             # [x_t; r*h; 1]
-        self._accumulate("candidate/kernel", ck)
-        self._accumulate("candidate/bias", cb)
+        self._accumulate(names[2], ck)
+        self._accumulate(names[3], cb)
         if dx is None:
             dx = _dx(Wx, dG2, T, B, mm)                                   # [I, 3H] @ [3H, T*B]
         return dx, _state_public(dh)
+
+
+def _check_block_size(num_units, cell_size, owner):
+    """GRUBlockCell's rule (TF's): exactly one of num_units and its deprecated alias cell_size."""
+    if (num_units is None) == (cell_size is None):
+        raise ValueError("%s: give exactly one of num_units and cell_size (cell_size is TF's "
+                         "deprecated name for num_units), got num_units=%r, cell_size=%r"
+                         % (owner, num_units, cell_size))
+    if num_units is None:
+        if isinstance(cell_size, bool) or not isinstance(cell_size, (int, np.integer)) or cell_size < 1:
+            raise ValueError("%s: cell_size must be a positive integer, got %r" % (owner, cell_size))
+        return cell_size
+    return num_units
+
+
+class GRUBlockCell(GRUCell):
+    """``tf.contrib.rnn.GRUBlockCell``: TensorFlow's fused GRU op (``GRUBlockCell``), the same
+    function as :class:`GRUCell` with tanh, under the op's variable names ``w_ru``, ``b_ru``,
+    ``w_c``, ``b_c`` (``gru_cell/w_ru``, ...), so its checkpoints load as they are.
+
+    One step is (G1)-(G3) of docs/bptt.md::
+
+        [r, u] = sigmoid([x_t, h_{t-1}] @ w_ru + b_ru)                 (G1)
+        c      = tanh([x_t, r * h_{t-1}] @ w_c + b_c)                  (G2)
+        h_t    = u * h_{t-1} + (1 - u) * c                             (G3)
+
+    Parameters: ``w_ru`` [I + H, 2H] (columns r, then u; glorot uniform), ``b_ru`` [2H] (starts at
+    1.0), ``w_c`` [I + H, H] (glorot uniform), ``b_c`` [H] (starts at 0), TF 1.15's initialisers.
+    Shapes: input x_t [B, I]; state h_{t-1} [B, H]; output = new state = h_t [B, H].  As in TF,
+    exactly one of ``num_units`` and ``cell_size`` (its deprecated alias) is given.  npl runs it
+    on GRUCell's passes (C loops, CuPy, traces); :class:`GRUBlockCellV2` is the same cell under
+    GRUCell's variable names.
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.GRUBlockCell(3, seed=0, input_size=4, dtype=np.float64)    # H = 3, I = 4
+    >>> {k: v.shape for k, v in cell.params.items()}
+    {'w_ru': (7, 6), 'b_ru': (6,), 'w_c': (7, 3), 'b_c': (3,)}
+    >>> p = cell.params
+    >>> np.array_equal(p["b_ru"], np.ones(6)), np.array_equal(p["b_c"], np.zeros(3))
+    (True, True)
+    >>> _ = cell.set_params({"b_c": rng.standard_normal(3)}, strict=False)          # b_c != 0
+    >>> x, h0 = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))          # B = 2
+    >>> y, h1 = cell(x, h0)
+    >>> sig = lambda a: 1 / (1 + np.exp(-a))
+    >>> r, u = np.split(sig(np.concatenate([x, h0], 1) @ p["w_ru"] + p["b_ru"]), 2, 1)     # (G1)
+    >>> c = np.tanh(np.concatenate([x, r * h0], 1) @ p["w_c"] + p["b_c"])                # (G2)
+    >>> np.allclose(h1, u * h0 + (1 - u) * c), np.array_equal(y, h1)                    # (G3)
+    (True, True)
+    """
+
+    _param_names = ("w_ru", "b_ru", "w_c", "b_c")
+
+    def __init__(self, num_units=None, cell_size=None, reuse=None, name=None, dtype=None, seed=None,
+                 input_size=None):
+        num_units = _check_block_size(num_units, cell_size, type(self).__name__)
+        super().__init__(num_units, reuse=reuse, name=name, dtype=dtype, seed=seed,
+                         input_size=input_size)
+
+
+class GRUBlockCellV2(GRUBlockCell):
+    """``tf.contrib.rnn.GRUBlockCellV2``: :class:`GRUBlockCell` (TF's fused GRU op, the same
+    signature and initialisers) with GRUCell's variable names: ``gates/kernel`` [I + H, 2H]
+    (r, u), ``gates/bias`` [2H] (starts at 1.0), ``candidate/kernel`` [I + H, H],
+    ``candidate/bias`` [H] (starts at 0); (G1)-(G3) of docs/bptt.md with tanh.
+
+    >>> import numpy as np, npl
+    >>> cell = npl.rnn.GRUBlockCellV2(cell_size=3, seed=0, input_size=2)
+    >>> list(cell.params), cell.num_units
+    (['gates/kernel', 'gates/bias', 'candidate/kernel', 'candidate/bias'], 3)
+    >>> ref = npl.rnn.GRUCell(3, input_size=2)
+    >>> _ = ref.set_params(cell.params)
+    >>> x, h = np.ones((1, 2), np.float32), np.full((1, 3), 0.5, np.float32)
+    >>> bool(np.array_equal(cell(x, h)[0], ref(x, h)[0]))
+    True
+    """
+
+    _param_names = GRUCell._param_names
 
 
 # ============================================================================ stacks

@@ -98,12 +98,13 @@ def _blocks(a, order, axis=-1):
 
 
 def _unwrap(cell):
-    """The cell inside a DropoutWrapper (or a chain of them); any other object as it is.  TF1's
-    wrappers add no variable scope (``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel`` inside a
-    DropoutWrapper too) and npl's take the wrapped cell's parameter names, so the converters see
-    through them."""
-    from .layers import DropoutWrapper
-    while isinstance(cell, DropoutWrapper):
+    """The cell inside a DropoutWrapper, ResidualWrapper or DeviceWrapper (or a chain of them);
+    any other object as it is.  TF1's wrappers add no variable scope
+    (``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel`` inside one too) and npl's take the
+    wrapped cell's parameter names, so the converters see through them (the weights only: a
+    residual connection is not a weight)."""
+    from .layers import _CellWrapper
+    while isinstance(cell, _CellWrapper):
         cell = cell.wrapped_cell
     return cell
 
@@ -183,7 +184,7 @@ def _shape_problem(cell, values):
     if cell.built:
         width = cell.input_size
     else:
-        key = next(k for k in shapes1 if k.endswith("kernel"))
+        key = next(k for k in shapes1 if cell._role(k).endswith("kernel"))
         width = np.shape(values[key])[0] - (shapes1[key][0] - 1) if np.ndim(values[key]) == 2 else 0
         if width < 1:
             return "%s has shape %s" % (key, tuple(np.shape(values[key])))
@@ -437,9 +438,9 @@ def _to_keras_leaf(cell):
         return [K[:I], K[I:], b]
     if kind == "gru":
         H = cell.num_units
-        Kg, Kc = p["gates/kernel"], p["candidate/kernel"]                # [I+H, 2H] (r, u), [I+H, H]
+        Kg, bg, Kc, bc = (p[n] for n in cell._param_names)              # [I+H, 2H] (r, u), [I+H, H]
         K = np.concatenate([Kg[:, H:], Kg[:, :H], Kc], axis=1)           # [I+H, 3H] in z=u, r, h
-        b = np.concatenate([p["gates/bias"][H:], p["gates/bias"][:H], p["candidate/bias"]])
+        b = np.concatenate([bg[H:], bg[:H], bc])
         return [K[:I], K[I:], b]
     return [p["kernel"][:I], p["kernel"][I:], p["bias"].copy()]
 
@@ -498,9 +499,9 @@ def _from_keras_leaf(entry, cell, reset_after, name):
         b[H:2 * H] -= np.asarray(cell.forget_bias, b.dtype)              # unfold the forget bias
         return {"kernel": _blocks(K, _IFJO), "bias": _blocks(b, _IFJO)}
     if kind == "gru":
-        return {"gates/kernel": np.concatenate([K[:, H:2 * H], K[:, :H]], axis=1),
-                "gates/bias": np.concatenate([b[H:2 * H], b[:H]]),
-                "candidate/kernel": K[:, 2 * H:].copy(), "candidate/bias": b[2 * H:].copy()}
+        return dict(zip(cell._param_names,                               # GRUCell's or GRUBlockCell's
+                        (np.concatenate([K[:, H:2 * H], K[:, :H]], axis=1), np.concatenate([b[H:2 * H], b[:H]]),
+                         K[:, 2 * H:].copy(), b[2 * H:].copy())))
     return {"kernel": K, "bias": b.copy()}
 
 

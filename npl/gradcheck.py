@@ -394,7 +394,8 @@ def gradcheck_cell(cell, x, state=None, sequence_length=None, time_major=False, 
                    atol=1e-5, seed=0, max_checks=None):
     """Gradient-check a cell through :func:`npl.nn.dynamic_rnn` and its trace's backward.
 
-    cell:   any npl cell (also MultiRNNCell, DropoutWrapper and your own RNNCell subclasses).  A
+    cell:   any npl cell (also MultiRNNCell, DropoutWrapper, ResidualWrapper (a custom
+            ``residual_fn`` pair included), DeviceWrapper and your own RNNCell subclasses).  A
             float64 copy is checked (:func:`float64_copy`); ``cell`` itself, its parameters and
             gradients are left as they were.  An unbuilt cell's copy is built from ``x`` with the
             cell's initialiser.  A DropoutWrapper in training mode is checked with one fixed set of

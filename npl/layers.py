@@ -12,6 +12,8 @@
   ``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel``, ``dense/kernel``, ...).
 * :class:`DropoutWrapper` -- ``tf.nn.rnn_cell.DropoutWrapper`` for npl cells (input and output
   dropout; masks are kept in ``.masks`` and can be replayed).
+* :class:`ResidualWrapper` -- ``tf.nn.rnn_cell.ResidualWrapper``: output = input + the cell's output.
+* :class:`DeviceWrapper` -- ``tf.nn.rnn_cell.DeviceWrapper``: the cell, with its TF device recorded.
 
 Every layer follows one protocol: ``forward(x, ...) -> (y, trace)``; ``trace.backward(d_y) -> d_x``
 (``None`` for integer inputs) which ACCUMULATES parameter gradients into ``layer.grads`` (call
@@ -19,6 +21,7 @@ Every layer follows one protocol: ``forward(x, ...) -> (y, trace)``; ``trace.bac
 A trace's backward runs once (:class:`npl.BackwardTwiceError` after that).
 """
 import contextlib
+import re
 
 import numpy as np
 
@@ -32,8 +35,10 @@ from .cells import RNNCell, LSTMCell, MultiRNNCell, Parameterized, glorot_unifor
 from .rnn_ops import dynamic_rnn, check_current
 from ._checks import float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     lengths_array, check_on_device
+from . import workspace as _ws
 
-__all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "cell_param_names"]
+__all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "ResidualWrapper",
+           "DeviceWrapper", "cell_param_names"]
 
 
 class Layer(Parameterized):
@@ -346,8 +351,9 @@ class EmbeddingLayerTrace(_LayerTrace):
 def cell_param_names(cell):
     """``[(tf_name, key)]``: TensorFlow's variable name (relative to the RNN scope, e.g.
     ``basic_lstm_cell/kernel`` or ``multi_rnn_cell/cell_0/lstm_cell/bias``) for each key of
-    ``cell.params``.  A :class:`DropoutWrapper` adds nothing to the names, as in TensorFlow."""
-    if isinstance(cell, DropoutWrapper):
+    ``cell.params``.  A wrapper (:class:`DropoutWrapper`, :class:`ResidualWrapper`,
+    :class:`DeviceWrapper`) adds nothing to the names, as in TensorFlow."""
+    if isinstance(cell, _CellWrapper):
         return cell_param_names(cell.wrapped_cell)
     if isinstance(cell, MultiRNNCell):
         out = []
@@ -360,7 +366,7 @@ def cell_param_names(cell):
 
 def _walk_cells(cell):
     yield cell
-    if isinstance(cell, DropoutWrapper):
+    if isinstance(cell, _CellWrapper):
         yield from _walk_cells(cell.wrapped_cell)
     elif isinstance(cell, MultiRNNCell):
         for c in cell.cells:
@@ -742,6 +748,125 @@ class SequentialTrace(_OnceTrace):
         return d
 
 
+# ============================================================================ cell wrappers
+class _CellWrapper(RNNCell):
+    """What TF1's cell wrappers share: a cell around ``cell`` whose parameters, gradients,
+    parameter names, state structure, ``build`` and ``to_device`` are the wrapped cell's (a TF1
+    wrapper adds no variable scope: ``.../cell_1/basic_lstm_cell/kernel`` inside one too).  The
+    sequence pass, its trace-less form and the backward are the wrapped cell's unless a subclass
+    adds to them.  ``_walk_cells``, ``cell_param_names`` and ``npl.convert`` see through it."""
+
+    def __init__(self, cell):
+        if not isinstance(cell, RNNCell):
+            raise TypeError("cell must be an npl RNN cell, got %s" % type(cell).__name__)
+        self._cell = cell
+
+    @property
+    def wrapped_cell(self):
+        return self._cell
+
+    @property
+    def cell(self):
+        return self._cell
+
+    def _leaves(self):
+        return self._cell._leaves()
+
+    @property
+    def name(self):
+        return self._cell.name
+
+    @property
+    def _params(self):
+        return self._cell._params
+
+    @property
+    def _grads(self):
+        return self._cell._grads
+
+    @property
+    def params(self):
+        return self._cell.params
+
+    @property
+    def grads(self):
+        return self._cell.grads
+
+    def zero_grad(self):
+        self._cell.zero_grad()
+
+    def set_params(self, values, strict=True):
+        self._cell.set_params(values, strict)
+        return self
+
+    def _plan_params(self, values, strict, name="set_params"):
+        return self._cell._plan_params(values, strict, name)
+
+    def _apply_plan(self, plan):
+        self._cell._apply_plan(plan)
+
+    def build(self, input_size, dtype=np.float32):
+        self._cell.build(input_size, dtype)
+        return self
+
+    def to_device(self, backend=None):
+        """The wrapped cell's ``to_device`` (its parameters and gradients)."""
+        self._cell.to_device(resolve_backend(backend, "%s.to_device" % type(self).__name__))
+        return self
+
+    def _home_xp(self):
+        return self._cell._home_xp()
+
+    num_units = property(lambda self: self._cell.num_units)
+    built = property(lambda self: self._cell.built)
+    input_size = property(lambda self: self._cell.input_size)
+    dtype = property(lambda self: self._cell.dtype)
+    _dtype = property(lambda self: self._cell.dtype)
+    output_size = property(lambda self: self._cell.output_size)
+    state_size = property(lambda self: self._cell.state_size)
+    _chunkable = property(lambda self: self._cell._chunkable)
+
+    def _xp(self):
+        return self._cell._xp()
+
+    def _maybe_build(self, x, name):
+        self._cell._maybe_build(x, name)
+
+    def _zero_state(self, batch_size, dtype, xp):
+        return self._cell._zero_state(batch_size, dtype, xp)
+
+    def _zeros_internal(self, batch, dtype, xp):
+        return self._cell._zeros_internal(batch, dtype, xp)
+
+    def _to_internal(self, state, batch, dtype, xp, name):
+        return self._cell._to_internal(state, batch, dtype, xp, name)
+
+    def _to_public(self, state):
+        return self._cell._to_public(state)
+
+    def _inner_forward(self, x, state, mask, state_mask):
+        """The wrapped cell's sequence pass (a state mask passed on only where there is one, as
+        MultiRNNCell does, so that a user's cell with the three-argument form works)."""
+        if state_mask is None:
+            return self._cell._forward_seq(x, state, mask)
+        return self._cell._forward_seq(x, state, mask, state_mask)
+
+    def _forward_seq(self, x, state, mask, state_mask=None):
+        return self._inner_forward(x, state, mask, state_mask)
+
+    def _backward_seq(self, rec, dout, dstate):
+        return self._cell._backward_seq(rec, dout, dstate)
+
+    def _infer_steps(self, x, mask):
+        return self._cell._infer_steps(x, mask)
+
+    def _infer_seq(self, x, state, mask, out):
+        return self._cell._infer_seq(x, state, mask, out)
+
+    def __repr__(self):
+        return "%s(%r)" % (type(self).__name__, self._cell)
+
+
 # ============================================================================ DropoutWrapper
 class _DropoutRecord(list):
     """The wrapped cell's record (as a one-element list, so the engine's record walkers see through
@@ -752,7 +877,7 @@ class _DropoutRecord(list):
         self.input_mask, self.output_mask = input_mask, output_mask
 
 
-class DropoutWrapper(RNNCell):
+class DropoutWrapper(_CellWrapper):
     """``tf.nn.rnn_cell.DropoutWrapper`` for npl cells: dropout on inputs, outputs and state.
 
     At each step (TF semantics, ``variational_recurrent=False``) every input element is kept with
@@ -804,8 +929,7 @@ class DropoutWrapper(RNNCell):
     def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
                  variational_recurrent=False, input_size=None, dtype=None, seed=None,
                  dropout_state_filter_visitor=None):
-        if not isinstance(cell, RNNCell):
-            raise TypeError("cell must be an npl RNN cell, got %s" % type(cell).__name__)
+        _CellWrapper.__init__(self, cell)
         for nm, p in (("input_keep_prob", input_keep_prob), ("output_keep_prob", output_keep_prob),
                       ("state_keep_prob", state_keep_prob)):
             if not is_real(p):
@@ -827,7 +951,6 @@ class DropoutWrapper(RNNCell):
         if float(state_keep_prob) < 1 and isinstance(cell, DropoutWrapper) and cell.state_keep_prob < 1:
             raise ValueError("state_keep_prob < 1 on a DropoutWrapper around a DropoutWrapper that "
                              "drops the state too is not supported; drop the state in one of them")
-        self._cell = cell
         self.input_keep_prob, self.output_keep_prob = float(input_keep_prob), float(output_keep_prob)
         self.state_keep_prob = float(state_keep_prob)
         self.variational_recurrent = bool(variational_recurrent)
@@ -837,51 +960,6 @@ class DropoutWrapper(RNNCell):
         self._seed = seed
         self._rng = None if seed is None else _random.generator(seed)
 
-    # -- delegation to the wrapped cell
-    @property
-    def wrapped_cell(self):
-        return self._cell
-
-    def _leaves(self):
-        return self._cell._leaves()
-
-    @property
-    def name(self):
-        return self._cell.name
-
-    @property
-    def _params(self):
-        return self._cell._params
-
-    @property
-    def _grads(self):
-        return self._cell._grads
-
-    @property
-    def params(self):
-        return self._cell.params
-
-    @property
-    def grads(self):
-        return self._cell.grads
-
-    def zero_grad(self):
-        self._cell.zero_grad()
-
-    def set_params(self, values, strict=True):
-        self._cell.set_params(values, strict)
-        return self
-
-    def _plan_params(self, values, strict, name="set_params"):
-        return self._cell._plan_params(values, strict, name)
-
-    def _apply_plan(self, plan):
-        self._cell._apply_plan(plan)
-
-    def build(self, input_size, dtype=np.float32):
-        self._cell.build(input_size, dtype)
-        return self
-
     def to_device(self, backend=None):
         """The wrapped cell's ``to_device``; the kept masks (``masks``) move with it."""
         name = resolve_backend(backend, "DropoutWrapper.to_device")
@@ -889,35 +967,6 @@ class DropoutWrapper(RNNCell):
         if isinstance(self.masks, dict):
             self.masks = {k: to_device(m, name) for k, m in self.masks.items()}
         return self
-
-    def _home_xp(self):
-        return self._cell._home_xp()
-
-    num_units = property(lambda self: self._cell.num_units)
-    built = property(lambda self: self._cell.built)
-    input_size = property(lambda self: self._cell.input_size)
-    dtype = property(lambda self: self._cell.dtype)
-    _dtype = property(lambda self: self._cell.dtype)
-    output_size = property(lambda self: self._cell.output_size)
-    state_size = property(lambda self: self._cell.state_size)
-
-    def _xp(self):
-        return self._cell._xp()
-
-    def _maybe_build(self, x, name):
-        self._cell._maybe_build(x, name)
-
-    def _zero_state(self, batch_size, dtype, xp):
-        return self._cell._zero_state(batch_size, dtype, xp)
-
-    def _zeros_internal(self, batch, dtype, xp):
-        return self._cell._zeros_internal(batch, dtype, xp)
-
-    def _to_internal(self, state, batch, dtype, xp, name):
-        return self._cell._to_internal(state, batch, dtype, xp, name)
-
-    def _to_public(self, state):
-        return self._cell._to_public(state)
 
     # -- dropout
     def _mask(self, keep, shape, dtype, xp):
@@ -929,7 +978,7 @@ class DropoutWrapper(RNNCell):
     def _state_widths(self):
         """Width of the dropped part of the state: h of each layer (an LSTM's c is kept)."""
         cell = self._cell
-        while isinstance(cell, DropoutWrapper):
+        while isinstance(cell, _CellWrapper):
             cell = cell._cell
         if isinstance(cell, MultiRNNCell):
             return [c.output_size for c in cell.cells]
@@ -981,14 +1030,14 @@ class DropoutWrapper(RNNCell):
 
     def _forward_seq(self, x, state, mask, state_mask=None):
         if not self.training:
-            out, final, rec = self._cell._forward_seq(x, state, mask, state_mask)
+            out, final, rec = self._inner_forward(x, state, mask, state_mask)
             return out, final, _DropoutRecord(rec, None, None)
         m = self._masks_for(x, self._cell.output_size)
         if m["state"] is not None and state_mask is not None:
             raise ValueError("state dropout in two nested DropoutWrappers is not supported")
         xin = x if m["input"] is None else x * m["input"]
         sm = m["state"] if m["state"] is not None else state_mask
-        out, final, rec = self._cell._forward_seq(xin, state, mask, sm)
+        out, final, rec = self._inner_forward(xin, state, mask, sm)
         if m["output"] is not None:
             out = out * m["output"]
         self.masks = m
@@ -1012,3 +1061,227 @@ class DropoutWrapper(RNNCell):
     def __repr__(self):
         return "DropoutWrapper(%r, input_keep_prob=%g, output_keep_prob=%g, state_keep_prob=%g)" % (
             self._cell, self.input_keep_prob, self.output_keep_prob, self.state_keep_prob)
+
+
+# ============================================================================ ResidualWrapper
+class _ResidualRecord(list):
+    """The wrapped cell's record (a one-element list, so the engine's record walkers see through
+    it), the step mask (the residual passes no gradient past a length) and, for a custom
+    ``residual_fn``, the inputs and the wrapped cell's outputs its backward is given."""
+
+    def __init__(self, inner, mask, x=None, y=None):
+        super().__init__([inner])
+        self.mask, self.x, self.y = mask, x, y
+
+
+def _residual_pair(residual_fn):
+    """``(fn, fn_backward)`` or ``(None, None)`` for the default ``inputs + outputs``."""
+    if residual_fn is None:
+        return None, None
+    if isinstance(residual_fn, (tuple, list)) and len(residual_fn) == 2 \
+            and all(callable(f) for f in residual_fn):
+        return tuple(residual_fn)
+    if callable(residual_fn):
+        raise TypeError(
+            "residual_fn: npl has no autograd, so a custom residual needs its backward too: pass "
+            "residual_fn=(fn, fn_backward), fn(inputs, outputs) -> res and fn_backward(inputs, "
+            "outputs, d_res) -> (d_inputs, d_outputs); got the single callable %r" % (residual_fn,))
+    raise TypeError("residual_fn must be None or a pair (fn, fn_backward) of callables, got %s"
+                    % type(residual_fn).__name__)
+
+
+class ResidualWrapper(_CellWrapper):
+    """``tf.nn.rnn_cell.ResidualWrapper``: the wrapped cell's output plus its input (GNMT's
+    residual stacks).  At every step::
+
+        y_t, s_t = cell(x_t, s_{t-1})
+        output_t = x_t + y_t                          (residual_fn(x_t, y_t) when given)
+        new state = s_t                               (the cell's, unchanged)
+
+    Shapes: x_t [B, I], y_t and the output [B, H] with ``H = cell.output_size``; the default
+    residual needs ``I == H`` (ValueError naming both otherwise, at the first forward or build, or
+    at once for a built cell).  ``output_size``, ``state_size``, parameters, gradients and
+    variable names are the cell's: like TF1's wrapper it adds no variable scope.  Backward:
+    ``d_x_t = d_output_t + (dL/dx_t through the cell, with d_y_t = d_output_t)``.
+
+    The sequence pass stays the cell's fused pass: the residual is one add over the whole
+    ``[T, B, H]`` output after it (and ``d_inputs += d_outputs`` once in the backward).  Under
+    ``dynamic_rnn`` with ``sequence_length`` the *wrapper's* output is zero past a row's length,
+    as in TF (the input is not added there), and no gradient reaches the inputs through the
+    residual past it.  In a ``MultiRNNCell`` (``[cell0, ResidualWrapper(cell1), ...]``) the
+    residual adds each layer's input, the previous layer's output.
+
+    ``residual_fn`` (TF's argument): npl has no autograd, so it takes a pair
+    ``(fn, fn_backward)``; a single callable is refused (TypeError), never run without its
+    gradient.  ``fn(inputs, outputs) -> res`` gets the time-major arrays of a whole pass,
+    ``inputs`` [T, B, I] and ``outputs`` [T, B, H] (T = 1 for one step ``cell(x, state)``), and
+    returns ``res`` [T, B, H] (checked: shape, dtype, device), so it must work position by
+    position on the last axis, as TF's per-step function does on [B, .].
+    ``fn_backward(inputs, outputs, d_res) -> (d_inputs, d_outputs)`` returns the two cotangents
+    ([T, B, I], [T, B, H]); ``d_res`` is zero past each row's length and so is what reaches the
+    inputs there.  Neither may modify its arguments (``outputs`` is a view of the cell's saved
+    slab).  With a custom pair the widths need not match.
+
+    >>> import numpy as np, npl
+    >>> inner = npl.rnn.GRUCell(4, seed=0, dtype=np.float64)
+    >>> cell = npl.rnn.ResidualWrapper(inner)
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 4))               # B = 2, T = 3, I = H = 4
+    >>> out, state = npl.nn.dynamic_rnn(cell, x, sequence_length=[3, 1])
+    >>> y, s = npl.nn.dynamic_rnn(inner, x, sequence_length=[3, 1])          # the cell alone
+    >>> np.allclose(out[0], x[0] + y[0]), np.allclose(out[1, :1], x[1, :1] + y[1, :1])
+    (True, True)
+    >>> float(abs(out[1, 1:]).max()), np.allclose(state, s)     # zero past a length; the cell's state
+    (0.0, True)
+    >>> sorted(cell.params) == sorted(inner.params)                # no variables or scope of its own
+    True
+    >>> o1, s1, tr = cell(x[:, 0], state, return_trace=True)                  # one step
+    >>> dx, ds = tr.backward(np.ones((2, 4)), None)
+    >>> y1, _, tr1 = inner(x[:, 0], state, return_trace=True)
+    >>> np.allclose(o1, x[:, 0] + y1), np.allclose(dx, 1 + tr1.backward(np.ones((2, 4)), None)[0])
+    (True, True)
+    """
+
+    def __init__(self, cell, residual_fn=None):
+        _CellWrapper.__init__(self, cell)
+        self._fn, self._fn_backward = _residual_pair(residual_fn)
+        self.residual_fn = residual_fn
+        if cell.built:
+            self._check_width(cell.input_size, "the wrapped cell's input_size")
+
+    def _check_width(self, width, what):
+        if self._fn is None and width != self._cell.output_size:
+            raise ValueError("ResidualWrapper: the input width must equal the wrapped cell's "
+                             "output_size to add them (input + output), got %s %d and output_size "
+                             "%d (or pass residual_fn=(fn, fn_backward))"
+                             % (what, width, self._cell.output_size))
+
+    def build(self, input_size, dtype=np.float32):
+        if isinstance(input_size, (int, np.integer)) and not isinstance(input_size, bool):
+            self._check_width(int(input_size), "input_size")
+        return super().build(input_size, dtype)
+
+    def _maybe_build(self, x, name):
+        self._check_width(int(x.shape[-1]), "the width of %s" % name)
+        self._cell._maybe_build(x, name)
+
+    def _result(self, res, like, what):
+        """A custom function's array, checked against ``like`` (shape, dtype, device)."""
+        res = float_array(res, what)
+        check_on_device(res, what, get_array_module(like), "the inputs")
+        check_shape(res, like.shape, what)
+        check_dtype(res, like.dtype, what)
+        return res
+
+    def _residual(self, x, y):
+        """The wrapper's output from the inputs and the cell's outputs ([T, B, .], one pass)."""
+        if self._fn is None:
+            xp = get_array_module(y)
+            out = _ws.empty(xp, y.shape, y.dtype)
+            return xp.add(x, y, out=out)                       # one add over [T, B, H]
+        return self._result(self._fn(x, y), y, "residual_fn's result (fn(inputs, outputs))")
+
+    def _forward_seq(self, x, state, mask, state_mask=None):
+        self._check_width(int(x.shape[-1]), "the inputs' width")
+        y, final, rec = self._inner_forward(x, state, mask, state_mask)
+        out = self._residual(x, y)
+        custom = self._fn is not None
+        return out, final, _ResidualRecord(rec, mask, x if custom else None, y if custom else None)
+
+    def _infer_seq(self, x, state, mask, out):
+        """The cell's trace-less pass writes its outputs into ``out``; the residual is added there."""
+        self._check_width(int(x.shape[-1]), "the inputs' width")
+        final = self._cell._infer_seq(x, state, mask, out)
+        if final is not None:
+            if self._fn is None:
+                out += x
+            else:
+                out[...] = self._residual(x, out.copy())
+        return final
+
+    def _backward_seq(self, rec, dout, dstate):
+        d_res = None
+        if dout is not None:           # past a length the output is zero by a select: no gradient
+            xp = get_array_module(dout)
+            d_res = dout if rec.mask is None else xp.where(rec.mask, dout, 0)
+        if self._fn is None:
+            dx, d0 = self._cell._backward_seq(rec[0], dout, dstate)    # the cell masks dout itself
+            if d_res is not None:
+                dx += d_res                                            # the residual: one add
+            return dx, d0
+        if d_res is None:                      # no output cotangent: the residual passes nothing
+            return self._cell._backward_seq(rec[0], None, dstate)
+        grads = self._fn_backward(rec.x, rec.y, d_res)
+        if not isinstance(grads, (tuple, list)) or len(grads) != 2:
+            raise TypeError("residual_fn's backward must return a pair (d_inputs, d_outputs), got %s"
+                            % type(grads).__name__)
+        d_in = self._result(grads[0], rec.x, "residual_fn's backward d_inputs")
+        d_out = self._result(grads[1], rec.y, "residual_fn's backward d_outputs")
+        dx, d0 = self._cell._backward_seq(rec[0], d_out, dstate)
+        dx += d_in if rec.mask is None else xp.where(rec.mask, d_in, 0)
+        return dx, d0
+
+    def __repr__(self):
+        return "ResidualWrapper(%r%s)" % (self._cell, "" if self._fn is None
+                                          else ", residual_fn=%r" % (self.residual_fn,))
+
+
+# ============================================================================ DeviceWrapper
+_DEVICE_RE = re.compile(r"^/?(?:job:[A-Za-z0-9_.\-]+/)?(?:replica:\d+/)?(?:task:\d+/)?"
+                        r"(?:device:)?(cpu|gpu):(\d+|\*)$", re.IGNORECASE)
+
+
+def _parse_device(device):
+    """``(device_type, device_index)`` of a TF device string: ("CPU" | "GPU", int or None for
+    "*"); ``(None, None)`` for None or "" (no device, as ``tf.device(None)``)."""
+    if device is None or (isinstance(device, str) and device == ""):
+        return None, None
+    if not isinstance(device, str):
+        raise TypeError("device must be a TensorFlow device string such as '/gpu:0' or '/cpu:0' "
+                        "(or None); device functions and DeviceSpec objects are not supported, "
+                        "got %s" % type(device).__name__)
+    m = _DEVICE_RE.match(device.strip())
+    if m is None:
+        raise ValueError("device must be a TensorFlow device string: '/cpu:<n>', '/gpu:<n>', "
+                         "'/device:GPU:<n>' (an optional '/job:<name>/replica:<n>/task:<n>' "
+                         "before it; <n> a non-negative integer or '*'), got %r" % (device,))
+    kind, index = m.group(1).upper(), m.group(2)
+    return kind, None if index == "*" else int(index)
+
+
+class DeviceWrapper(_CellWrapper):
+    """``tf.nn.rnn_cell.DeviceWrapper``: TF1 runs ``cell`` under ``tf.device(device)``.
+
+    Numerically it is the wrapped cell: outputs, states, gradients, parameters and variable names
+    are the cell's (no scope of its own, as in TF1), and its traces and checkpoints are the
+    cell's.  npl places nothing: a cell runs where its arrays are (the backend of its parameters
+    and inputs: ``cell.to_device``, ``npl.use``); with CuPy that is CuPy's current device
+    (``cupy.cuda.Device(n).use()``).  The device is checked and kept, for a port to read:
+    ``device`` (as given), ``device_type`` ("CPU", "GPU" or None) and ``device_index`` (an int,
+    or None for ``"*"`` or no device).  Accepted: None or "" (no device), ``"/cpu:0"``,
+    ``"/gpu:1"``, ``"/device:GPU:0"``, ``"gpu:*"``, with an optional
+    ``"/job:<name>/replica:<n>/task:<n>"`` before it (case-insensitive, as TF's parser);
+    anything else is a ValueError, a non-string (TF's device functions) a TypeError.
+
+    >>> import numpy as np, npl
+    >>> inner = npl.rnn.BasicLSTMCell(3, seed=0, dtype=np.float64)
+    >>> cell = npl.rnn.DeviceWrapper(inner, "/gpu:1")
+    >>> cell.device, cell.device_type, cell.device_index
+    ('/gpu:1', 'GPU', 1)
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 4))
+    >>> out, state = npl.nn.dynamic_rnn(cell, x)
+    >>> y, s = npl.nn.dynamic_rnn(inner, x)
+    >>> np.array_equal(out, y), np.array_equal(state.c, s.c), cell.params.keys() == inner.params.keys()
+    (True, True, True)
+    """
+
+    def __init__(self, cell, device):
+        _CellWrapper.__init__(self, cell)
+        self._device_type, self._device_index = _parse_device(device)
+        self._tf_device = device
+
+    device = property(lambda self: self._tf_device)
+    device_type = property(lambda self: self._device_type)
+    device_index = property(lambda self: self._device_index)
+
+    def __repr__(self):
+        return "DeviceWrapper(%r, device=%r)" % (self._cell, self._tf_device)

@@ -286,22 +286,24 @@ class StaticRNNTrace(TraceBase):
         return [dx[t] for t in range(self._n)], d0
 
 
-def _stack_steps(inputs, empty_error=TypeError, dtype=None):
+def _stack_steps(inputs, empty_error=TypeError, dtype=None, name="inputs"):
     """Validate a list of per-step [batch, depth] arrays (same shape and dtype, one device) and
     stack it time-major: returns ``(list of arrays, [time, batch, depth] array)``.  A non-list is
     a TypeError; an empty list raises ``empty_error``.  A step given as a Python list takes
-    ``dtype`` (the function's resolved ``dtype=``)."""
+    ``dtype`` (the function's resolved ``dtype=``).  ``name``: the argument the messages name."""
     if not isinstance(inputs, (list, tuple)) or not inputs:
         exc = empty_error if isinstance(inputs, (list, tuple)) else TypeError
-        raise exc("inputs must be a non-empty list of [batch, depth] arrays, got %s"
-                  % ("an empty %s" % type(inputs).__name__ if isinstance(inputs, (list, tuple))
+        raise exc("%s must be a non-empty list of [batch, depth] arrays, got %s"
+                  % (name, "an empty %s" % type(inputs).__name__ if isinstance(inputs, (list, tuple))
                      else type(inputs).__name__))
-    xs = [float_array(a, "inputs[%d]" % t, ndim=2, dtype=dtype) for t, a in enumerate(inputs)]
+    xs = [float_array(a, "%s[%d]" % (name, t), ndim=2, dtype=dtype) for t, a in enumerate(inputs)]
     for t, a in enumerate(xs[1:], 1):
         if a.shape != xs[0].shape:
-            raise ValueError("inputs[%d] has shape %s but inputs[0] has %s" % (t, a.shape, xs[0].shape))
+            raise ValueError("%s[%d] has shape %s but %s[0] has %s"
+                             % (name, t, a.shape, name, xs[0].shape))
         if a.dtype != xs[0].dtype:
-            raise TypeError("inputs[%d] has dtype %s but inputs[0] has %s" % (t, a.dtype, xs[0].dtype))
+            raise TypeError("%s[%d] has dtype %s but %s[0] has %s"
+                            % (name, t, a.dtype, name, xs[0].dtype))
     xp = get_array_module(*xs)
     return xs, xp.stack(xs)
 

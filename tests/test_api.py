@@ -88,6 +88,10 @@ TF_PARAMS = [  # the variable names and shapes TensorFlow 1 creates (relative to
                                            "projection/kernel": (H_, P_)}),
     (lambda: R.GRUCell(H_), {"gates/kernel": (I_ + H_, 2 * H_), "gates/bias": (2 * H_,),
                              "candidate/kernel": (I_ + H_, H_), "candidate/bias": (H_,)}),
+    (lambda: R.GRUBlockCell(H_), {"w_ru": (I_ + H_, 2 * H_), "b_ru": (2 * H_,),
+                                  "w_c": (I_ + H_, H_), "b_c": (H_,)}),
+    (lambda: R.GRUBlockCellV2(H_), {"gates/kernel": (I_ + H_, 2 * H_), "gates/bias": (2 * H_,),
+                                    "candidate/kernel": (I_ + H_, H_), "candidate/bias": (H_,)}),
     (lambda: R.MultiRNNCell([R.LSTMCell(H_, num_proj=P_), R.GRUCell(3)]),
      {"cell_0/kernel": (I_ + P_, 4 * H_), "cell_0/bias": (4 * H_,),
       "cell_0/projection/kernel": (H_, P_),
@@ -127,9 +131,9 @@ def test_glorot_uniform_limits_and_bias_init(ctor, shapes):
     cell.build(I_, np.float64)
     for name, w in cell.params.items():
         leaf = name.split("/", 1)[1] if name.startswith("cell_") else name
-        if leaf == "gates/bias":
+        if leaf in ("gates/bias", "b_ru"):
             assert np.array_equal(w, np.ones_like(w)), "GRU gates/bias starts at 1.0, as in TF"
-        elif leaf.endswith("bias"):
+        elif leaf.endswith("bias") or leaf == "b_c":
             assert not w.any(), "%s starts at zero" % name
         else:   # kernels, peepholes, projection: glorot uniform
             lim = _limit(w.shape)
@@ -641,7 +645,7 @@ def test_tf_style_namespaces():
     """A TF1 tutorial ports by changing its imports: tf.nn.rnn_cell.X -> npl.nn.rnn_cell.X,
     tf.contrib.rnn.X -> npl.rnn.X, tf.nn.f -> npl.nn.f."""
     for name in ("BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
-                 "LSTMStateTuple", "DropoutWrapper", "RNNCell"):
+                 "LSTMStateTuple", "DropoutWrapper", "ResidualWrapper", "DeviceWrapper", "RNNCell"):
         assert getattr(npl.nn.rnn_cell, name) is getattr(npl.rnn, name)
     for name in ("static_rnn", "stack_bidirectional_dynamic_rnn"):
         assert callable(getattr(npl.rnn, name))
@@ -832,6 +836,8 @@ _TF1_SIGNATURES = [
     ("BasicRNNCell", lambda v1: v1.nn.rnn_cell.BasicRNNCell.__init__, lambda: R.BasicRNNCell.__init__),
     ("MultiRNNCell", lambda v1: v1.nn.rnn_cell.MultiRNNCell.__init__, lambda: R.MultiRNNCell.__init__),
     ("DropoutWrapper", lambda v1: v1.nn.rnn_cell.DropoutWrapper.__init__, lambda: R.DropoutWrapper.__init__),
+    ("ResidualWrapper", lambda v1: v1.nn.rnn_cell.ResidualWrapper.__init__, lambda: R.ResidualWrapper.__init__),
+    ("DeviceWrapper", lambda v1: v1.nn.rnn_cell.DeviceWrapper.__init__, lambda: R.DeviceWrapper.__init__),
     ("RNNCell.__call__", lambda v1: v1.nn.rnn_cell.RNNCell.__call__, lambda: R.BasicRNNCell.__call__),
     ("zero_state", lambda v1: v1.nn.rnn_cell.RNNCell.zero_state, lambda: R.BasicRNNCell.zero_state),
 ]

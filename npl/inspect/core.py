@@ -18,7 +18,8 @@ block order of the engine's gate slab is ``npl.gates.LSTM_INTERNAL_ORDER``):
 * LSTM (``BasicLSTMCell``, ``LSTMCell``): ``i`` input gate, ``j`` candidate (new input, after the
   activation), ``f`` forget gate (``sigmoid(a_f + forget_bias)``, the bias included), ``o`` output
   gate.
-* GRU (``GRUCell``): ``r`` reset, ``u`` update, ``candidate`` (``act([x, r*h] @ W_c + b_c)``).
+* GRU (``GRUCell``, ``GRUBlockCell``, ``GRUBlockCellV2``): ``r`` reset, ``u`` update, ``candidate``
+  (``act([x, r*h] @ W_c + b_c)``).
 * ``BasicRNNCell``: its one "gate" is the new state itself, named ``h``.
 * your own cell: give its class a ``gate_layout = (("i", "sigmoid"), ("j", "tanh"), ...)``, the
   blocks of its ``gates`` slab in order (see examples/custom_cell.py).
@@ -337,10 +338,11 @@ class LayerInspector:
         elif self.kind == "gru":
             r = self.gate("r")
             XRH = np.concatenate([x, r * Hs[:T]], axis=2)              # concat(x_t, r_t * h_{t-1})
-            out["gates/kernel"] = _outer_per_step(XH, dG[:, :, :2 * H])  # [T, I+H, B] @ [T, B, 2H]
-            out["gates/bias"] = dG[:, :, :2 * H].sum(axis=1)
-            out["candidate/kernel"] = _outer_per_step(XRH, dG[:, :, 2 * H:])  # [T, I+H, B] @ [T, B, H]
-            out["candidate/bias"] = dG[:, :, 2 * H:].sum(axis=1)
+            gk, gb, ck, cb = cell._param_names                       # GRUBlockCell: w_ru, b_ru, ...
+            out[gk] = _outer_per_step(XH, dG[:, :, :2 * H])            # [T, I+H, B] @ [T, B, 2H]
+            out[gb] = dG[:, :, :2 * H].sum(axis=1)
+            out[ck] = _outer_per_step(XRH, dG[:, :, 2 * H:])           # [T, I+H, B] @ [T, B, H]
+            out[cb] = dG[:, :, 2 * H:].sum(axis=1)
         else:
             if not self.has_weight_contributions:
                 raise TypeError("weight_grad_contributions knows LSTMCell, GRUCell, BasicRNNCell and "

@@ -161,8 +161,9 @@ def compare_gradient_flow(kinds=("rnn", "lstm", "gru"), steps=50, batch=8, input
             cell.build(input_size, cell.dtype or np.float64)
         cell.to_numpy()                           # the inputs are NumPy arrays
         if weight_scale != 1.0:
-            for name, p in cell.params.items():
-                if name.endswith("kernel"):
-                    p *= weight_scale
+            for leaf in cell._leaves():                 # GRUBlockCell's kernels are w_ru, w_c
+                for name, p in leaf.params.items():
+                    if leaf._role(name).endswith("kernel"):
+                        p *= weight_scale
         flows[label] = gradient_flow(cell, x.astype(cell.dtype, copy=False), label=label)
     return flows
