@@ -31,7 +31,8 @@ from . import initializers as _init
 from . import workspace as _ws
 
 __all__ = ["LSTMStateTuple", "RNNCell", "TraceBase", "flat_records", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell",
-           "GRUBlockCell", "GRUBlockCellV2", "MultiRNNCell", "LayerRecord", "StepTrace"]
+           "GRUBlockCell", "GRUBlockCellV2", "MultiRNNCell", "LayerRecord", "StepTrace",
+           "LayerNormBasicLSTMCell"]
 
 
 class LSTMStateTuple(collections.namedtuple("LSTMStateTuple", ("c", "h"))):
@@ -2024,3 +2025,385 @@ def _describe(s):
     if hasattr(s, "shape"):
         return "an array of shape %s" % (tuple(s.shape),)
     return type(s).__name__
+
+
+# ============================================================================ layer-normalised LSTM
+#: The variance epsilon of TF 1.15's ``tf.contrib.layers.layer_norm`` (1e-3 for float16 only).
+LAYER_NORM_EPSILON = 1e-12
+# The variable scopes of the four gates' layer norms, in the kernel's column order (i, j, f, o),
+# and of the cell state's.
+_LN_GATE_SCOPES = ("input", "transform", "forget", "output")
+
+
+def _layer_norm_forward(a, r, eps):
+    """In place, over axis 1 of ``a`` [k, H, B] (each of k blocks, each batch column):
+    ``a <- (a - mean) * r`` with ``r`` [k, 1, B] set to ``1 / sqrt(var + eps)``, the biased
+    variance (N2)."""
+    xp = get_array_module(a)
+    a -= a.mean(axis=1, keepdims=True)
+    xp.mean(a * a, axis=1, keepdims=True, out=r)
+    r += eps
+    xp.sqrt(r, out=r)
+    xp.divide(1, r, out=r)
+    a *= r
+
+
+def _layer_norm_backward(d, xhat, r):
+    """In place, (N11): ``d`` [k, H, B] = dL/d(xhat) becomes dL/d(the normalised input),
+    ``r * (d - mean(d) - xhat * mean(d * xhat))`` over axis 1."""
+    m2 = (d * xhat).mean(axis=1, keepdims=True)
+    d -= d.mean(axis=1, keepdims=True)
+    d -= xhat * m2
+    d *= r
+
+
+class LayerNormBasicLSTMCell(RNNCell):
+    """``tf.contrib.rnn.LayerNormBasicLSTMCell`` (TF 1.15): a basic LSTM with layer normalisation
+    of each gate and of the new cell state (Ba et al. 2016), and recurrent dropout on the
+    candidate (Semeniuta et al. 2016).  One step is (N1)-(N8) of docs/bptt.md::
+
+        [a_i, a_j, a_f, a_o] = [x_t, h_{t-1}] @ kernel  (+ bias without layer_norm)   (N1)
+        LN_s(v) = gamma_s * (v - mean(v)) / sqrt(var(v) + 1e-12) + beta_s              (N2)
+        n_k = LN_k(a_k)  for k = input, transform, forget, output  (= a_k without layer_norm)  (N3)
+        i = sigmoid(n_i),  f = sigmoid(n_f + forget_bias),  o = sigmoid(n_o)            (N4)
+        g = act(n_j) * d_t          d_t: the scaled dropout mask, 0 or 1/keep (1 without)  (N5)
+        c~_t = f * c_{t-1} + i * g                                                    (N6)
+        c_t = LN_state(c~_t)        (= c~_t without layer_norm)                       (N7)
+        h_t = act(c_t) * o                                                            (N8)
+
+    mean and var (the biased variance, TF's ``nn.moments``) are over the H units of each row,
+    separately for each gate; epsilon is TF's 1e-12 (:data:`LAYER_NORM_EPSILON`).  The carried
+    state c_t is the *normalised* one, as in TF.  ``act`` is ``activation`` (tanh by default).
+
+    Parameters (TF's names): ``kernel`` [I + H, 4H] (gate columns i, j, f, o; glorot uniform);
+    with ``layer_norm`` ``input/gamma``, ``input/beta``, ``transform/...``, ``forget/...``,
+    ``output/...``, ``state/gamma``, ``state/beta`` [H] (starting at ``norm_gain`` /
+    ``norm_shift``) and no bias; with ``layer_norm=False`` a ``bias`` [4H] instead (which TF
+    creates with ``get_variable``'s default, glorot uniform, not zeros) and no gamma / beta.
+    ``forget_bias`` is added at run time, after the layer norm, never stored.  Shapes: input x_t
+    [B, I]; state ``LSTMStateTuple(c [B, H], h [B, H])``; output h_t [B, H].  ``input_size``
+    (deprecated and unused in TF) builds the cell eagerly, as for npl's other cells.
+
+    Dropout (``dropout_keep_prob < 1``): each step draws a mask for g, kept with probability
+    ``dropout_keep_prob`` and scaled by its inverse (``dropout_prob_seed`` seeds the cell's own
+    generator; the random stream is NumPy's, not TF's).  As for :class:`npl.rnn.DropoutWrapper`:
+    the masks of the last forward are in ``masks`` ([T, B, H], time-major, scaled; one call of
+    ``dynamic_rnn`` or one step is one draw), ``replay = True`` runs the next forwards with them
+    again (or with masks assigned by hand: the way to finite-difference a dropout cell, or to feed
+    the same masks to a TF graph), and ``training = False`` turns the dropout off (TF's cell has
+    no such switch: there one feeds ``dropout_keep_prob`` = 1).  ``Sequential(training=...)``,
+    npl.train's evaluation and ``npl.gradcheck.gradcheck_cell``'s mask replay switch it as they
+    switch DropoutWrappers (``npl.layers.dropout_cells``).
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.LayerNormBasicLSTMCell(3, forget_bias=0.5, seed=0, input_size=2,
+    ...                                       dtype=np.float64)                 # H = 3, I = 2
+    >>> sorted(cell.params)[:4], cell.params["kernel"].shape, "bias" in cell.params
+    (['forget/beta', 'forget/gamma', 'input/beta', 'input/gamma'], (5, 12), False)
+    >>> p = cell.set_params({k: rng.standard_normal(v.shape) for k, v in cell.params.items()}).params
+    >>> x, c0, h0 = rng.standard_normal((2, 2)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    >>> y, (c1, h1) = cell(x, npl.LSTMStateTuple(c0, h0))
+    >>> def ln(v, s):                                                           # (N2)
+    ...     mu, var = v.mean(1, keepdims=True), v.var(1, keepdims=True)
+    ...     return p[s + "/gamma"] * (v - mu) / np.sqrt(var + 1e-12) + p[s + "/beta"]
+    >>> sig = lambda v: 1 / (1 + np.exp(-v))
+    >>> a = np.split(np.concatenate([x, h0], 1) @ p["kernel"], 4, axis=1)     # (N1)
+    >>> n_i, n_j, n_f, n_o = (ln(v, s) for v, s in zip(a, ["input", "transform", "forget", "output"]))
+    >>> c = ln(sig(n_f + 0.5) * c0 + sig(n_i) * np.tanh(n_j), "state")        # (N3)-(N7)
+    >>> np.allclose(c1, c), np.allclose(h1, np.tanh(c) * sig(n_o)), np.array_equal(y, h1)  # (N8)
+    (True, True, True)
+    """
+
+    _default_name = "layer_norm_basic_lstm_cell"
+    _has_dropout = True          # training / replay / masks, as a DropoutWrapper's (dropout_cells)
+    _state_is_tuple = True
+    # the LSTM's state structure and its checks (c and h both [B, H])
+    state_size = LSTMCell.state_size
+    _zero_state = LSTMCell._zero_state
+    _zeros_internal = LSTMCell._zeros_internal
+    _to_internal = LSTMCell._to_internal
+    _to_public = LSTMCell._to_public
+
+    def __init__(self, num_units, forget_bias=1.0, input_size=None, activation=None,
+                 layer_norm=True, norm_gain=1.0, norm_shift=0.0, dropout_keep_prob=1.0,
+                 dropout_prob_seed=None, reuse=None, name=None, dtype=None, seed=None):
+        real_number(forget_bias, "forget_bias")
+        real_number(norm_gain, "norm_gain")
+        real_number(norm_shift, "norm_shift")
+        if not is_real(dropout_keep_prob):
+            raise TypeError("dropout_keep_prob must be a number in (0, 1], got %r" % (dropout_keep_prob,))
+        if not 0 < float(dropout_keep_prob) <= 1:
+            raise ValueError("dropout_keep_prob must be a number in (0, 1], got %r" % (dropout_keep_prob,))
+        self._forget_bias = float(forget_bias)
+        self._layer_norm = bool(layer_norm)
+        self._norm_gain, self._norm_shift = float(norm_gain), float(norm_shift)
+        self._keep_prob = float(dropout_keep_prob)
+        self._rng = None if dropout_prob_seed is None else \
+            _random.generator(_random.check_seed(dropout_prob_seed))
+        self.training = True
+        self.replay = False
+        self.masks = None
+        super().__init__(num_units, activation, dtype, seed, input_size, name)
+
+    @property
+    def forget_bias(self):
+        return self._forget_bias
+
+    @property
+    def gate_layout(self):
+        """npl.inspect's names of the ``gates`` slab's blocks, activated: i, j (``act(n_j)``,
+        before the dropout mask), f (``forget_bias`` included), o.  Their ``d_gates`` are dL/da,
+        with respect to the kernel's product a of (N1), before the layer norm."""
+        return (("i", "sigmoid"), ("j", self._activation), ("f", "sigmoid"), ("o", "sigmoid"))
+
+    @property
+    def layer_norm(self):
+        return self._layer_norm
+
+    @property
+    def dropout_keep_prob(self):
+        return self._keep_prob
+
+    @property
+    def _chunkable(self):
+        return not self._dropping()             # masks cover the whole sequence of one call
+
+    def _dropping(self):
+        return self.training and self._keep_prob < 1
+
+    def _shapes(self, input_size):
+        H = self._num_units
+        s = {"kernel": (input_size + H, 4 * H)}
+        if not self._layer_norm:
+            s["bias"] = (4 * H,)
+            return s
+        for scope in _LN_GATE_SCOPES + ("state",):
+            s[scope + "/gamma"] = (H,)
+            s[scope + "/beta"] = (H,)
+        return s
+
+    def _init_value(self, name, shape, rng, dtype):
+        if name.endswith("/gamma"):
+            return np.full(shape, self._norm_gain, dtype)
+        if name.endswith("/beta"):
+            return np.full(shape, self._norm_shift, dtype)
+        return glorot_uniform(shape, rng, dtype)       # kernel, and bias: get_variable's default
+
+    # -- dropout
+    def _dropout_masks(self, T, B, dtype, xp):
+        """The scaled masks of g for this call, [T, B, H] (time-major), or None."""
+        if not self._dropping():
+            return None
+        shape = (T, B, self._num_units)
+        if self.replay:
+            m = self.masks
+            if m is None:
+                raise ValueError("replay=True but masks is None; run a forward with replay=False "
+                                 "first or set the masks")
+            if not hasattr(m, "shape") or get_array_module(m) is not xp:
+                raise TypeError("masks must be a %s array of shape %s (the inputs' backend), got %s"
+                                % (xp.__name__, shape, type(m).__name__))
+            check_shape(m, shape, "masks")
+            check_dtype(m, dtype, "masks")
+            return m
+        rng = self._rng if self._rng is not None else _random.generator(None)
+        keep = self._keep_prob
+        m = xp.asarray((rng.random(shape) < keep).astype(dtype) / np.asarray(keep, dtype))
+        self.masks = m
+        return m
+
+    # -- forward
+    def _norm_params(self, xp):
+        """gamma, beta of the gates [4, H, 1] and of the state [H, 1]."""
+        p = self._params
+        gam = xp.stack([p[s + "/gamma"] for s in _LN_GATE_SCOPES])[:, :, None]
+        bet = xp.stack([p[s + "/beta"] for s in _LN_GATE_SCOPES])[:, :, None]
+        return gam, bet, p["state/gamma"][:, None], p["state/beta"][:, None]
+
+    def _forward_seq(self, x, state, mask, state_mask=None):
+        xp = get_array_module(x)
+        T, B, I = x.shape
+        H, dt = self._num_units, x.dtype
+        ln, act, sig = self._layer_norm, self._activation, _act.sigmoid
+        K = self._params["kernel"]
+        W, U = K[:I], K[I:]
+        b = self._params["bias"] if not ln else xp.zeros((4 * H,), dt)
+        G, KP, project = _projection(W, x, b)          # (N1): [4H, I+1] @ [T, I+1, B]
+        A = _ws.empty(xp, (T, 4 * H, B), dt)           # i, act(n_j), f, o (before the mask)
+        C = _ws.empty(xp, (T + 1, H, B), dt)
+        Hs = _ws.empty(xp, (T + 1, H, B), dt)
+        C[0], Hs[0] = _state_fm(state.c), _state_fm(state.h)
+        fm = {"gates": A, "c": C, "h": Hs}
+        dm = self._dropout_masks(T, B, dt, xp)
+        D = None if dm is None else dm.transpose(0, 2, 1)      # [T, H, B] view
+        if D is not None:
+            fm["dropout_mask"] = D
+        if ln:
+            gam, bet, gs, bs = self._norm_params(xp)
+            fm["gates_hat"] = G                        # G becomes the normalised a (xhat)
+            RG = fm["gates_rstd"] = _ws.empty(xp, (T, 4, B), dt)
+            CH = fm["c_hat"] = _ws.empty(xp, (T, H, B), dt)
+            RC = fm["c_rstd"] = _ws.empty(xp, (T, 1, B), dt)
+        rec = LayerRecord(self, x, mask, fm)
+        inv = rec.inv_fm
+        S, h_out = _state_dropout(rec, state_mask, T, xp)
+        buf = _ws.empty(xp, (4 * H, B), dt)
+        tmp = _ws.empty(xp, (H, B), dt)
+        fb = np.asarray(self._forget_bias, dt)
+        eps = np.asarray(LAYER_NORM_EPSILON, dt)
+        for t in range(T):
+            if t % KP == 0:
+                project(t)
+            g, a = G[t], A[t]
+            xp.matmul(U.T, Hs[t], out=buf)             # [4H, H] @ [H, B]
+            g += buf
+            if ln:                                     # (N2), (N3)
+                g4, a4 = g.reshape(4, H, B), a.reshape(4, H, B)
+                _layer_norm_forward(g4, RG[t].reshape(4, 1, B), eps)
+                xp.multiply(g4, gam, out=a4)
+                a4 += bet
+            else:
+                a[...] = g
+            i, j, f, o = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
+            sig(i, out=i)                              # (N4), (N5)
+            act(j, out=j)
+            f += fb
+            sig(f, out=f)
+            sig(o, out=o)
+            c = C[t + 1]
+            xp.multiply(f, C[t], out=c)                # (N6)
+            xp.multiply(i, j, out=tmp)
+            if D is not None:
+                tmp *= D[t]
+            c += tmp
+            if ln:                                     # (N7)
+                ch = CH[t]
+                ch[...] = c
+                _layer_norm_forward(ch[None], RC[t][None], eps)
+                xp.multiply(ch, gs, out=c)
+                c += bs
+            act(c, out=tmp)                            # (N8)
+            xp.multiply(tmp, o, out=Hs[t + 1])
+            _drop_state(Hs, t, S, h_out)
+            if inv is not None:
+                xp.copyto(C[t + 1], C[t], where=inv[t])
+                xp.copyto(Hs[t + 1], Hs[t], where=inv[t])
+        final = LSTMStateTuple(_state_public(C[T]), _state_public(Hs[T]))
+        return _outputs(rec), final, rec
+
+    # -- backward
+    def _backward_seq(self, rec, dout, dstate):
+        """BPTT, (N9)-(N17) of docs/bptt.md, one step at a time from the last; the weight
+        gradients after the loop, one GEMM for the kernel and one reduction per gamma / beta."""
+        fm, x = rec.fm, rec.x
+        A, C, Hs = fm["gates"], fm["c"], fm["h"]
+        D = fm.get("dropout_mask")
+        xp = get_array_module(A)
+        T, _, B = A.shape
+        I = x.shape[2]
+        H, dt = self._num_units, A.dtype
+        ln, act = self._layer_norm, self._activation
+        K = self._params["kernel"]
+        W, U = K[:I], K[I:]                            # U [H, 4H]
+        if dstate is None:
+            dc, dh = _ws.zeros(xp, (H, B), dt), _ws.zeros(xp, (H, B), dt)
+        else:
+            dc, dh = _ws_copy(_state_fm(dstate.c)), _ws_copy(_state_fm(dstate.h))
+        dG2, dG = _gate_grad_slab(A)                   # dL/da (raw pre-activations)
+        if ln:
+            gam, bet, gs, bs = self._norm_params(xp)
+            XH, RG, CH, RC = fm["gates_hat"], fm["gates_rstd"], fm["c_hat"], fm["c_rstd"]
+            DN = _ws.empty(xp, (T, 4 * H, B), dt)      # dL/dn (the normalised gates)
+            DC = _ws.empty(xp, (T, H, B), dt)          # dL/dc_t (the normalised state)
+            w4 = _ws.empty(xp, (4, H, B), dt)
+        buf, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
+        tmp, tmp2, dcr_buf = (_ws.empty(xp, (H, B), dt) for _ in range(3))
+        inv = rec.inv_fm
+        dhv = _ws.empty(xp, (H, B), dt) if inv is not None else None
+        dc_keep = _ws.empty(xp, (H, B), dt) if inv is not None else None
+        dout_fm = _masked_fm(dout, rec)
+        if rec.record_state_grads:
+            rec.d_h_fm, rec.d_c_fm = _ws.empty(xp, (T, H, B), dt), _ws.empty(xp, (T, H, B), dt)
+        for t in range(T - 1, -1, -1):
+            passthrough = _step_grad(dh, dout_fm, t, rec, carry)
+            if rec.d_h_fm is not None:
+                rec.d_h_fm[t] = dh
+            if inv is not None:                        # rows past their length get no gradient
+                dhv[...] = dh                          # here; dc and dh pass through unchanged
+                xp.copyto(dhv, 0, where=inv[t])
+                dc_keep[...] = dc
+                xp.copyto(dc, 0, where=inv[t])
+                d_step = dhv
+            else:
+                d_step = dh
+            a = A[t]
+            i, j, f, o = a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
+            e = DN[t] if ln else dG[t]
+            ei, ej, ef, eo = e[:H], e[H:2 * H], e[2 * H:3 * H], e[3 * H:]
+            act(C[t + 1], out=tmp)                     # act(c_t)
+            xp.multiply(d_step, tmp, out=eo)           # (N9)
+            xp.subtract(1, o, out=tmp2)
+            eo *= o
+            eo *= tmp2
+            act.deriv_into(tmp, tmp2)                  # (N10)
+            tmp2 *= o
+            tmp2 *= d_step
+            dc += tmp2
+            if rec.d_c_fm is not None:
+                rec.d_c_fm[t] = dc
+            if ln:                                     # (N11) through LN_state
+                DC[t] = dc
+                dcr = dcr_buf
+                xp.multiply(dc, gs, out=dcr)
+                _layer_norm_backward(dcr[None], CH[t][None], RC[t][None])
+            else:
+                dcr = dc
+            if D is not None:                          # g = act(n_j) * d_t
+                xp.multiply(j, D[t], out=tmp)
+            else:
+                tmp[...] = j
+            xp.multiply(dcr, tmp, out=ei)              # (N12)
+            xp.subtract(1, i, out=tmp2)
+            ei *= i
+            ei *= tmp2
+            act.deriv_into(j, ej)                      # (N13)
+            ej *= i
+            ej *= dcr
+            if D is not None:
+                ej *= D[t]
+            xp.multiply(dcr, C[t], out=ef)             # (N14)
+            xp.subtract(1, f, out=tmp2)
+            ef *= f
+            ef *= tmp2
+            xp.multiply(dcr, f, out=dc)                # (N15): dc_{t-1}
+            if ln:                                     # (N11) through the gates' LN
+                xp.multiply(e.reshape(4, H, B), gam, out=w4)
+                _layer_norm_backward(w4, XH[t].reshape(4, H, B), RG[t].reshape(4, 1, B))
+                dG[t] = w4.reshape(4 * H, B)
+            if inv is not None:
+                xp.copyto(dc, dc_keep, where=inv[t])
+            xp.matmul(U, dG[t], out=buf)               # (N16): [H, 4H] @ [4H, B]
+            if inv is not None:
+                xp.copyto(buf, passthrough, where=inv[t])
+            dh, buf = buf, dh
+        rec.d_gates_fm = dG
+        dG2 = _flat(dG) if dG2 is None else dG2        # [4H, T*B]
+        gk, gb, _ = _kernel_grad(x, Hs[:T], dG2)       # (N17): [I+H+1, T*B] @ [T*B, 4H]
+        self._accumulate("kernel", gk)
+        if ln:                                         # (N17): gamma, beta
+            DN4, XH4 = DN.reshape(T, 4, H, B), XH.reshape(T, 4, H, B)
+            dgam, dbet = (DN4 * XH4).sum(axis=(0, 3)), DN4.sum(axis=(0, 3))
+            for k, s in enumerate(_LN_GATE_SCOPES):
+                self._accumulate(s + "/gamma", dgam[k])
+                self._accumulate(s + "/beta", dbet[k])
+            self._accumulate("state/gamma", (DC * CH).sum(axis=(0, 2)))
+            self._accumulate("state/beta", DC.sum(axis=(0, 2)))
+        else:
+            self._accumulate("bias", gb)
+        return _dx(W, dG2, T, B), LSTMStateTuple(_state_public(dc), _state_public(dh))
+
+    def __repr__(self):
+        return "LayerNormBasicLSTMCell(num_units=%d, layer_norm=%s, dropout_keep_prob=%g%s)" % (
+            self._num_units, self._layer_norm, self._keep_prob,
+            "" if not self.built else ", input_size=%d" % self._input_size)

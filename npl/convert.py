@@ -33,7 +33,7 @@ import re
 import numpy as np
 
 from .backend import to_numpy
-from .cells import RNNCell, BasicRNNCell, LSTMCell, GRUCell, MultiRNNCell
+from .cells import RNNCell, BasicRNNCell, LSTMCell, GRUCell, MultiRNNCell, LayerNormBasicLSTMCell
 
 __all__ = ["tf_variable_names", "to_tf_variables", "from_tf_variables", "read_tf_checkpoint",
            "load_tf_checkpoint", "save_tf_checkpoint", "to_keras", "from_keras", "to_torch",
@@ -103,9 +103,9 @@ def _unwrap(cell):
     (``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel`` inside one too) and npl's take the
     wrapped cell's parameter names, so the converters see through them (the weights only: a
     residual connection is not a weight)."""
-    from .layers import _CellWrapper
-    while isinstance(cell, _CellWrapper):
-        cell = cell.wrapped_cell
+    from .layers import _CellWrapper, _VariableWrapper
+    while isinstance(cell, _CellWrapper) and not isinstance(cell, _VariableWrapper):
+        cell = cell.wrapped_cell       # a wrapper with variables (a projection) is not seen through
     return cell
 
 
@@ -130,7 +130,13 @@ def _layers(cells, name):
     raise TypeError("%s must be an npl cell, a MultiRNNCell or a list of cells, got %r" % (name, cells))
 
 
-def _kind(cell):
+def _kind(cell, tf=False):
+    """"lstm", "gru" or "rnn"; with ``tf`` (the TF1 name converters) also "layer_norm_lstm"."""
+    if isinstance(cell, LayerNormBasicLSTMCell):
+        if tf:
+            return "layer_norm_lstm"
+        raise TypeError("LayerNormBasicLSTMCell has no Keras or PyTorch counterpart (a layer norm "
+                        "per gate and on the state); only the TF1 converters take it")
     if isinstance(cell, LSTMCell):
         return "lstm"
     if isinstance(cell, GRUCell):
@@ -204,15 +210,20 @@ def tf_variable_names(cell, scope="rnn"):
     ``scope``: ``rnn/lstm_cell/kernel``, ``rnn/multi_rnn_cell/cell_0/gru_cell/gates/kernel``, ...
     Use ``scope="bidirectional_rnn/fw"`` / ``"bidirectional_rnn/bw"`` for the two directions of
     ``bidirectional_dynamic_rnn`` and ``"stack_bidirectional_rnn/cell_<k>/bidirectional_rnn/fw"``
-    for ``stack_bidirectional_dynamic_rnn``.  Names only: the cell need not be built.  A
+    for ``stack_bidirectional_dynamic_rnn`` (``"stack_bidirectional_rnn/cell_<k>/fw"``, no
+    ``bidirectional_rnn`` level, for the static ``stack_bidirectional_rnn``).  Names only: the cell need not be built.  A
     DropoutWrapper adds no scope (as in TF1): its names are the wrapped cell's."""
+    from .layers import _VariableWrapper
     cell = _unwrap(cell)
+    if isinstance(cell, _VariableWrapper):       # OutputProjectionWrapper, ...: its own scope
+        inner = tf_variable_names(cell.wrapped_cell, _join(scope, cell.name))
+        out = {tf[len(_join(scope, cell.name)) + 1:]: tf for tf in inner.values()}
+        out.update({n: _join(scope, cell.name, n) for n in cell._own_names})
+        return out
     if isinstance(cell, MultiRNNCell):
-        for c in _stack(cell):
-            _kind(c)
-        return {"cell_%d/%s" % (k, n): _join(scope, cell.name, "cell_%d" % k, c.name, n)
-                for k, c in enumerate(_stack(cell)) for n in c._shapes(1)}
-    _kind(cell)
+        return {"cell_%d/%s" % (k, n): tf for k, c in enumerate(cell.cells)
+                for n, tf in tf_variable_names(c, _join(scope, cell.name, "cell_%d" % k)).items()}
+    _kind(cell, tf=True)
     return {n: _join(scope, cell.name, n) for n in cell._shapes(1)}
 
 
@@ -322,7 +333,7 @@ def from_tf_variables(variables, cell, scope=None):
         return next(iter(found.values()))
 
     if not isinstance(cell, MultiRNNCell):
-        _kind(cell)
+        _kind(cell, tf=True)
         found, rejected = _leaf_candidates(cell, table, names, scope)
         what = "%s variables (%s)" % (type(cell).__name__, ", ".join(cell._shapes(1)))
         if not found:
@@ -331,7 +342,7 @@ def from_tf_variables(variables, cell, scope=None):
 
     per_outer, rejected_all = {}, []
     for k, c in enumerate(_stack(cell)):
-        _kind(c)
+        _kind(c, tf=True)
         found, rejected = _leaf_candidates(c, table, names, scope)
         rejected_all += rejected
         for prefix, vals in found.items():

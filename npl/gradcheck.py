@@ -352,19 +352,28 @@ def _leaf_cells(cell):
 
 
 def _fix_dropout_masks(cell, x, sequence_length, time_major):
-    """Make every DropoutWrapper of the float64 copy ``cell`` replay one set of float64 masks, so
-    that the finite-difference forwards differ only by the perturbation: masks already set for
-    replay are converted, the others are drawn by one forward on ``x``."""
-    from .layers import DropoutWrapper, _walk_cells
+    """Make every dropout cell (DropoutWrapper, or a cell with dropout of its own) of the float64
+    copy ``cell`` replay one set of float64 masks, so that the finite-difference forwards differ
+    only by the perturbation: masks already set for replay are converted, the others are drawn by
+    one forward on ``x``."""
+    from .layers import dropout_cells
     from .rnn_ops import dynamic_rnn
-    wrappers = [c for c in _walk_cells(cell) if isinstance(c, DropoutWrapper) and c.training]
+
+    def float64(m):                   # a mask, a list of them (one per layer) or a dict of them
+        if m is None:
+            return None
+        if isinstance(m, dict):
+            return {k: float64(v) for k, v in m.items()}
+        if isinstance(m, list):
+            return [float64(a) for a in m]
+        return np.array(to_numpy(m), np.float64)
+
+    wrappers = [c for c in dropout_cells(cell) if c.training]
     if not wrappers:
         return
     for w in wrappers:
         if w.replay:
-            w.masks = {k: None if m is None else
-                       ([np.array(to_numpy(a), np.float64) for a in m] if isinstance(m, list)
-                        else np.array(to_numpy(m), np.float64)) for k, m in w.masks.items()}
+            w.masks = float64(w.masks)
     if not all(w.replay for w in wrappers):
         dynamic_rnn(cell, x, sequence_length=sequence_length, time_major=time_major, dtype=np.float64)
         for w in wrappers:
@@ -398,8 +407,9 @@ def gradcheck_cell(cell, x, state=None, sequence_length=None, time_major=False, 
             ``residual_fn`` pair included), DeviceWrapper and your own RNNCell subclasses).  A
             float64 copy is checked (:func:`float64_copy`); ``cell`` itself, its parameters and
             gradients are left as they were.  An unbuilt cell's copy is built from ``x`` with the
-            cell's initialiser.  A DropoutWrapper in training mode is checked with one fixed set of
-            masks: its own when it is set to ``replay``, else masks drawn once for the check.
+            cell's initialiser.  A DropoutWrapper (or a cell with dropout of its own, such as
+            LayerNormBasicLSTMCell) in training mode is checked with one fixed set of masks: its
+            own when it is set to ``replay``, else masks drawn once for the check.
     x:      [batch, time, depth] (or [time, batch, depth] with ``time_major``).
     state:  initial state structured as ``cell.state_size``; None draws a random one (seeded by
             ``seed``) so the state's gradient is checked at a non-trivial point.

@@ -14,6 +14,8 @@
   dropout; masks are kept in ``.masks`` and can be replayed).
 * :class:`ResidualWrapper` -- ``tf.nn.rnn_cell.ResidualWrapper``: output = input + the cell's output.
 * :class:`DeviceWrapper` -- ``tf.nn.rnn_cell.DeviceWrapper``: the cell, with its TF device recorded.
+* :class:`OutputProjectionWrapper`, :class:`InputProjectionWrapper`, :class:`EmbeddingWrapper` --
+  ``tf.contrib.rnn``'s wrappers that own variables (a projection, an embedding), under their scopes.
 
 Every layer follows one protocol: ``forward(x, ...) -> (y, trace)``; ``trace.backward(d_y) -> d_x``
 (``None`` for integer inputs) which ACCUMULATES parameter gradients into ``layer.grads`` (call
@@ -21,24 +23,24 @@ Every layer follows one protocol: ``forward(x, ...) -> (y, trace)``; ``trace.bac
 A trace's backward runs once (:class:`npl.BackwardTwiceError` after that).
 """
 import contextlib
-import re
 
 import numpy as np
 
 from . import activations as _act
 from . import random as _random
 from . import initializers as _init
-from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace
+from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace, _scatter_add
 from .backend import default_xp, get_array_module, to_device, resolve_backend
 from .cells import RNNCell, LSTMCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, \
-    StaleTraceError
+    StaleTraceError, TraceBase
 from .rnn_ops import dynamic_rnn, check_current
-from ._checks import float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
+from ._checks import as_array, float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     lengths_array, check_on_device
 from . import workspace as _ws
 
 __all__ = ["Layer", "Dense", "Embedding", "RNN", "Sequential", "DropoutWrapper", "ResidualWrapper",
-           "DeviceWrapper", "cell_param_names"]
+           "DeviceWrapper", "OutputProjectionWrapper", "InputProjectionWrapper", "EmbeddingWrapper",
+           "cell_param_names", "dropout_cells"]
 
 
 class Layer(Parameterized):
@@ -352,7 +354,11 @@ def cell_param_names(cell):
     """``[(tf_name, key)]``: TensorFlow's variable name (relative to the RNN scope, e.g.
     ``basic_lstm_cell/kernel`` or ``multi_rnn_cell/cell_0/lstm_cell/bias``) for each key of
     ``cell.params``.  A wrapper (:class:`DropoutWrapper`, :class:`ResidualWrapper`,
-    :class:`DeviceWrapper`) adds nothing to the names, as in TensorFlow."""
+    :class:`DeviceWrapper`) adds nothing to the names, as in TensorFlow; one that owns variables
+    (:class:`OutputProjectionWrapper`, ...) opens its scope, as in TensorFlow
+    (``output_projection_wrapper/basic_lstm_cell/kernel``, ``output_projection_wrapper/kernel``)."""
+    if isinstance(cell, _VariableWrapper):
+        return [("%s/%s" % (cell.name, k), k) for k in cell._params]
     if isinstance(cell, _CellWrapper):
         return cell_param_names(cell.wrapped_cell)
     if isinstance(cell, MultiRNNCell):
@@ -371,6 +377,15 @@ def _walk_cells(cell):
     elif isinstance(cell, MultiRNNCell):
         for c in cell.cells:
             yield from _walk_cells(c)
+
+
+def dropout_cells(cell):
+    """The cells in ``cell`` (through stacks and wrappers) that apply dropout of their own and
+    share its switches: ``training`` (False: no dropout), ``replay`` and the kept ``masks`` --
+    every :class:`DropoutWrapper`, and the cells with built-in dropout
+    (:class:`npl.rnn.LayerNormBasicLSTMCell`).  ``Sequential(training=...)``, npl.train's
+    evaluation and npl.gradcheck's mask replay go through this list."""
+    return [c for c in _walk_cells(cell) if getattr(c, "_has_dropout", False)]
 
 
 class RNN(Layer):
@@ -653,7 +668,9 @@ class Sequential(Layer):
         return tuple(l.zero_state(batch_size, dtype) for l in self.rnn_layers)
 
     def dropout_wrappers(self):
-        return [c for l in self.rnn_layers for c in _walk_cells(l.cell) if isinstance(c, DropoutWrapper)]
+        """The dropout cells of every RNN layer (:func:`dropout_cells`: the DropoutWrappers and
+        the cells with dropout of their own), which ``training=`` switches."""
+        return [c for l in self.rnn_layers for c in dropout_cells(l.cell)]
 
     @staticmethod
     def _check_initial_state(initial_state, n):
@@ -664,7 +681,7 @@ class Sequential(Layer):
 
     @contextlib.contextmanager
     def _dropout(self, training):
-        """Every DropoutWrapper switched to ``training`` for the call (None: as they are)."""
+        """Every dropout cell switched to ``training`` for the call (None: as they are)."""
         wrappers = self.dropout_wrappers() if training is not None else []
         saved = [w.training for w in wrappers]
         try:
@@ -926,6 +943,8 @@ class DropoutWrapper(_CellWrapper):
 
     _chunkable = False          # its masks cover the whole sequence of one call
 
+    _has_dropout = True        # see dropout_cells
+
     def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
                  variational_recurrent=False, input_size=None, dtype=None, seed=None,
                  dropout_state_filter_visitor=None):
@@ -948,9 +967,11 @@ class DropoutWrapper(_CellWrapper):
                     "supported: TF's default filter then drops the whole concatenated [c, h] state, "
                     "c included, and npl drops only h; use state_is_tuple=True (TF's default, whose "
                     "LSTMStateTuple keeps c undropped)" % type(flat[0]).__name__)
-        if float(state_keep_prob) < 1 and isinstance(cell, DropoutWrapper) and cell.state_keep_prob < 1:
+        if float(state_keep_prob) < 1 and any(isinstance(c, DropoutWrapper) and c.state_keep_prob < 1
+                                              for c in _walk_cells(cell)):
             raise ValueError("state_keep_prob < 1 on a DropoutWrapper around a DropoutWrapper that "
-                             "drops the state too is not supported; drop the state in one of them")
+                             "drops the state too (directly, through other wrappers or in a "
+                             "MultiRNNCell) is not supported; drop the state in one of them")
         self.input_keep_prob, self.output_keep_prob = float(input_keep_prob), float(output_keep_prob)
         self.state_keep_prob = float(state_keep_prob)
         self.variational_recurrent = bool(variational_recurrent)
@@ -963,7 +984,7 @@ class DropoutWrapper(_CellWrapper):
     def to_device(self, backend=None):
         """The wrapped cell's ``to_device``; the kept masks (``masks``) move with it."""
         name = resolve_backend(backend, "DropoutWrapper.to_device")
-        self._cell.to_device(name)
+        super().to_device(name)
         if isinstance(self.masks, dict):
             self.masks = {k: to_device(m, name) for k, m in self.masks.items()}
         return self
@@ -1226,26 +1247,55 @@ class ResidualWrapper(_CellWrapper):
 
 
 # ============================================================================ DeviceWrapper
-_DEVICE_RE = re.compile(r"^/?(?:job:[A-Za-z0-9_.\-]+/)?(?:replica:\d+/)?(?:task:\d+/)?"
-                        r"(?:device:)?(cpu|gpu):(\d+|\*)$", re.IGNORECASE)
+# the device types TF 1.15's DeviceSpec knows by their short name ("/gpu:0"; any other type is
+# written "/device:<TYPE>:<n>")
+_TF_DEVICE_TYPES = frozenset({"CPU", "GPU", "TPU", "CUSTOM"})
 
 
 def _parse_device(device):
-    """``(device_type, device_index)`` of a TF device string: ("CPU" | "GPU", int or None for
-    "*"); ``(None, None)`` for None or "" (no device, as ``tf.device(None)``)."""
-    if device is None or (isinstance(device, str) and device == ""):
+    """``(device_type, device_index)`` of a TF device string, by the rules of TF's
+    ``DeviceSpec.from_string``: the string is fields separated by "/", in any order, each
+    ``job:<name>``, ``replica:<int>``, ``task:<int>``, a device ``<type>`` or ``<type>:<index>``
+    (type CPU, GPU, TPU or CUSTOM in any case, kept upper-cased), or ``device:<type>:<index>``
+    (the type as written, "cpu" and "gpu" upper-cased); an index ``*`` (or none) is None; empty fields are skipped, at most
+    one device type.  ``(None, None)`` for None or "" (no device, as ``tf.device(None)``)."""
+    if device is None:
         return None, None
     if not isinstance(device, str):
         raise TypeError("device must be a TensorFlow device string such as '/gpu:0' or '/cpu:0' "
                         "(or None); device functions and DeviceSpec objects are not supported, "
                         "got %s" % type(device).__name__)
-    m = _DEVICE_RE.match(device.strip())
-    if m is None:
-        raise ValueError("device must be a TensorFlow device string: '/cpu:<n>', '/gpu:<n>', "
-                         "'/device:GPU:<n>' (an optional '/job:<name>/replica:<n>/task:<n>' "
-                         "before it; <n> a non-negative integer or '*'), got %r" % (device,))
-    kind, index = m.group(1).upper(), m.group(2)
-    return kind, None if index == "*" else int(index)
+    form = ("device must be a TensorFlow device string (fields such as '/job:<name>', "
+            "'/replica:<n>', '/task:<n>', '/cpu:<n>', '/gpu:<n>', '/device:<TYPE>:<n>'), got %r: "
+            % (device,))
+
+    def integer(text, what):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(form + "%s %r is not an integer" % (what, text)) from None
+
+    kind = index = None
+    for part in device.split("/"):
+        fields = part.split(":")
+        key = fields[0]
+        if len(fields) == 2 and key in ("job", "replica", "task"):
+            if key != "job":
+                integer(fields[1], key)
+            continue
+        if len(fields) <= 2 and key.upper() in _TF_DEVICE_TYPES:
+            new_kind, idx = key.upper(), fields[1] if len(fields) == 2 else "*"
+        elif len(fields) == 3 and key == "device":
+            new_kind, idx = fields[1], fields[2]      # as written, but "cpu" / "gpu" upper-cased
+            new_kind = new_kind.upper() if new_kind in ("cpu", "gpu") else new_kind
+        elif key == "":
+            continue                              # an empty field (TF skips it too)
+        else:
+            raise ValueError(form + "unknown field %r" % (part,))
+        if kind is not None:
+            raise ValueError(form + "more than one device type")
+        kind, index = new_kind, None if idx == "*" else integer(idx, "the device index")
+    return kind, index
 
 
 class DeviceWrapper(_CellWrapper):
@@ -1255,12 +1305,13 @@ class DeviceWrapper(_CellWrapper):
     are the cell's (no scope of its own, as in TF1), and its traces and checkpoints are the
     cell's.  npl places nothing: a cell runs where its arrays are (the backend of its parameters
     and inputs: ``cell.to_device``, ``npl.use``); with CuPy that is CuPy's current device
-    (``cupy.cuda.Device(n).use()``).  The device is checked and kept, for a port to read:
-    ``device`` (as given), ``device_type`` ("CPU", "GPU" or None) and ``device_index`` (an int,
-    or None for ``"*"`` or no device).  Accepted: None or "" (no device), ``"/cpu:0"``,
-    ``"/gpu:1"``, ``"/device:GPU:0"``, ``"gpu:*"``, with an optional
-    ``"/job:<name>/replica:<n>/task:<n>"`` before it (case-insensitive, as TF's parser);
-    anything else is a ValueError, a non-string (TF's device functions) a TypeError.
+    (``cupy.cuda.Device(n).use()``).  The device is parsed by the rules of TF's
+    ``DeviceSpec.from_string`` and kept, for a port to read: ``device`` (as given),
+    ``device_type`` ("CPU", "GPU", "TPU", "CUSTOM", the ``<TYPE>`` of ``"/device:<TYPE>:<n>"``,
+    or None) and ``device_index`` (an int, or None for ``"*"``, no index or no device).
+    Accepted as by TF: None or "" (no device), ``"/cpu:0"``, ``"/gpu:1"``, ``"gpu"``,
+    ``"/device:GPU:0"``, ``"/job:ps/task:0"``, fields in any order; a string TF refuses is a
+    ValueError, a non-string (TF's device functions) a TypeError.
 
     >>> import numpy as np, npl
     >>> inner = npl.rnn.BasicLSTMCell(3, seed=0, dtype=np.float64)
@@ -1285,3 +1336,584 @@ class DeviceWrapper(_CellWrapper):
 
     def __repr__(self):
         return "DeviceWrapper(%r, device=%r)" % (self._cell, self._tf_device)
+
+
+# ============================================================================ wrappers with variables
+class _WrapperVariables(Parameterized):
+    """The variables a wrapper creates itself, under its own scope (``kernel``, ``bias``,
+    ``embedding``): a parameter-owning leaf, so that ``_leaves()`` (float64 copies, version bumps,
+    the one-cell-per-layer check, inspect) sees them as it sees a cell's."""
+
+    def __init__(self, name):
+        self.name = name
+        self._params, self._grads = {}, {}
+        self._dtype = None
+        self._seed = None
+
+    built = property(lambda self: bool(self._params))
+    dtype = property(lambda self: self._dtype)
+
+    def _role(self, name):
+        return name
+
+    def _on_build(self):
+        pass
+
+    def _create(self, values, dtype, xp):
+        self._dtype = np.dtype(dtype)
+        self._params = {k: xp.asarray(v) for k, v in values.items()}
+        self._grads = {k: xp.zeros_like(v) for k, v in self._params.items()}
+        self._bump_version()
+
+
+class _WrapperRecord(list):
+    """The wrapped cell's record (one element, so the engine's record walkers see through it) plus
+    what the wrapper's backward needs: the projection's input ``a`` [T*B, K], its activated output
+    ``z`` (with an activation), the step mask and the variables' version at the forward."""
+
+    def __init__(self, inner, a, z, mask, version):
+        super().__init__([inner])
+        self.a, self.z, self.mask, self.version = a, z, mask, version
+
+
+class _VariableWrapper(_CellWrapper):
+    """A TF1 wrapper that owns variables (tf.contrib.rnn's OutputProjectionWrapper,
+    InputProjectionWrapper, EmbeddingWrapper).  Unlike DropoutWrapper it opens a variable scope
+    named after its class, so in TF the wrapped cell's variables sit under it
+    (``rnn/output_projection_wrapper/basic_lstm_cell/kernel``) next to the wrapper's own
+    (``rnn/output_projection_wrapper/kernel``).  ``params`` / ``grads`` are keyed by TF's names
+    relative to the wrapper: the wrapped cell's under its TF names (``basic_lstm_cell/kernel``,
+    ``multi_rnn_cell/cell_0/gru_cell/gates/kernel``) and the wrapper's own (``kernel``, ``bias``,
+    ``embedding``); the arrays are the live ones."""
+
+    _default_name = None
+    _own_names = ("kernel", "bias")
+
+    def __init__(self, cell):
+        _CellWrapper.__init__(self, cell)
+        self._own = _WrapperVariables(self._default_name)
+        self._input_size = None
+
+    name = property(lambda self: self._own.name)
+    built = property(lambda self: self._cell.built and self._own.built)
+    input_size = property(lambda self: self._input_size if self.built else None)
+
+    def _leaves(self):
+        return self._cell._leaves() + [self._own]
+
+    def _inner_names(self):
+        return cell_param_names(self._cell)
+
+    @property
+    def _params(self):
+        live = self._cell._params
+        out = {tf: live[key] for tf, key in self._inner_names()}
+        out.update(self._own._params)
+        return out
+
+    @property
+    def _grads(self):
+        live = self._cell._grads
+        out = {tf: live[key] for tf, key in self._inner_names()}
+        out.update(self._own._grads)
+        return out
+
+    params = property(lambda self: dict(self._params))
+    grads = property(lambda self: dict(self._grads))
+
+    def zero_grad(self):
+        self._cell.zero_grad()
+        self._own.zero_grad()
+
+    # ------------------------------------------------------------- building
+    def _own_values(self, input_size, dtype):
+        """{name: initial value} of the wrapper's own variables for inputs of ``input_size``."""
+        raise NotImplementedError
+
+    def _inner_width(self, input_size):
+        """The input width the wrapped cell sees."""
+        raise NotImplementedError
+
+    def _build_own(self, input_size, dtype):
+        self._own._create(self._own_values(input_size, dtype), dtype, self._cell._home_xp())
+        self._input_size = int(input_size)
+
+    def build(self, input_size, dtype=np.float32):
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
+            raise ValueError("input_size must be a positive integer, got %r" % (input_size,))
+        dtype = resolve_dtype(dtype) or np.dtype(np.float32)
+        self._cell.build(self._inner_width(int(input_size)), dtype)
+        self._build_own(int(input_size), dtype)
+        return self
+
+    def _check_inner_width(self, width):
+        if self._cell.built and self._cell.input_size != width:
+            raise ValueError("%s feeds the wrapped cell inputs of width %d, but the cell was built "
+                             "for width %d" % (type(self).__name__, width, self._cell.input_size))
+
+    def _maybe_build(self, x, name):
+        width = int(x.shape[-1])
+        if self._own.built:
+            if width != self._input_size:
+                raise ValueError("%s must have feature width %d (%s was built for it), got shape %s"
+                                 % (name, self._input_size, type(self).__name__, tuple(x.shape)))
+            check_dtype(x, self._own.dtype, name)
+            check_same_device(x, name, self._own._params.values(),
+                              "%s's parameters" % type(self).__name__)
+        inner = self._inner_width(width)
+        self._check_inner_width(inner)
+        if not self._cell.built:
+            if self._cell.dtype is not None and self._cell.dtype != x.dtype:
+                raise TypeError("%s has dtype %s but the wrapped cell was created with dtype=%s"
+                                % (name, x.dtype, self._cell.dtype))
+            self._cell.build(inner, x.dtype)
+        check_dtype(x, self._cell.dtype, name)
+        if not self._own.built:
+            self._build_own(width, x.dtype)
+
+    # ------------------------------------------------------------- parameters
+    def _plan_params(self, values, strict, name="set_params"):
+        if not isinstance(values, dict):
+            raise TypeError("%s expects a dict name -> array, got %s" % (name, type(values).__name__))
+        if not self.built:
+            raise ValueError("%s on an unbuilt %s: build it first (cell.build(input_size, dtype) or "
+                             "one forward), so that its variables exist" % (name, type(self).__name__))
+        to_key = dict(self._inner_names())
+        own = self._own._params
+        unknown = sorted(k for k in values if k not in to_key and k not in own)
+        if unknown:
+            raise ValueError("%s: unknown parameter names %s for %s; expected %s"
+                             % (name, unknown, type(self).__name__, sorted(self._params)))
+        missing = sorted(k for k in own if k not in values)
+        if strict and missing:
+            raise ValueError("%s: missing parameters %s for %s (pass strict=False to set only some)"
+                             % (name, missing, type(self).__name__))
+        inner_vals = {to_key[k]: v for k, v in values.items() if k in to_key}
+        inner_plan = None
+        if isinstance(self._cell, MultiRNNCell):      # it checks everything in its own set_params
+            inner_plan = ("multi", inner_vals, strict) if (inner_vals or strict) else None
+        elif inner_vals or strict:
+            inner_plan = self._cell._plan_params(inner_vals, strict, name)
+        arrays = {}
+        for k, v in values.items():
+            if k in own:
+                a = float_array(v, "%s: params[%r]" % (name, k))
+                check_shape(a, own[k].shape, "%s: params[%r]" % (name, k))
+                check_fits(a, own[k].dtype, "%s: params[%r]" % (name, k))
+                arrays[k] = a
+        return self._input_size, self._own.dtype, (inner_plan, arrays)
+
+    def _apply_plan(self, plan):
+        inner_plan, arrays = plan[2]
+        if inner_plan is not None and inner_plan[0] == "multi":
+            self._cell.set_params(inner_plan[1], inner_plan[2])
+        elif inner_plan is not None:
+            self._cell._apply_plan(inner_plan)
+        for k, a in arrays.items():
+            _assign(self._own._params[k], a)
+        self._own._bump_version()
+
+    def set_params(self, values, strict=True):
+        """Set the wrapped cell's and the wrapper's variables from ``{TF name relative to the
+        wrapper: array}`` (the keys of :attr:`params`); everything is checked before anything is
+        set.  The wrapper must be built."""
+        self._apply_plan(self._plan_params(values, strict))
+        return self
+
+    def to_device(self, backend=None):
+        name = resolve_backend(backend, "%s.to_device" % type(self).__name__)
+        self._cell.to_device(name)
+        own = self._own
+        own._device = name
+        own._params = {k: to_device(v, name) for k, v in own._params.items()}
+        own._grads = {k: to_device(v, name) for k, v in own._grads.items()}
+        own._bump_version()
+        return self
+
+    def _check_fresh(self, rec):
+        if rec.version != self._own._version:
+            raise StaleTraceError(
+                "the variables of %s were replaced (set_params, build or to_device) after this "
+                "trace's forward; run the forward again" % type(self).__name__)
+
+    def _infer_steps(self, x, mask):
+        return 0
+
+    def _infer_seq(self, x, state, mask, out):
+        return None
+
+    # ------------------------------------------------------------- the projection, one GEMM
+    def _project(self, a2, act):
+        """``act(a2 @ kernel + bias)`` for ``a2`` [N, K]: one GEMM over every step of the pass."""
+        xp = get_array_module(a2)
+        W, b = self._own._params["kernel"], self._own._params["bias"]
+        z = _ws.empty(xp, (a2.shape[0], W.shape[1]), a2.dtype)
+        xp.matmul(a2, W, out=z)
+        z += b
+        if act is not None:
+            act(z, out=z)
+        return z
+
+    def _project_backward(self, rec, dz, act):
+        """From ``dL/dz`` [N, O] (z the projection's output): accumulate ``kernel`` (one GEMM) and
+        ``bias`` and return ``dL/da`` [N, K]."""
+        xp = get_array_module(dz)
+        if act is not None:
+            dz = dz * act.grad_from_output(rec.z)
+        g = self._own._grads
+        g["kernel"] += rec.a.T @ dz
+        g["bias"] += dz.sum(0)
+        return dz @ self._own._params["kernel"].T
+
+
+def _check_count(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError("%s: %s must be a positive integer, got %r" % (owner, name, value))
+    return int(value)
+
+
+class OutputProjectionWrapper(_VariableWrapper):
+    """``tf.contrib.rnn.OutputProjectionWrapper``: the wrapped cell's output projected to
+    ``output_size``, the state unchanged.  At every step::
+
+        y_t, s_t = cell(x_t, s_{t-1})
+        output_t = activation(y_t @ kernel + bias)         # kernel [H, O], bias [O]
+        new state = s_t
+
+    Shapes: x_t [B, I], y_t [B, H] with ``H = cell.output_size``, output [B, O] with
+    ``O = output_size``.  Variables (TF 1.15's ``_Linear`` under the wrapper's scope):
+    ``output_projection_wrapper/kernel`` [H, O] (glorot uniform, ``get_variable``'s default) and
+    ``output_projection_wrapper/bias`` [O] (zeros); the wrapped cell's sit under the same scope
+    (``rnn/output_projection_wrapper/basic_lstm_cell/kernel``).  ``activation``: None (linear, TF's
+    default) or an npl activation (a name or ``tf.tanh``-like function, with its derivative).
+
+    The sequence pass stays fused: the wrapped cell's pass, then one GEMM over all ``[T*B, H]``
+    outputs; the backward is one GEMM for ``d kernel`` and one for the cell's output cotangent.
+    Under ``dynamic_rnn`` the wrapper's output is zero past a row's length (TF's select), and
+    no gradient flows through it there.
+
+    >>> import numpy as np, npl
+    >>> inner = npl.rnn.GRUCell(4, seed=0, dtype=np.float64)
+    >>> cell = npl.rnn.OutputProjectionWrapper(inner, 3)
+    >>> x = np.random.default_rng(0).standard_normal((2, 5, 6))
+    >>> out, state = npl.nn.dynamic_rnn(cell, x, sequence_length=[5, 2])
+    >>> sorted(cell.params)
+    ['bias', 'gru_cell/candidate/bias', 'gru_cell/candidate/kernel', 'gru_cell/gates/bias', 'gru_cell/gates/kernel', 'kernel']
+    >>> y, s = npl.nn.dynamic_rnn(inner, x, sequence_length=[5, 2])
+    >>> W, b = cell.params["kernel"], cell.params["bias"]
+    >>> np.allclose(out[0], y[0] @ W + b), np.allclose(out[1, :2], y[1, :2] @ W + b), np.allclose(state, s)
+    (True, True, True)
+    >>> float(abs(out[1, 2:]).max())                                  # zero past a length
+    0.0
+    """
+
+    _default_name = "output_projection_wrapper"
+
+    def __init__(self, cell, output_size, activation=None, reuse=None):
+        _VariableWrapper.__init__(self, cell)
+        self._output_size = _check_count(output_size, "output_size", "OutputProjectionWrapper")
+        self._activation = None if activation is None else _act.get(activation)
+
+    output_size = property(lambda self: self._output_size)
+
+    def _inner_width(self, input_size):
+        return input_size
+
+    def _own_values(self, input_size, dtype):
+        rng = _random.generator(None)
+        H, O = self._cell.output_size, self._output_size
+        return {"kernel": glorot_uniform((H, O), rng, dtype), "bias": np.zeros((O,), dtype)}
+
+    def _forward_seq(self, x, state, mask, state_mask=None):
+        y, final, rec = self._inner_forward(x, state, mask, state_mask)
+        T, B, H = y.shape
+        xp = get_array_module(y)
+        y2 = xp.ascontiguousarray(y.reshape(T * B, H))
+        z = self._project(y2, self._activation)
+        return (z.reshape(T, B, self._output_size), final,
+                _WrapperRecord(rec, y2, z if self._activation is not None else None, mask,
+                               self._own._version))
+
+    def _backward_seq(self, rec, dout, dstate):
+        self._check_fresh(rec)
+        d_inner = None
+        if dout is not None:            # past a length the output is zero by a select: no gradient
+            xp = get_array_module(dout)
+            T, B, O = dout.shape
+            d = dout if rec.mask is None else xp.where(rec.mask, dout, 0)
+            d_inner = self._project_backward(rec, d.reshape(T * B, O), self._activation) \
+                .reshape(T, B, self._cell.output_size)
+        return self._cell._backward_seq(rec[0], d_inner, dstate)
+
+    def __repr__(self):
+        return "OutputProjectionWrapper(%r, output_size=%d)" % (self._cell, self._output_size)
+
+
+class InputProjectionWrapper(_VariableWrapper):
+    """``tf.contrib.rnn.InputProjectionWrapper``: the input projected to ``num_proj`` before the
+    wrapped cell.  At every step::
+
+        p_t = activation(x_t @ kernel + bias)               # kernel [I, P], bias [P]
+        output_t, s_t = cell(p_t, s_{t-1})
+
+    Shapes: x_t [B, I], p_t [B, P] with ``P = num_proj``, output [B, cell.output_size].  TF 1.15
+    builds the projection as ``_Linear(inputs, num_proj, True)``: it has a bias.  Variables
+    ``input_projection_wrapper/kernel`` [I, P] (glorot uniform) and ``input_projection_wrapper/bias``
+    [P] (zeros); the wrapped cell's sit under the same scope.  ``input_size`` is TF's deprecated,
+    unused argument (accepted and ignored, as TF).  The sequence pass projects all ``[T*B, I]``
+    inputs with one GEMM before the cell's fused pass, and the backward is one GEMM for
+    ``d kernel`` and one for ``d inputs``; past a length the wrapped cell passes no gradient, so
+    none reaches the inputs there.
+
+    >>> import numpy as np, npl
+    >>> inner = npl.rnn.BasicRNNCell(3, seed=0, dtype=np.float64)
+    >>> cell = npl.rnn.InputProjectionWrapper(inner, 2, activation="tanh")
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 5))
+    >>> out, state = npl.nn.dynamic_rnn(cell, x)
+    >>> W, b = cell.params["kernel"], cell.params["bias"]                # [5, 2], [2]
+    >>> y, s = npl.nn.dynamic_rnn(inner, np.tanh(x @ W + b))
+    >>> np.allclose(out, y), np.allclose(state, s), inner.input_size
+    (True, True, 2)
+    """
+
+    _default_name = "input_projection_wrapper"
+
+    def __init__(self, cell, num_proj, activation=None, input_size=None, reuse=None):
+        _VariableWrapper.__init__(self, cell)
+        self._num_proj = _check_count(num_proj, "num_proj", "InputProjectionWrapper")
+        self._activation = None if activation is None else _act.get(activation)
+
+    def _inner_width(self, input_size):
+        return self._num_proj
+
+    def _own_values(self, input_size, dtype):
+        rng = _random.generator(None)
+        P = self._num_proj
+        return {"kernel": glorot_uniform((input_size, P), rng, dtype), "bias": np.zeros((P,), dtype)}
+
+    def _forward_seq(self, x, state, mask, state_mask=None):
+        T, B, I = x.shape
+        xp = get_array_module(x)
+        x2 = xp.ascontiguousarray(x.reshape(T * B, I))
+        p = self._project(x2, self._activation)
+        y, final, rec = self._inner_forward(p.reshape(T, B, self._num_proj), state, mask, state_mask)
+        return y, final, _WrapperRecord(rec, x2, p if self._activation is not None else None, mask,
+                                        self._own._version)
+
+    def _backward_seq(self, rec, dout, dstate):
+        self._check_fresh(rec)
+        dp, d0 = self._cell._backward_seq(rec[0], dout, dstate)   # zero past each row's length
+        T, B, P = dp.shape
+        dx = self._project_backward(rec, dp.reshape(T * B, P), self._activation)
+        return dx.reshape(T, B, rec.a.shape[1]), d0
+
+    def __repr__(self):
+        return "InputProjectionWrapper(%r, num_proj=%d)" % (self._cell, self._num_proj)
+
+
+def _state_dtype(state):
+    while isinstance(state, (tuple, list)) and state:
+        state = state[0]
+    return getattr(state, "dtype", None)
+
+
+class _EmbeddingTrace(TraceBase):
+    """Trace of a pass of an :class:`EmbeddingWrapper` (``dynamic_rnn``, ``static_rnn`` or one
+    step): the wrapped cell's trace (``inner``) and the ids.  ``backward`` takes the wrapped
+    pass's cotangents, adds the embedding's gradient (one scatter-add of ``dL/d embedded`` into
+    the dense ``grads["embedding"]``, repeated ids adding up) and returns ``(None,
+    d_initial_state)``: integer ids have no gradient (TF's ``tf.gradients`` gives None)."""
+
+    def __init__(self, wrapper, inner, ids, mode):
+        self.cell, self.inner, self._ids, self._mode = wrapper, inner, ids, mode
+        self._version = wrapper._own._version
+        self._done = False
+
+    @property
+    def records(self):
+        return self.inner.records
+
+    def backward(self, d_outputs=None, d_final_state=None):
+        from .rnn_ops import _ensure_fresh
+        _ensure_fresh(self)
+        if self._version != self.cell._own._version:
+            raise StaleTraceError("the embedding of EmbeddingWrapper was replaced (set_params, build "
+                                  "or to_device) after this trace's forward; run the forward again")
+        if self._mode == "step" and d_outputs is not None:
+            d_outputs = [d_outputs]
+        d_emb, d0 = self.inner.backward(d_outputs, d_final_state)   # checks, then consumes
+        self._done = True
+        if self._mode != "dynamic":
+            d_emb = get_array_module(d_emb[0]).stack(d_emb)         # [T, B, D], as the ids [T, B]
+        E = self.cell._own._grads["embedding"]
+        _scatter_add(E, self._ids.reshape(-1), d_emb.reshape(-1, E.shape[1]))
+        return None, d0
+
+
+class EmbeddingWrapper(_VariableWrapper):
+    """``tf.contrib.rnn.EmbeddingWrapper``: integer symbol ids embedded, then the wrapped cell::
+
+        e_t = embedding[ids_t]                          # embedding [embedding_classes, D]
+        output_t, s_t = cell(e_t, s_{t-1})
+
+    TF reshapes each step's ids to ``[-1]``: one step takes ids ``[B]`` or ``[B, 1]``;
+    ``dynamic_rnn`` takes ``[batch, time, 1]`` (TF's ``dynamic_rnn`` needs rank 3), ``static_rnn``
+    a list of ``[B]`` or ``[B, 1]``.  Ids must be integers in ``[0, embedding_classes)``
+    (TypeError for float ids, ValueError out of range, naming the argument).  The variable is
+    ``embedding_wrapper/embedding`` [embedding_classes, embedding_size], initialised by
+    ``initializer`` or, as TF's default, uniform in ``[-sqrt(3), sqrt(3)]`` (variance 1); its dtype
+    is the state's, so a pass needs ``dtype=`` or ``initial_state`` (as TF: integer inputs carry
+    no float dtype).  The wrapped cell's variables sit under the same scope
+    (``rnn/embedding_wrapper/lstm_cell/kernel``).
+
+    A pass is one gather over all ``[T, B]`` ids, then the wrapped cell's fused pass; the backward
+    is the cell's, then one scatter-add into the dense ``grads["embedding"]`` (as
+    ``npl.layers.Embedding(sparse_grad=False)`` accumulates); its trace returns None for the ids.
+    The wrapper takes ids, so it is the cell given to ``dynamic_rnn`` / ``static_rnn`` or called
+    for one step (around a MultiRNNCell, as ``embedding_rnn_seq2seq`` uses it), not a layer inside
+    a MultiRNNCell or another wrapper (a TypeError says so).
+
+    >>> import numpy as np, npl
+    >>> inner = npl.rnn.GRUCell(3, seed=0)
+    >>> cell = npl.rnn.EmbeddingWrapper(inner, embedding_classes=5, embedding_size=2)
+    >>> ids = np.array([[[1], [4], [0]], [[2], [2], [3]]])                  # [B = 2, T = 3, 1]
+    >>> out, state = npl.nn.dynamic_rnn(cell, ids, dtype=np.float32)
+    >>> E = cell.params["embedding"]
+    >>> y, s = npl.nn.dynamic_rnn(inner, E[ids[..., 0]])
+    >>> np.allclose(out, y), np.allclose(state, s), E.shape
+    (True, True, (5, 2))
+    """
+
+    _default_name = "embedding_wrapper"
+    _own_names = ("embedding",)
+    _takes_ids = True
+
+    def __init__(self, cell, embedding_classes, embedding_size, initializer=None, reuse=None):
+        _VariableWrapper.__init__(self, cell)
+        self._embedding_classes = _check_count(embedding_classes, "embedding_classes", "EmbeddingWrapper")
+        self._embedding_size = _check_count(embedding_size, "embedding_size", "EmbeddingWrapper")
+        self._initializer = _init.check(initializer, "initializer")
+
+    embedding_classes = property(lambda self: self._embedding_classes)
+    embedding_size = property(lambda self: self._embedding_size)
+
+    def _inner_width(self, input_size):
+        return self._embedding_size
+
+    def _own_values(self, input_size, dtype):
+        rng, shape = _random.generator(None), (self._embedding_classes, self._embedding_size)
+        if self._initializer is None:
+            s = np.sqrt(3.0)
+            return {"embedding": rng.uniform(-s, s, shape).astype(dtype)}
+        return {"embedding": _init.initialize(self._initializer, shape, dtype, rng, "embedding")}
+
+    def build(self, input_size=1, dtype=np.float32):
+        """Create the embedding and build the wrapped cell for ``embedding_size`` inputs
+        (``input_size`` is the one id per row: 1)."""
+        return _VariableWrapper.build(self, input_size, dtype)
+
+    def _forward_seq(self, x, state, mask, state_mask=None):
+        raise TypeError("EmbeddingWrapper reads integer ids, so it must be the cell given to "
+                        "dynamic_rnn / static_rnn (or called for one step), not a layer inside a "
+                        "MultiRNNCell or another wrapper; wrap the whole stack instead")
+
+    # ------------------------------------------------------------- ids in
+    def _float_dtype(self, dtype, initial_state):
+        ft = resolve_dtype(dtype)
+        if ft is None and initial_state is not None:
+            ft = resolve_dtype(_state_dtype(initial_state), "initial_state's dtype")
+        if ft is None:
+            ft = self._own.dtype or self._cell.dtype
+        if ft is None:
+            raise ValueError("dtype: EmbeddingWrapper reads integer ids, which carry no float "
+                             "dtype; pass dtype= (e.g. np.float32) or initial_state (as TF: 'If "
+                             "there is no initial_state, you must give a dtype')")
+        if self._own.built and self._own.dtype != ft:
+            raise TypeError("dtype %s given, but the embedding of EmbeddingWrapper is %s (no silent "
+                            "casting)" % (ft, self._own.dtype))
+        if not self.built:
+            self._check_inner_width(self._embedding_size)
+            if not self._cell.built:
+                self._cell.build(self._embedding_size, ft)
+            self._build_own(1, ft)
+        return ft
+
+    def _ids(self, ids, name):
+        a = as_array(ids, name, xp=self._cell._home_xp() if isinstance(ids, (list, tuple)) else None)
+        if isinstance(ids, (list, tuple)) and a.size == 0 and a.dtype.kind == "f":
+            a = a.astype(np.int64)
+        if a.dtype.kind not in "iu":
+            raise TypeError("%s must be integer symbol ids (EmbeddingWrapper looks them up), got "
+                            "dtype %s" % (name, a.dtype))
+        if a.size:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= self._embedding_classes:
+                raise ValueError("%s must be ids in [0, %d) (embedding_classes), got min %d max %d"
+                                 % (name, self._embedding_classes, lo, hi))
+        return a
+
+    def _embed(self, ids, name):
+        E = self._own._params["embedding"]
+        check_same_device(ids, name, [E], "EmbeddingWrapper's embedding", plural=False)
+        return get_array_module(E).take(E, ids, axis=0)
+
+    def _dynamic_rnn(self, inputs, sequence_length, initial_state, dtype, time_major, return_trace,
+                     inputs_name="inputs", state_name="initial_state"):
+        from .rnn_ops import _dynamic_rnn
+        ids = self._ids(inputs, inputs_name)
+        if ids.ndim != 3 or ids.shape[2] != 1:
+            raise ValueError("%s must have shape [%s, 1] (one symbol id per row and step, as TF's "
+                             "dynamic_rnn takes them for EmbeddingWrapper), got %s"
+                             % (inputs_name, "time, batch" if time_major else "batch, time",
+                                tuple(ids.shape)))
+        ft = self._float_dtype(dtype, initial_state)
+        ids = ids[..., 0]
+        emb = self._embed(ids, inputs_name)                 # one gather over [B, T]
+        res = _dynamic_rnn(self._cell, emb, sequence_length, initial_state, ft, time_major,
+                           return_trace, "cell", inputs_name, state_name)
+        if return_trace:
+            return res[0], res[1], _EmbeddingTrace(self, res[2], ids, "dynamic")
+        return res
+
+    def _static_rnn(self, inputs, initial_state, dtype, sequence_length, return_trace, mode="static"):
+        from .rnn_ops import static_rnn
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            raise (ValueError if isinstance(inputs, (list, tuple)) else TypeError)(
+                "inputs must be a non-empty list of [batch] (or [batch, 1]) id arrays, one per step, "
+                "got %s" % ("an empty list" if isinstance(inputs, (list, tuple)) else type(inputs).__name__))
+        ids = []
+        for t, a in enumerate(inputs):
+            nm = "inputs[%d]" % t if mode == "static" else "inputs"
+            a = self._ids(a, nm)
+            if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+                raise ValueError("%s must have shape [batch] or [batch, 1] (one symbol id per row; "
+                                 "TF reshapes it to [-1]), got %s" % (nm, tuple(a.shape)))
+            a = a.reshape(-1)
+            if ids and a.shape != ids[0].shape:
+                raise ValueError("%s has %d ids but inputs[0] has %d" % (nm, a.shape[0], ids[0].shape[0]))
+            ids.append(a)
+        ft = self._float_dtype(dtype, initial_state)
+        xp = get_array_module(ids[0])
+        ids = xp.stack(ids)                                  # [T, B]
+        emb = self._embed(ids, "inputs")                     # one gather over [T, B]
+        res = static_rnn(self._cell, [emb[t] for t in range(emb.shape[0])], initial_state, ft,
+                         sequence_length, return_trace=return_trace)
+        if return_trace:
+            return res[0], res[1], _EmbeddingTrace(self, res[2], ids, mode)
+        return res
+
+    def __call__(self, inputs, state, scope=None, return_trace=False):
+        """One step: ids ``[B]`` or ``[B, 1]``, ``state`` as the wrapped cell's; returns
+        ``(output, new_state)`` (plus a trace whose ``backward(d_output, d_state)`` returns
+        ``(None, d_state)``)."""
+        if scope is not None and not isinstance(scope, str):
+            raise TypeError("scope (the third argument, TF1's variable scope) must be a string or "
+                            "None, got %r" % (scope,))
+        res = self._static_rnn([inputs], state, None, None, return_trace, mode="step")
+        if return_trace:
+            return res[0][0], res[1], res[2]
+        return res[0][0], res[1]
+
+    def __repr__(self):
+        return "EmbeddingWrapper(%r, embedding_classes=%d, embedding_size=%d)" % (
+            self._cell, self._embedding_classes, self._embedding_size)

@@ -30,26 +30,34 @@ weights belong to the cell objects)::
                         <"basic_rnn_seq2seq">/rnn_decoder/<cell>/...  the decoder, cell itself
     tied_rnn_seq2seq    combined_tied_rnn_seq2seq/<"tied_rnn_seq2seq">/<cell>/...       both
 
-Not here: the embedding and attention variants (``embedding_rnn_decoder``,
-``embedding_rnn_seq2seq``, ``embedding_tied_rnn_seq2seq``, ``attention_decoder``,
-``embedding_attention_decoder``, ``embedding_attention_seq2seq``, ``one2many_rnn_seq2seq``) and
-``model_with_buckets``.  An embedding model is an :class:`npl.layers.Embedding` (or
-:func:`npl.nn.embedding_lookup`) in front of these functions.
+    embedding_rnn_decoder   <"embedding_rnn_decoder">/embedding, .../rnn_decoder/<cell>/...
+    embedding_rnn_seq2seq   <"embedding_rnn_seq2seq">/rnn/embedding_wrapper/{embedding, <cell>/...}
+                            .../embedding_rnn_decoder/{embedding, rnn_decoder/output_projection_wrapper/...}
+
+The embedding models keep the variables they make (the decoder's embedding, the encoder's
+EmbeddingWrapper around a copy of the cell, the OutputProjectionWrapper) with the cell:
+``embedding_model_of(cell)`` gives them, with ``params`` / ``grads`` under these names.
+
+Not here: ``embedding_tied_rnn_seq2seq``, the attention variants (``attention_decoder``,
+``embedding_attention_decoder``, ``embedding_attention_seq2seq``), ``one2many_rnn_seq2seq`` and
+``model_with_buckets``; ``feed_previous`` as a tensor (TF's graph cond) is not supported.
 """
+import contextlib
 import copy
 import inspect
-import weakref
 
 import numpy as np
 
 from .backend import get_array_module
 from .cells import TraceBase, flat_records, _describe
 from ._checks import float_array, check_shape, check_dtype, check_on_device, resolve_dtype
-from .rnn_ops import static_rnn, _stack_steps, _check_cell, _ensure_fresh, _consume
+from .rnn_ops import static_rnn, _stack_steps, _check_cell, _ensure_fresh, _consume, _step_cotangents
 from .losses import sequence_loss, sequence_loss_by_example
 from . import activations as _act
 
 __all__ = ["rnn_decoder", "basic_rnn_seq2seq", "tied_rnn_seq2seq", "encoder_cell_of",
+           "embedding_rnn_decoder", "embedding_rnn_seq2seq", "embedding_model_of", "EmbeddingModel",
+           "EmbeddingDecoderTrace",
            "sequence_loss", "sequence_loss_by_example", "RNNDecoderTrace", "Seq2SeqTrace"]
 
 
@@ -109,13 +117,34 @@ def _check_width(cell, x, name, what="the cell was built for it"):
 def _step_input(value, i, like, xp):
     """The input ``loop_function`` made for step ``i``: [batch, input_size] as decoder_inputs[0]."""
     name = "loop_function(outputs[%d], %d)" % (i - 1, i)
-    a = float_array(value, name, ndim=2)
+    a = float_array(value, name, ndim=2, dtype=like.dtype)     # a Python list takes the dtype
     check_on_device(a, name, xp, "decoder_inputs[0]")
     if tuple(a.shape) != tuple(like.shape):
         raise ValueError("%s must return shape %s (that of decoder_inputs[0]: [batch, input_size]), "
                          "got %s" % (name, tuple(like.shape), tuple(a.shape)))
     check_dtype(a, like.dtype, name)
     return a
+
+
+@contextlib.contextmanager
+def _one_variational_mask(cell):
+    """A decoder with a loop function runs one single-step pass per step, and a DropoutWrapper
+    draws its masks per pass; TF1's ``variational_recurrent`` keeps one mask over the whole
+    decode, so after the first step (``first_step_done()``) the variational wrappers in training
+    mode replay theirs, and their ``replay`` flags are put back afterwards.  (Other dropout draws
+    a new mask at every step, in TF as here.)"""
+    from .layers import DropoutWrapper, _walk_cells
+    wrappers = [w for w in _walk_cells(cell) if isinstance(w, DropoutWrapper)
+                and w.variational_recurrent and w.training and not w.replay]
+
+    def first_step_done():
+        for w in wrappers:
+            w.replay = True
+    try:
+        yield first_step_done
+    finally:
+        for w in wrappers:
+            w.replay = False
 
 
 def _loop_result(res, i):
@@ -149,24 +178,20 @@ class RNNDecoderTrace(TraceBase):
     def records(self):
         return flat_records([r for s in self.steps for r in s.records])
 
+    def labelled_records(self, label):
+        """(record, label) pairs for npl.inspect: the static_rnn trace's layers, or with a loop
+        function ``"step i layer k"`` (one single-step pass per step)."""
+        if self.loop_traces is None:
+            return label(self.steps[0])
+        return [(r, "step %d %s" % (i, lab)) for i, st in enumerate(self.steps) for r, lab in label(st)]
+
     def _check_d_outputs(self, d_outputs):
         """Every entry checked before any is used: a list of n (arrays or None), or all None."""
-        n = self._n
-        if d_outputs is None:
-            return [None] * n
-        if not isinstance(d_outputs, (list, tuple)) or len(d_outputs) != n:
-            raise ValueError("d_outputs must be a list of %d arrays (or None entries), one per step, "
-                             "got %s" % (n, _describe(d_outputs) if not isinstance(d_outputs, (list, tuple))
-                                         else "%d entries" % len(d_outputs)))
-        out = []
-        for t, g in enumerate(d_outputs):
-            if g is not None:
-                nm = "d_outputs[%d]" % t
-                g = float_array(g, nm)
-                check_shape(g, (self._batch, self.cell.output_size), nm)
-                check_dtype(g, self._dtype, nm)
-                check_on_device(g, nm, self._xp, "the forward's inputs")
-            out.append(g)
+        out = [None] * self._n
+        checked = _step_cotangents(d_outputs, self._n, (self._batch, self.cell.output_size),
+                                   self._dtype, self._xp)
+        for t, g in checked or ():
+            out[t] = g
         return out
 
     def _prepare(self, d_outputs, d_final_state):
@@ -282,7 +307,9 @@ def rnn_decoder(decoder_inputs, initial_state, cell, loop_function=None, scope=N
     if initial_state is None:
         raise TypeError("initial_state is required (TF's rnn_decoder has no default): pass "
                         "cell.zero_state(batch_size, dtype) for zeros")
-    xs, n = _steps_check(decoder_inputs, "decoder_inputs", loop_function)
+    from .layers import _state_dtype
+    xs, n = _steps_check(decoder_inputs, "decoder_inputs", loop_function,
+                         _state_dtype(initial_state))     # Python lists take the state's dtype
     x0 = xs[0]
     _check_width(cell, x0, "decoder_inputs[0]")
     xp, B, dt = get_array_module(x0), x0.shape[0], x0.dtype
@@ -293,19 +320,22 @@ def rnn_decoder(decoder_inputs, initial_state, cell, loop_function=None, scope=N
         return res
     outputs, steps, loops = [], [], [None]
     state, x = initial_state, x0
-    for i in range(n):
-        if i > 0:
+    with _one_variational_mask(cell) as first_step_done:
+        for i in range(n):
+            if i > 0:
+                if return_trace:
+                    x, ltr = _loop_result(loop_function(outputs[-1], i, return_trace=True), i)
+                    loops.append(ltr)
+                else:
+                    x = loop_function(outputs[-1], i)
+                x = _step_input(x, i, x0, xp)
+            res = static_rnn(cell, [x], initial_state=state, return_trace=return_trace)
+            outputs.append(res[0][0])
+            state = res[1]
             if return_trace:
-                x, ltr = _loop_result(loop_function(outputs[-1], i, return_trace=True), i)
-                loops.append(ltr)
-            else:
-                x = loop_function(outputs[-1], i)
-            x = _step_input(x, i, x0, xp)
-        res = static_rnn(cell, [x], initial_state=state, return_trace=return_trace)
-        outputs.append(res[0][0])
-        state = res[1]
-        if return_trace:
-            steps.append(res[2])
+                steps.append(res[2])
+            if i == 0:
+                first_step_done()
     if return_trace:
         return outputs, state, RNNDecoderTrace(cell, steps, loops, n, B, x0.shape[1], dt, xp)
     return outputs, state
@@ -334,6 +364,11 @@ class Seq2SeqTrace(TraceBase):
     def records(self):
         return self.encoder.records + self.decoder.records
 
+    def labelled_records(self, label):
+        """(record, label) pairs for npl.inspect: ``"encoder layer k"``, then the decoder's."""
+        return ([(r, "encoder " + lab) for r, lab in label(self.encoder)]
+                + [(r, "decoder " + lab) for r, lab in label(self.decoder)])
+
     def backward(self, d_outputs=None, d_final_state=None):
         """Return ``(list of d_encoder_inputs, list of d_decoder_inputs)``; parameter gradients
         are added to both cells' ``grads``.  Bad cotangents raise before anything is consumed."""
@@ -345,24 +380,53 @@ class Seq2SeqTrace(TraceBase):
         return d_enc, d_dec
 
 
-# the encoder copies that basic_rnn_seq2seq made, one per decoder cell (kept while the cell lives)
-_ENCODERS = weakref.WeakKeyDictionary()
+# What the models make for a cell on its first call (basic_rnn_seq2seq's encoder, an embedding
+# model) is kept in an attribute of the cell object itself, so that it lives and is copied
+# (copy.deepcopy) with the cell, as a TF graph keeps one set of variables with the model.
+_KEPT = "_legacy_seq2seq_kept"
+
+
+def _kept(cell, key):
+    return vars(cell).get(_KEPT, {}).get(key)
+
+
+def _keep(cell, key, value):
+    vars(cell).setdefault(_KEPT, {})[key] = value
 
 
 def _copy_cell(cell):
     """A deep copy of ``cell`` with its own arrays and zero gradients (TF's ``copy.deepcopy``);
-    the activation functions stay npl's own objects (the fused kernels recognise them)."""
+    the activation functions stay npl's own objects (the fused kernels recognise them), and what
+    the models kept with ``cell`` is not copied."""
     memo = {id(a): a for a in _act._BY_NAME.values()}
-    clone = copy.deepcopy(cell, memo)
+    kept = vars(cell).pop(_KEPT, None)
+    try:
+        clone = copy.deepcopy(cell, memo)
+    finally:
+        if kept is not None:
+            vars(cell)[_KEPT] = kept
     clone.zero_grad()
     return clone
 
 
+def _refuse_built(cell, fn, what, remedy):
+    """TF copies (and creates) a model's variables when the graph is built, before the cell has
+    weights; a copy of a *built* npl cell would silently start ``what`` from the decoder's own
+    (possibly trained) weights, so the first call must see an unbuilt cell."""
+    if cell.built:
+        raise ValueError(
+            "%s: cell is built but has no %s kept with it (this is a first call with this cell "
+            "object: e.g. a copy.deepcopy made before the first call, a new wrapper around a built "
+            "cell, or a cell restored in a new process).  Making it now would copy the cell's own "
+            "weights and silently lose any trained %s.  %s" % (fn, what, what, remedy))
+
+
 def encoder_cell_of(cell):
-    """The encoder :func:`basic_rnn_seq2seq` made for the decoder ``cell`` (a copy, on its first
-    call with ``cell``), or None before that call."""
+    """The encoder :func:`basic_rnn_seq2seq` uses for the decoder ``cell``: the copy it made on
+    its first call with ``cell``, or the latest ``encoder_cell=`` given; None before any call.
+    It is kept in the cell object, so ``copy.deepcopy(cell)`` copies it too."""
     _check_cell(cell)
-    return _ENCODERS.get(cell)
+    return _kept(cell, "encoder")
 
 
 def _check_encoder_cell(encoder_cell, cell):
@@ -370,6 +434,12 @@ def _check_encoder_cell(encoder_cell, cell):
     if encoder_cell is cell or set(map(id, encoder_cell._leaves())) & set(map(id, cell._leaves())):
         raise ValueError("encoder_cell shares weights with cell, but basic_rnn_seq2seq's encoder "
                          "and decoder have separate weights; use tied_rnn_seq2seq to share them")
+    if encoder_cell.state_size != cell.state_size:
+        raise ValueError("encoder_cell's final state starts the decoder, so its state_size must be "
+                         "cell's: encoder_cell.state_size is %r, cell.state_size is %r"
+                         % (encoder_cell.state_size, cell.state_size))
+    if encoder_cell.built and cell.built and encoder_cell.dtype != cell.dtype:
+        raise TypeError("encoder_cell has dtype %s but cell has %s" % (encoder_cell.dtype, cell.dtype))
 
 
 def _encode(encoder_inputs, decoder_inputs, enc_cell, dtype, return_trace, loop_function,
@@ -410,14 +480,19 @@ def basic_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, dtype=np.float32, sc
     backward gives the gradients w.r.t. ``encoder_inputs`` and ``decoder_inputs``).  ``dtype``
     must be the inputs' (TF's default float32; None takes the inputs').
 
-    The encoder: the first call with a given ``cell`` makes the copy and keeps it with the cell
-    (``encoder_cell_of(cell)`` returns it), and every later call with that cell uses the same
-    encoder, as a TF graph keeps one set of encoder variables.  The copy is of the cell as it is
-    then: an unbuilt cell gives an unbuilt encoder, built from ``encoder_inputs`` with the cell's
+    The encoder: the first call with a given ``cell`` makes the copy and keeps it in the cell
+    object (``encoder_cell_of(cell)`` returns it; ``copy.deepcopy(cell)`` copies it too), and
+    every later call with that cell uses the same encoder, as a TF graph keeps one set of encoder
+    variables.  As TF copies the cell before it has variables, the first call needs an unbuilt
+    cell, which gives an unbuilt encoder, built from ``encoder_inputs`` with the cell's
     initialiser and seed (a cell with a fixed ``seed=`` gives the encoder the same draws, as TF's
-    copy of a seeded initialiser does); a built one gives copies of its weights.  Pass
-    ``encoder_cell=`` (an npl extension) to choose the encoder yourself (set its weights, train
-    it): it must not share weights with ``cell``.  The encoder is a cell of its own: move it with
+    copy of a seeded initialiser does).  A built cell with no encoder kept (a deep copy made
+    before the first call, a new wrapper around a built cell, a cell restored in a new process)
+    is refused with a ValueError rather than silently given a copy of its own weights.  To
+    restore a model, make one call with unbuilt cells and then restore both cells' weights, or
+    pass ``encoder_cell=`` (an npl extension) to choose the encoder yourself (set its weights,
+    train it): it must not share weights with ``cell``, its ``state_size`` must be ``cell``'s,
+    and it is then the one kept.  The encoder is a cell of its own: move it with
     ``encoder_cell_of(cell).to_device(...)`` when the cell moves.  The optimizer needs both
     cells' parameters; TF's names are ``tf_variable_names(encoder, "basic_rnn_seq2seq/rnn")`` and
     ``tf_variable_names(cell, "basic_rnn_seq2seq/rnn_decoder")`` (with ``scope``: ``<scope>/rnn``,
@@ -442,14 +517,17 @@ def basic_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, dtype=np.float32, sc
         _check_encoder_cell(encoder_cell, cell)
         enc = encoder_cell
     else:
-        enc = _ENCODERS.get(cell)
+        enc = _kept(cell, "encoder")
         if enc is None:
+            _refuse_built(cell, "basic_rnn_seq2seq", "encoder",
+                          "Pass the encoder as encoder_cell= (encoder_cell_of(the original cell), "
+                          "or a cell with the restored encoder weights), or make the first call "
+                          "with an unbuilt cell.")
             enc = _copy_cell(cell)
     what = "encoder_cell was built for it" if encoder_cell is not None else \
         "the encoder, a copy of cell, was built for it"
     res = _encode(encoder_inputs, decoder_inputs, enc, dtype, return_trace, None, what)
-    if encoder_cell is None:
-        _ENCODERS[cell] = enc            # kept once the encoder has run
+    _keep(cell, "encoder", enc)          # kept once the encoder has run
     dec = rnn_decoder(decoder_inputs, res[1], cell, return_trace=return_trace)
     if return_trace:
         return dec[0], dec[1], Seq2SeqTrace(res[2], dec[2], enc, cell)
@@ -487,4 +565,300 @@ def tied_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, loop_function=None, d
                       return_trace=return_trace)
     if return_trace:
         return dec[0], dec[1], Seq2SeqTrace(res[2], dec[2], cell, cell)
+    return dec
+
+
+# ============================================================================ embedding models
+class EmbeddingModel:
+    """What an embedding model made for a ``cell`` on its first call and keeps with it (one per
+    cell, as a TF graph keeps one set of variables): ``embedding`` (an
+    :class:`npl.layers.Embedding` with a dense gradient, the decoder's ``embedding`` variable),
+    ``decoder_cell`` (``cell``, or the :class:`npl.rnn.OutputProjectionWrapper` around it that
+    ``embedding_rnn_seq2seq`` adds without ``output_projection``) and ``encoder_cell`` (the
+    seq2seq model's :class:`npl.rnn.EmbeddingWrapper` around a copy of ``cell``; None for the
+    decoder alone).  ``params`` / ``grads``: every variable under its TF 1.15 name (for the
+    ``scope`` of the latest call), live arrays, for an optimizer and for TF checkpoints;
+    ``zero_grad()`` clears them all.  ``embedding_model_of(cell)`` returns it."""
+
+    def __init__(self, kind, embedding, decoder_cell, encoder_cell, key):
+        self.kind, self.embedding = kind, embedding
+        self.decoder_cell, self.encoder_cell = decoder_cell, encoder_cell
+        self._key, self.scope = key, kind
+
+    def _named(self, which):
+        from .convert import tf_variable_names
+        s = self.scope
+        dec = s if self.kind == "embedding_rnn_decoder" else s + "/embedding_rnn_decoder"
+        out = {dec + "/embedding": getattr(self.embedding, which)["embeddings"]}
+        parts = [(self.decoder_cell, dec + "/rnn_decoder")]
+        if self.encoder_cell is not None:
+            parts.append((self.encoder_cell, s + "/rnn"))
+        for c, sc in parts:
+            live = getattr(c, which)
+            out.update({tf: live[k] for k, tf in tf_variable_names(c, sc).items()})
+        return out
+
+    @property
+    def params(self):
+        return self._named("params")
+
+    @property
+    def grads(self):
+        return self._named("grads")
+
+    def zero_grad(self):
+        self.embedding.zero_grad()
+        self.decoder_cell.zero_grad()
+        if self.encoder_cell is not None:
+            self.encoder_cell.zero_grad()
+
+
+def embedding_model_of(cell):
+    """The :class:`EmbeddingModel` that ``embedding_rnn_decoder`` / ``embedding_rnn_seq2seq``
+    made for ``cell`` (on its first call with it), or None before.  It is kept in the cell
+    object, so ``copy.deepcopy(cell)`` copies it too."""
+    _check_cell(cell)
+    return _kept(cell, "embedding model")
+
+
+def _model(cell, kind, scope, key, dtype, make):
+    m = _kept(cell, "embedding model")
+    if m is None:
+        _refuse_built(cell, kind, "embedding model",
+                      "Make the first call with an unbuilt cell (then restore the weights into "
+                      "embedding_model_of(cell).params), or keep using the original cell object.")
+        m = make()
+        m._key = key
+        _keep(cell, "embedding model", m)
+    elif m.kind != kind or m._key != key:
+        raise ValueError("%s: this cell was first used by %s with (symbols, embedding_size, "
+                         "output projection) %s, now %s; its variables cannot change: use a new "
+                         "cell" % (kind, m.kind, m._key, key))
+    if m.embedding.dtype != dtype:
+        raise TypeError("%s: the model's variables are %s but this call is %s (no silent casting)"
+                        % (kind, m.embedding.dtype, dtype))
+    m.scope = scope
+    return m
+
+
+def _symbol_ids(inputs, name, num):
+    from .array_ops import _int_array
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise (ValueError if isinstance(inputs, (list, tuple)) else TypeError)(
+            "%s must be a non-empty list of [batch] integer id arrays, one per step, got %s"
+            % (name, "an empty list" if isinstance(inputs, (list, tuple)) else type(inputs).__name__))
+    ids = []
+    for t, a in enumerate(inputs):
+        nm = "%s[%d]" % (name, t)
+        a = _int_array(a, nm)
+        if a.ndim != 1:
+            raise ValueError("%s must have shape [batch] (one symbol id per row), got %s" % (nm, tuple(a.shape)))
+        if ids and a.shape != ids[0].shape:
+            raise ValueError("%s has shape %s but %s[0] has %s" % (nm, tuple(a.shape), name, tuple(ids[0].shape)))
+        if a.size and (int(a.min()) < 0 or int(a.max()) >= num):
+            raise ValueError("%s must be ids in [0, %d) (the symbols), got min %d max %d"
+                             % (nm, num, int(a.min()), int(a.max())))
+        ids.append(a)
+    return get_array_module(ids[0]).stack(ids)                # [T, B]
+
+
+def _check_projection(output_projection, num_symbols, width, dtype):
+    if output_projection is None:
+        return None
+    if not isinstance(output_projection, (tuple, list)) or len(output_projection) != 2:
+        raise TypeError("output_projection must be None or a pair (W, B), got %s"
+                        % _describe(output_projection))
+    W = float_array(output_projection[0], "output_projection[0] (W)", ndim=2)
+    b = float_array(output_projection[1], "output_projection[1] (B)", ndim=1)
+    check_shape(W, (width, num_symbols), "output_projection[0] (W: [cell.output_size, num_symbols])")
+    check_shape(b, (num_symbols,), "output_projection[1] (B: [num_symbols])")
+    check_dtype(W, dtype, "output_projection[0] (W)")
+    check_dtype(b, dtype, "output_projection[1] (B)")
+    return W, b
+
+
+class _ArgmaxEmbedTrace:
+    """The loop function's trace: no gradient reaches ``prev`` through the argmax (as in TF); the
+    embedded rows get ``d_next`` unless ``update_embedding_for_previous`` is False (TF's
+    stop_gradient)."""
+
+    def __init__(self, layer, ids, update):
+        self.layer, self.ids, self.update = layer, ids, update
+
+    def backward(self, d_next):
+        if self.update:
+            from .array_ops import _scatter_add
+            _scatter_add(self.layer._grads["embeddings"], self.ids, d_next)
+        return None
+
+
+def _extract_argmax_and_embed(layer, projection, update):
+    """TF's ``_extract_argmax_and_embed``: ``embedding[argmax(prev @ W + B)]`` (``prev`` as it is
+    without a projection), with the trace contract of :func:`rnn_decoder`."""
+    def loop_function(prev, i, return_trace=False):
+        logits = prev if projection is None else prev @ projection[0] + projection[1]
+        ids = logits.argmax(1)
+        E = layer.params["embeddings"]
+        emb = get_array_module(E).take(E, ids, axis=0)
+        return (emb, _ArgmaxEmbedTrace(layer, ids, update)) if return_trace else emb
+    return loop_function
+
+
+class EmbeddingDecoderTrace(TraceBase):
+    """Trace of :func:`embedding_rnn_decoder`: ``backward(d_outputs, d_final_state)`` ->
+    ``(None, d_initial_state)`` (ids have no gradient); the embedding's gradient (the looked-up
+    rows, and with ``feed_previous`` the fed-back rows unless ``update_embedding_for_previous``
+    is False) is added to ``embedding.grads``, the cell's to its ``grads``.  ``inner``: the
+    :class:`RNNDecoderTrace`."""
+
+    def __init__(self, inner, layer, ids):
+        self.inner, self.layer, self._ids = inner, layer, ids
+        self._done = False
+
+    @property
+    def records(self):
+        return self.inner.records
+
+    def labelled_records(self, label):
+        return label(self.inner)
+
+    def _prepare(self, d_outputs, d_final_state):
+        _ensure_fresh(self)
+        return self.inner._prepare(d_outputs, d_final_state)
+
+    def backward(self, d_outputs=None, d_final_state=None):
+        from .array_ops import _scatter_add
+        self._prepare(d_outputs, d_final_state)
+        _consume(self)
+        d_in, d0 = self.inner.backward(d_outputs, d_final_state)
+        g = self.layer._grads["embeddings"]
+        xp = get_array_module(g)
+        _scatter_add(g, self._ids.reshape(-1), xp.stack(d_in).reshape(-1, g.shape[1]))
+        return None, d0
+
+
+def _embedding_decode(layer, decoder_inputs, initial_state, cell, num_symbols, output_projection,
+                      feed_previous, update, return_trace):
+    if not isinstance(feed_previous, (bool, np.bool_)):
+        raise TypeError("feed_previous must be a bool (TF's tensor form, a graph cond, is not "
+                        "supported), got %r" % (feed_previous,))
+    if not isinstance(update, (bool, np.bool_)):
+        raise TypeError("update_embedding_for_previous must be a bool, got %r" % (update,))
+    E = layer.params["embeddings"]
+    proj = _check_projection(output_projection, num_symbols, cell.output_size, E.dtype)
+    ids = _symbol_ids(decoder_inputs, "decoder_inputs", num_symbols)
+    emb = get_array_module(E).take(E, ids, axis=0)            # one gather over [T, B]
+    loop = _extract_argmax_and_embed(layer, proj, bool(update)) if feed_previous else None
+    res = rnn_decoder([emb[t] for t in range(emb.shape[0])], initial_state, cell,
+                      loop_function=loop, return_trace=return_trace)
+    if return_trace:
+        return res[0], res[1], EmbeddingDecoderTrace(res[2], layer, ids)
+    return res
+
+
+def _new_embedding(num_symbols, embedding_size, dtype):
+    from .layers import Embedding
+    from .initializers import glorot_uniform_initializer
+    return Embedding(num_symbols, embedding_size, dtype=dtype, sparse_grad=False,
+                     embeddings_initializer=glorot_uniform_initializer())
+
+
+def embedding_rnn_decoder(decoder_inputs, initial_state, cell, num_symbols, embedding_size,
+                          output_projection=None, feed_previous=False,
+                          update_embedding_for_previous=True, scope=None, return_trace=False):
+    """``tf.contrib.legacy_seq2seq.embedding_rnn_decoder``: symbol ids embedded, then
+    :func:`rnn_decoder`::
+
+        x_i = embedding[decoder_inputs[i]]              # embedding [num_symbols, embedding_size]
+        y_i, s_i = cell(x_i, s_{i-1})                   # s_{-1} = initial_state
+        with feed_previous, for i >= 1:
+        x_i = embedding[argmax(y_{i-1} @ W + B)]        # (W, B) = output_projection, or y_{i-1}
+
+    ``decoder_inputs``: a list of T int arrays ``[batch]`` in ``[0, num_symbols)``; returns
+    ``(outputs, state)``, ``outputs`` T arrays ``[batch, cell.output_size]`` (unprojected, as TF),
+    plus an :class:`EmbeddingDecoderTrace` with ``return_trace=True``.  The embedding (TF's
+    ``<scope>/embedding``, glorot uniform, ``get_variable``'s default) is an
+    :class:`npl.layers.Embedding` made on the first call with ``cell`` and kept with it:
+    ``embedding_model_of(cell)`` gives it and every variable under TF's names (the cell's
+    ``<scope>/rnn_decoder/<cell>/...``).  Its dtype is the initial state's.  No gradient passes
+    the argmax; the fed-back rows get theirs unless ``update_embedding_for_previous`` is False
+    (TF's ``stop_gradient``).  ``output_projection``: ``(W [cell.output_size, num_symbols],
+    B [num_symbols])`` arrays, read by the argmax only (so they get no gradient, as in TF).
+
+    >>> import numpy as np, npl
+    >>> cell = npl.rnn.GRUCell(4, seed=0)
+    >>> ids = [np.array([1, 2]), np.array([0, 3])]
+    >>> h0 = np.zeros((2, 4), np.float32)
+    >>> outs, h = npl.legacy_seq2seq.embedding_rnn_decoder(ids, h0, cell, 5, 3)
+    >>> E = npl.legacy_seq2seq.embedding_model_of(cell).embedding.params["embeddings"]
+    >>> ys, s = npl.nn.static_rnn(cell, [E[i] for i in ids], initial_state=h0)
+    >>> np.allclose(outs[1], ys[1]), sorted(npl.legacy_seq2seq.embedding_model_of(cell).params)[0]
+    (True, 'embedding_rnn_decoder/embedding')
+    """
+    _check_cell(cell)
+    _check_scope(scope)
+    if initial_state is None:
+        raise TypeError("initial_state is required (TF's embedding_rnn_decoder has no default)")
+    from .layers import _state_dtype
+    dt = resolve_dtype(_state_dtype(initial_state), "initial_state's dtype")
+    key = (num_symbols, embedding_size, None)
+    m = _model(cell, "embedding_rnn_decoder", scope or "embedding_rnn_decoder", key, dt,
+               lambda: EmbeddingModel("embedding_rnn_decoder",
+                                      _new_embedding(num_symbols, embedding_size, dt), cell, None, key))
+    return _embedding_decode(m.embedding, decoder_inputs, initial_state, cell, num_symbols,
+                             output_projection, feed_previous, update_embedding_for_previous,
+                             return_trace)
+
+
+def embedding_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, num_encoder_symbols,
+                          num_decoder_symbols, embedding_size, output_projection=None,
+                          feed_previous=False, dtype=None, scope=None, return_trace=False):
+    """``tf.contrib.legacy_seq2seq.embedding_rnn_seq2seq``::
+
+        enc = EmbeddingWrapper(copy of cell, num_encoder_symbols, embedding_size)
+        _, s = static_rnn(enc, encoder_inputs, dtype=dtype)              # from zeros
+        dec = OutputProjectionWrapper(cell, num_decoder_symbols) if output_projection is None else cell
+        outputs, state = embedding_rnn_decoder(decoder_inputs, s, dec, num_decoder_symbols,
+                                               embedding_size, output_projection, feed_previous)
+
+    Inputs are lists of int arrays ``[batch]``; ``dtype`` defaults to float32 (TF's scope dtype).
+    Returns ``(outputs, state)`` (outputs ``[batch, num_decoder_symbols]`` logits without
+    ``output_projection``), plus a :class:`Seq2SeqTrace` whose ``backward`` returns
+    ``(None, None)`` (ids have no gradient) and adds every variable's gradient.  The encoder, the
+    decoder cell and the decoder's embedding are made on the first call with ``cell`` and kept
+    with it: ``embedding_model_of(cell)`` gives them and ``params`` / ``grads`` under TF's names
+    (``<scope>/rnn/embedding_wrapper/embedding``, ``<scope>/rnn/embedding_wrapper/<cell>/...``,
+    ``<scope>/embedding_rnn_decoder/embedding``,
+    ``<scope>/embedding_rnn_decoder/rnn_decoder/output_projection_wrapper/<cell>/...`` and
+    ``.../output_projection_wrapper/kernel``, ``bias``).  Later calls with the same cell must use
+    the same sizes and the same choice of output projection.
+
+    >>> import numpy as np, npl
+    >>> cell = npl.rnn.BasicLSTMCell(4, seed=0)
+    >>> enc = [np.array([1, 2]), np.array([0, 3])]; dec = [np.array([0, 0])] * 3
+    >>> outs, st = npl.legacy_seq2seq.embedding_rnn_seq2seq(enc, dec, cell, 4, 6, 3)
+    >>> m = npl.legacy_seq2seq.embedding_model_of(cell)
+    >>> _, s = npl.nn.static_rnn(m.encoder_cell, enc, dtype=np.float32)
+    >>> E = m.embedding.params["embeddings"]
+    >>> ys, _ = npl.nn.static_rnn(m.decoder_cell, [E[i] for i in dec], initial_state=s)
+    >>> np.allclose(outs[2], ys[2]), outs[0].shape
+    (True, (2, 6))
+    """
+    from .layers import EmbeddingWrapper, OutputProjectionWrapper
+    _check_cell(cell)
+    _check_scope(scope)
+    dt = resolve_dtype(dtype) or np.dtype(np.float32)
+    key = (num_encoder_symbols, num_decoder_symbols, embedding_size, output_projection is None)
+
+    def make():
+        enc = EmbeddingWrapper(_copy_cell(cell), num_encoder_symbols, embedding_size)
+        dec = OutputProjectionWrapper(cell, num_decoder_symbols) if output_projection is None else cell
+        return EmbeddingModel("embedding_rnn_seq2seq",
+                              _new_embedding(num_decoder_symbols, embedding_size, dt), dec, enc, key)
+    m = _model(cell, "embedding_rnn_seq2seq", scope or "embedding_rnn_seq2seq", key, dt, make)
+    res = static_rnn(m.encoder_cell, encoder_inputs, dtype=dt, return_trace=return_trace)
+    dec = _embedding_decode(m.embedding, decoder_inputs, res[1], m.decoder_cell,
+                            num_decoder_symbols, output_projection, feed_previous, True, return_trace)
+    if return_trace:
+        return dec[0], dec[1], Seq2SeqTrace(res[2], dec[2], m.encoder_cell, m.decoder_cell)
     return dec

@@ -20,8 +20,9 @@ from ._checks import float_array, check_shape, check_dtype, resolve_dtype, lengt
 from . import workspace as _ws
 
 __all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bidirectional_rnn",
-           "stack_bidirectional_dynamic_rnn", "RNNTrace", "BidirectionalTrace", "StaticRNNTrace",
-           "StaticBidirectionalTrace", "StackBidirectionalTrace"]
+           "stack_bidirectional_dynamic_rnn", "stack_bidirectional_rnn", "RNNTrace",
+           "BidirectionalTrace", "StaticRNNTrace", "StaticBidirectionalTrace",
+           "StackBidirectionalTrace", "StaticStackBidirectionalTrace"]
 
 
 def _ensure_fresh(*traces):
@@ -182,6 +183,9 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     """:func:`dynamic_rnn` with the argument names its error messages use (so that the
     bidirectional functions can say ``initial_state_bw`` or ``cells_fw[1]``)."""
     _check_cell(cell, cell_name)
+    if getattr(cell, "_takes_ids", False):       # EmbeddingWrapper: integer ids, embedded first
+        return cell._dynamic_rnn(inputs, sequence_length, initial_state, dtype, time_major,
+                                 return_trace, inputs_name, state_name)
     want = resolve_dtype(dtype)
     x = float_array(inputs, inputs_name, ndim=3, dtype=want)    # a Python list takes dtype
     if want is not None and x.dtype != want:
@@ -242,6 +246,29 @@ def _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major
     return outputs, final
 
 
+def _step_cotangents(d_outputs, n, shape, dtype, xp):
+    """Validate a static trace's per-step output cotangents: ``d_outputs`` is None or a list of
+    ``n`` entries, each None or a ``shape`` array of ``dtype`` on ``xp``.  Every entry is checked
+    before any is used; returns the ``[(t, array)]`` of the given ones (None for ``d_outputs =
+    None``)."""
+    if d_outputs is None:
+        return None
+    if not isinstance(d_outputs, (list, tuple)) or len(d_outputs) != n:
+        raise ValueError("d_outputs must be a list of %d arrays (or None entries), one per step, "
+                         "got %s" % (n, _describe(d_outputs) if not isinstance(d_outputs, (list, tuple))
+                                     else "%d entries" % len(d_outputs)))
+    checked = []
+    for t, g in enumerate(d_outputs):
+        if g is not None:
+            nm = "d_outputs[%d]" % t
+            g = float_array(g, nm)
+            check_shape(g, shape, nm)
+            check_dtype(g, dtype, nm)
+            check_on_device(g, nm, xp, "the forward's inputs")
+            checked.append((t, g))
+    return checked
+
+
 class StaticRNNTrace(TraceBase):
     """Trace of ``static_rnn``: ``backward(d_outputs_list, d_final_state)`` -> (list, state)."""
 
@@ -258,25 +285,11 @@ class StaticRNNTrace(TraceBase):
         [batch, output_size] array (or None) per step.  Bad cotangents raise before anything is
         consumed."""
         _ensure_fresh(self, self.inner)
-        d = None
-        if d_outputs is not None:
-            if not isinstance(d_outputs, (list, tuple)) or len(d_outputs) != self._n:
-                raise ValueError("d_outputs must be a list of %d arrays (or None entries), one per "
-                                 "step, got %s" % (self._n, _describe(d_outputs) if not
-                                                   isinstance(d_outputs, (list, tuple))
-                                                   else "%d entries" % len(d_outputs)))
-            inner = self.inner
-            xp, dt = inner._xp, inner.dtype
-            shape = (inner.batch_size, inner.cell.output_size)
-            checked = []
-            for t, g in enumerate(d_outputs):           # every entry checked before any is used
-                if g is not None:
-                    nm = "d_outputs[%d]" % t
-                    g = float_array(g, nm)
-                    check_shape(g, shape, nm)
-                    check_dtype(g, dt, nm)
-                    check_on_device(g, nm, xp, "the forward's inputs")
-                    checked.append((t, g))
+        inner, d = self.inner, None
+        xp, dt = inner._xp, inner.dtype
+        shape = (inner.batch_size, inner.cell.output_size)
+        checked = _step_cotangents(d_outputs, self._n, shape, dt, xp)
+        if checked is not None:
             d = xp.zeros((self._n,) + shape, dt)
             for t, g in checked:
                 d[t] = g
@@ -316,6 +329,8 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     sequence_length semantics as :func:`dynamic_rnn`.
     """
     _check_cell(cell)
+    if getattr(cell, "_takes_ids", False):       # EmbeddingWrapper: lists of integer ids
+        return cell._static_rnn(inputs, initial_state, dtype, sequence_length, return_trace)
     xs, x = _stack_steps(inputs, dtype=resolve_dtype(dtype))
     res = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, time_major=True,
                       return_trace=return_trace)
@@ -445,26 +460,10 @@ class StaticBidirectionalTrace(TraceBase):
     def _split_outputs(self, d_outputs):
         """Validate the per-step cotangents (every entry before any is used) and split them into
         the time-major (d_out_fw, d_out_bw) pair; None where every entry is None."""
-        if d_outputs is None:
-            return None
-        n = self._n
-        if not isinstance(d_outputs, (list, tuple)) or len(d_outputs) != n:
-            raise ValueError("d_outputs must be a list of %d arrays (or None entries), one per "
-                             "step, got %s" % (n, _describe(d_outputs) if not
-                                               isinstance(d_outputs, (list, tuple))
-                                               else "%d entries" % len(d_outputs)))
-        fw = self.inner.fw
+        n, fw = self._n, self.inner.fw
         xp, dt, B = fw._xp, fw.dtype, fw.batch_size
         wf, wb = self._fw_size, self._bw_size
-        checked = []
-        for t, g in enumerate(d_outputs):
-            if g is not None:
-                nm = "d_outputs[%d]" % t
-                g = float_array(g, nm)
-                check_shape(g, (B, wf + wb), nm)
-                check_dtype(g, dt, nm)
-                check_on_device(g, nm, xp, "the forward's inputs")
-                checked.append((t, g))
+        checked = _step_cotangents(d_outputs, n, (B, wf + wb), dt, xp)
         if not checked:
             return None
         d_fw, d_bw = xp.zeros((n, B, wf), dt), xp.zeros((n, B, wb), dt)
@@ -656,3 +655,93 @@ def stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, inputs, initial_states_f
                                      [c.output_size for c in cells_bw])
         return res + (tr,)
     return res
+
+
+class StaticStackBidirectionalTrace(TraceBase):
+    """Trace of ``stack_bidirectional_rnn``: ``backward(d_outputs, (d_states_fw, d_states_bw))``
+    -> ``(d_inputs, (d_initial_states_fw, d_initial_states_bw))``.
+
+    ``d_outputs`` is a list with one [batch, fw_size + bw_size] array (or None) per step (the last
+    layer's concatenated outputs), or None; the state cotangents are tuples with one entry (or
+    None) per layer, as for :class:`StackBidirectionalTrace`, which ``inner`` is (of the
+    time-major pass on the stacked steps); ``d_inputs`` is a list with one [batch, depth] array
+    per step."""
+
+    def __init__(self, inner, n):
+        self.inner, self._n = inner, n
+        self._done = False
+
+    @property
+    def records(self):
+        return self.inner.records
+
+    @property
+    def layers(self):
+        return self.inner.layers
+
+    def _stacked_outputs(self, d_outputs):
+        """The per-step cotangents (every entry checked before any is used) as one time-major
+        [T, B, W] array; None where ``d_outputs`` or every entry is None."""
+        n, top = self._n, self.inner.layers[-1].fw
+        xp, dt, B = top._xp, top.dtype, top.batch_size
+        W = self.inner._widths[-1] + self.inner._widths_bw[-1]
+        checked = _step_cotangents(d_outputs, n, (B, W), dt, xp)
+        if not checked:
+            return None
+        d = xp.zeros((n, B, W), dt)
+        for t, g in checked:
+            d[t] = g
+        return d
+
+    def backward(self, d_outputs=None, d_final_state=None):
+        """Return ``(list of d_inputs, (d_initial_states_fw, d_initial_states_bw))``; accumulates
+        into every cell's ``grads``.  Bad cotangents raise before anything is consumed."""
+        _ensure_fresh(self, *self.inner._all_traces())
+        d = self._stacked_outputs(d_outputs)
+        dx, d0 = self.inner.backward(d, d_final_state)   # validates the states before consuming
+        self._done = True
+        return [dx[t] for t in range(self._n)], d0
+
+
+def stack_bidirectional_rnn(cells_fw, cells_bw, inputs, initial_states_fw=None,
+                            initial_states_bw=None, dtype=None, sequence_length=None, scope=None,
+                            return_trace=False):
+    """tf.contrib.rnn.stack_bidirectional_rnn: layers of :func:`static_bidirectional_rnn` whose
+    concatenated (fw, bw) outputs feed the next layer, over a list of steps.
+
+    With ``x^0 = inputs`` (T arrays ``[batch, depth]``) and, for layer k, ``R`` the reversal of
+    each row's valid prefix (``reverse_sequence``; the whole list without ``sequence_length``)::
+
+        y_fw^k = RNN(cells_fw[k], x^k)                 from initial_states_fw[k] (zeros by default)
+        y_bw^k = R(RNN(cells_bw[k], R(x^k)))           from initial_states_bw[k]
+        x^{k+1}[t] = concat([y_fw^k[t], y_bw^k[t]], axis=1)
+
+    Returns ``(outputs, output_states_fw, output_states_bw)`` (plus a
+    :class:`StaticStackBidirectionalTrace` with ``return_trace``): ``outputs`` the list of T
+    arrays ``x^n[t]`` ``[batch, cells_fw[-1].output_size + cells_bw[-1].output_size]`` of the last
+    layer (zero past each row's length), and tuples of final states, one per layer.  TF's variable
+    names: ``stack_bidirectional_rnn/cell_<k>/fw/<cell name>/...`` and ``.../cell_<k>/bw/...``
+    (TF passes each layer's ``cell_<k>`` scope itself to ``static_bidirectional_rnn``, so there is
+    no ``bidirectional_rnn`` level, unlike :func:`stack_bidirectional_dynamic_rnn`'s names).  It is
+    :func:`stack_bidirectional_dynamic_rnn` on the stacked, time-major steps.
+
+    >>> import numpy as np, npl
+    >>> fw = [npl.rnn.LSTMCell(3, seed=0), npl.rnn.GRUCell(2, seed=1)]
+    >>> bw = [npl.rnn.GRUCell(4, seed=2), npl.rnn.BasicLSTMCell(2, seed=3)]
+    >>> xs = [np.ones((2, 5), np.float32) for _ in range(3)]                  # T = 3, B = 2
+    >>> outs, sfw, sbw = npl.rnn.stack_bidirectional_rnn(fw, bw, xs, sequence_length=[3, 1])
+    >>> len(outs), outs[0].shape, len(sfw), sfw[0].h.shape, sbw[0].shape, float(abs(outs[2][1]).max())
+    (3, (2, 4), 2, (2, 3), (2, 4), 0.0)
+    >>> y, _, _ = npl.rnn.stack_bidirectional_dynamic_rnn(fw, bw, np.stack(xs), time_major=True,
+    ...                                                   sequence_length=[3, 1])
+    >>> all(np.array_equal(y[t], outs[t]) for t in range(3))
+    True
+    """
+    _xs_list, x = _stack_steps(inputs, empty_error=ValueError, dtype=resolve_dtype(dtype))
+    res = stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, x, initial_states_fw,
+                                          initial_states_bw, dtype, sequence_length,
+                                          time_major=True, return_trace=return_trace)
+    outs = [res[0][t] for t in range(len(_xs_list))]
+    if return_trace:
+        return outs, res[1], res[2], StaticStackBidirectionalTrace(res[3], len(_xs_list))
+    return outs, res[1], res[2]

@@ -1083,7 +1083,8 @@ def fit(model, loss, optimizer, x, y, batch_size=32, epochs=1, shuffle=None, see
 
 def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None):
     """Mean loss of ``model`` on ``(x, y)`` without training (dropout off: a Sequential's, and an
-    RNN layer's DropoutWrappers; their modes are restored after).
+    RNN layer's DropoutWrappers and cells with dropout of their own; their modes are restored
+    after).
 
     Batches (``batch_size``, default all of x) or, with ``stateful``, windows of ``num_steps`` with
     the state carried, as in :func:`fit`, each on the model's device as in :func:`fit`; the mean
@@ -1101,12 +1102,13 @@ def evaluate(model, loss, x, y, batch_size=None, stateful=False, num_steps=None)
 
 
 def _dropout_off(model):
-    """A context that sets ``training = False`` on the DropoutWrappers of an RNN layer or cell
-    (a Sequential does it itself with ``training=False``), and restores them after."""
-    from .layers import DropoutWrapper, RNN, _walk_cells
+    """A context that sets ``training = False`` on the dropout cells (DropoutWrappers and cells
+    with dropout of their own) of an RNN layer or cell (a Sequential does it itself with
+    ``training=False``), and restores them after."""
+    from .layers import RNN, dropout_cells
     from .cells import RNNCell
     cell = model.cell if isinstance(model, RNN) else model if isinstance(model, RNNCell) else None
-    wrappers = [] if cell is None else [c for c in _walk_cells(cell) if isinstance(c, DropoutWrapper)]
+    wrappers = [] if cell is None else dropout_cells(cell)
 
     @contextlib.contextmanager
     def ctx():

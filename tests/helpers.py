@@ -129,10 +129,10 @@ def rel_err(a, b):
     return float(np.abs(a - b).max(initial=0) / den)
 
 
-def assert_raises_naming(exc, words, fn, *args):
-    """``fn(*args)`` raises ``exc`` and its message contains every one of ``words``."""
+def assert_raises_naming(exc, words, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` raises ``exc`` and its message contains every one of ``words``."""
     with pytest.raises(exc) as e:
-        fn(*args)
+        fn(*args, **kwargs)
     msg = str(e.value)
     for w in words:
         assert w in msg, "message %r does not mention %r" % (msg, w)

@@ -92,6 +92,12 @@ TF_PARAMS = [  # the variable names and shapes TensorFlow 1 creates (relative to
                                   "w_c": (I_ + H_, H_), "b_c": (H_,)}),
     (lambda: R.GRUBlockCellV2(H_), {"gates/kernel": (I_ + H_, 2 * H_), "gates/bias": (2 * H_,),
                                     "candidate/kernel": (I_ + H_, H_), "candidate/bias": (H_,)}),
+    (lambda: R.LayerNormBasicLSTMCell(H_), dict(
+        [("kernel", (I_ + H_, 4 * H_))] + [("%s/%s" % (sc, v), (H_,)) for sc in
+                                           ("input", "transform", "forget", "output", "state")
+                                           for v in ("gamma", "beta")])),
+    (lambda: R.LayerNormBasicLSTMCell(H_, layer_norm=False),
+     {"kernel": (I_ + H_, 4 * H_), "bias": (4 * H_,)}),
     (lambda: R.MultiRNNCell([R.LSTMCell(H_, num_proj=P_), R.GRUCell(3)]),
      {"cell_0/kernel": (I_ + P_, 4 * H_), "cell_0/bias": (4 * H_,),
       "cell_0/projection/kernel": (H_, P_),
@@ -131,7 +137,12 @@ def test_glorot_uniform_limits_and_bias_init(ctor, shapes):
     cell.build(I_, np.float64)
     for name, w in cell.params.items():
         leaf = name.split("/", 1)[1] if name.startswith("cell_") else name
-        if leaf in ("gates/bias", "b_ru"):
+        if leaf.endswith(("/gamma", "/beta")):      # LayerNormBasicLSTMCell: norm_gain, norm_shift
+            assert np.array_equal(w, np.full_like(w, 1.0 if leaf.endswith("gamma") else 0.0)), name
+        elif leaf == "bias" and isinstance(cell, R.LayerNormBasicLSTMCell):
+            assert 0.5 * _limit(w.shape) < np.abs(w).max() <= _limit(w.shape), \
+                "its bias is get_variable's default in TF: glorot uniform"
+        elif leaf in ("gates/bias", "b_ru"):
             assert np.array_equal(w, np.ones_like(w)), "GRU gates/bias starts at 1.0, as in TF"
         elif leaf.endswith("bias") or leaf == "b_c":
             assert not w.any(), "%s starts at zero" % name
@@ -647,7 +658,7 @@ def test_tf_style_namespaces():
     for name in ("BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
                  "LSTMStateTuple", "DropoutWrapper", "ResidualWrapper", "DeviceWrapper", "RNNCell"):
         assert getattr(npl.nn.rnn_cell, name) is getattr(npl.rnn, name)
-    for name in ("static_rnn", "stack_bidirectional_dynamic_rnn"):
+    for name in ("static_rnn", "stack_bidirectional_dynamic_rnn", "stack_bidirectional_rnn"):
         assert callable(getattr(npl.rnn, name))
     for name in ("dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "embedding_lookup"):
         assert callable(getattr(npl.nn, name))

@@ -589,13 +589,89 @@ def test_basic_rnn_seq2seq_keeps_one_encoder_copy_per_cell():
     tr.backward([np.ones_like(o) for o in out2], None)
     assert all(g.any() for g in enc.grads.values()) and all(g.any() for g in cell.grads.values())
     assert all(np.array_equal(before[k], v) for k, v in enc.params.items())
-    # a built cell is copied with its weights, into arrays of its own
+    # the encoder lives in the cell object: a deep copy of the model carries the trained encoder
+    for v in enc.params.values():
+        v += 0.25                                                   # "training" moves it
+    twin = copy.deepcopy(cell)
+    assert L2.encoder_cell_of(twin) is not None and L2.encoder_cell_of(twin) is not enc
+    o_twin, s_twin = L2.basic_rnn_seq2seq(ex, dx, twin, dtype=F64)
+    o_cell, s_cell = L2.basic_rnn_seq2seq(ex, dx, cell, dtype=F64)
+    assert all(np.array_equal(a, b) for a, b in zip(o_twin, o_cell))
+    assert not np.allclose(o_cell[0], out1[0])                      # the moved encoder was used
+    # a built cell with no encoder kept would be a copy of its own weights: refused, not guessed
     built = make_cell("gru", rng, 2)
-    L2.basic_rnn_seq2seq([rng.standard_normal((1, 2))], [rng.standard_normal((1, 2))], built,
-                         dtype=F64)
-    e2 = L2.encoder_cell_of(built)
-    for k, v in built.params.items():
-        assert np.array_equal(e2.params[k], v) and e2.params[k] is not v
+    ex1, dx1 = [rng.standard_normal((1, 2))], [rng.standard_normal((1, 2))]
+    assert_raises_naming(ValueError, ["cell is built", "encoder_cell="], L2.basic_rnn_seq2seq,
+                         ex1, dx1, built, dtype=F64)
+    assert_raises_naming(ValueError, ["cell is built"], L2.basic_rnn_seq2seq, ex1, dx1,
+                         R.DropoutWrapper(cell), dtype=F64)            # a new wrapper, built cell
+    mine = make_cell("gru", rng, 2)
+    L2.basic_rnn_seq2seq(ex1, dx1, built, dtype=F64, encoder_cell=mine)
+    assert L2.encoder_cell_of(built) is mine                         # the one given is kept
+    o_kept, _ = L2.basic_rnn_seq2seq(ex1, dx1, built, dtype=F64)
+    o_mine, _ = L2.basic_rnn_seq2seq(ex1, dx1, built, dtype=F64, encoder_cell=mine)
+    assert np.array_equal(o_kept[0], o_mine[0])
+
+
+def test_basic_rnn_seq2seq_encoder_cell_must_match_the_decoder_state():
+    rng = _rng("encoder-state")
+    ex, dx = [rng.standard_normal((2, 3))], [rng.standard_normal((2, 3))]
+    assert_raises_naming(ValueError, ["encoder_cell", "state_size", "LSTMStateTuple(c=3, h=3)", "3"],
+                         L2.basic_rnn_seq2seq, ex, dx, R.GRUCell(3), dtype=F64,
+                         encoder_cell=R.BasicLSTMCell(3))
+    assert_raises_naming(ValueError, ["encoder_cell", "state_size", "5", "3"],
+                         L2.basic_rnn_seq2seq, ex, dx, R.GRUCell(3), dtype=F64,
+                         encoder_cell=R.GRUCell(5))
+
+
+def test_loop_decoder_keeps_one_variational_mask_as_tf():
+    """TF1's variational_recurrent dropout keeps one mask over the whole decode; the loop decoder
+    runs one pass per step, so it must not draw a new mask at each: with a loop function that
+    feeds back the first input, the decode equals the loop-free decode over the same inputs
+    (one pass, one mask) under the same seed."""
+    rng = _rng("variational-loop")
+    x0, h0 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    outs = {}
+    for loop in (False, True):
+        inner = R.GRUCell(4, seed=3, dtype=F64)
+        cell = R.DropoutWrapper(inner, output_keep_prob=0.5, state_keep_prob=0.6,
+                                variational_recurrent=True, seed=7, dtype=F64)
+        fn = (lambda prev, i: x0) if loop else None
+        outs[loop] = L2.rnn_decoder([x0] * 5, h0, cell, loop_function=fn)
+        assert cell.replay is False                                   # put back afterwards
+    for a, b in zip(outs[False][0], outs[True][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(outs[False][1], outs[True][1], rtol=1e-12, atol=1e-12)
+
+
+def test_python_lists_take_the_computation_dtype():
+    """A Python list has no dtype: as a TF feed, it takes the computation's (float32 here), for
+    decoder_inputs and for what a loop function returns; real float64 arrays stay refused."""
+    rng = _rng("lists")
+    cell = R.GRUCell(3, seed=1)
+    h0 = cell.zero_state(2, np.float32)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    want, _ = L2.rnn_decoder([x, x], h0, cell, loop_function=lambda prev, i: x)
+    got, _ = L2.rnn_decoder([x.tolist()] * 2, h0, cell, loop_function=lambda prev, i: x.tolist())
+    assert got[1].dtype == np.float32 and np.array_equal(got[1], want[1])
+    assert_raises_naming(TypeError, ["loop_function(outputs[0], 1)", "float64"], L2.rnn_decoder,
+                         [x, x], h0, cell, loop_function=lambda prev, i: x.astype(np.float64))
+
+
+def test_inspect_labels_the_decoder_and_seq2seq_layers():
+    rng = _rng("inspect-labels")
+    cell = R.MultiRNNCell([R.BasicLSTMCell(3, seed=0), R.GRUCell(3, seed=1)])
+    ex = [rng.standard_normal((2, 3)) for _ in range(4)]
+    dx = [rng.standard_normal((2, 3)) for _ in range(3)]
+    *_, tr = L2.basic_rnn_seq2seq(ex, dx, cell, dtype=F64, return_trace=True)
+    insp = npl.inspect.inspect_trace(tr)
+    assert insp.labels == ["encoder layer 0", "encoder layer 1", "decoder layer 0", "decoder layer 1"]
+    assert insp.layer(2).gates()["f"].shape == (3, 2, 3)              # decoder's LSTM: T = 3
+    h0 = cell.zero_state(2, F64)
+    *_, tr = L2.rnn_decoder(dx, h0, cell, loop_function=ArgmaxEmbed(rng.standard_normal((3, 3))),
+                            return_trace=True)
+    assert npl.inspect.inspect_trace(tr).labels == [
+        "step %d layer %d" % (i, k) for i in range(3) for k in range(2)]
 
 
 # TF 1.15's parameters (tensorflow/contrib/legacy_seq2seq/python/ops/seq2seq.py; no tf.contrib in
@@ -792,3 +868,151 @@ def test_backward_twice_and_stale_trace_raise(fn):
         with pytest.raises(npl.StaleTraceError):
             tr.backward(d, None)
         assert all(not g.any() for c in (enc, cell) for g in c.grads.values())
+
+
+# ============================================================================ embedding models
+# TF 1.15's embedding_rnn_decoder / embedding_rnn_seq2seq / _extract_argmax_and_embed written out on
+# core ops (contrib is gone from TF2); the wrappers are test_projection_wrappers' TF 1.15 copies.
+def tf_extract_argmax_and_embed(tf, embedding, output_projection, update_embedding):
+    def loop_function(prev, _):
+        if output_projection is not None:
+            prev = tf.compat.v1.nn.xw_plus_b(prev, output_projection[0], output_projection[1])
+        emb_prev = tf.nn.embedding_lookup(embedding, tf.argmax(prev, 1))
+        return emb_prev if update_embedding else tf.stop_gradient(emb_prev)
+    return loop_function
+
+
+def tf_embedding_rnn_decoder(tf, decoder_inputs, initial_state, cell, num_symbols, embedding_size,
+                             output_projection=None, feed_previous=False, update=True):
+    v1 = tf.compat.v1
+    with v1.variable_scope("embedding_rnn_decoder"):
+        embedding = v1.get_variable("embedding", [num_symbols, embedding_size],
+                                    dtype=initial_state[0].dtype if isinstance(initial_state, tuple)
+                                    else initial_state.dtype)
+        loop = tf_extract_argmax_and_embed(tf, embedding, output_projection, update) \
+            if feed_previous else None
+        emb = [tf.nn.embedding_lookup(embedding, i) for i in decoder_inputs]
+        return tf_rnn_decoder(v1, emb, initial_state, cell, loop_function=loop)
+
+
+def tf_embedding_rnn_seq2seq(tf, encoder_inputs, decoder_inputs, cell_fn, n_enc, n_dec, emb_size,
+                             output_projection, feed_previous, dtype):
+    from test_projection_wrappers import tf_wrappers
+    OPW, _, EW = tf_wrappers(tf)
+    v1 = tf.compat.v1
+    with v1.variable_scope("embedding_rnn_seq2seq", dtype=dtype):
+        enc = EW(cell_fn(), n_enc, emb_size)                 # TF deep-copies the unbuilt cell
+        _, enc_state = v1.nn.static_rnn(enc, encoder_inputs, dtype=dtype)
+        cell = cell_fn()
+        if output_projection is None:
+            cell = OPW(cell, n_dec)
+        return tf_embedding_rnn_decoder(tf, decoder_inputs, enc_state, cell, n_dec, emb_size,
+                                        output_projection, feed_previous)
+
+
+def _emb_model(kind, projection, B, seed):
+    rng = np.random.default_rng(seed)
+    H, E, Ve, Vd, Te, Td = 4, 3, 6, 5, 3, 4
+    cell = npl.rnn.BasicLSTMCell(H, forget_bias=0.6) if kind == "basic_lstm" else \
+        npl.rnn.MultiRNNCell([npl.rnn.GRUCell(3), npl.rnn.BasicLSTMCell(H)])
+    enc = [rng.integers(0, Ve, B) for _ in range(Te)]
+    dec = [rng.integers(0, Vd, B) for _ in range(Td)]
+    proj = (rng.standard_normal((H, Vd)), rng.standard_normal(Vd)) if projection else None
+    return rng, cell, enc, dec, proj, (Ve, Vd, E)
+
+
+def _npl_seq2seq(rng, cell, enc, dec, proj, sizes, feed_previous):
+    Ve, Vd, E = sizes
+    L = npl.legacy_seq2seq
+    L.embedding_rnn_seq2seq(enc, dec, cell, Ve, Vd, E, output_projection=proj,
+                            feed_previous=feed_previous, dtype=np.float64)     # makes the model
+    m = L.embedding_model_of(cell)
+    for k, v in m.params.items():
+        v[...] = rng.standard_normal(v.shape) * (1.5 if "embedding" in k else 0.6)
+    m.zero_grad()
+    outs, st, tr = L.embedding_rnn_seq2seq(enc, dec, cell, Ve, Vd, E, output_projection=proj,
+                                           feed_previous=feed_previous, dtype=np.float64,
+                                           return_trace=True)
+    d_out = [rng.standard_normal(o.shape) for o in outs]
+    d_st = [rng.standard_normal(a.shape) for a in flatten(st)]
+    assert tr.backward(d_out, unflatten(st, d_st)) == (None, None)
+    return m, outs, st, d_out, d_st
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("kind", ["basic_lstm", "multi"])
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("feed_previous", [False, True])
+def test_embedding_rnn_seq2seq_matches_live_tf(kind, projection, feed_previous):
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf = pytest.importorskip("tensorflow")
+    from test_wrappers import tf_state  # noqa: F401
+    v1 = tf.compat.v1
+    B = 1 if kind == "multi" and projection else 3
+    rng, cell, enc, dec, proj, sizes = _emb_model(kind, projection, B, [len(kind), projection, feed_previous])
+    m, outs, st, d_out, d_st = _npl_seq2seq(rng, cell, enc, dec, proj, sizes, feed_previous)
+    rc = v1.nn.rnn_cell
+
+    def cell_fn():
+        return rc.BasicLSTMCell(4, forget_bias=0.6) if kind == "basic_lstm" else \
+            rc.MultiRNNCell([rc.GRUCell(3), rc.BasicLSTMCell(4)])
+    g = v1.Graph()
+    with g.as_default(), v1.Session() as sess:
+        tproj = None if proj is None else (tf.constant(proj[0]), tf.constant(proj[1]))
+        t_outs, t_st = tf_embedding_rnn_seq2seq(
+            tf, [tf.constant(i.astype(np.int32)) for i in enc],
+            [tf.constant(i.astype(np.int32)) for i in dec], cell_fn, *sizes, tproj,
+            feed_previous, tf.float64)
+        variables = v1.global_variables()
+        names = sorted(v.op.name for v in variables)
+        assert names == sorted(m.params), "TF created %s, npl names %s" % (names, sorted(m.params))
+        loss = tf.add_n([tf.reduce_sum(o * d) for o, d in zip(t_outs, d_out)] +
+                        [tf.reduce_sum(a * d) for a, d in zip(flatten(t_st), d_st)])
+        grads = [tf.convert_to_tensor(gr) if isinstance(gr, tf.IndexedSlices) else gr
+                 for gr in tf.gradients(loss, variables)]
+        for v in variables:
+            v.load(m.params[v.op.name], sess)
+        r_outs, r_st, r_g = sess.run([t_outs, flatten(t_st), grads])
+    errs = [rel_err(a, b) for a, b in zip(outs, r_outs)] + \
+        [rel_err(a, b) for a, b in zip(flatten(st), r_st)]
+    npl_g = m.grads
+    errs += [rel_err(npl_g[v.op.name], gr) for v, gr in zip(variables, r_g)]
+    assert max(errs) < 1e-9, max(errs)
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("update", [True, False])
+def test_embedding_rnn_decoder_feed_previous_matches_live_tf(update):
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf = pytest.importorskip("tensorflow")
+    v1 = tf.compat.v1
+    rng = np.random.default_rng([7, update])
+    cell = npl.rnn.GRUCell(5)
+    dec = [rng.integers(0, 5, 3) for _ in range(4)]
+    h0 = rng.standard_normal((3, 5))
+    L = npl.legacy_seq2seq
+    L.embedding_rnn_decoder(dec, h0, cell, 5, 2)
+    m = L.embedding_model_of(cell)
+    for v in m.params.values():
+        v[...] = rng.standard_normal(v.shape)
+    m.zero_grad()
+    outs, h, tr = L.embedding_rnn_decoder(dec, h0, cell, 5, 2, feed_previous=True,
+                                          update_embedding_for_previous=update, return_trace=True)
+    d_out, d_h = [rng.standard_normal(o.shape) for o in outs], rng.standard_normal(h.shape)
+    _, dh0 = tr.backward(d_out, d_h)
+    g = v1.Graph()
+    with g.as_default(), v1.Session() as sess:
+        th0 = tf.constant(h0)
+        t_outs, t_h = tf_embedding_rnn_decoder(tf, [tf.constant(i.astype(np.int32)) for i in dec], th0,
+                                               v1.nn.rnn_cell.GRUCell(5), 5, 2, None, True, update)
+        variables = v1.global_variables()
+        assert sorted(v.op.name for v in variables) == sorted(m.params)
+        loss = tf.add_n([tf.reduce_sum(o * d) for o, d in zip(t_outs, d_out)]) + tf.reduce_sum(t_h * d_h)
+        grads = [tf.convert_to_tensor(gr) if isinstance(gr, tf.IndexedSlices) else gr
+                 for gr in tf.gradients(loss, [th0] + variables)]
+        for v in variables:
+            v.load(m.params[v.op.name], sess)
+        r_outs, r_h, r_g = sess.run([t_outs, t_h, grads])
+    errs = [rel_err(a, b) for a, b in zip(outs, r_outs)] + [rel_err(h, r_h), rel_err(dh0, r_g[0])]
+    errs += [rel_err(m.grads[v.op.name], gr) for v, gr in zip(variables, r_g[1:])]
+    assert max(errs) < 1e-9, max(errs)

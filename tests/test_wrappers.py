@@ -468,18 +468,48 @@ def test_non_cell_arguments():
     assert_raises_naming(TypeError, ["cell", "str"], R.DeviceWrapper, "/cpu:0", "/cpu:0")
 
 
-@pytest.mark.parametrize("device", ["banana", "/cpu:x", "/tpu:0", "/cpu:-1", "/gpu:0/cpu:0",
-                                    "cpu", "/job:w/gpu"])
-def test_bad_device_strings(device):
-    assert_raises_naming(ValueError, ["device", repr(device), "/gpu:<n>"], R.DeviceWrapper,
-                         R.GRUCell(3), device)
+DEVICE_STRINGS = [
+    "/cpu:0", "GPU:2", "/device:gpu:1", "/device:GPU:0", "/device:XLA_CPU:0", "/device:xla_cpu:0",
+    "/device:Foo:2", "/task: 1", "/cpu:+1", "/job:worker/task:1/cpu:0",
+    "/job:localhost/replica:0/task:0/device:GPU:*", "/task:0/job:w/cpu:0", "cpu", "/gpu", "gpu:*",
+    "/job:w/gpu", "/job:ps", "/job:ps/task:0", "/tpu:0", "/cpu:-1", "//cpu:0", "/Cpu:1", "",
+    # refused by TF too
+    "banana", "/cpu:x", "/gpu:0/cpu:0", "/JOB:x/cpu:0", "/Device:GPU:0", "/task:x/cpu:0",
+    "/replica:one", "/replica:1.0", "/device:GPU", "/cpu:0:1", "/epu:0"]
+
+
+@pytest.mark.tf
+def test_device_strings_are_parsed_as_tf_does():
+    """Every string against live TF's DeviceSpec.from_string: accepted with TF's device type and
+    index, or refused (ValueError naming the argument) exactly where TF refuses it.  ("/epu:0":
+    TF 2 added the EPU type; TF 1.15, whose rules npl follows, did not have it.)"""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf = pytest.importorskip("tensorflow")
+    for d in DEVICE_STRINGS:
+        try:
+            spec = tf.DeviceSpec.from_string(d)
+            want = (spec.device_type, spec.device_index)
+        except ValueError:
+            want = None
+        if d == "/epu:0":
+            assert want == ("EPU", 0)
+            want = None
+        if want is None:
+            assert_raises_naming(ValueError, ["device", repr(d)], R.DeviceWrapper, R.GRUCell(3), d)
+        else:
+            c = R.DeviceWrapper(R.GRUCell(3), d)
+            assert (c.device, c.device_type, c.device_index) == (d,) + want, d
 
 
 def test_device_strings_and_non_strings():
-    for d, want in (("/cpu:0", ("CPU", 0)), ("GPU:2", ("GPU", 2)), ("/device:gpu:1", ("GPU", 1)),
-                    ("/job:worker/task:1/cpu:0", ("CPU", 0)), (None, (None, None)), ("", (None, None))):
+    for d, want in (("/cpu:0", ("CPU", 0)), ("GPU:2", ("GPU", 2)), ("/device:GPU:1", ("GPU", 1)),
+                    ("/job:worker/task:1/cpu:0", ("CPU", 0)), ("/job:ps", (None, None)),
+                    (None, (None, None)), ("", (None, None))):
         c = R.DeviceWrapper(R.GRUCell(3), d)
         assert (c.device, c.device_type, c.device_index) == (d, ) + want
+    for bad in ("banana", "/cpu:x", "/gpu:0/cpu:0"):
+        assert_raises_naming(ValueError, ["device", repr(bad), "/gpu:<n>"], R.DeviceWrapper,
+                             R.GRUCell(3), bad)
     assert_raises_naming(TypeError, ["device", "function"], R.DeviceWrapper, R.GRUCell(3),
                          lambda op: "/cpu:0")
 
@@ -570,3 +600,14 @@ def test_dropout_inside_a_residual_wrapper_is_found_and_switched():
     assert drop.training
     y_plain, _ = npl.nn.dynamic_rnn(inner, x)
     assert rel_err(y_eval, x + y_plain) < 1e-15
+
+
+def test_nested_state_dropout_is_refused_at_construction():
+    """Two state dropouts in one stack are refused when the outer wrapper is made, also when
+    another wrapper or a MultiRNNCell sits between them (not only at the first forward)."""
+    inner = R.DropoutWrapper(R.GRUCell(3), state_keep_prob=0.5)
+    for between in (inner, R.ResidualWrapper(inner), R.DeviceWrapper(inner, "/cpu:0"),
+                    R.MultiRNNCell([inner, R.GRUCell(3)])):
+        assert_raises_naming(ValueError, ["state_keep_prob", "drops the state too"],
+                             R.DropoutWrapper, between, 1.0, 1.0, 0.5)
+    R.DropoutWrapper(R.ResidualWrapper(inner), output_keep_prob=0.5)     # other dropout: fine

@@ -21,6 +21,8 @@ block order of the engine's gate slab is ``npl.gates.LSTM_INTERNAL_ORDER``):
 * GRU (``GRUCell``, ``GRUBlockCell``, ``GRUBlockCellV2``): ``r`` reset, ``u`` update, ``candidate``
   (``act([x, r*h] @ W_c + b_c)``).
 * ``BasicRNNCell``: its one "gate" is the new state itself, named ``h``.
+* ``LayerNormBasicLSTMCell``: ``i``, ``j``, ``f``, ``o`` after their layer norms (its
+  ``gate_layout``); its ``d_gates`` are with respect to the kernel's product, before the norm.
 * your own cell: give its class a ``gate_layout = (("i", "sigmoid"), ("j", "tanh"), ...)``, the
   blocks of its ``gates`` slab in order (see examples/custom_cell.py).
 
@@ -450,6 +452,9 @@ def _records_with_labels(trace):
     if isinstance(trace, StepTrace):
         recs = trace.record if isinstance(trace.record, list) else [trace.record]
         return [(r, "layer %d" % k) for k, r in enumerate(recs)]
+    labelled = getattr(trace, "labelled_records", None)      # a composite trace labels its own
+    if callable(labelled):
+        return labelled(_records_with_labels)
     recs = getattr(trace, "records", None)
     if recs is None:
         raise TypeError("trace must be an npl trace (from dynamic_rnn, static_rnn, "
