@@ -98,6 +98,7 @@ class LayerRecord:
         self.d_c_fm = None
         self.record_state_grads = False
         self.state_mask_fm = None
+        self.wrapper_held = []          # what wrappers around this layer keep (see hold_with)
 
     @staticmethod
     def _tm(a):
@@ -122,7 +123,7 @@ class LayerRecord:
     def _held(self):
         """The arrays the forward saved: the slabs, the step mask and its negation (the state
         dropout's masks when there are any)."""
-        return list(self.fm.values()) + [self.mask, self.inv_fm, self.state_mask_fm]
+        return list(self.fm.values()) + [self.mask, self.inv_fm, self.state_mask_fm] + self.wrapper_held
 
     @property
     def nbytes(self):
@@ -868,6 +869,15 @@ def _check_state_array(a, shape, dtype, xp, name):
     check_shape(a, shape, name)
     check_dtype(a, dtype, name)
     return a
+
+
+def hold_with(inner, *arrays):
+    """Count ``arrays``, which a wrapper's record keeps for its backward (dropout masks, a
+    projection's saved operands), in the trace's ``nbytes``: they join the held arrays of the
+    top LayerRecord of the wrapped pass ``inner`` (None entries skipped)."""
+    recs = flat_records(inner)
+    if recs:
+        recs[-1].wrapper_held.extend(a for a in arrays if a is not None)
 
 
 def flat_records(recs):

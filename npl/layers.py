@@ -32,7 +32,7 @@ from . import initializers as _init
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace, _scatter_add
 from .backend import default_xp, get_array_module, to_device, resolve_backend
 from .cells import RNNCell, LSTMCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, \
-    StaleTraceError, TraceBase
+    hold_with, StaleTraceError, TraceBase
 from .rnn_ops import dynamic_rnn, check_current
 from ._checks import as_array, float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     lengths_array, check_on_device
@@ -892,6 +892,7 @@ class _DropoutRecord(list):
     def __init__(self, inner, input_mask, output_mask):
         super().__init__([inner])
         self.input_mask, self.output_mask = input_mask, output_mask
+        hold_with(inner, input_mask, output_mask)         # trace memory
 
 
 class DropoutWrapper(_CellWrapper):
@@ -1062,6 +1063,7 @@ class DropoutWrapper(_CellWrapper):
         if m["output"] is not None:
             out = out * m["output"]
         self.masks = m
+        hold_with(rec, None if xin is x else xin)          # the dropped inputs the layer keeps
         return out, final, _DropoutRecord(rec, m["input"], m["output"])
 
     def _infer_steps(self, x, mask):
@@ -1374,6 +1376,7 @@ class _WrapperRecord(list):
     def __init__(self, inner, a, z, mask, version):
         super().__init__([inner])
         self.a, self.z, self.mask, self.version = a, z, mask, version
+        hold_with(inner, z)                                # trace memory (a: by the subclass)
 
 
 class _VariableWrapper(_CellWrapper):
@@ -1557,7 +1560,6 @@ class _VariableWrapper(_CellWrapper):
     def _project_backward(self, rec, dz, act):
         """From ``dL/dz`` [N, O] (z the projection's output): accumulate ``kernel`` (one GEMM) and
         ``bias`` and return ``dL/da`` [N, K]."""
-        xp = get_array_module(dz)
         if act is not None:
             dz = dz * act.grad_from_output(rec.z)
         g = self._own._grads
@@ -1630,6 +1632,7 @@ class OutputProjectionWrapper(_VariableWrapper):
         xp = get_array_module(y)
         y2 = xp.ascontiguousarray(y.reshape(T * B, H))
         z = self._project(y2, self._activation)
+        hold_with(rec, y2)                   # the cell's outputs, kept for the kernel gradient
         return (z.reshape(T, B, self._output_size), final,
                 _WrapperRecord(rec, y2, z if self._activation is not None else None, mask,
                                self._own._version))
@@ -1697,6 +1700,9 @@ class InputProjectionWrapper(_VariableWrapper):
         x2 = xp.ascontiguousarray(x.reshape(T * B, I))
         p = self._project(x2, self._activation)
         y, final, rec = self._inner_forward(p.reshape(T, B, self._num_proj), state, mask, state_mask)
+        # trace memory: the projected inputs the cell keeps, and x2 where it is a copy of x
+        # (reshaping a non-contiguous x, the transposed view of batch-major inputs, copies it)
+        hold_with(rec, p, None if x.flags.c_contiguous else x2)
         return y, final, _WrapperRecord(rec, x2, p if self._activation is not None else None, mask,
                                         self._own._version)
 

@@ -528,6 +528,47 @@ def test_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
     assert abs(held - tr.nbytes) <= 0.01 * tr.nbytes + 6144, (held, tr.nbytes)
 
 
+def _wrapped(kind, rng, I, H):
+    R = npl.rnn
+    if kind == "dropout":
+        return R.DropoutWrapper(make_cell("gru", rng, I, units=H), 0.5, 0.5, seed=1)
+    if kind == "variational":
+        return R.DropoutWrapper(make_cell("basic_lstm", rng, I, units=H), 0.5, 0.5, 0.5,
+                                variational_recurrent=True, seed=1, input_size=I, dtype=np.float64)
+    if kind == "out_proj":
+        return R.OutputProjectionWrapper(make_cell("lstm_all", rng, I, units=H), 6, activation="tanh")
+    if kind == "in_proj":
+        return R.InputProjectionWrapper(make_cell("gru", rng, 4, units=H), 4, activation="tanh")
+    if kind == "stack":
+        return R.MultiRNNCell([R.InputProjectionWrapper(make_cell("gru", rng, 4, units=H), 4),
+                               R.DropoutWrapper(make_cell("gru", rng, H, units=H), output_keep_prob=0.5)])
+    return R.LayerNormBasicLSTMCell(H, dropout_keep_prob=0.5, input_size=I, dtype=np.float64)
+
+
+@pytest.mark.parametrize("kind", ["dropout", "variational", "out_proj", "in_proj", "stack", "layer_norm"])
+def test_wrapped_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
+    """As above, for wrappers whose records keep arrays of their own (dropout masks, a
+    projection's saved operands) and the layer-norm cell: tracemalloc against nbytes."""
+    B, T, H, I = 40, 300, 4, 3
+    rng = _rng(kind, "mem-wrapped")
+    cell = _wrapped(kind, rng, I, H)
+    x = rng.standard_normal((B, T, I))
+    L = rng.integers(0, T + 1, size=B)
+    L[:2] = T, 0
+    npl.nn.dynamic_rnn(cell, x, L, return_trace=True, dtype=np.float64)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out, st, tr = npl.nn.dynamic_rnn(cell, x, L, return_trace=True, dtype=np.float64)
+        del out, st
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert abs(held - tr.nbytes) <= 0.01 * tr.nbytes + 6144, (held, tr.nbytes)
+
+
 @pytest.mark.parametrize("kind", ["rnn", "lstm_all", "gru", "multi"])
 def test_trace_nbytes_grows_linearly_in_T(kind):
     n = {T: _trace_nbytes(kind, T).nbytes for T in (2, 3, 5, 9)}

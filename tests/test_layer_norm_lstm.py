@@ -444,7 +444,7 @@ def test_the_dropout_switches_reach_the_cell():
     stack = R.DropoutWrapper(R.MultiRNNCell([cell, inner]), output_keep_prob=0.5, seed=2)
     assert npl.layers.dropout_cells(stack) == [stack, cell]
     model = npl.layers.Sequential([npl.layers.RNN(stack, output="last"), npl.layers.Dense(2)])
-    x, y = rng.standard_normal((4, 5, 2)), rng.standard_normal((4, 2))
+    x = rng.standard_normal((4, 5, 2))
     off = model(x, training=False)
     assert cell.training and stack.training                      # restored
     cell.training = stack.training = False
