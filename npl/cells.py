@@ -99,6 +99,7 @@ class LayerRecord:
         self.record_state_grads = False
         self.state_mask_fm = None
         self.wrapper_held = []          # what wrappers around this layer keep (see hold_with)
+        self.watched = []               # (owner, version) of wrappers' own variables (watch_with)
 
     @staticmethod
     def _tm(a):
@@ -878,6 +879,15 @@ def hold_with(inner, *arrays):
     recs = flat_records(inner)
     if recs:
         recs[-1].wrapper_held.extend(a for a in arrays if a is not None)
+
+
+def watch_with(inner, owner):
+    """Make the freshness check of every trace over the wrapped pass ``inner`` (``check_current``,
+    run before a backward consumes anything) also cover ``owner``'s variables (a wrapper's own),
+    as they are now: ``(owner, owner._version)`` joins the top LayerRecord's ``watched``."""
+    recs = flat_records(inner)
+    if recs:
+        recs[-1].watched.append((owner, getattr(owner, "_version", 0)))
 
 
 def flat_records(recs):
@@ -2145,6 +2155,8 @@ class LayerNormBasicLSTMCell(RNNCell):
             raise TypeError("dropout_keep_prob must be a number in (0, 1], got %r" % (dropout_keep_prob,))
         if not 0 < float(dropout_keep_prob) <= 1:
             raise ValueError("dropout_keep_prob must be a number in (0, 1], got %r" % (dropout_keep_prob,))
+        if not isinstance(layer_norm, (bool, np.bool_)):
+            raise TypeError("layer_norm must be True or False, got %r" % (layer_norm,))
         self._forget_bias = float(forget_bias)
         self._layer_norm = bool(layer_norm)
         self._norm_gain, self._norm_shift = float(norm_gain), float(norm_shift)
@@ -2326,7 +2338,6 @@ class LayerNormBasicLSTMCell(RNNCell):
             XH, RG, CH, RC = fm["gates_hat"], fm["gates_rstd"], fm["c_hat"], fm["c_rstd"]
             DN = _ws.empty(xp, (T, 4 * H, B), dt)      # dL/dn (the normalised gates)
             DC = _ws.empty(xp, (T, H, B), dt)          # dL/dc_t (the normalised state)
-            w4 = _ws.empty(xp, (4, H, B), dt)
         buf, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
         tmp, tmp2, dcr_buf = (_ws.empty(xp, (H, B), dt) for _ in range(3))
         inv = rec.inv_fm
@@ -2387,10 +2398,10 @@ class LayerNormBasicLSTMCell(RNNCell):
             ef *= f
             ef *= tmp2
             xp.multiply(dcr, f, out=dc)                # (N15): dc_{t-1}
-            if ln:                                     # (N11) through the gates' LN
+            if ln:                                     # (N11) through the gates' LN, into dG[t]
+                w4 = dG[t].reshape(4, H, B)            # a view: the slab's rows are contiguous
                 xp.multiply(e.reshape(4, H, B), gam, out=w4)
                 _layer_norm_backward(w4, XH[t].reshape(4, H, B), RG[t].reshape(4, 1, B))
-                dG[t] = w4.reshape(4 * H, B)
             if inv is not None:
                 xp.copyto(dc, dc_keep, where=inv[t])
             xp.matmul(U, dG[t], out=buf)               # (N16): [H, 4H] @ [4H, B]

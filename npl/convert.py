@@ -143,8 +143,9 @@ def _kind(cell, tf=False):
         return "gru"
     if isinstance(cell, BasicRNNCell):
         return "rnn"
-    raise TypeError("cell must be an npl LSTMCell, BasicLSTMCell, GRUCell or BasicRNNCell, got %s"
-                    % type(cell).__name__)
+    raise TypeError("cell must be an npl LSTMCell, BasicLSTMCell, GRUCell or BasicRNNCell%s, got %s"
+                    % (" (or, for the TF1 converters, LayerNormBasicLSTMCell)" if tf else "",
+                       type(cell).__name__))
 
 
 def _built_params(cell):
@@ -332,6 +333,9 @@ def from_tf_variables(variables, cell, scope=None):
                              "choose one" % (len(found), what, sorted(found)))
         return next(iter(found.values()))
 
+    from .layers import _VariableWrapper, _walk_cells
+    if any(isinstance(c, _VariableWrapper) for c in _walk_cells(cell)):
+        return _by_exact_names(table, cell, scope or "rnn", names)
     if not isinstance(cell, MultiRNNCell):
         _kind(cell, tf=True)
         found, rejected = _leaf_candidates(cell, table, names, scope)
@@ -357,6 +361,21 @@ def from_tf_variables(variables, cell, scope=None):
         fail(what, rejected_all + partial)
     layers = pick(complete, what)
     return {"cell_%d/%s" % (k, p): np.array(_np(v, p)) for k in range(n) for p, v in layers[k][0][1].items()}
+
+
+def _by_exact_names(table, cell, scope, names):
+    """The weights of a cell with wrappers that own variables (OutputProjectionWrapper, ...): read
+    by the exact TF names ``tf_variable_names(cell, scope)`` gives (the wrappers' scopes nest the
+    cell's names, so the name search by endings does not apply); shapes are checked when they
+    are set."""
+    want = tf_variable_names(cell, scope)
+    missing = sorted(tf for tf in want.values() if tf not in table)
+    if missing:
+        raise ValueError("from_tf_variables: %s has wrappers with variables of their own, so its "
+                         "variables are read by their exact TF names under scope %r (pass scope= "
+                         "for another); missing: %s. Variables given: %s"
+                         % (_describe(cell), scope, missing, names[:30] + (["..."] if len(names) > 30 else [])))
+    return {k: np.array(_np(table[tf], k)) for k, tf in want.items()}
 
 
 def read_tf_checkpoint(path):

@@ -32,7 +32,7 @@ from . import initializers as _init
 from .array_ops import IndexedSlices, embedding_lookup, _OnceTrace, _scatter_add
 from .backend import default_xp, get_array_module, to_device, resolve_backend
 from .cells import RNNCell, LSTMCell, MultiRNNCell, Parameterized, glorot_uniform, _check_distinct, \
-    hold_with, StaleTraceError, TraceBase
+    hold_with, watch_with, StaleTraceError, TraceBase
 from .rnn_ops import dynamic_rnn, check_current
 from ._checks import as_array, float_array, is_real, check_fits, check_dtype, check_same_device, check_shape, resolve_dtype, \
     lengths_array, check_on_device
@@ -1373,10 +1373,11 @@ class _WrapperRecord(list):
     what the wrapper's backward needs: the projection's input ``a`` [T*B, K], its activated output
     ``z`` (with an activation), the step mask and the variables' version at the forward."""
 
-    def __init__(self, inner, a, z, mask, version):
+    def __init__(self, inner, a, z, mask, own):
         super().__init__([inner])
-        self.a, self.z, self.mask, self.version = a, z, mask, version
+        self.a, self.z, self.mask, self.version = a, z, mask, own._version
         hold_with(inner, z)                                # trace memory (a: by the subclass)
+        watch_with(inner, own)                             # stale variables: caught up front
 
 
 class _VariableWrapper(_CellWrapper):
@@ -1635,7 +1636,7 @@ class OutputProjectionWrapper(_VariableWrapper):
         hold_with(rec, y2)                   # the cell's outputs, kept for the kernel gradient
         return (z.reshape(T, B, self._output_size), final,
                 _WrapperRecord(rec, y2, z if self._activation is not None else None, mask,
-                               self._own._version))
+                               self._own))
 
     def _backward_seq(self, rec, dout, dstate):
         self._check_fresh(rec)
@@ -1704,7 +1705,7 @@ class InputProjectionWrapper(_VariableWrapper):
         # (reshaping a non-contiguous x, the transposed view of batch-major inputs, copies it)
         hold_with(rec, p, None if x.flags.c_contiguous else x2)
         return y, final, _WrapperRecord(rec, x2, p if self._activation is not None else None, mask,
-                                        self._own._version)
+                                        self._own)
 
     def _backward_seq(self, rec, dout, dstate):
         self._check_fresh(rec)
@@ -1730,10 +1731,12 @@ class _EmbeddingTrace(TraceBase):
     the dense ``grads["embedding"]``, repeated ids adding up) and returns ``(None,
     d_initial_state)``: integer ids have no gradient (TF's ``tf.gradients`` gives None)."""
 
-    def __init__(self, wrapper, inner, ids, mode):
+    def __init__(self, wrapper, inner, ids, mode, embedded):
         self.cell, self.inner, self._ids, self._mode = wrapper, inner, ids, mode
         self._version = wrapper._own._version
         self._done = False
+        hold_with(inner.records, embedded)        # the gathered embeddings the cell's pass keeps
+        watch_with(inner.records, wrapper._own)   # a replaced embedding: caught up front
 
     @property
     def records(self):
@@ -1878,7 +1881,7 @@ class EmbeddingWrapper(_VariableWrapper):
         res = _dynamic_rnn(self._cell, emb, sequence_length, initial_state, ft, time_major,
                            return_trace, "cell", inputs_name, state_name)
         if return_trace:
-            return res[0], res[1], _EmbeddingTrace(self, res[2], ids, "dynamic")
+            return res[0], res[1], _EmbeddingTrace(self, res[2], ids, "dynamic", emb)
         return res
 
     def _static_rnn(self, inputs, initial_state, dtype, sequence_length, return_trace, mode="static"):
@@ -1905,7 +1908,7 @@ class EmbeddingWrapper(_VariableWrapper):
         res = static_rnn(self._cell, [emb[t] for t in range(emb.shape[0])], initial_state, ft,
                          sequence_length, return_trace=return_trace)
         if return_trace:
-            return res[0], res[1], _EmbeddingTrace(self, res[2], ids, mode)
+            return res[0], res[1], _EmbeddingTrace(self, res[2], ids, mode, emb)
         return res
 
     def __call__(self, inputs, state, scope=None, return_trace=False):

@@ -38,9 +38,12 @@ The embedding models keep the variables they make (the decoder's embedding, the 
 EmbeddingWrapper around a copy of the cell, the OutputProjectionWrapper) with the cell:
 ``embedding_model_of(cell)`` gives them, with ``params`` / ``grads`` under these names.
 
-Not here: ``embedding_tied_rnn_seq2seq``, the attention variants (``attention_decoder``,
-``embedding_attention_decoder``, ``embedding_attention_seq2seq``), ``one2many_rnn_seq2seq`` and
-``model_with_buckets``; ``feed_previous`` as a tensor (TF's graph cond) is not supported.
+``attention_decoder`` (TF's ``<"attention_decoder">/AttnW_0``, ``.../Attention_0/kernel``,
+``.../AttnOutputProjection/kernel``, ``.../kernel`` and ``.../<cell>/...``) keeps its variables
+with the cell too: ``attention_model_of(cell)``.
+
+Not here: ``embedding_tied_rnn_seq2seq``, ``embedding_attention_decoder``,
+``embedding_attention_seq2seq``, ``one2many_rnn_seq2seq`` and ``model_with_buckets``; ``feed_previous`` as a tensor (TF's graph cond) is not supported.
 """
 import contextlib
 import copy
@@ -49,7 +52,7 @@ import inspect
 import numpy as np
 
 from .backend import get_array_module
-from .cells import TraceBase, flat_records, _describe
+from .cells import TraceBase, flat_records, watch_with, hold_with, _describe
 from ._checks import float_array, check_shape, check_dtype, check_on_device, resolve_dtype
 from .rnn_ops import static_rnn, _stack_steps, _check_cell, _ensure_fresh, _consume, _step_cotangents
 from .losses import sequence_loss, sequence_loss_by_example
@@ -57,7 +60,8 @@ from . import activations as _act
 
 __all__ = ["rnn_decoder", "basic_rnn_seq2seq", "tied_rnn_seq2seq", "encoder_cell_of",
            "embedding_rnn_decoder", "embedding_rnn_seq2seq", "embedding_model_of", "EmbeddingModel",
-           "EmbeddingDecoderTrace",
+           "EmbeddingDecoderTrace", "attention_decoder", "attention_model_of", "AttentionModel",
+           "AttentionDecoderTrace",
            "sequence_loss", "sequence_loss_by_example", "RNNDecoderTrace", "Seq2SeqTrace"]
 
 
@@ -752,6 +756,8 @@ def _embedding_decode(layer, decoder_inputs, initial_state, cell, num_symbols, o
     res = rnn_decoder([emb[t] for t in range(emb.shape[0])], initial_state, cell,
                       loop_function=loop, return_trace=return_trace)
     if return_trace:
+        watch_with(res[2].records, layer)         # a replaced embedding: caught before any backward
+        hold_with(res[2].records, emb)            # trace memory: the gathered inputs
         return res[0], res[1], EmbeddingDecoderTrace(res[2], layer, ids)
     return res
 
@@ -780,9 +786,10 @@ def embedding_rnn_decoder(decoder_inputs, initial_state, cell, num_symbols, embe
     ``<scope>/embedding``, glorot uniform, ``get_variable``'s default) is an
     :class:`npl.layers.Embedding` made on the first call with ``cell`` and kept with it:
     ``embedding_model_of(cell)`` gives it and every variable under TF's names (the cell's
-    ``<scope>/rnn_decoder/<cell>/...``).  Its dtype is the initial state's.  No gradient passes
-    the argmax; the fed-back rows get theirs unless ``update_embedding_for_previous`` is False
-    (TF's ``stop_gradient``).  ``output_projection``: ``(W [cell.output_size, num_symbols],
+    ``<scope>/rnn_decoder/<cell>/...``).  Its dtype is the initial state's (an npl extension:
+    TF 1.15 creates it in the scope's dtype, float32 by default, so that a float64 state fails
+    there).  No gradient passes the argmax; the fed-back rows get theirs unless
+    ``update_embedding_for_previous`` is False (TF's ``stop_gradient``).  ``output_projection``: ``(W [cell.output_size, num_symbols],
     B [num_symbols])`` arrays, read by the argmax only (so they get no gradient, as in TF).
 
     >>> import numpy as np, npl
@@ -799,7 +806,9 @@ def embedding_rnn_decoder(decoder_inputs, initial_state, cell, num_symbols, embe
     _check_scope(scope)
     if initial_state is None:
         raise TypeError("initial_state is required (TF's embedding_rnn_decoder has no default)")
-    from .layers import _state_dtype
+    from .layers import _state_dtype, _check_count
+    _check_count(num_symbols, "num_symbols", "embedding_rnn_decoder")
+    _check_count(embedding_size, "embedding_size", "embedding_rnn_decoder")
     dt = resolve_dtype(_state_dtype(initial_state), "initial_state's dtype")
     key = (num_symbols, embedding_size, None)
     m = _model(cell, "embedding_rnn_decoder", scope or "embedding_rnn_decoder", key, dt,
@@ -844,9 +853,18 @@ def embedding_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, num_encoder_symb
     >>> np.allclose(outs[2], ys[2]), outs[0].shape
     (True, (2, 6))
     """
-    from .layers import EmbeddingWrapper, OutputProjectionWrapper
+    from .layers import EmbeddingWrapper, OutputProjectionWrapper, _check_count
     _check_cell(cell)
     _check_scope(scope)
+    for v, nm in ((num_encoder_symbols, "num_encoder_symbols"),
+                  (num_decoder_symbols, "num_decoder_symbols"), (embedding_size, "embedding_size")):
+        _check_count(v, nm, "embedding_rnn_seq2seq")
+    if isinstance(encoder_inputs, (list, tuple)) and isinstance(decoder_inputs, (list, tuple)) \
+            and encoder_inputs and decoder_inputs:
+        be, bd = np.shape(encoder_inputs[0]), np.shape(decoder_inputs[0])
+        if be[:1] != bd[:1]:
+            raise ValueError("decoder_inputs[0] has batch size %s but encoder_inputs[0] has %s "
+                             "(shapes %s and %s)" % (bd[:1], be[:1], bd, be))
     dt = resolve_dtype(dtype) or np.dtype(np.float32)
     key = (num_encoder_symbols, num_decoder_symbols, embedding_size, output_projection is None)
 
@@ -862,3 +880,432 @@ def embedding_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, num_encoder_symb
     if return_trace:
         return dec[0], dec[1], Seq2SeqTrace(res[2], dec[2], m.encoder_cell, m.decoder_cell)
     return dec
+
+
+# ============================================================================ attention decoder
+def _state_leaves(s):
+    """TF's ``nest.flatten`` of a state: the arrays of a (nested) tuple, in order (c before h)."""
+    if isinstance(s, (tuple, list)):
+        return [a for v in s for a in _state_leaves(v)]
+    return [s]
+
+
+def _state_like(like, leaves):
+    """``nest.pack_sequence_as(like, leaves)``."""
+    it = iter(leaves)
+
+    def build(s):
+        if isinstance(s, (tuple, list)):
+            vals = [build(v) for v in s]
+            return type(s)(*vals) if hasattr(s, "_fields") else type(s)(vals)
+        return next(it)
+    return build(like)
+
+
+def _attention_names(num_heads):
+    """TF 1.15's variable names of attention_decoder relative to its scope, with their roles."""
+    names = []
+    for a in range(num_heads):
+        names += ["AttnW_%d" % a, "AttnV_%d" % a]
+    names += ["kernel", "bias"]
+    for a in range(num_heads):
+        names += ["Attention_%d/kernel" % a, "Attention_%d/bias" % a]
+    return names + ["AttnOutputProjection/kernel", "AttnOutputProjection/bias"]
+
+
+class AttentionModel:
+    """The variables :func:`attention_decoder` makes for a ``cell`` on its first call and keeps
+    with it (one set per cell, as a TF graph keeps one).  ``variables``: a parameter leaf holding
+    TF 1.15's variables under their names relative to the scope (D = attn_size, H = num_heads,
+    I = the decoder inputs' width, Q = the flattened state's width, P = cell.output_size,
+    O = output_size)::
+
+        AttnW_<a>                     [1, 1, D, D]    the 1x1 convolution of attention_states
+        AttnV_<a>                     [D]
+        kernel, bias                  [I + H*D, I], [I]      input linear on [x_i, attns]
+        Attention_<a>/kernel, /bias   [Q, D], [D]            query linear on the flat state
+        AttnOutputProjection/kernel   [P + H*D, O], bias [O]
+
+    (kernels and ``AttnV`` glorot uniform, ``get_variable``'s default; biases zeros, TF's
+    ``_linear``).  ``params`` / ``grads``: those and the cell's, under TF's full names for the
+    ``scope`` of the latest call (``attention_decoder/AttnW_0``,
+    ``attention_decoder/gru_cell/gates/kernel``), live arrays; ``zero_grad()`` clears them all.
+    ``attention_model_of(cell)`` returns it."""
+
+    kind = "attention_decoder"
+
+    def __init__(self, cell, variables, key):
+        self.cell, self.variables, self._key = cell, variables, key
+        self.scope = "attention_decoder"
+        self.num_heads = key[2]
+
+    def _named(self, which):
+        from .convert import tf_variable_names
+        s = self.scope
+        out = {s + "/" + k: v for k, v in getattr(self.variables, which).items()}
+        live = getattr(self.cell, which)
+        out.update({tf: live[k] for k, tf in tf_variable_names(self.cell, s).items()})
+        return out
+
+    @property
+    def params(self):
+        return self._named("params")
+
+    @property
+    def grads(self):
+        return self._named("grads")
+
+    def zero_grad(self):
+        self.variables.zero_grad()
+        self.cell.zero_grad()
+
+
+def attention_model_of(cell):
+    """The :class:`AttentionModel` that :func:`attention_decoder` made for ``cell`` (on its first
+    call with it), or None before.  It is kept in the cell object (``copy.deepcopy(cell)`` copies
+    it too)."""
+    _check_cell(cell)
+    return _kept(cell, "attention model")
+
+
+def _new_attention_variables(I, D, H, Q, P, O, dtype, xp):
+    from .layers import _WrapperVariables
+    from .initializers import glorot_uniform_initializer
+    from . import random as _random
+    rng, glorot = _random.generator(None), glorot_uniform_initializer()
+    shapes = {}
+    for a in range(H):
+        shapes["AttnW_%d" % a], shapes["AttnV_%d" % a] = (1, 1, D, D), (D,)
+        shapes["Attention_%d/kernel" % a], shapes["Attention_%d/bias" % a] = (Q, D), (D,)
+    shapes.update({"kernel": (I + H * D, I), "bias": (I,),
+                   "AttnOutputProjection/kernel": (P + H * D, O), "AttnOutputProjection/bias": (O,)})
+    values = {k: (np.zeros(shapes[k], dtype) if k.endswith("bias") else
+                  np.asarray(glorot(shapes[k], dtype, rng=rng))) for k in _attention_names(H)}
+    v = _WrapperVariables("attention_decoder")
+    v._create(values, dtype, xp)
+    return v
+
+
+def _attention_arg_checks(num_heads, output_size, initial_state_attention):
+    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)):
+        raise TypeError("num_heads must be an integer >= 1, got %r" % (num_heads,))
+    if num_heads < 1:
+        raise ValueError("num_heads must be >= 1 (with less than 1 heads use a non-attention "
+                         "decoder, as TF says), got %d" % num_heads)
+    if output_size is not None and (isinstance(output_size, bool) or
+                                    not isinstance(output_size, (int, np.integer)) or output_size < 1):
+        raise ValueError("output_size must be None (cell.output_size) or a positive integer, got %r"
+                         % (output_size,))
+    if not isinstance(initial_state_attention, (bool, np.bool_)):
+        raise TypeError("initial_state_attention must be a bool, got %r" % (initial_state_attention,))
+
+
+class _AttentionWeights:
+    """One forward's view of the attention variables: the heads' matrices side by side, so that
+    each linear is one GEMM per step for all heads."""
+
+    def __init__(self, v, H, D, xp):
+        p = v._params
+        self.Wf = xp.concatenate([p["AttnW_%d" % a].reshape(D, D) for a in range(H)], 1)  # [D, H*D]
+        self.V = xp.stack([p["AttnV_%d" % a] for a in range(H)])                         # [H, D]
+        self.Wq = xp.concatenate([p["Attention_%d/kernel" % a] for a in range(H)], 1)    # [Q, H*D]
+        self.bq = xp.concatenate([p["Attention_%d/bias" % a] for a in range(H)])        # [H*D]
+        self.Win, self.bin = p["kernel"], p["bias"]
+        self.Wout, self.bout = p["AttnOutputProjection/kernel"], p["AttnOutputProjection/bias"]
+
+
+def _attend(w, F, hid, state, xp):
+    """TF's ``attention(query)`` for all heads: returns reads [B, H, D] and what the backward
+    needs (q, tanh, softmax)."""
+    B, L, H, D = F.shape
+    q = xp.concatenate(_state_leaves(state), 1) if isinstance(state, (tuple, list)) else state
+    u = (q @ w.Wq + w.bq).reshape(B, 1, H, D)                  # one GEMM for the heads
+    th = xp.tanh(F + u)                                          # [B, L, H, D]
+    e = (th * w.V).sum(-1)                                       # [B, L, H]
+    e = e - e.max(1, keepdims=True)
+    p = xp.exp(e)
+    p /= p.sum(1, keepdims=True)                                 # softmax over the length
+    reads = xp.matmul(p.transpose(0, 2, 1), hid)                 # [B, H, L] @ [B, L, D]
+    return reads, (q, th, p)
+
+
+class AttentionDecoderTrace(TraceBase):
+    """Trace of :func:`attention_decoder`: ``backward(d_outputs, d_final_state)`` ->
+    ``(d_decoder_inputs, d_initial_state, d_attention_states)``.
+
+    ``d_outputs``: a list of one ``[batch, output_size]`` array (or None) per step, or None;
+    ``d_final_state`` structured as the final state, or None.  Every gradient of the model's
+    variables is added to ``attention_model_of(cell).grads`` (the cell's to ``cell.grads``).
+    ``steps``: the cell's single-step :func:`npl.nn.static_rnn` traces; ``loop_traces[i]`` the
+    loop function's trace for input i (None without one, or for i = 0)."""
+
+    def __init__(self, model, steps, loop_traces, saved, n, B, I, dtype, xp):
+        self.model, self.cell, self.steps, self.loop_traces = model, model.cell, steps, loop_traces
+        self._saved, self._n, self._batch, self._width = saved, n, B, I
+        self._dtype, self._xp = dtype, xp
+        self._version = model.variables._version
+        self._done = False
+
+    @property
+    def records(self):
+        return flat_records([r for s in self.steps for r in s.records])
+
+    def labelled_records(self, label):
+        return [(r, "step %d %s" % (i, lab)) for i, st in enumerate(self.steps) for r, lab in label(st)]
+
+    def _prepare(self, d_outputs, d_final_state):
+        from .cells import StaleTraceError
+        _ensure_fresh(self, *self.steps)
+        if self._version != self.model.variables._version:
+            raise StaleTraceError("the attention_decoder variables were replaced after this "
+                                  "trace's forward; run the forward again")
+        d = [None] * self._n
+        for t, g in _step_cotangents(d_outputs, self._n, (self._batch, self._saved["O"]),
+                                     self._dtype, self._xp) or ():
+            d[t] = g
+        self.steps[-1].inner._prepare(None, d_final_state)     # checks d_final_state
+        return d
+
+    def _attend_backward(self, dA, rec, acc):
+        """Backward of one ``attention(query)``: adds dL/dF, dL/dhidden, dV, dWq, dbq into
+        ``acc``; returns dL/dquery [B, Q]."""
+        xp, w, hid = self._xp, self._saved["w"], self._saved["hid"]
+        q, th, p = rec
+        B, L, H, D = th.shape
+        dp = xp.matmul(hid, dA.transpose(0, 2, 1))               # [B, L, H]
+        acc["hid"] += xp.matmul(p, dA)                           # [B, L, D]
+        de = p * (dp - (p * dp).sum(1, keepdims=True))           # softmax
+        acc["V"] += (de[..., None] * th).sum((0, 1))
+        dpre = de[..., None] * w.V * (1 - th * th)               # [B, L, H, D]
+        acc["F"] += dpre
+        du = dpre.sum(1).reshape(B, H * D)
+        acc["Wq"] += q.T @ du
+        acc["bq"] += du.sum(0)
+        return du @ w.Wq.T                                       # [B, Q]
+
+    def _add_query_grad(self, d_state, dq, like):
+        xp, out, k = self._xp, [], 0
+        leaves = _state_leaves(like)
+        d_leaves = _state_leaves(d_state) if d_state is not None else [None] * len(leaves)
+        for s, g in zip(leaves, d_leaves):
+            part = dq[:, k:k + s.shape[1]]
+            k += s.shape[1]
+            out.append(part.copy() if g is None else g + part)
+        return _state_like(like, out) if isinstance(like, (tuple, list)) else out[0]
+
+    def backward(self, d_outputs=None, d_final_state=None):
+        """Return ``(list of d_decoder_inputs, d_initial_state, d_attention_states)``; bad
+        cotangents raise before anything is consumed.  Step i backwards: the output projection
+        (one GEMM for its kernel, one for its input), the attention read of the new state
+        (softmax, tanh, the query GEMM), the cell's step, the input linear (its input's gradient
+        splits into dL/dx_i and dL/d(the previous reads)); the loop function's trace turns
+        dL/dx_i into more dL/d(output_{i-1}).  Then the 1x1 convolution's kernel and input
+        gradients, one GEMM each for all steps and heads."""
+        d = self._prepare(d_outputs, d_final_state)
+        _consume(self)
+        xp, sv, dt = self._xp, self._saved, self._dtype
+        w, hid, B, I = sv["w"], sv["hid"], self._batch, self._width
+        H, D, P = sv["H"], sv["D"], self.cell.output_size
+        L = hid.shape[1]
+        v = self.model.variables._grads
+        acc = {"hid": xp.zeros_like(hid), "F": xp.zeros((B, L, H, D), dt), "V": xp.zeros((H, D), dt),
+               "Wq": xp.zeros_like(w.Wq), "bq": xp.zeros_like(w.bq)}
+        d_inputs = [None] * self._n
+        d_state, dA_next, extra = d_final_state, None, None
+        for i in range(self._n - 1, -1, -1):
+            g = d[i]
+            if extra is not None:
+                g = extra if g is None else g + extra
+            dy, dA = None, dA_next
+            if g is not None:
+                v["AttnOutputProjection/kernel"] += sv["cat_out"][i].T @ g
+                v["AttnOutputProjection/bias"] += g.sum(0)
+                dc = g @ w.Wout.T
+                dy = dc[:, :P]
+                r = dc[:, P:].reshape(B, H, D)
+                dA = r if dA is None else dA + r
+            if dA is not None:
+                dq = self._attend_backward(dA, sv["att"][i], acc)
+                d_state = self._add_query_grad(d_state, dq, sv["states"][i])
+            dzs, d_state = self.steps[i].backward([dy], d_state)
+            dz = dzs[0]
+            v["kernel"] += sv["cat_in"][i].T @ dz
+            v["bias"] += dz.sum(0)
+            dcin = dz @ w.Win.T
+            dA_next = dcin[:, I:].reshape(B, H, D)
+            extra = None
+            if self.loop_traces is not None and i > 0:
+                d_inputs[i] = xp.zeros((B, I), dt)
+                d_prev = self.loop_traces[i].backward(xp.ascontiguousarray(dcin[:, :I]))
+                if d_prev is not None:
+                    nm = "the loop function's trace for step %d: backward(d_next_input) (d_prev)" % i
+                    d_prev = float_array(d_prev, nm)
+                    check_shape(d_prev, (B, sv["O"]), nm)
+                    check_dtype(d_prev, dt, nm)
+                    check_on_device(d_prev, nm, xp, "the forward's inputs")
+                extra = d_prev
+            else:
+                d_inputs[i] = xp.ascontiguousarray(dcin[:, :I])
+        if sv["att0"] is not None:                      # initial_state_attention
+            dq = self._attend_backward(dA_next, sv["att0"], acc)
+            d_state = self._add_query_grad(d_state, dq, sv["state0"])
+        dF = acc["F"].reshape(B * L, H * D)
+        dWf = hid.reshape(B * L, D).T @ dF                                   # [D, H*D]
+        d_hid = acc["hid"] + (dF @ w.Wf.T).reshape(B, L, D)
+        for a in range(H):
+            v["AttnW_%d" % a] += dWf[:, a * D:(a + 1) * D].reshape(1, 1, D, D)
+            v["AttnV_%d" % a] += acc["V"][a]
+            v["Attention_%d/kernel" % a] += acc["Wq"][:, a * D:(a + 1) * D]
+            v["Attention_%d/bias" % a] += acc["bq"][a * D:(a + 1) * D]
+        return d_inputs, d_state, d_hid
+
+
+def attention_decoder(decoder_inputs, initial_state, attention_states, cell, output_size=None,
+                      num_heads=1, loop_function=None, dtype=None, scope=None,
+                      initial_state_attention=False, return_trace=False):
+    """``tf.contrib.legacy_seq2seq.attention_decoder``: an RNN decoder that reads
+    ``attention_states`` with ``num_heads`` attention heads (Vinyals et al. 2015's attention,
+    arXiv:1412.7449, as TF 1.15 computes it).
+
+    Shapes: ``decoder_inputs`` T arrays [B, I]; ``attention_states`` (the encoder's outputs)
+    ``h`` [B, L, D]; ``initial_state`` structured as ``cell.state_size``.  With ``q(s)`` the
+    state's arrays concatenated (TF's ``nest.flatten`` + concat: [c, h] for an LSTM), and for
+    each head a (``AttnW_a`` [D, D] the 1x1 convolution, ``v_a = AttnV_a`` [D])::
+
+        F_a[b, l] = h[b, l] @ AttnW_a                            # once, for all steps
+        attn_a(s) = sum_l p[b, l] h[b, l],   p = softmax_l(sum_k v_a[k] tanh(F_a + q(s) @ Wq_a + bq_a)[b, l, k])
+        A_{-1} = 0 (or attn(initial_state) with initial_state_attention)
+        z_i = [x_i, A_{i-1}^0, .., A_{i-1}^{H-1}] @ kernel + bias   # [B, I]
+        y_i, s_i = cell(z_i, s_{i-1})
+        A_i^a = attn_a(s_i)
+        out_i = [y_i, A_i^0, .., A_i^{H-1}] @ AttnOutputProjection/kernel + bias   # [B, O]
+        x_i = loop_function(out_{i-1}, i)     (i >= 1, with a loop function)
+
+    ``O = output_size`` (None: ``cell.output_size``; the projection is there either way).
+    Returns ``(outputs, state)``: T arrays [B, O] and ``s_{T-1}`` (plus an
+    :class:`AttentionDecoderTrace` with ``return_trace=True``; ``loop_function`` follows
+    :func:`rnn_decoder`'s trace contract).  ``dtype``: TF's scope dtype; None takes the
+    attention states' (TF's float32 default needs float32 arrays); it must match every array
+    (no silent casting).  The variables (see :class:`AttentionModel`) are made on the first call
+    with an unbuilt ``cell`` and kept with it: ``attention_model_of(cell).params`` / ``.grads``
+    under TF's names, ``<scope>/AttnW_0``, ``<scope>/Attention_0/kernel``,
+    ``<scope>/AttnOutputProjection/kernel``, ``<scope>/kernel`` (the input linear) and the
+    cell's ``<scope>/<cell>/...`` (``scope`` default ``"attention_decoder"``); later calls must
+    keep the sizes.
+
+    >>> import numpy as np, npl
+    >>> rng = np.random.default_rng(0)
+    >>> cell = npl.rnn.GRUCell(3)
+    >>> hs = rng.standard_normal((2, 5, 4))                     # B = 2, L = 5, D = 4
+    >>> xs, s0 = [rng.standard_normal((2, 2))], np.zeros((2, 3))
+    >>> outs, s = npl.legacy_seq2seq.attention_decoder(xs, s0, hs, cell, output_size=6)
+    >>> p = npl.legacy_seq2seq.attention_model_of(cell).params
+    >>> z = np.concatenate([xs[0], np.zeros((2, 4))], 1) @ p["attention_decoder/kernel"]
+    >>> y, h = cell(z, s0)                                      # zero initial attention; bias 0
+    >>> u = h @ p["attention_decoder/Attention_0/kernel"]
+    >>> F = hs @ p["attention_decoder/AttnW_0"][0, 0]
+    >>> e = (np.tanh(F + u[:, None]) * p["attention_decoder/AttnV_0"]).sum(-1)
+    >>> a = np.exp(e) / np.exp(e).sum(1, keepdims=True)
+    >>> read = (a[..., None] * hs).sum(1)
+    >>> out = np.concatenate([y, read], 1) @ p["attention_decoder/AttnOutputProjection/kernel"]
+    >>> np.allclose(outs[0], out), np.allclose(s, h), outs[0].shape
+    (True, True, (2, 6))
+    """
+    _check_cell(cell)
+    _check_scope(scope)
+    _check_loop_function(loop_function, return_trace)
+    _attention_arg_checks(num_heads, output_size, initial_state_attention)
+    if initial_state is None:
+        raise TypeError("initial_state is required (TF's attention_decoder has no default): pass "
+                        "cell.zero_state(batch_size, dtype) for zeros")
+    want = resolve_dtype(dtype)
+    hs = float_array(attention_states, "attention_states", dtype=want)
+    if hs.ndim != 3:
+        raise ValueError("attention_states must have rank 3, [batch, attn_length, attn_size], got "
+                         "shape %s" % (tuple(hs.shape),))
+    if want is not None:
+        check_dtype(hs, want, "attention_states (dtype=%s was given)" % want)
+    dt = hs.dtype
+    xs, n = _steps_check(decoder_inputs, "decoder_inputs", loop_function, dt)
+    x0 = xs[0]
+    xp, B, I = get_array_module(x0), x0.shape[0], x0.shape[1]
+    if hs.shape[0] != B:
+        raise ValueError("attention_states has batch size %d but decoder_inputs[0] has %d (shapes "
+                         "%s vs %s)" % (hs.shape[0], B, tuple(hs.shape), tuple(x0.shape)))
+    if hs.shape[1] < 1 or hs.shape[2] < 1:
+        raise ValueError("attention_states must have attn_length >= 1 and attn_size >= 1, got "
+                         "shape %s" % (tuple(hs.shape),))
+    check_dtype(x0, dt, "decoder_inputs[0] (attention_states are %s)" % dt)
+    check_on_device(hs, "attention_states", xp, "decoder_inputs")
+    like = cell.zero_state(B, dt)
+    leaves = _state_leaves(initial_state)
+    if len(leaves) != len(_state_leaves(like)):
+        raise TypeError("initial_state must be structured as cell.zero_state(batch): %s, got %s"
+                        % (_describe(like), _describe(initial_state)))
+    for k, (a, z) in enumerate(zip(leaves, _state_leaves(like))):
+        nm = "initial_state (leaf %d of nest.flatten)" % k
+        a = float_array(a, nm)
+        check_shape(a, z.shape, nm)
+        check_dtype(a, dt, nm + " (attention_states are %s)" % dt)
+    L, D, H = hs.shape[1], hs.shape[2], int(num_heads)
+    P = cell.output_size
+    O = P if output_size is None else int(output_size)
+    Q = sum(int(z.shape[1]) for z in _state_leaves(like))
+    key = (I, D, H, O, Q)
+    m = _kept(cell, "attention model")
+    if m is None:
+        _refuse_built(cell, "attention_decoder", "attention model",
+                      "Make the first call with an unbuilt cell (then restore the weights into "
+                      "attention_model_of(cell).params), or keep using the original cell object.")
+        m = AttentionModel(cell, _new_attention_variables(I, D, H, Q, P, O, dt, cell._home_xp()), key)
+        _keep(cell, "attention model", m)
+    elif m._key != key:
+        raise ValueError("attention_decoder: this cell was first used with (input width, "
+                         "attn_size, num_heads, output_size, state width) %s, now %s; its "
+                         "variables cannot change: use a new cell" % (m._key, key))
+    if m.variables.dtype != dt:
+        raise TypeError("attention_decoder: the model's variables are %s but this call is %s (no "
+                        "silent casting)" % (m.variables.dtype, dt))
+    check_on_device(hs, "attention_states", get_array_module(m.variables._params["kernel"]),
+                    "the attention variables")
+    m.scope = scope or "attention_decoder"
+
+    w = _AttentionWeights(m.variables, H, D, xp)
+    F = (hs.reshape(B * L, D) @ w.Wf).reshape(B, L, H, D)        # the 1x1 conv, all heads, once
+    saved = {"w": w, "hid": hs, "H": H, "D": D, "O": O, "cat_in": [], "cat_out": [], "att": [],
+             "states": [], "att0": None, "state0": initial_state}
+    if initial_state_attention:
+        A, saved["att0"] = _attend(w, F, hs, initial_state, xp)
+    else:
+        A = xp.zeros((B, H, D), dt)
+    outputs, steps, loops = [], [], ([None] if loop_function is not None else None)
+    state, x = initial_state, x0
+    with _one_variational_mask(cell) as first_step_done:
+        for i in range(n):
+            if i > 0:
+                if loop_function is None:
+                    x = xs[i]
+                elif return_trace:
+                    x, ltr = _loop_result(loop_function(outputs[-1], i, return_trace=True), i)
+                    loops.append(ltr)
+                    x = _step_input(x, i, x0, xp)
+                else:
+                    x = _step_input(loop_function(outputs[-1], i), i, x0, xp)
+            cat_in = xp.concatenate([x, A.reshape(B, H * D)], 1)
+            z = cat_in @ w.Win + w.bin
+            res = static_rnn(cell, [z], initial_state=state, return_trace=return_trace)
+            y, state = res[0][0], res[1]
+            A, att = _attend(w, F, hs, state, xp)
+            cat_out = xp.concatenate([y, A.reshape(B, H * D)], 1)
+            outputs.append(cat_out @ w.Wout + w.bout)
+            if return_trace:
+                steps.append(res[2])
+                saved["cat_in"].append(cat_in)
+                saved["cat_out"].append(cat_out)
+                saved["att"].append(att)
+                saved["states"].append(state)
+            if i == 0:
+                first_step_done()
+    if return_trace:
+        return outputs, state, AttentionDecoderTrace(m, steps, loops, saved, n, B, I, dt, xp)
+    return outputs, state

@@ -38,12 +38,14 @@ def _ensure_fresh(*traces):
 def check_current(trace):
     """Raise StaleTraceError if a cell of ``trace`` had its weights replaced since the forward."""
     for r in getattr(trace, "records", ()):
-        cell = getattr(r, "cell", None)
-        if cell is not None and getattr(r, "version", 0) != getattr(cell, "_version", 0):
-            raise StaleTraceError(
-                "the weights of %s %r were replaced (set_params, build or to_device) after this "
-                "%s's forward; its saved gates belong to the old weights. Run the forward again"
-                % (type(cell).__name__, getattr(cell, "name", ""), type(trace).__name__))
+        owners = [(getattr(r, "cell", None), getattr(r, "version", 0))] + getattr(r, "watched", [])
+        for cell, version in owners:
+            if cell is not None and version != getattr(cell, "_version", 0):
+                raise StaleTraceError(
+                    "the weights of %s %r were replaced (set_params, build or to_device) after "
+                    "this %s's forward; its saved values belong to the old weights. Run the "
+                    "forward again" % (type(cell).__name__, getattr(cell, "name", ""),
+                                       type(trace).__name__))
 
 
 # A forward without a trace runs long sequences this many steps at a time (see _dynamic_rnn).

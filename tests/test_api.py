@@ -542,17 +542,20 @@ def _wrapped(kind, rng, I, H):
     if kind == "stack":
         return R.MultiRNNCell([R.InputProjectionWrapper(make_cell("gru", rng, 4, units=H), 4),
                                R.DropoutWrapper(make_cell("gru", rng, H, units=H), output_keep_prob=0.5)])
+    if kind == "embedding":
+        return R.EmbeddingWrapper(make_cell("gru", rng, 6, units=H), 7, 6)
     return R.LayerNormBasicLSTMCell(H, dropout_keep_prob=0.5, input_size=I, dtype=np.float64)
 
 
-@pytest.mark.parametrize("kind", ["dropout", "variational", "out_proj", "in_proj", "stack", "layer_norm"])
+@pytest.mark.parametrize("kind", ["dropout", "variational", "out_proj", "in_proj", "stack", "layer_norm",
+                                  "embedding"])
 def test_wrapped_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
     """As above, for wrappers whose records keep arrays of their own (dropout masks, a
     projection's saved operands) and the layer-norm cell: tracemalloc against nbytes."""
     B, T, H, I = 40, 300, 4, 3
     rng = _rng(kind, "mem-wrapped")
     cell = _wrapped(kind, rng, I, H)
-    x = rng.standard_normal((B, T, I))
+    x = rng.integers(0, 7, (B, T, 1)) if kind == "embedding" else rng.standard_normal((B, T, I))
     L = rng.integers(0, T + 1, size=B)
     L[:2] = T, 0
     npl.nn.dynamic_rnn(cell, x, L, return_trace=True, dtype=np.float64)

@@ -495,3 +495,8 @@ def test_inspect_names_the_gates():
     XH = np.concatenate([insp.x, np.concatenate([insp.h0[None], insp.h[:-1]])], axis=2)
     np.testing.assert_allclose(np.einsum("tbi,tbg->ig", XH, dG), cell.grads["kernel"], rtol=1e-12,
                                atol=1e-12)
+
+
+def test_layer_norm_must_be_a_bool():
+    assert_raises_naming(TypeError, ["layer_norm", "'no'"], R.LayerNormBasicLSTMCell, 3, 1.0, None,
+                         None, "no")

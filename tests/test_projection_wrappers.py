@@ -375,3 +375,71 @@ def test_seq2seq_errors_name_the_argument():
     c = R.GRUCell(4)
     L.embedding_rnn_seq2seq(enc, dec, c, 3, 6, 2)
     assert_raises_naming(ValueError, ["first used"], L.embedding_rnn_seq2seq, enc, dec, c, 3, 7, 2)
+
+
+def test_replaced_wrapper_variables_are_caught_before_any_gradient():
+    """A trace whose wrapper variables were replaced after the forward raises StaleTraceError
+    before it adds any gradient or is used up (the other layers' grads stay zero, and the trace
+    works again once the variables are put back), as for a cell's own weights."""
+    rng = np.random.default_rng(21)
+    opw = R.OutputProjectionWrapper(R.GRUCell(3), 2)
+    top = R.GRUCell(4)
+    cell = R.MultiRNNCell([opw, top]).build(3, np.float64)
+    x = rng.standard_normal((2, 4, 3))
+    y, s, tr = npl.nn.dynamic_rnn(cell, x, return_trace=True)
+    cell.zero_grad()
+    K = opw.params["kernel"].copy()
+    opw.set_params({"kernel": K * 2}, strict=False)
+    with pytest.raises(npl.StaleTraceError, match="OutputProjectionWrapper|_WrapperVariables|weights"):
+        tr.backward(np.ones_like(y))
+    assert not any(g.any() for g in cell.grads.values())
+    emb = R.EmbeddingWrapper(R.GRUCell(3), 5, 2)
+    ids = rng.integers(0, 5, (2, 4, 1))
+    y, s, tr = npl.nn.dynamic_rnn(emb, ids, dtype=np.float64, return_trace=True)
+    emb.zero_grad()
+    emb.set_params({"embedding": emb.params["embedding"] + 1}, strict=False)
+    with pytest.raises(npl.StaleTraceError):
+        tr.backward(np.ones_like(y))
+    assert not any(g.any() for g in emb.grads.values())
+
+
+@pytest.mark.tf
+def test_tf_checkpoints_round_trip_through_the_wrappers(tmp_path):
+    """save_tf_checkpoint writes a wrapped cell's variables under TF's names; load_tf_checkpoint
+    reads them back into a fresh built model (also inside a MultiRNNCell), and a checkpoint
+    without them is refused naming what is missing."""
+    pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(22)
+
+    def model():
+        return R.MultiRNNCell([R.InputProjectionWrapper(R.GRUCell(3), 4, activation="tanh"),
+                               R.OutputProjectionWrapper(R.BasicLSTMCell(3), 2)]).build(5, np.float64)
+    a, b = model(), model()
+    randomize_params(a, rng)
+    path = convert.save_tf_checkpoint(a, str(tmp_path / "ck"))
+    got = convert.load_tf_checkpoint(path, b)
+    assert sorted(got) == sorted(a.params)
+    for k, v in a.params.items():
+        np.testing.assert_array_equal(b.params[k], v)
+    x = rng.standard_normal((2, 3, 5))
+    np.testing.assert_array_equal(npl.nn.dynamic_rnn(a, x)[0], npl.nn.dynamic_rnn(b, x)[0])
+    assert_raises_naming(ValueError, ["missing", "rnn/multi_rnn_cell/cell_1/output_projection_wrapper/kernel"],
+                         convert.from_tf_variables, {"rnn/other": np.zeros(3)}, b)
+
+
+def test_embedding_model_sizes_are_checked_by_name():
+    L = npl.legacy_seq2seq
+    ids, h0 = [np.array([0, 1])], np.zeros((2, 3), np.float32)
+    for bad in (0, -1, 2.5):
+        assert_raises_naming(ValueError, ["num_symbols", repr(bad)], L.embedding_rnn_decoder, ids, h0,
+                             R.GRUCell(3), bad, 2)
+        assert_raises_naming(ValueError, ["embedding_size", repr(bad)], L.embedding_rnn_decoder, ids,
+                             h0, R.GRUCell(3), 4, bad)
+        for k, nm in enumerate(["num_encoder_symbols", "num_decoder_symbols", "embedding_size"]):
+            sizes = [4, 4, 2]
+            sizes[k] = bad
+            assert_raises_naming(ValueError, [nm, repr(bad)], L.embedding_rnn_seq2seq, ids, ids,
+                                 R.GRUCell(3), *sizes)
+    assert_raises_naming(ValueError, ["decoder_inputs[0]", "batch size", "encoder_inputs[0]"],
+                         L.embedding_rnn_seq2seq, [np.array([0, 1])], [np.array([0, 1, 2])],
+                         R.GRUCell(3), 4, 4, 2)
