@@ -43,7 +43,8 @@ EmbeddingWrapper around a copy of the cell, the OutputProjectionWrapper) with th
 with the cell too: ``attention_model_of(cell)``.
 
 Not here: ``embedding_tied_rnn_seq2seq``, ``embedding_attention_decoder``,
-``embedding_attention_seq2seq``, ``one2many_rnn_seq2seq`` and ``model_with_buckets``; ``feed_previous`` as a tensor (TF's graph cond) is not supported.
+``embedding_attention_seq2seq``, ``one2many_rnn_seq2seq`` and ``model_with_buckets``;
+``feed_previous`` as a tensor (TF's graph cond) is not supported.
 """
 import contextlib
 import copy
@@ -573,7 +574,20 @@ def tied_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, loop_function=None, d
 
 
 # ============================================================================ embedding models
-class EmbeddingModel:
+class _KeptModel:
+    """What a model function made for a cell and keeps with it: ``params`` / ``grads`` are every
+    variable under its TF name (live arrays), from the subclass's ``_named("params" | "grads")``."""
+
+    @property
+    def params(self):
+        return self._named("params")
+
+    @property
+    def grads(self):
+        return self._named("grads")
+
+
+class EmbeddingModel(_KeptModel):
     """What an embedding model made for a ``cell`` on its first call and keeps with it (one per
     cell, as a TF graph keeps one set of variables): ``embedding`` (an
     :class:`npl.layers.Embedding` with a dense gradient, the decoder's ``embedding`` variable),
@@ -601,14 +615,6 @@ class EmbeddingModel:
             live = getattr(c, which)
             out.update({tf: live[k] for k, tf in tf_variable_names(c, sc).items()})
         return out
-
-    @property
-    def params(self):
-        return self._named("params")
-
-    @property
-    def grads(self):
-        return self._named("grads")
 
     def zero_grad(self):
         self.embedding.zero_grad()
@@ -913,7 +919,7 @@ def _attention_names(num_heads):
     return names + ["AttnOutputProjection/kernel", "AttnOutputProjection/bias"]
 
 
-class AttentionModel:
+class AttentionModel(_KeptModel):
     """The variables :func:`attention_decoder` makes for a ``cell`` on its first call and keeps
     with it (one set per cell, as a TF graph keeps one).  ``variables``: a parameter leaf holding
     TF 1.15's variables under their names relative to the scope (D = attn_size, H = num_heads,
@@ -947,17 +953,26 @@ class AttentionModel:
         out.update({tf: live[k] for k, tf in tf_variable_names(self.cell, s).items()})
         return out
 
-    @property
-    def params(self):
-        return self._named("params")
-
-    @property
-    def grads(self):
-        return self._named("grads")
-
     def zero_grad(self):
         self.variables.zero_grad()
         self.cell.zero_grad()
+
+    def set_params(self, values):
+        """Copy ``{TF full name: array}`` into the variables in place (every name, as
+        :attr:`params` lists them; unknown or missing names and wrong shapes raise ValueError
+        before anything changes); traces of earlier forwards then raise StaleTraceError."""
+        from .layers import _validate_values, _assign
+        if not isinstance(values, dict):
+            raise TypeError("set_params expects a dict name -> array, got %s" % type(values).__name__)
+        _validate_values(self.params, values, True, "attention_decoder's model")
+        pre = self.scope + "/"
+        own = {k[len(pre):]: v for k, v in values.items() if k[len(pre):] in self.variables._params}
+        for k, v in own.items():
+            _assign(self.variables._params[k], v)
+        self.variables._bump_version()
+        from .convert import tf_variable_names
+        self.cell.set_params({k: values[tf] for k, tf in tf_variable_names(self.cell, self.scope).items()})
+        return self
 
 
 def attention_model_of(cell):
@@ -1045,6 +1060,9 @@ class AttentionDecoderTrace(TraceBase):
         self._dtype, self._xp = dtype, xp
         self._version = model.variables._version
         self._done = False
+        atts = ([saved["att0"]] if saved["att0"] is not None else []) + saved["att"]
+        hold_with(self.records, *[a for _, th, p in atts for a in (th, p)],    # trace memory
+                  *saved["cat_in"], *saved["cat_out"])
 
     @property
     def records(self):
@@ -1084,7 +1102,7 @@ class AttentionDecoderTrace(TraceBase):
         return du @ w.Wq.T                                       # [B, Q]
 
     def _add_query_grad(self, d_state, dq, like):
-        xp, out, k = self._xp, [], 0
+        out, k = [], 0
         leaves = _state_leaves(like)
         d_leaves = _state_leaves(d_state) if d_state is not None else [None] * len(leaves)
         for s, g in zip(leaves, d_leaves):
