@@ -497,8 +497,8 @@ def basic_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, dtype=np.float32, sc
     restore a model, make one call with unbuilt cells and then restore both cells' weights, or
     pass ``encoder_cell=`` (an npl extension) to choose the encoder yourself (set its weights,
     train it): it must not share weights with ``cell``, its ``state_size`` must be ``cell``'s,
-    and it is then the one kept.  The encoder is a cell of its own: move it with
-    ``encoder_cell_of(cell).to_device(...)`` when the cell moves.  The optimizer needs both
+    and it is then the one kept.  The kept encoder follows the cell: after ``cell.to_device``
+    the next call moves it too.  The optimizer needs both
     cells' parameters; TF's names are ``tf_variable_names(encoder, "basic_rnn_seq2seq/rnn")`` and
     ``tf_variable_names(cell, "basic_rnn_seq2seq/rnn_decoder")`` (with ``scope``: ``<scope>/rnn``,
     ``<scope>/rnn_decoder``).
@@ -523,6 +523,7 @@ def basic_rnn_seq2seq(encoder_inputs, decoder_inputs, cell, dtype=np.float32, sc
         enc = encoder_cell
     else:
         enc = _kept(cell, "encoder")
+        _follow_cell(enc, _cell_xp(cell))
         if enc is None:
             _refuse_built(cell, "basic_rnn_seq2seq", "encoder",
                           "Pass the encoder as encoder_cell= (encoder_cell_of(the original cell), "
@@ -631,8 +632,30 @@ def embedding_model_of(cell):
     return _kept(cell, "embedding model")
 
 
+def _cell_xp(cell):
+    """Where ``cell`` computes: its parameters' array module (its home backend while unbuilt)."""
+    return get_array_module(*cell.params.values()) if cell.built else cell._home_xp()
+
+
+def _follow_cell(obj, xp):
+    """Move a kept part (a cell or layer: an encoder copy, an embedding) to ``xp`` when the
+    decoder cell was moved since it was made (``cell.to_device``): the parts follow the cell."""
+    from .layers import _VariableWrapper
+    if obj is None or not obj.built:
+        return
+    if isinstance(obj, _VariableWrapper):          # the cell inside may have moved alone
+        _follow_cell(obj.wrapped_cell, xp)
+        _follow(obj._own, xp)
+    elif get_array_module(*obj.params.values()) is not xp:
+        obj.to_device("numpy" if xp is np else "cupy")
+
+
 def _model(cell, kind, scope, key, dtype, make):
     m = _kept(cell, "embedding model")
+    if m is not None:
+        xp = _cell_xp(cell)
+        for part in (m.embedding, m.decoder_cell, m.encoder_cell):
+            _follow_cell(part, xp)
     if m is None:
         _refuse_built(cell, kind, "embedding model",
                       "Make the first call with an unbuilt cell (then restore the weights into "
@@ -983,6 +1006,18 @@ def attention_model_of(cell):
     return _kept(cell, "attention model")
 
 
+def _follow(variables, xp):
+    """Move a kept model's variables (a parameter leaf) to ``xp``, the cell's array module, when
+    the cell was moved since they were made (``cell.to_device``): the model follows its cell."""
+    from .backend import to_device
+    p = variables._params
+    if p and get_array_module(*p.values()) is not xp:
+        name = "numpy" if xp is np else "cupy"
+        variables._params = {k: to_device(v, name) for k, v in p.items()}
+        variables._grads = {k: to_device(v, name) for k, v in variables._grads.items()}
+        variables._bump_version()
+
+
 def _new_attention_variables(I, D, H, Q, P, O, dtype, xp):
     from .layers import _WrapperVariables
     from .initializers import glorot_uniform_initializer
@@ -1061,8 +1096,10 @@ class AttentionDecoderTrace(TraceBase):
         self._version = model.variables._version
         self._done = False
         atts = ([saved["att0"]] if saved["att0"] is not None else []) + saved["att"]
-        hold_with(self.records, *[a for _, th, p in atts for a in (th, p)],    # trace memory
-                  *saved["cat_in"], *saved["cat_out"])
+        states = [a for st in saved["states"] for a in _state_leaves(st)
+                  if getattr(a, "base", 0) is None]           # each step's state, where a copy
+        hold_with(self.records, *[a for q, th, p in atts for a in (q, th, p)],   # trace memory
+                  *saved["cat_in"], *saved["cat_out"], *states)
 
     @property
     def records(self):
@@ -1081,13 +1118,13 @@ class AttentionDecoderTrace(TraceBase):
         for t, g in _step_cotangents(d_outputs, self._n, (self._batch, self._saved["O"]),
                                      self._dtype, self._xp) or ():
             d[t] = g
-        self.steps[-1].inner._prepare(None, d_final_state)     # checks d_final_state
-        return d
+        _, dst = self.steps[-1].inner._prepare(None, d_final_state)   # checks, converts lists
+        return d, (None if dst is None else self.cell._to_public(dst))
 
     def _attend_backward(self, dA, rec, acc):
         """Backward of one ``attention(query)``: adds dL/dF, dL/dhidden, dV, dWq, dbq into
         ``acc``; returns dL/dquery [B, Q]."""
-        xp, w, hid = self._xp, self._saved["w"], self._saved["hid"]
+        xp, w, hid = self._xp, self._w, self._saved["hid"]
         q, th, p = rec
         B, L, H, D = th.shape
         dp = xp.matmul(hid, dA.transpose(0, 2, 1))               # [B, L, H]
@@ -1119,10 +1156,13 @@ class AttentionDecoderTrace(TraceBase):
         splits into dL/dx_i and dL/d(the previous reads)); the loop function's trace turns
         dL/dx_i into more dL/d(output_{i-1}).  Then the 1x1 convolution's kernel and input
         gradients, one GEMM each for all steps and heads."""
-        d = self._prepare(d_outputs, d_final_state)
+        d, d_final_state = self._prepare(d_outputs, d_final_state)
         _consume(self)
         xp, sv, dt = self._xp, self._saved, self._dtype
-        w, hid, B, I = sv["w"], sv["hid"], self._batch, self._width
+        # the heads' matrices side by side again (not kept by the trace: the version check says
+        # the variables are the forward's)
+        w = self._w = _AttentionWeights(self.model.variables, sv["H"], sv["D"], xp)
+        hid, B, I = sv["hid"], self._batch, self._width
         H, D, P = sv["H"], sv["D"], self.cell.output_size
         L = hid.shape[1]
         v = self.model.variables._grads
@@ -1256,21 +1296,18 @@ def attention_decoder(decoder_inputs, initial_state, attention_states, cell, out
     check_dtype(x0, dt, "decoder_inputs[0] (attention_states are %s)" % dt)
     check_on_device(hs, "attention_states", xp, "decoder_inputs")
     like = cell.zero_state(B, dt)
-    leaves = _state_leaves(initial_state)
-    if len(leaves) != len(_state_leaves(like)):
-        raise TypeError("initial_state must be structured as cell.zero_state(batch): %s, got %s"
-                        % (_describe(like), _describe(initial_state)))
-    for k, (a, z) in enumerate(zip(leaves, _state_leaves(like))):
-        nm = "initial_state (leaf %d of nest.flatten)" % k
-        a = float_array(a, nm)
-        check_shape(a, z.shape, nm)
-        check_dtype(a, dt, nm + " (attention_states are %s)" % dt)
+    # structure, shapes, dtype and device as dynamic_rnn checks them; Python lists converted
+    initial_state = cell._to_public(cell._to_internal(initial_state, B, dt, xp, "initial_state"))
     L, D, H = hs.shape[1], hs.shape[2], int(num_heads)
     P = cell.output_size
     O = P if output_size is None else int(output_size)
     Q = sum(int(z.shape[1]) for z in _state_leaves(like))
     key = (I, D, H, O, Q)
+    home = _cell_xp(cell)
+    check_on_device(hs, "attention_states", home, "the cell (cell.to_device moves it)")
     m = _kept(cell, "attention model")
+    if m is not None:
+        _follow(m.variables, home)
     if m is None:
         _refuse_built(cell, "attention_decoder", "attention model",
                       "Make the first call with an unbuilt cell (then restore the weights into "
@@ -1290,7 +1327,7 @@ def attention_decoder(decoder_inputs, initial_state, attention_states, cell, out
 
     w = _AttentionWeights(m.variables, H, D, xp)
     F = (hs.reshape(B * L, D) @ w.Wf).reshape(B, L, H, D)        # the 1x1 conv, all heads, once
-    saved = {"w": w, "hid": hs, "H": H, "D": D, "O": O, "cat_in": [], "cat_out": [], "att": [],
+    saved = {"hid": hs, "H": H, "D": D, "O": O, "cat_in": [], "cat_out": [], "att": [],
              "states": [], "att0": None, "state0": initial_state}
     if initial_state_attention:
         A, saved["att0"] = _attend(w, F, hs, initial_state, xp)
