@@ -1432,11 +1432,11 @@ class _VariableWrapper(_CellWrapper):
     # ------------------------------------------------------------- building
     def _own_values(self, input_size, dtype):
         """{name: initial value} of the wrapper's own variables for inputs of ``input_size``."""
-        raise NotImplementedError
+        raise NotImplementedError("%s (a _VariableWrapper) must define _own_values" % type(self).__name__)
 
     def _inner_width(self, input_size):
         """The input width the wrapped cell sees."""
-        raise NotImplementedError
+        raise NotImplementedError("%s (a _VariableWrapper) must define _inner_width" % type(self).__name__)
 
     def _build_own(self, input_size, dtype):
         self._own._create(self._own_values(input_size, dtype), dtype, self._cell._home_xp())
