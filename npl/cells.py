@@ -2055,25 +2055,30 @@ LAYER_NORM_EPSILON = 1e-12
 _LN_GATE_SCOPES = ("input", "transform", "forget", "output")
 
 
-def _layer_norm_forward(a, r, eps):
+def _layer_norm_forward(a, r, eps, scratch):
     """In place, over axis 1 of ``a`` [k, H, B] (each of k blocks, each batch column):
     ``a <- (a - mean) * r`` with ``r`` [k, 1, B] set to ``1 / sqrt(var + eps)``, the biased
-    variance (N2)."""
+    variance (N2).  ``scratch``: a free buffer of ``a``'s shape (no per-step temporary)."""
     xp = get_array_module(a)
     a -= a.mean(axis=1, keepdims=True)
-    xp.mean(a * a, axis=1, keepdims=True, out=r)
+    xp.multiply(a, a, out=scratch)
+    xp.mean(scratch, axis=1, keepdims=True, out=r)
     r += eps
     xp.sqrt(r, out=r)
     xp.divide(1, r, out=r)
     a *= r
 
 
-def _layer_norm_backward(d, xhat, r):
+def _layer_norm_backward(d, xhat, r, scratch):
     """In place, (N11): ``d`` [k, H, B] = dL/d(xhat) becomes dL/d(the normalised input),
-    ``r * (d - mean(d) - xhat * mean(d * xhat))`` over axis 1."""
-    m2 = (d * xhat).mean(axis=1, keepdims=True)
+    ``r * (d - mean(d) - xhat * mean(d * xhat))`` over axis 1.  ``scratch``: a free buffer of
+    ``d``'s shape."""
+    xp = get_array_module(d)
+    xp.multiply(d, xhat, out=scratch)
+    m2 = scratch.mean(axis=1, keepdims=True)
     d -= d.mean(axis=1, keepdims=True)
-    d -= xhat * m2
+    xp.multiply(xhat, m2, out=scratch)
+    d -= scratch
     d *= r
 
 
@@ -2282,7 +2287,7 @@ class LayerNormBasicLSTMCell(RNNCell):
             g += buf
             if ln:                                     # (N2), (N3)
                 g4, a4 = g.reshape(4, H, B), a.reshape(4, H, B)
-                _layer_norm_forward(g4, RG[t].reshape(4, 1, B), eps)
+                _layer_norm_forward(g4, RG[t].reshape(4, 1, B), eps, buf.reshape(4, H, B))  # buf: free
                 xp.multiply(g4, gam, out=a4)
                 a4 += bet
             else:
@@ -2302,7 +2307,7 @@ class LayerNormBasicLSTMCell(RNNCell):
             if ln:                                     # (N7)
                 ch = CH[t]
                 ch[...] = c
-                _layer_norm_forward(ch[None], RC[t][None], eps)
+                _layer_norm_forward(ch[None], RC[t][None], eps, tmp[None])    # tmp: added to c
                 xp.multiply(ch, gs, out=c)
                 c += bs
             act(c, out=tmp)                            # (N8)
@@ -2338,6 +2343,7 @@ class LayerNormBasicLSTMCell(RNNCell):
             XH, RG, CH, RC = fm["gates_hat"], fm["gates_rstd"], fm["c_hat"], fm["c_rstd"]
             DN = _ws.empty(xp, (T, 4 * H, B), dt)      # dL/dn (the normalised gates)
             DC = _ws.empty(xp, (T, H, B), dt)          # dL/dc_t (the normalised state)
+            s4 = _ws.empty(xp, (4, H, B), dt)          # the gates' layer-norm backward's scratch
         buf, carry = _ws.empty(xp, (H, B), dt), _ws.empty(xp, (H, B), dt)
         tmp, tmp2, dcr_buf = (_ws.empty(xp, (H, B), dt) for _ in range(3))
         inv = rec.inv_fm
@@ -2377,7 +2383,7 @@ class LayerNormBasicLSTMCell(RNNCell):
                 DC[t] = dc
                 dcr = dcr_buf
                 xp.multiply(dc, gs, out=dcr)
-                _layer_norm_backward(dcr[None], CH[t][None], RC[t][None])
+                _layer_norm_backward(dcr[None], CH[t][None], RC[t][None], tmp2[None])  # tmp2: free
             else:
                 dcr = dc
             if D is not None:                          # g = act(n_j) * d_t
@@ -2401,7 +2407,7 @@ class LayerNormBasicLSTMCell(RNNCell):
             if ln:                                     # (N11) through the gates' LN, into dG[t]
                 w4 = dG[t].reshape(4, H, B)            # a view: the slab's rows are contiguous
                 xp.multiply(e.reshape(4, H, B), gam, out=w4)
-                _layer_norm_backward(w4, XH[t].reshape(4, H, B), RG[t].reshape(4, 1, B))
+                _layer_norm_backward(w4, XH[t].reshape(4, H, B), RG[t].reshape(4, 1, B), s4)
             if inv is not None:
                 xp.copyto(dc, dc_keep, where=inv[t])
             xp.matmul(U, dG[t], out=buf)               # (N16): [H, 4H] @ [4H, B]

@@ -54,6 +54,13 @@ def xp():
     return default_xp()
 
 
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow with TF1's rnn_cell (legacy Keras), or a skip where it is not installed."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    return pytest.importorskip("tensorflow")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

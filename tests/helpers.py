@@ -1,5 +1,11 @@
 """One small helper set used by every reference test: random structures, a linear loss on any
 output structure, and a central-difference gradient of that loss (float64)."""
+import gc
+import os
+import subprocess
+import sys
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -239,3 +245,32 @@ def numpy_backend():
     npl.use("numpy")
     yield
     _state["name"] = old
+
+
+def held_bytes(make):
+    """``(bytes, kept)``: the memory that ``kept = make()`` keeps alive (tracemalloc: NumPy
+    reports its buffers), after one warm-up call (lazily cached weights are not counted)."""
+    make()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        kept = make()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - base, kept
+    finally:
+        tracemalloc.stop()
+
+
+def run_on_cupy_stand_in(code, timeout=300, **env):
+    """Run ``code`` in a fresh interpreter whose ``cupy`` is the stand-in (tests/fake_cupy, which
+    refuses hidden host copies and device mixing) and the backend unset; ``env`` adds variables.
+    The run must succeed and print a line starting with "ok"; returns its stdout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(here, "fake_cupy"), root]), **env)
+    full.pop("NPL_BACKEND", None)
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=full, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.stdout[-2000:], r.stderr[-3000:])
+    return r.stdout

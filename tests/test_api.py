@@ -1,15 +1,13 @@
 """The public structure of the engine: state/output sizes, TensorFlow's parameter names, shapes and
 initialisers, seeding, set_params, MultiRNNCell's shared arrays, dtype preservation, the backend
 switch, trace memory, and the hand-unrolled step loop against dynamic_rnn."""
-import gc
-import tracemalloc
 
 import numpy as np
 import pytest
 
 import npl
 from npl.backend import _state as backend_state
-from helpers import (CELL_KINDS, cell_spec, flatten, make_cell, numpy_backend, random_like,  # noqa: F401
+from helpers import (CELL_KINDS, cell_spec, flatten, held_bytes, make_cell, numpy_backend, random_like,  # noqa: F401
                      random_state, randomize_params, unflatten, unroll_steps, assert_close)
 
 R = npl.rnn
@@ -507,17 +505,7 @@ def test_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_pool):
     x = rng.standard_normal((B, T, I))
     L = rng.integers(0, T + 1, size=B)
     L[:2] = T, 0
-    npl.nn.dynamic_rnn(cell, x, L, return_trace=True)     # warm up any lazily cached weights
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        out, st, tr = npl.nn.dynamic_rnn(cell, x, L, return_trace=True)
-        del out, st
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
+    held, tr = held_bytes(lambda: npl.nn.dynamic_rnn(cell, x, L, return_trace=True)[2])
     slabs = sum(a.nbytes for r in tr.records for k, a in r.slabs.items()
                 if k in ("gates", "c", "h"))
     assert tr.nbytes >= slabs
@@ -558,17 +546,7 @@ def test_wrapped_trace_nbytes_counts_what_the_trace_holds(kind, no_workspace_poo
     x = rng.integers(0, 7, (B, T, 1)) if kind == "embedding" else rng.standard_normal((B, T, I))
     L = rng.integers(0, T + 1, size=B)
     L[:2] = T, 0
-    npl.nn.dynamic_rnn(cell, x, L, return_trace=True, dtype=np.float64)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        out, st, tr = npl.nn.dynamic_rnn(cell, x, L, return_trace=True, dtype=np.float64)
-        del out, st
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
+    held, tr = held_bytes(lambda: npl.nn.dynamic_rnn(cell, x, L, return_trace=True, dtype=np.float64)[2])
     assert abs(held - tr.nbytes) <= 0.01 * tr.nbytes + 6144, (held, tr.nbytes)
 
 

@@ -20,7 +20,8 @@ import pytest
 
 import npl
 import tf_reference as ref
-from helpers import flatten, unflatten, rel_err, seeded_rng as _rng, assert_raises_naming
+from helpers import (flatten, unflatten, rel_err, seeded_rng as _rng, assert_raises_naming, held_bytes,
+                     run_on_cupy_stand_in)
 from test_gradients import fd_check
 from test_legacy_seq2seq import ArgmaxEmbed, TanhProjection
 
@@ -363,36 +364,18 @@ def test_stale_and_twice():
     tr.backward(d, None)                            # the bad cotangent consumed nothing
 
 
-def test_trace_nbytes_counts_the_attention_arrays():
+def test_trace_nbytes_counts_the_attention_arrays(no_workspace_pool):
     """trace.nbytes counts what the trace keeps for the attention's backward (each step's tanh
     [B, L, heads, D] and softmax, the linears' inputs), against tracemalloc: within 10 % (the
     Python objects of every step around the arrays)."""
-    import gc
-    import tracemalloc
-    from npl import workspace
-    old = workspace.get_limit()
-    workspace.set_limit(0)
-    try:
-        rng = np.random.default_rng(5)
-        B, T, Lh, D = 16, 20, 30, 8
-        cell = npl.rnn.GRUCell(8, dtype=np.float64)
-        att = rng.standard_normal((B, Lh, D))
-        dec = [rng.standard_normal((B, 5)) for _ in range(T)]
-        h0 = rng.standard_normal((B, 8))
-        npl.legacy_seq2seq.attention_decoder(dec, h0, att, cell, num_heads=2, return_trace=True)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            o, s, tr = npl.legacy_seq2seq.attention_decoder(dec, h0, att, cell, num_heads=2,
-                                                            return_trace=True)
-            del o, s
-            gc.collect()
-            held = tracemalloc.get_traced_memory()[0] - base
-        finally:
-            tracemalloc.stop()
-    finally:
-        workspace.set_limit(old)
+    rng = np.random.default_rng(5)
+    B, T, Lh, D = 16, 20, 30, 8
+    cell = npl.rnn.GRUCell(8, dtype=np.float64)
+    att = rng.standard_normal((B, Lh, D))
+    dec = [rng.standard_normal((B, 5)) for _ in range(T)]
+    h0 = rng.standard_normal((B, 8))
+    held, tr = held_bytes(lambda: npl.legacy_seq2seq.attention_decoder(
+        dec, h0, att, cell, num_heads=2, return_trace=True)[2])
     assert abs(held - tr.nbytes) <= 0.1 * tr.nbytes, (held, tr.nbytes)
 
 
@@ -449,38 +432,20 @@ def test_cotangents_and_states_given_as_python_lists():
             np.testing.assert_array_equal(a, b)
 
 
-def test_trace_nbytes_with_wide_attention_and_a_tuple_state():
+def test_trace_nbytes_with_wide_attention_and_a_tuple_state(no_workspace_pool):
     """Wide attention (the arrays the backward needs dominate): nbytes within 10 % of what
     tracemalloc sees held, for a GRU with D = 256 and four heads, and a stack of two LSTMs (the
     queries are concatenated copies of the tuple states)."""
-    import gc
-    import tracemalloc
-    from npl import workspace
-    old = workspace.get_limit()
-    workspace.set_limit(0)
-    try:
-        for cell, D, H in ((npl.rnn.GRUCell(8, dtype=np.float64), 256, 4),
-                           (npl.rnn.MultiRNNCell([npl.rnn.BasicLSTMCell(64, dtype=np.float64),
-                                                  npl.rnn.BasicLSTMCell(64, dtype=np.float64)]), 128, 2)):
-            rng = np.random.default_rng(8)
-            att = rng.standard_normal((16, 4, D))
-            dec = [rng.standard_normal((16, 3)) for _ in range(3)]
-            h0 = cell.zero_state(16, np.float64)
-            npl.legacy_seq2seq.attention_decoder(dec, h0, att, cell, num_heads=H, return_trace=True)
-            gc.collect()
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                o, s, tr = npl.legacy_seq2seq.attention_decoder(dec, h0, att, cell, num_heads=H,
-                                                                return_trace=True)
-                del o, s
-                gc.collect()
-                held = tracemalloc.get_traced_memory()[0] - base
-            finally:
-                tracemalloc.stop()
-            assert abs(held - tr.nbytes) <= 0.1 * tr.nbytes, (type(cell).__name__, held, tr.nbytes)
-    finally:
-        workspace.set_limit(old)
+    for cell, D, H in ((npl.rnn.GRUCell(8, dtype=np.float64), 256, 4),
+                       (npl.rnn.MultiRNNCell([npl.rnn.BasicLSTMCell(64, dtype=np.float64),
+                                              npl.rnn.BasicLSTMCell(64, dtype=np.float64)]), 128, 2)):
+        rng = np.random.default_rng(8)
+        att = rng.standard_normal((16, 4, D))
+        dec = [rng.standard_normal((16, 3)) for _ in range(3)]
+        h0 = cell.zero_state(16, np.float64)
+        held, tr = held_bytes(lambda: npl.legacy_seq2seq.attention_decoder(
+            dec, h0, att, cell, num_heads=H, return_trace=True)[2])
+        assert abs(held - tr.nbytes) <= 0.1 * tr.nbytes, (type(cell).__name__, held, tr.nbytes)
 
 
 _STAND_IN = r"""
@@ -534,12 +499,4 @@ def test_devices_on_the_cupy_stand_in():
     """On the CuPy stand-in (tests/fake_cupy): a host initial state with device inputs gets npl's
     message, a refused first call keeps no model, and a model follows its cell's to_device (as
     do the embedding models' parts and basic_rnn_seq2seq's encoder): the host's numbers."""
-    import subprocess
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, "fake_cupy"), os.path.dirname(here)])
-    env.pop("NPL_BACKEND", None)
-    r = subprocess.run([sys.executable, "-c", _STAND_IN], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.stdout[-2000:], r.stderr[-3000:])
+    run_on_cupy_stand_in(_STAND_IN)

@@ -7,7 +7,6 @@ npl -> X -> npl are exact (bit for bit) except where Keras folds forget_bias int
 (one rounding of b_f + forget_bias).  The converters that have no equivalent (Keras
 GRU(reset_after=True), torch.nn.GRU) must raise ValueError naming the difference.
 """
-import os
 import re
 
 import numpy as np
@@ -264,12 +263,6 @@ def test_missing_frameworks_are_named(monkeypatch, tmp_path):
 
 
 # ============================================================================ live TensorFlow 1
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
-
-
 def _tf1_cells(tf, spec, dtype):
     v1 = tf.compat.v1.nn.rnn_cell
     make = {"lstm": lambda a: v1.LSTMCell(a["n"], use_peepholes=a.get("peep", False),

@@ -22,8 +22,6 @@ kernels) and whose call runs TF's op, ``tf.raw_ops.GRUBlockCell``; its gradient 
 import inspect
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -32,19 +30,13 @@ import npl
 import npl.cells
 from npl import convert
 from npl.kernels import cpu
-from helpers import assert_raises_naming, flatten, randomize_params
+from helpers import assert_raises_naming, flatten, randomize_params, run_on_cupy_stand_in
 
 R = npl.rnn
 CLASSES = [R.GRUBlockCell, R.GRUBlockCellV2]
 BLOCK_NAMES = ("w_ru", "b_ru", "w_c", "b_c")
 V2_NAMES = ("gates/kernel", "gates/bias", "candidate/kernel", "candidate/bias")
 NAMES = {R.GRUBlockCell: BLOCK_NAMES, R.GRUBlockCellV2: V2_NAMES}
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 def _random(cell, rng, scale=0.6):
@@ -587,8 +579,6 @@ def test_cupy_stand_in_runs_the_gpu_kernels():
     import shutil
     if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("g++") is None:
         pytest.skip("g++ is not installed: the stand-in's kernels need the host emulation")
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
     code = r'''
 import numpy as np, npl, cupy
 assert getattr(cupy, "fake", False)
@@ -620,12 +610,8 @@ print("ok")
     log = os.path.join(os.environ.get("TMPDIR", "/tmp"), "npl_gru_block_launches_%d.json" % os.getpid())
     if os.path.exists(log):
         os.unlink(log)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(here, "fake_cupy"), root]),
-               NPL_FAKE_CUPY_LAUNCHES=log)
-    env.pop("NPL_BACKEND", None)
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.stdout + r.stderr)[-4000:]
+    out = run_on_cupy_stand_in(code, timeout=600, NPL_FAKE_CUPY_LAUNCHES=log)
+    assert out.strip() == "ok", out[-2000:]
     with open(log) as f:
         launched = json.load(f)
     os.unlink(log)

@@ -5,7 +5,6 @@
 * The random initialisers against their closed forms: bounds, moments, orthogonality.
 * Seeds, TF's own initialiser objects, and the errors.
 """
-import os
 
 import numpy as np
 import pytest
@@ -14,12 +13,6 @@ import npl
 from npl import initializers as I
 
 R = npl.rnn
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 def _tf_variables(tf, build):

@@ -16,7 +16,6 @@
   lengths, dropout masks replayed, in a stack, bidirectional.
 * Closed form: keep_prob = 1 against a replayed all-ones mask; the masks' statistics.
 """
-import os
 
 import numpy as np
 import pytest
@@ -25,16 +24,11 @@ import npl
 from npl import convert
 from npl.gradcheck import gradcheck_cell
 from helpers import flatten, unflatten, numpy_backend, rel_err, seeded_rng as _rng, assert_raises_naming  # noqa: F401
+from helpers import run_on_cupy_stand_in
 
 R, S = npl.rnn, npl.LSTMStateTuple
 F32, F64 = np.float32, np.float64
 MEASURED = {}
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 def tf_cell_class(tf):
@@ -422,15 +416,7 @@ print("ok", max(errs))
 def test_on_the_cupy_stand_in():
     """The cell's array code on CuPy arrays (tests/fake_cupy, which refuses hidden host copies
     and device mixing): the NumPy run's numbers (float64), a stack with replayed dropout."""
-    import subprocess
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, "fake_cupy"), os.path.dirname(here)])
-    env.pop("NPL_BACKEND", None)
-    r = subprocess.run([sys.executable, "-c", _STAND_IN_SCRIPT], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+    run_on_cupy_stand_in(_STAND_IN_SCRIPT)
 
 
 def test_the_dropout_switches_reach_the_cell():

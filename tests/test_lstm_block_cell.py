@@ -8,7 +8,6 @@
 * The constructor's parameters and the variable names are TF 1.15's ``lstm_ops.LSTMBlockCell``.
 """
 import inspect
-import os
 
 import numpy as np
 import pytest
@@ -17,12 +16,6 @@ import npl
 from npl import convert
 
 R = npl.rnn
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 def _random_cell(rng, H, I, **kw):

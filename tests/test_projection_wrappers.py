@@ -13,7 +13,6 @@
 * Errors: bad ids (out of range, float), widths, sizes, unbuilt set_params, stale traces.
 """
 import math
-import os
 
 import numpy as np
 import pytest
@@ -24,12 +23,6 @@ from helpers import flatten, assert_raises_naming, randomize_params
 from test_wrappers import tf_state, rand_like, rand_state, compare
 
 R = npl.rnn
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 # ------------------------------------------------------------------ TF 1.15's wrappers, written out

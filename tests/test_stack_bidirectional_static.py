@@ -14,7 +14,6 @@
 * It equals ``stack_bidirectional_dynamic_rnn`` on the stacked steps bit for bit.
 * Bad arguments and cotangents raise ValueError / TypeError naming them.
 """
-import os
 
 import numpy as np
 import pytest
@@ -28,12 +27,6 @@ from test_gradients import I, LENGTHS, _lengths, fd_check
 R = npl.rnn
 F32, F64 = np.float32, np.float64
 MEASURED = {}
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 # layer specs: (kind, units, extra) for npl and TF alike

@@ -21,16 +21,10 @@ import pytest
 
 import npl
 from npl import convert
-from helpers import flatten, unflatten, rel_err, assert_raises_naming, randomize_params
+from helpers import flatten, unflatten, rel_err, assert_raises_naming, randomize_params, run_on_cupy_stand_in
 
 R = npl.rnn
 TOL = 1e-9        # float64 against TF: relative to the largest value
-
-
-@pytest.fixture(scope="module")
-def tf():
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    return pytest.importorskip("tensorflow")
 
 
 # ------------------------------------------------------------------------------ structures
@@ -576,15 +570,7 @@ print("ok", max(errs))
 def test_on_the_cupy_stand_in():
     """The residual add, its masked backward and DeviceWrapper on CuPy arrays (tests/fake_cupy,
     which refuses hidden host copies and device mixing): the NumPy run's numbers, float32."""
-    import subprocess
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(here, "fake_cupy"), os.path.dirname(here)])
-    env.pop("NPL_BACKEND", None)
-    r = subprocess.run([sys.executable, "-c", _STAND_IN_SCRIPT], env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+    run_on_cupy_stand_in(_STAND_IN_SCRIPT)
 
 
 def test_dropout_inside_a_residual_wrapper_is_found_and_switched():
